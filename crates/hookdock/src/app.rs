@@ -1,0 +1,185 @@
+//! Start-up: the one place that picks concrete implementations and wires them together.
+//! `App::build` connects, migrates and binds (port 0 in tests); `run_until_stopped` serves until
+//! the token is cancelled, then shuts down in the order that loses nothing: stop accepting and
+//! finish in-flight requests, let running jobs finish (or release them), commit what the writer
+//! holds, close the database.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::handlers::HandlerRegistry;
+use crate::http::{AppState, Shared, router};
+use crate::ingest::{Ingestor, WebhookSecrets};
+use crate::queue::Worker;
+use crate::store::{Store, StoreError, StoreOptions, now_ms, redact_url};
+use crate::telemetry::metrics_handle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "cannot listen on {addr}: {source} (set --listen or HOOKDOCK_LISTEN to a free address)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct App {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    store: Store,
+    worker: Option<Arc<Worker>>,
+    settings: Settings,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> Result<App, AppError> {
+        let store = Store::connect(
+            &settings.database_url,
+            StoreOptions {
+                max_batch: settings.ingest.max_batch,
+                ..StoreOptions::default()
+            },
+        )
+        .await?;
+        let applied = store.migrate().await?;
+        if applied > 0 {
+            tracing::info!(applied, "database migrations applied");
+        }
+        let registry = HandlerRegistry::from_settings(&settings.handlers);
+        let jobs_ready = Arc::new(Notify::new());
+        let ingestor = Ingestor::new(
+            WebhookSecrets::from_settings(&settings),
+            settings.allow_unsigned,
+            registry.clone(),
+            store.clone(),
+            settings.ingest.zstd_level,
+            Arc::clone(&jobs_ready),
+        );
+        let worker = (settings.queue.workers > 0).then(|| {
+            Arc::new(Worker::new(
+                store.clone(),
+                registry.clone(),
+                &settings.queue,
+                Arc::clone(&jobs_ready),
+            ))
+        });
+        let state = AppState::new(Shared {
+            ingestor,
+            store: store.clone(),
+            registry,
+            admin_token: settings.admin_token.clone(),
+            metrics: metrics_handle(),
+            jobs_ready,
+        });
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| AppError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        if settings.has_no_webhook_secret() && !settings.allow_unsigned {
+            tracing::warn!(
+                "no webhook secret configured: every delivery will be refused until HOOKDOCK_WEBHOOK_SECRET is set"
+            );
+        }
+        if settings.admin_token.is_none() {
+            tracing::warn!("HOOKDOCK_ADMIN_TOKEN is not set: the JSON API answers 401");
+        }
+        tracing::info!(
+            %addr,
+            database = %redact_url(&settings.database_url),
+            dialect = store.dialect().name(),
+            workers = settings.queue.workers,
+            "hookdock listening"
+        );
+        Ok(App {
+            listener,
+            addr,
+            state,
+            store,
+            worker,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The worker, for tests that drive the queue step by step (`workers = 0` builds none that
+    /// runs by itself; tests then construct one).
+    pub fn worker(&self) -> Option<Arc<Worker>> {
+        self.worker.clone()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let grace = self.settings.shutdown_grace();
+        let workers = self
+            .worker
+            .map(|w| tokio::spawn(w.run(shutdown.clone(), grace)));
+        let retention = tokio::spawn(retention_loop(
+            self.store.clone(),
+            self.settings.retention.done_days,
+            Duration::from_secs(self.settings.retention.interval_secs),
+            shutdown.clone(),
+        ));
+        let server_stop = shutdown.clone();
+        let served = axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(async move { server_stop.cancelled().await })
+            .await;
+        tracing::info!("HTTP server stopped; waiting for workers");
+        if let Some(workers) = workers
+            && let Err(e) = workers.await
+        {
+            tracing::error!(error = %e, "worker task ended abnormally");
+        }
+        retention.abort();
+        self.store.close().await;
+        tracing::info!("shutdown complete");
+        served.map_err(AppError::Serve)
+    }
+}
+
+async fn retention_loop(store: Store, days: u32, every: Duration, shutdown: CancellationToken) {
+    if days == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = now_ms() - i64::from(days) * 86_400_000;
+        match store.purge_finished(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("hookdock_retention_purged_total").increment(n);
+                tracing::info!(purged = n, days, "retention purged finished events");
+            }
+            Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
+        }
+    }
+}

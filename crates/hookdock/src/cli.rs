@@ -1,0 +1,481 @@
+//! Command-line interface: clap types and what each subcommand does with the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use hookdock::config::{ConfigError, Settings, Sources};
+use hookdock::ingest::ContentType;
+use hookdock::send::{Outgoing, embedded_payload, send};
+use hookdock::store::{
+    EventFilter, EventStatus, ReplayMode, Store, StoreOptions, redact_url, rfc3339,
+};
+use hookdock::{App, events, handlers::HandlerRegistry, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "hookdock", version, about = "Self-hosted GitHub webhook hub")]
+pub struct Cli {
+    /// Config file (default: ./hookdock.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://… [env: HOOKDOCK_DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: webhook ingest, API and workers (migrates the database first).
+    Serve {
+        /// Address to listen on [env: HOOKDOCK_LISTEN] [default: 127.0.0.1:3000]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Sign a payload the way GitHub does and POST it; prints the answer.
+    Send(SendArgs),
+    /// Inspect, replay and release stored events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Validate the configuration and check the database, then exit.
+    CheckConfig,
+    /// Delete done and ignored events older than the retention (or --days) now.
+    Purge {
+        #[arg(long)]
+        days: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SendArgs {
+    /// Webhook URL, e.g. http://127.0.0.1:3000/api/v1/webhooks/github
+    #[arg(long, default_value = "http://127.0.0.1:3000/api/v1/webhooks/github")]
+    url: String,
+    /// Secret to sign with; without it the delivery is sent unsigned.
+    #[arg(long, env = "HOOKDOCK_WEBHOOK_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// X-GitHub-Event (taken from the fixture name when --fixture is used).
+    #[arg(long)]
+    event: Option<String>,
+    /// A JSON payload file, sent byte for byte.
+    #[arg(long, conflicts_with = "fixture", required_unless_present = "fixture")]
+    file: Option<PathBuf>,
+    /// An embedded example: ping, push, pull_request.opened, issues.opened, issue_comment.created.
+    #[arg(long)]
+    fixture: Option<String>,
+    /// Delivery id to send (default: a fresh GUID); reuse one to see deduplication.
+    #[arg(long)]
+    delivery_id: Option<String>,
+    /// Send as application/x-www-form-urlencoded (payload=…) instead of JSON.
+    #[arg(long)]
+    form: bool,
+    /// X-GitHub-Hook-ID to send.
+    #[arg(long)]
+    hook_id: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// List events, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        /// Event name, or name.action
+        #[arg(long)]
+        event: Option<String>,
+        /// owner/repo
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        delivery_id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Show events older than this id.
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one event with its jobs and history (JSON).
+    Show {
+        id: i64,
+        /// Print the stored body instead, byte for byte.
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Run an event's handlers again (or, with --all-dead, every dead job).
+    Replay {
+        #[arg(required_unless_present = "all_dead")]
+        id: Option<i64>,
+        /// Only re-run jobs that are dead.
+        #[arg(long)]
+        dead_only: bool,
+        /// Replay the dead jobs of every event.
+        #[arg(long, conflicts_with = "id")]
+        all_dead: bool,
+    },
+    /// Release an event held as replay_suspected after judging it genuine.
+    Release { id: i64 },
+}
+
+/// How a command failed: configuration errors exit 2, everything else 1.
+pub enum Failure {
+    Config(ConfigError),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+impl From<hookdock::store::StoreError> for Failure {
+    fn from(e: hookdock::store::StoreError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+impl From<hookdock::send::SendError> for Failure {
+    fn from(e: hookdock::send::SendError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl Cli {
+    fn settings(&self, listen: Option<&String>) -> Result<Settings, ConfigError> {
+        let mut sources = Sources::from_process(self.config.clone());
+        if let Some(url) = &self.database_url {
+            sources = sources.set("database_url", url.as_str());
+        }
+        if let Some(listen) = listen {
+            sources = sources.set("listen", listen.as_str());
+        }
+        Settings::load(&sources)
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database_url, StoreOptions::default())
+        .await
+        .with_context(|| format!("opening {}", redact_url(&settings.database_url)))?;
+    if !store.migrations_current().await? {
+        store.migrate().await.context("migrating the database")?;
+    }
+    Ok(store)
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Serve { listen } => {
+            let settings = cli.settings(listen.as_ref())?;
+            telemetry::init_tracing(&settings.log, settings.log_format);
+            let app = App::build(settings).await.context("starting hookdock")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown)
+                .await
+                .context("running hookdock")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let settings = cli.settings(None)?;
+            let store = Store::connect(&settings.database_url, StoreOptions::default())
+                .await
+                .context("opening the database")?;
+            let applied = store.migrate().await.context("migrating the database")?;
+            println!("{applied} migration(s) applied; schema is current");
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig => {
+            let settings = cli.settings(None)?;
+            println!("configuration is valid");
+            println!("  listen:          {}", settings.listen);
+            println!("  database_url:    {}", redact_url(&settings.database_url));
+            println!(
+                "  webhook secrets: global {}, scoped {}",
+                if settings.webhook_secret.is_some() {
+                    "set"
+                } else {
+                    "not set"
+                },
+                settings.webhook_secrets.len()
+            );
+            println!("  allow_unsigned:  {}", settings.allow_unsigned);
+            println!(
+                "  admin_token:     {}",
+                if settings.admin_token.is_some() {
+                    "set"
+                } else {
+                    "not set (API answers 401)"
+                }
+            );
+            println!("  workers:         {}", settings.queue.workers);
+            let handlers = HandlerRegistry::from_settings(&settings.handlers).names();
+            println!("  handlers:        {}", handlers.join(", "));
+            let store = Store::connect(&settings.database_url, StoreOptions::default())
+                .await
+                .context("the database is not reachable")?;
+            let current = store
+                .migrations_current()
+                .await
+                .context("reading the schema version")?;
+            println!(
+                "  database:        reachable, migrations {}",
+                if current {
+                    "current"
+                } else {
+                    "pending (run `hookdock migrate` or `serve`)"
+                }
+            );
+            store.close().await;
+            if settings.has_no_webhook_secret() && !settings.allow_unsigned {
+                println!("warning: no webhook secret is set; every delivery will be refused");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Purge { days } => {
+            let settings = cli.settings(None)?;
+            let store = open_store(&settings).await?;
+            let days = days.unwrap_or(settings.retention.done_days);
+            let cutoff = hookdock::store::now_ms() - i64::from(days) * 86_400_000;
+            let n = store.purge_finished(cutoff).await?;
+            println!("purged {n} done/ignored event(s) older than {days} day(s)");
+            store.close().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send(args) => send_command(args).await,
+        Command::Events(command) => {
+            let settings = cli.settings(None)?;
+            let store = open_store(&settings).await?;
+            let result = events_command(command, &settings, &store).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+async fn send_command(args: &SendArgs) -> Result<ExitCode, Failure> {
+    let (event, json) = match (&args.file, &args.fixture) {
+        (Some(path), _) => {
+            let event = args
+                .event
+                .clone()
+                .ok_or(hookdock::send::SendError::MissingEvent)
+                .map_err(anyhow::Error::from)?;
+            let json =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            (event, json)
+        }
+        (None, Some(name)) => {
+            let json = embedded_payload(name)
+                .map_err(anyhow::Error::from)?
+                .to_vec();
+            let event = args
+                .event
+                .clone()
+                .unwrap_or_else(|| name.split('.').next().unwrap_or(name).to_owned());
+            (event, json)
+        }
+        (None, None) => return Err(anyhow::anyhow!("give --file FILE or --fixture NAME").into()),
+    };
+    let mut outgoing = Outgoing::new(&event, json, args.secret.clone());
+    if let Some(id) = &args.delivery_id {
+        outgoing.delivery_id = id.clone();
+    }
+    if args.form {
+        outgoing.content_type = ContentType::Form;
+    }
+    outgoing.hook_id = args.hook_id;
+    if outgoing.secret.is_none() {
+        eprintln!("note: no --secret given; sending unsigned");
+    }
+    let answer = send(&args.url, &outgoing).await?;
+    println!(
+        "delivery {} ({event}) -> HTTP {}",
+        outgoing.delivery_id, answer.status
+    );
+    println!("{}", answer.body);
+    Ok(if (200..300).contains(&answer.status) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn events_command(
+    command: &EventsCommand,
+    settings: &Settings,
+    store: &Store,
+) -> Result<ExitCode, Failure> {
+    let registry = HandlerRegistry::from_settings(&settings.handlers);
+    match command {
+        EventsCommand::List {
+            status,
+            event,
+            repo,
+            delivery_id,
+            limit,
+            before,
+            json,
+        } => {
+            let status = match status {
+                Some(s) => Some(EventStatus::parse(s).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--status {s:?} is not a status; use one of {}",
+                        EventStatus::ALL.map(|s| s.as_str()).join(", ")
+                    )
+                })?),
+                None => None,
+            };
+            let (event, action) = match event
+                .as_deref()
+                .map(|e| e.split_once('.').map_or((e, None), |(a, b)| (a, Some(b))))
+            {
+                Some((e, a)) => (Some(e.to_owned()), a.map(str::to_owned)),
+                None => (None, None),
+            };
+            let filter = EventFilter {
+                delivery_id: delivery_id.clone(),
+                status,
+                event,
+                action,
+                repository: repo.clone(),
+                before_id: *before,
+                limit: (*limit).clamp(1, 10_000),
+            };
+            let rows = store.list_events(&filter).await?;
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:>8}  {:<24}  {:<17}  {:<36}  {:<28}  REPOSITORY",
+                    "ID", "RECEIVED", "STATUS", "DELIVERY", "EVENT"
+                );
+                for e in &rows {
+                    println!(
+                        "{:>8}  {:<24}  {:<17}  {:<36}  {:<28}  {}",
+                        e.id,
+                        rfc3339(e.received_at),
+                        e.status,
+                        e.delivery_id,
+                        e.label(),
+                        e.repository.as_deref().unwrap_or("-")
+                    );
+                }
+                if let Some(last) = rows.last().filter(|_| rows.len() as u32 == filter.limit) {
+                    println!("(more: --before {})", last.id);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Show { id, payload } => {
+            if *payload {
+                use std::io::Write;
+                let body = store.event_body(*id).await?;
+                std::io::stdout()
+                    .write_all(&body.bytes)
+                    .context("writing to stdout")?;
+            } else {
+                let detail = store.event_detail(*id).await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&detail).unwrap_or_default()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Replay {
+            id,
+            dead_only,
+            all_dead,
+        } => {
+            let reports = if *all_dead {
+                events::replay_all_dead(store, &registry).await?
+            } else {
+                let id = id.ok_or_else(|| anyhow::anyhow!("give an event id or --all-dead"))?;
+                let mode = if *dead_only {
+                    ReplayMode::DeadOnly
+                } else {
+                    ReplayMode::All
+                };
+                vec![events::replay(store, &registry, id, mode).await?]
+            };
+            for r in &reports {
+                println!(
+                    "event {}: queued [{}]{}; status {}",
+                    r.event_id,
+                    r.queued.join(", "),
+                    if r.skipped_running.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", still running [{}]", r.skipped_running.join(", "))
+                    },
+                    r.status
+                );
+            }
+            if reports.is_empty() {
+                println!("no dead jobs");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Release { id } => {
+            let summary = store.event_summary(*id).await?;
+            if summary.status != EventStatus::ReplaySuspected.as_str() {
+                return Err(anyhow::anyhow!(
+                    "event {id} is {}, not replay_suspected; use `hookdock events replay {id}`",
+                    summary.status
+                )
+                .into());
+            }
+            let r = events::replay(store, &registry, *id, ReplayMode::All).await?;
+            println!(
+                "event {id} released: queued [{}]; status {}",
+                r.queued.join(", "),
+                r.status
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+async fn stop_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        _ = term => tracing::info!("SIGTERM received; shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,520 @@
+//! Settings: loaded once at start-up, validated, then passed down explicitly.
+//!
+//! Layers, lowest first: built-in defaults, `hookdock.toml` (optional), `HOOKDOCK_*` environment
+//! variables (`__` separates nested keys, e.g. `HOOKDOCK_QUEUE__WORKERS`), then command-line flags.
+//! No other module reads the environment. Unknown keys are errors that name the key and where it
+//! came from, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix belong to the test suite, not to the service.
+const TEST_ENV_PREFIX: &str = "HOOKDOCK_TEST_";
+
+/// The default config file, read from the working directory when present.
+pub const DEFAULT_CONFIG_FILE: &str = "hookdock.toml";
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error("config file {path} cannot be read: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP server binds (`HOOKDOCK_LISTEN`).
+    pub listen: SocketAddr,
+    /// `sqlite://path` (embedded default) or `postgres://…` (`HOOKDOCK_DATABASE_URL`).
+    pub database_url: String,
+    /// Global webhook secret, used when no per-hook or per-repository secret exists.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub webhook_secret: Option<SecretString>,
+    /// Secrets scoped to one hook, repository or organization. Several for one scope are all
+    /// accepted (rotation).
+    #[serde(default)]
+    pub webhook_secrets: Vec<ScopedSecret>,
+    /// Accept deliveries without `X-Hub-Signature-256`. Off unless the operator says so.
+    pub allow_unsigned: bool,
+    /// Bearer token for the JSON API; without it the API answers 401.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub admin_token: Option<SecretString>,
+    /// Log filter in `tracing` syntax (`HOOKDOCK_LOG`), e.g. `info` or `hookdock=debug`.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// Seconds running jobs get to finish after SIGTERM/Ctrl-C.
+    pub shutdown_grace_secs: u64,
+    pub ingest: IngestSettings,
+    pub queue: QueueSettings,
+    pub retention: RetentionSettings,
+    pub handlers: HandlerSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedSecret {
+    pub hook_id: Option<u64>,
+    pub repository_id: Option<u64>,
+    pub organization_id: Option<u64>,
+    #[serde(deserialize_with = "secret")]
+    pub secret: SecretString,
+}
+
+impl std::fmt::Debug for ScopedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedSecret")
+            .field("hook_id", &self.hook_id)
+            .field("repository_id", &self.repository_id)
+            .field("organization_id", &self.organization_id)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Most deliveries written in one transaction (group commit).
+    pub max_batch: usize,
+    /// zstd level for stored bodies (1 = fastest).
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Jobs run at once by this instance; 0 runs no worker (ingest only).
+    pub workers: usize,
+    /// How long a claimed job belongs to its worker before another may take it.
+    pub lease_secs: u64,
+    /// First retry delay; doubles per attempt up to `retry_cap_secs`, with jitter.
+    pub retry_base_ms: u64,
+    pub retry_cap_secs: u64,
+    /// Attempts before a job is dead.
+    pub max_attempts: u32,
+    /// How often idle workers look for jobs written by other instances.
+    pub poll_interval_ms: u64,
+    /// A handler taking longer fails its attempt.
+    pub job_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Done and ignored events older than this are purged; 0 keeps everything.
+    pub done_days: u32,
+    pub interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSettings {
+    pub activity: ActivitySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivitySettings {
+    pub enabled: bool,
+    /// Event names it subscribes to; `*` is every event.
+    pub events: Vec<String>,
+}
+
+/// `HOOKDOCK_*` variables as a figment layer. Reads the given list rather than the process
+/// environment so that tests and the real process go through the same code.
+struct EnvVars<'a>(&'a [(String, String)]);
+
+impl Provider for EnvVars<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable")
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, raw) in self.0 {
+            let Some(name) = key.strip_prefix("HOOKDOCK_") else {
+                continue;
+            };
+            if key.starts_with(TEST_ENV_PREFIX) || name.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = name.split("__").map(|p| p.to_lowercase()).collect();
+            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            insert_path(&mut root, &path, value);
+        }
+        let mut map = Map::new();
+        map.insert(Profile::Default, root);
+        Ok(map)
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Secrets may look like numbers (`HOOKDOCK_WEBHOOK_SECRET=123456`); accept them as text.
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        U(u64),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    Ok(SecretString::from(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::U(n) => n.to_string(),
+        Text::I(n) => n.to_string(),
+        Text::F(n) => n.to_string(),
+        Text::B(b) => b.to_string(),
+    }))
+}
+
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    secret(d).map(Some)
+}
+
+/// Built-in defaults, the lowest layer.
+fn defaults() -> serde_json::Value {
+    serde_json::json!({
+        "listen": "127.0.0.1:3000",
+        "database_url": "sqlite://hookdock-data/hookdock.db",
+        "allow_unsigned": false,
+        "log": "info",
+        "log_format": "text",
+        "shutdown_grace_secs": 20,
+        "ingest": { "max_batch": 256, "zstd_level": 1 },
+        "queue": {
+            "workers": 8,
+            "lease_secs": 60,
+            "retry_base_ms": 1000,
+            "retry_cap_secs": 3600,
+            "max_attempts": 8,
+            "poll_interval_ms": 1000,
+            "job_timeout_secs": 30
+        },
+        "retention": { "done_days": 30, "interval_secs": 3600 },
+        "handlers": { "activity": { "enabled": true, "events": ["*"] } }
+    })
+}
+
+/// Where settings come from; tests build one by hand instead of touching the process.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// Explicit config file (must exist). Without it `hookdock.toml` is read if present.
+    pub file: Option<PathBuf>,
+    /// Environment variables to consider, usually `std::env::vars()`.
+    pub env: Vec<(String, String)>,
+    /// Values given as flags, highest priority; keys as in the file.
+    pub overrides: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Sources {
+    /// The sources of a real process: its environment and `hookdock.toml` in the working dir.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Sources {
+            file,
+            env: std::env::vars().collect(),
+            overrides: Default::default(),
+        }
+    }
+
+    pub fn set(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.overrides.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl Settings {
+    /// Loads and validates settings from all layers.
+    pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(defaults()));
+        match &sources.file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::File {
+                        path: path.clone(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    });
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE));
+            }
+            None => {}
+        }
+        figment = figment.merge(EnvVars(&sources.env));
+        figment = figment.merge(Serialized::defaults(serde_json::Value::Object(
+            sources.overrides.clone(),
+        )));
+        let settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = self.database_url.as_str();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite: (embedded) or postgres:// (shared)",
+            ));
+        }
+        if let Some(secret) = &self.webhook_secret
+            && secret.expose_secret().is_empty()
+        {
+            return Err(invalid(
+                "webhook_secret",
+                "is empty; remove it or set a real secret",
+            ));
+        }
+        for (i, scoped) in self.webhook_secrets.iter().enumerate() {
+            let scopes = [
+                scoped.hook_id.is_some(),
+                scoped.repository_id.is_some(),
+                scoped.organization_id.is_some(),
+            ];
+            if scopes.iter().filter(|s| **s).count() != 1 {
+                return Err(invalid(
+                    &format!("webhook_secrets[{i}]"),
+                    "needs exactly one of hook_id, repository_id, organization_id",
+                ));
+            }
+            if scoped.secret.expose_secret().is_empty() {
+                return Err(invalid(&format!("webhook_secrets[{i}].secret"), "is empty"));
+            }
+        }
+        if let Some(token) = &self.admin_token
+            && token.expose_secret().len() < 16
+        {
+            return Err(invalid(
+                "admin_token",
+                "must be at least 16 characters (use a random token)",
+            ));
+        }
+        if self.ingest.max_batch == 0 || self.ingest.max_batch > 1024 {
+            return Err(invalid("ingest.max_batch", "must be between 1 and 1024"));
+        }
+        if !(1..=19).contains(&self.ingest.zstd_level) {
+            return Err(invalid("ingest.zstd_level", "must be between 1 and 19"));
+        }
+        if self.queue.lease_secs < 2 {
+            return Err(invalid("queue.lease_secs", "must be at least 2"));
+        }
+        if self.queue.max_attempts == 0 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        if self.queue.retry_base_ms == 0 {
+            return Err(invalid("queue.retry_base_ms", "must be at least 1"));
+        }
+        if self.queue.poll_interval_ms == 0 {
+            return Err(invalid("queue.poll_interval_ms", "must be at least 1"));
+        }
+        if self.queue.job_timeout_secs == 0 {
+            return Err(invalid("queue.job_timeout_secs", "must be at least 1"));
+        }
+        if self.retention.interval_secs == 0 {
+            return Err(invalid("retention.interval_secs", "must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| invalid("log", format!("is not a valid log filter: {e}")))?;
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// True when no delivery could be verified: no secret anywhere and unsigned not allowed.
+    pub fn has_no_webhook_secret(&self) -> bool {
+        self.webhook_secret.is_none() && self.webhook_secrets.is_empty()
+    }
+}
+
+/// Turns figment's error into one line naming the setting and its source.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let mut lines = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() {
+            String::new()
+        } else {
+            format!(" `{}`", e.path.join("."))
+        };
+        let source = match (&e.metadata, &e.kind) {
+            (_, figment::error::Kind::UnknownField(field, _)) => {
+                let mut path = e.path.clone();
+                path.push(field.clone());
+                let dotted = path.join(".");
+                let env = format!("HOOKDOCK_{}", path.join("__").to_uppercase());
+                lines.push(format!(
+                    "unknown setting `{dotted}` (in {} or environment variable {env}); \
+                     see README for the settings hookdock knows",
+                    DEFAULT_CONFIG_FILE
+                ));
+                continue;
+            }
+            (Some(meta), _) => format!(" (from {})", meta.name),
+            (None, _) => String::new(),
+        };
+        lines.push(format!("invalid setting{key}{source}: {}", e.kind));
+    }
+    ConfigError::Load(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: Some(PathBuf::from("/nonexistent-hookdock-test-dir/none.toml")),
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: Default::default(),
+        }
+    }
+
+    fn no_file(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            ..env(pairs)
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        let s = Settings::load(&no_file(&[])).expect("defaults load");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(s.database_url, "sqlite://hookdock-data/hookdock.db");
+        assert!(!s.allow_unsigned);
+        assert!(s.admin_token.is_none());
+        assert_eq!(s.retention.done_days, 30);
+    }
+
+    #[test]
+    fn env_overrides_defaults_and_flags_override_env() {
+        let sources = no_file(&[
+            ("HOOKDOCK_LISTEN", "0.0.0.0:8080"),
+            ("HOOKDOCK_QUEUE__WORKERS", "3"),
+            ("HOOKDOCK_WEBHOOK_SECRET", "s3cret"),
+            ("HOOKDOCK_TEST_DATABASE_URL", "postgres://ignored"),
+        ])
+        .set("listen", "127.0.0.1:9999");
+        let s = Settings::load(&sources).expect("loads");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(s.queue.workers, 3);
+        assert_eq!(
+            s.webhook_secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned()),
+            Some("s3cret".to_owned())
+        );
+    }
+
+    #[test]
+    fn unknown_env_setting_is_named() {
+        let err = Settings::load(&no_file(&[("HOOKDOCK_LISTNE", "x")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("listne") && msg.contains("HOOKDOCK_LISTNE"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let err = Settings::load(&no_file(&[("HOOKDOCK_LISTEN", "not-an-address")])).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Settings::load(&no_file(&[("HOOKDOCK_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert!(err.to_string().contains("database_url"), "{err}");
+        let err = Settings::load(&no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_naming_it() {
+        let err = Settings::load(&env(&[])).unwrap_err();
+        assert!(err.to_string().contains("none.toml"), "{err}");
+    }
+
+    #[test]
+    fn file_layer_with_scoped_secrets_and_unknown_key() {
+        let dir = std::env::temp_dir().join(format!("hookdock-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hookdock.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:4000\"\n[[webhook_secrets]]\nrepository_id = 42\nsecret = \"a\"\n",
+        )
+        .unwrap();
+        let mut sources = env(&[("HOOKDOCK_LISTEN", "127.0.0.1:5000")]);
+        sources.file = Some(path.clone());
+        let s = Settings::load(&sources).expect("loads");
+        assert_eq!(s.listen.port(), 5000, "env beats file");
+        assert_eq!(s.webhook_secrets[0].repository_id, Some(42));
+        assert!(!format!("{:?}", s.webhook_secrets).contains("\"a\""));
+
+        std::fs::write(&path, "[queue]\nworkerz = 2\n").unwrap();
+        let err = Settings::load(&sources).unwrap_err().to_string();
+        assert!(err.contains("queue.workerz"), "{err}");
+
+        std::fs::write(&path, "[[webhook_secrets]]\nsecret = \"a\"\n").unwrap();
+        let err = Settings::load(&sources).unwrap_err().to_string();
+        assert!(err.contains("webhook_secrets[0]"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,110 @@
+//! Handlers: what hookdock does with a stored delivery. Each handler names the events it takes;
+//! the queue runs one job per (event, handler) so handlers fail, retry and replay independently.
+//!
+//! A handler must not assume it runs once: a lease can expire or a replay can run it again.
+//! Writes to hookdock's own tables are returned as [`Effect`]s and committed atomically with the
+//! job's completion; writes elsewhere must be idempotent.
+
+mod activity;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use activity::ActivityHandler;
+
+use crate::config::HandlerSettings;
+use crate::store::{ClaimedJob, Effect, Store, StoreError};
+
+pub type HandlerFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
+
+/// How a handler failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another attempt (network, rate limit). `retry_after` overrides the backoff.
+    #[error("{message}")]
+    Retry {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will fail the same way every time; the job goes straight to `dead`.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(e: StoreError) -> Self {
+        HandlerError::Retry {
+            message: e.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+/// What a handler is given: the claimed job with the event's routing fields, and the store
+/// to read the body from when it needs it.
+pub struct JobContext<'a> {
+    pub job: &'a ClaimedJob,
+    pub store: &'a Store,
+}
+
+impl JobContext<'_> {
+    /// The delivery's JSON document (decoded from the form field for form-encoded hooks).
+    pub async fn payload(&self) -> Result<serde_json::Value, HandlerError> {
+        let body = self.store.event_body(self.job.event_id).await?;
+        let content_type = crate::ingest::ContentType::parse(&body.content_type)
+            .unwrap_or(crate::ingest::ContentType::Json);
+        let doc = crate::ingest::json_document(content_type, &body.bytes)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        serde_json::from_slice(&doc).map_err(|e| HandlerError::Permanent(e.to_string()))
+    }
+}
+
+pub trait Handler: Send + Sync + 'static {
+    /// Stable name, stored with each job.
+    fn name(&self) -> &'static str;
+    fn subscribes(&self, event: &str, action: Option<&str>) -> bool;
+    fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a>;
+}
+
+/// The enabled handlers.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: Vec<Arc<dyn Handler>>,
+}
+
+impl HandlerRegistry {
+    /// The built-in handlers, as enabled by configuration.
+    pub fn from_settings(settings: &HandlerSettings) -> HandlerRegistry {
+        let mut registry = HandlerRegistry::default();
+        if settings.activity.enabled {
+            registry.register(Arc::new(ActivityHandler::new(
+                settings.activity.events.clone(),
+            )));
+        }
+        registry
+    }
+
+    pub fn register(&mut self, handler: Arc<dyn Handler>) {
+        self.handlers.push(handler);
+    }
+
+    /// Names of the handlers that take this event.
+    pub fn subscribers(&self, event: &str, action: Option<&str>) -> Vec<&'static str> {
+        self.handlers
+            .iter()
+            .filter(|h| h.subscribes(event, action))
+            .map(|h| h.name())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.iter().find(|h| h.name() == name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.handlers.iter().map(|h| h.name()).collect()
+    }
+}

@@ -1,0 +1,46 @@
+//! Probes: `/healthz` (the process answers), `/readyz` (database reachable, schema current),
+//! `/metrics` (Prometheus text).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, database, migrations) = match state.store.migrations_current().await {
+        Ok(true) => (StatusCode::OK, "ok", "current"),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ok",
+            "pending: run `hookdock migrate`",
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown")
+        }
+    };
+    let ready = if status == StatusCode::OK {
+        "ready"
+    } else {
+        "not_ready"
+    };
+    (
+        status,
+        Json(
+            serde_json::json!({ "status": ready, "database": database, "migrations": migrations }),
+        ),
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

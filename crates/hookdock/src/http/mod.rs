@@ -1,0 +1,77 @@
+//! HTTP: routes, the admin-token guard and error mapping. Handlers here only extract, call the
+//! domain (`ingest`, `store`, `events`) and map its typed errors to statuses.
+
+mod api;
+mod error;
+mod health;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use tower_http::trace::TraceLayer;
+
+pub use api::encode_cursor;
+pub use error::ApiError;
+
+use crate::handlers::HandlerRegistry;
+use crate::ingest::Ingestor;
+use crate::store::Store;
+
+/// Shared by every route.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub ingestor: Ingestor,
+    pub store: Store,
+    pub registry: HandlerRegistry,
+    pub admin_token: Option<SecretString>,
+    pub metrics: PrometheusHandle,
+    pub jobs_ready: Arc<Notify>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/api/v1/events", get(api::list_events))
+        .route("/api/v1/events/replay-dead", post(api::replay_dead))
+        .route("/api/v1/events/{id}", get(api::show_event))
+        .route("/api/v1/events/{id}/payload", get(api::event_payload))
+        .route("/api/v1/events/{id}/replay", post(api::replay_event))
+        .route("/api/v1/events/{id}/release", post(api::release_event))
+        .route("/api/v1/activity", get(api::activity))
+        .route_layer(from_fn_with_state(state.clone(), api::require_admin));
+    Router::new()
+        .route("/api/v1/webhooks/github", post(webhook::receive))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(admin)
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; webhooks go to POST /api/v1/webhooks/github",
+            )
+        })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

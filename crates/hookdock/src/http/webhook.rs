@@ -1,0 +1,59 @@
+//! `POST /api/v1/webhooks/github`: reads the raw body (bounded), hands it to ingest, answers.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::ingest::{DeliveryHeaders, IngestError, MAX_BODY_BYTES, Receipt, header as gh};
+
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Receipt>, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(IngestError::PayloadTooLarge.into());
+    }
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(IngestError::PayloadTooLarge.into()),
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "body_unreadable",
+                format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    let text = |name: &'static str| -> Result<Option<&str>, ApiError> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(Some).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    format!("header {name} is not visible ASCII"),
+                )
+            }),
+        }
+    };
+    let delivery = DeliveryHeaders {
+        event: text(gh::EVENT)?,
+        delivery: text(gh::DELIVERY)?,
+        signature_256: text(gh::SIGNATURE_256)?,
+        content_type: text("content-type")?,
+        hook_id: text(gh::HOOK_ID)?,
+        target_type: text(gh::TARGET_TYPE)?,
+        target_id: text(gh::TARGET_ID)?,
+        user_agent: text("user-agent")?,
+    };
+    let receipt = state.ingestor.ingest(&delivery, body).await?;
+    Ok(Json(receipt))
+}

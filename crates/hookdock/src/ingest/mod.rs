@@ -1,0 +1,433 @@
+//! Ingest: turns an HTTP delivery into a committed event, or into a precise refusal.
+//!
+//! Order of work, cheapest and safest first: required headers and content type, then the
+//! signature over the raw bytes (nothing of the body is parsed before it verifies), then one
+//! pass over the JSON for the routing fields, then hashing, compression and the durable write.
+//! The caller answers 2xx only once [`Ingestor::ingest`] returns `Ok`, which happens only
+//! after the group commit holding the delivery has reached the disk.
+//!
+//! This module knows nothing of HTTP frameworks; `http` maps [`IngestError`] to statuses.
+
+mod envelope;
+mod secrets;
+pub mod signature;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+pub use envelope::{BodyError, ContentType, Envelope, KNOWN_EVENTS, is_known_event, json_document};
+pub use secrets::{TargetType, WebhookSecrets};
+pub use signature::{Signature, SignatureError, sign};
+
+use crate::handlers::HandlerRegistry;
+use crate::store::{EventStatus, IngestOutcome, NewDelivery, Store, StoreError, now_ms};
+
+/// GitHub does not deliver payloads over 25 MB.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// Bodies above this are compressed off the async threads.
+const INLINE_COMPRESS_LIMIT: usize = 256 * 1024;
+
+/// The delivery headers hookdock reads, as text. Filled by the HTTP layer.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryHeaders<'a> {
+    pub event: Option<&'a str>,
+    pub delivery: Option<&'a str>,
+    pub signature_256: Option<&'a str>,
+    pub content_type: Option<&'a str>,
+    pub hook_id: Option<&'a str>,
+    pub target_type: Option<&'a str>,
+    pub target_id: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+}
+
+/// Header names, as GitHub spells them.
+pub mod header {
+    pub const EVENT: &str = "X-GitHub-Event";
+    pub const DELIVERY: &str = "X-GitHub-Delivery";
+    pub const SIGNATURE_256: &str = "X-Hub-Signature-256";
+    pub const HOOK_ID: &str = "X-GitHub-Hook-ID";
+    pub const TARGET_TYPE: &str = "X-GitHub-Hook-Installation-Target-Type";
+    pub const TARGET_ID: &str = "X-GitHub-Hook-Installation-Target-ID";
+}
+
+/// Why a delivery was refused. Nothing is stored for any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("missing required header {0}")]
+    MissingHeader(&'static str),
+    #[error("header {name} is invalid: {reason}")]
+    InvalidHeader { name: &'static str, reason: String },
+    #[error(
+        "unsupported content type {0:?}; configure the hook to send application/json or application/x-www-form-urlencoded"
+    )]
+    UnsupportedContentType(String),
+    #[error("body is larger than GitHub's 25 MB limit")]
+    PayloadTooLarge,
+    #[error(
+        "missing X-Hub-Signature-256; set a secret on the GitHub hook (hookdock accepts unsigned deliveries only when allow_unsigned is configured)"
+    )]
+    MissingSignature,
+    #[error("{0}")]
+    BadSignature(SignatureError),
+    #[error(
+        "no webhook secret is configured for this hook, so its signature cannot be verified; set HOOKDOCK_WEBHOOK_SECRET or a webhook_secrets entry"
+    )]
+    NoSecret,
+    #[error(
+        "installation target type {0:?} is not supported; hookdock accepts repository, organization and integration hooks"
+    )]
+    UnsupportedTarget(String),
+    #[error("{0}")]
+    Body(BodyError),
+    #[error(
+        "the delivery could not be stored ({0}); it was not accepted, so GitHub will record a failed delivery that can be redelivered"
+    )]
+    Store(#[from] StoreError),
+    #[error("the delivery could not be prepared for storage ({0}); it was not accepted")]
+    Internal(String),
+}
+
+impl IngestError {
+    /// Short machine-readable code, also the `reason` label of the rejection metric.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::MissingHeader(_) => "missing_header",
+            IngestError::InvalidHeader { .. } => "invalid_header",
+            IngestError::UnsupportedContentType(_) => "unsupported_content_type",
+            IngestError::PayloadTooLarge => "payload_too_large",
+            IngestError::MissingSignature => "missing_signature",
+            IngestError::BadSignature(_) => "invalid_signature",
+            IngestError::NoSecret => "no_secret_configured",
+            IngestError::UnsupportedTarget(_) => "unsupported_target",
+            IngestError::Body(BodyError::InvalidJson(_) | BodyError::NotAnObject) => "invalid_json",
+            IngestError::Body(BodyError::MissingFormPayload) => "invalid_form",
+            IngestError::Store(_) => "storage_unavailable",
+            IngestError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What the sender is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptStatus {
+    Received,
+    DuplicateSkipped,
+    Ignored,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Receipt {
+    pub status: ReceiptStatus,
+    pub event_id: Option<i64>,
+    pub delivery_id: String,
+    /// `event.action`.
+    pub event: String,
+    /// Set when the delivery is stored but held back (`replay_suspected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<EventStatus>,
+}
+
+/// The ingest service: verification, parsing, persistence.
+pub struct Ingestor {
+    secrets: WebhookSecrets,
+    allow_unsigned: bool,
+    registry: HandlerRegistry,
+    store: Store,
+    zstd_level: i32,
+    /// Woken when new jobs are committed, so local workers start at once.
+    jobs_ready: Arc<Notify>,
+}
+
+impl Ingestor {
+    pub fn new(
+        secrets: WebhookSecrets,
+        allow_unsigned: bool,
+        registry: HandlerRegistry,
+        store: Store,
+        zstd_level: i32,
+        jobs_ready: Arc<Notify>,
+    ) -> Ingestor {
+        Ingestor {
+            secrets,
+            allow_unsigned,
+            registry,
+            store,
+            zstd_level,
+            jobs_ready,
+        }
+    }
+
+    pub async fn ingest(
+        &self,
+        headers: &DeliveryHeaders<'_>,
+        body: Bytes,
+    ) -> Result<Receipt, IngestError> {
+        let result = self.ingest_inner(headers, body).await;
+        match &result {
+            Ok(receipt) => {
+                let outcome = match (receipt.status, receipt.held) {
+                    (_, Some(_)) => "replay_suspected",
+                    (ReceiptStatus::Received, None) => "received",
+                    (ReceiptStatus::DuplicateSkipped, None) => "duplicate",
+                    (ReceiptStatus::Ignored, None) if receipt.event_id.is_none() => "unknown_event",
+                    (ReceiptStatus::Ignored, None) => "ignored",
+                };
+                metrics::counter!("hookdock_webhook_deliveries_total", "outcome" => outcome)
+                    .increment(1);
+            }
+            Err(e) => {
+                metrics::counter!("hookdock_webhook_rejected_total", "reason" => e.code())
+                    .increment(1);
+            }
+        }
+        result
+    }
+
+    async fn ingest_inner(
+        &self,
+        h: &DeliveryHeaders<'_>,
+        body: Bytes,
+    ) -> Result<Receipt, IngestError> {
+        let event = h.event.ok_or(IngestError::MissingHeader(header::EVENT))?;
+        let delivery_id = h
+            .delivery
+            .ok_or(IngestError::MissingHeader(header::DELIVERY))?;
+        validate_event_name(event)?;
+        validate_delivery_id(delivery_id)?;
+        let content_type_header = h.content_type.unwrap_or("");
+        let content_type = ContentType::parse(content_type_header)
+            .ok_or_else(|| IngestError::UnsupportedContentType(content_type_header.to_owned()))?;
+        if body.len() > MAX_BODY_BYTES {
+            return Err(IngestError::PayloadTooLarge);
+        }
+        let hook_id = parse_id(h.hook_id, header::HOOK_ID)?;
+        let target_id = parse_id(h.target_id, header::TARGET_ID)?;
+        // Refused only once the sender is authenticated; parsed now for the secret lookup.
+        let target_type: Option<Result<TargetType, &str>> =
+            h.target_type.map(|t| TargetType::parse(t).ok_or(t));
+
+        // Signature first: before this, the body is untrusted bytes.
+        match h.signature_256 {
+            None if self.allow_unsigned => {}
+            None => return Err(IngestError::MissingSignature),
+            Some(value) => {
+                let signature = Signature::parse(value).map_err(IngestError::BadSignature)?;
+                let target = match (target_type, target_id) {
+                    (Some(Ok(t)), Some(id)) => Some((t, id)),
+                    _ => None,
+                };
+                let mut candidates = self.secrets.candidates(hook_id, target).peekable();
+                if candidates.peek().is_none() {
+                    return Err(IngestError::NoSecret);
+                }
+                if !signature.matches_any(&body, candidates) {
+                    return Err(IngestError::BadSignature(SignatureError::Mismatch));
+                }
+            }
+        }
+        let target_type = target_type
+            .transpose()
+            .map_err(|t| IngestError::UnsupportedTarget(t.to_owned()))?;
+
+        let document = json_document(content_type, &body).map_err(IngestError::Body)?;
+        let envelope = Envelope::parse(&document).map_err(IngestError::Body)?;
+        let label = match &envelope.action {
+            Some(action) => format!("{event}.{action}"),
+            None => event.to_owned(),
+        };
+        if !is_known_event(event) {
+            tracing::info!(
+                event,
+                delivery = delivery_id,
+                "unknown event type answered as ignored, not stored"
+            );
+            return Ok(Receipt {
+                status: ReceiptStatus::Ignored,
+                event_id: None,
+                delivery_id: delivery_id.to_owned(),
+                event: label,
+                held: None,
+            });
+        }
+
+        let handlers = self.registry.subscribers(event, envelope.action.as_deref());
+        let headers_json = headers_json(h, content_type);
+        let delivery = NewDelivery {
+            delivery_id: delivery_id.to_owned(),
+            event: event.to_owned(),
+            action: envelope.action.as_deref().map(str::to_owned),
+            repository: envelope.repository.as_deref().map(str::to_owned),
+            repository_id: envelope.repository_id,
+            organization: envelope.organization.as_deref().map(str::to_owned),
+            installation_id: envelope.installation_id,
+            hook_id: hook_id.and_then(|v| i64::try_from(v).ok()),
+            target_type: target_type.map(TargetType::as_str),
+            target_id: target_id.and_then(|v| i64::try_from(v).ok()),
+            sender: envelope.sender.as_deref().map(str::to_owned),
+            ordering_key: envelope.ordering_key(delivery_id),
+            content_type: content_type.as_str(),
+            headers_json,
+            body_size: i64::try_from(body.len()).unwrap_or(i64::MAX),
+            body_sha256: Sha256::digest(&body).into(),
+            body_zstd: Vec::new(),
+            handlers,
+            received_at: now_ms(),
+        };
+        drop(document);
+        let delivery = self.compress(delivery, body).await?;
+        let outcome = self.store.ingest(delivery).await?;
+        let (status, event_id, held) = match outcome {
+            IngestOutcome::Duplicate { event_id } => {
+                (ReceiptStatus::DuplicateSkipped, event_id, None)
+            }
+            IngestOutcome::Stored { event_id, status } => match status {
+                EventStatus::Ignored => (ReceiptStatus::Ignored, event_id, None),
+                EventStatus::ReplaySuspected => {
+                    tracing::warn!(
+                        delivery = delivery_id,
+                        event_id,
+                        "new delivery id with a body identical to a stored delivery; held as replay_suspected"
+                    );
+                    (ReceiptStatus::Received, event_id, Some(status))
+                }
+                _ => {
+                    self.jobs_ready.notify_one();
+                    (ReceiptStatus::Received, event_id, None)
+                }
+            },
+        };
+        Ok(Receipt {
+            status,
+            event_id: Some(event_id),
+            delivery_id: delivery_id.to_owned(),
+            event: label,
+            held,
+        })
+    }
+
+    async fn compress(
+        &self,
+        mut delivery: NewDelivery,
+        body: Bytes,
+    ) -> Result<NewDelivery, IngestError> {
+        let level = self.zstd_level;
+        let compress = move |body: &[u8]| zstd::bulk::compress(body, level);
+        let compressed = if body.len() <= INLINE_COMPRESS_LIMIT {
+            compress(&body)
+        } else {
+            tokio::task::spawn_blocking(move || compress(&body))
+                .await
+                .map_err(|e| IngestError::Internal(format!("compression task failed: {e}")))?
+        };
+        delivery.body_zstd =
+            compressed.map_err(|e| IngestError::Internal(format!("compression failed: {e}")))?;
+        Ok(delivery)
+    }
+}
+
+fn validate_event_name(event: &str) -> Result<(), IngestError> {
+    let ok = !event.is_empty()
+        && event.len() <= 64
+        && event
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(IngestError::InvalidHeader {
+            name: header::EVENT,
+            reason: "must be an event name such as pull_request (lowercase letters, digits, _)"
+                .into(),
+        })
+    }
+}
+
+fn validate_delivery_id(id: &str) -> Result<(), IngestError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(IngestError::InvalidHeader {
+            name: header::DELIVERY,
+            reason: "must be a GUID (1 to 100 letters, digits, '-', '_' or '.')".into(),
+        })
+    }
+}
+
+fn parse_id(value: Option<&str>, name: &'static str) -> Result<Option<u64>, IngestError> {
+    value
+        .map(|v| {
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| IngestError::InvalidHeader {
+                    name,
+                    reason: "must be a number".into(),
+                })
+        })
+        .transpose()
+}
+
+/// The headers kept with each delivery, as a JSON object.
+fn headers_json(h: &DeliveryHeaders<'_>, content_type: ContentType) -> String {
+    let mut map = serde_json::Map::new();
+    let mut put = |name: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            map.insert(name.to_owned(), serde_json::Value::from(v));
+        }
+    };
+    put(header::EVENT, h.event);
+    put(header::DELIVERY, h.delivery);
+    put(header::SIGNATURE_256, h.signature_256);
+    put(header::HOOK_ID, h.hook_id);
+    put(header::TARGET_TYPE, h.target_type);
+    put(header::TARGET_ID, h.target_id);
+    put("User-Agent", h.user_agent);
+    put(
+        "Content-Type",
+        h.content_type.or(Some(content_type.as_str())),
+    );
+    serde_json::Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_validation() {
+        assert!(validate_event_name("pull_request_review").is_ok());
+        assert!(validate_event_name("Pull").is_err());
+        assert!(validate_event_name("").is_err());
+        assert!(validate_delivery_id("72d3162e-cc78-11e3-81ab-4c9367dc0958").is_ok());
+        assert!(validate_delivery_id("a b").is_err());
+        assert!(validate_delivery_id(&"a".repeat(101)).is_err());
+        assert_eq!(parse_id(Some("12"), header::HOOK_ID).unwrap(), Some(12));
+        assert!(parse_id(Some("x"), header::HOOK_ID).is_err());
+        assert_eq!(parse_id(None, header::HOOK_ID).unwrap(), None);
+    }
+
+    proptest! {
+        #[test]
+        fn header_validators_never_panic_and_accept_guids(s in ".{0,120}", guid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}") {
+            let _ = validate_event_name(&s);
+            let _ = validate_delivery_id(&s);
+            let _ = parse_id(Some(&s), header::HOOK_ID);
+            prop_assert!(validate_delivery_id(&guid).is_ok());
+        }
+
+        #[test]
+        fn numeric_ids_parse(n in any::<u64>()) {
+            prop_assert_eq!(parse_id(Some(&n.to_string()), header::TARGET_ID).unwrap(), Some(n));
+        }
+    }
+}

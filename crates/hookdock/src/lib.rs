@@ -1,0 +1,24 @@
+//! hookdock: a self-hosted GitHub webhook hub.
+//!
+//! Deliveries are verified (HMAC-SHA256 over the raw body), deduplicated by delivery id and
+//! committed to the database before GitHub is answered; the database is also the work queue
+//! whose jobs run the handlers with leases, retries and a dead-letter state.
+//!
+//! Modules: [`config`] (settings), [`http`] (routes and error mapping), [`ingest`] (verify,
+//! parse, persist), [`store`] (all SQL), [`queue`] (workers), [`handlers`] (what runs per event),
+//! [`events`] (operator actions), [`send`] (the signing client), [`app`] (start-up and
+//! shutdown), [`telemetry`].
+
+pub mod app;
+pub mod config;
+pub mod events;
+pub mod handlers;
+pub mod http;
+pub mod ingest;
+pub mod queue;
+pub mod send;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, AppError};
+pub use config::{Settings, Sources};

@@ -1,0 +1,374 @@
+//! The worker side of the queue: claim due jobs with a lease, run their handlers, record the
+//! outcome, retry with exponential backoff and jitter, and give up (`dead`) after the configured
+//! attempts. Several instances on one PostgreSQL database share the work safely: claims skip
+//! rows another instance is taking, and a result is only recorded while its lease is held.
+//!
+//! [`Worker::run_once`] is one deterministic step (claim, run, record) for tests;
+//! [`Worker::run`] loops until shutdown, then lets running jobs finish within the grace period
+//! and releases the leases of any it had to abandon.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::QueueSettings;
+use crate::handlers::{HandlerError, HandlerRegistry, JobContext};
+use crate::store::{ClaimedJob, JobFinish, JobOutcome, Store, StoreError, now_ms};
+
+/// Exponential backoff with jitter: attempt n waits between half and all of
+/// `min(cap, base * 2^(n-1))`, so retries of many jobs spread out instead of arriving together.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    pub fn from_settings(s: &QueueSettings) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(s.retry_base_ms),
+            cap: Duration::from_secs(s.retry_cap_secs),
+            max_attempts: s.max_attempts,
+        }
+    }
+
+    /// Delay before the attempt after `attempt` (1-based) failed.
+    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        let exp = attempt.saturating_sub(1).min(32);
+        let full = self.base.saturating_mul(1u32 << exp.min(31)).min(self.cap);
+        let half = full / 2;
+        let jitter_ms = rng.random_range(0..=half.as_millis().max(1) as u64);
+        half + Duration::from_millis(jitter_ms).min(full - half)
+    }
+
+    /// The outcome of a failed attempt.
+    pub fn on_failure(&self, attempt: u32, error: &HandlerError, now: i64) -> JobOutcome {
+        match error {
+            HandlerError::Permanent(message) => JobOutcome::Dead {
+                error: message.clone(),
+            },
+            HandlerError::Retry { message, .. } if attempt >= self.max_attempts => {
+                JobOutcome::Dead {
+                    error: format!("gave up after {attempt} attempts: {message}"),
+                }
+            }
+            HandlerError::Retry {
+                message,
+                retry_after,
+            } => {
+                let wait = retry_after.unwrap_or_else(|| self.delay(attempt, &mut rand::rng()));
+                JobOutcome::Retry {
+                    error: message.clone(),
+                    run_at: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                }
+            }
+        }
+    }
+}
+
+pub struct Worker {
+    store: Store,
+    registry: HandlerRegistry,
+    policy: RetryPolicy,
+    /// Identifies this instance's leases.
+    owner: String,
+    concurrency: usize,
+    lease: Duration,
+    poll: Duration,
+    job_timeout: Duration,
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        registry: HandlerRegistry,
+        settings: &QueueSettings,
+        wake: Arc<Notify>,
+    ) -> Worker {
+        Worker {
+            store,
+            registry,
+            policy: RetryPolicy::from_settings(settings),
+            owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            concurrency: settings.workers.max(1),
+            lease: Duration::from_secs(settings.lease_secs),
+            poll: Duration::from_millis(settings.poll_interval_ms),
+            job_timeout: Duration::from_secs(settings.job_timeout_secs),
+            wake,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    fn lease_until(&self) -> i64 {
+        now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        self.store
+            .claim_jobs(&self.owner, limit, self.lease_until(), now_ms())
+            .await
+    }
+
+    /// Claims what is due (up to the concurrency), runs it, records the results. Returns how
+    /// many jobs ran.
+    pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let jobs = self.claim(self.concurrency).await?;
+        let n = jobs.len();
+        let mut set = JoinSet::new();
+        for job in jobs {
+            let worker = Arc::clone(self);
+            set.spawn(async move { worker.execute(job).await });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok(Err(e)) = done {
+                return Err(e);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Runs one job and records its outcome.
+    async fn execute(&self, job: ClaimedJob) -> Result<i64, StoreError> {
+        let span = tracing::info_span!(
+            "job",
+            job_id = job.job_id,
+            handler = %job.handler,
+            delivery = %job.delivery_id,
+            repository = job.repository.as_deref().unwrap_or("-"),
+            attempt = job.attempt,
+        );
+        async {
+            let started = std::time::Instant::now();
+            let result = match self.registry.get(&job.handler) {
+                Some(handler) => {
+                    let ctx = JobContext {
+                        job: &job,
+                        store: &self.store,
+                    };
+                    match tokio::time::timeout(self.job_timeout, handler.handle(&ctx)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(HandlerError::Retry {
+                            message: format!(
+                                "handler timed out after {} s",
+                                self.job_timeout.as_secs()
+                            ),
+                            retry_after: None,
+                        }),
+                    }
+                }
+                None => Err(HandlerError::Permanent(format!(
+                    "handler `{}` is not enabled on this instance; enable it and replay the event",
+                    job.handler
+                ))),
+            };
+            let outcome = match &result {
+                Ok(effects) => JobOutcome::Done {
+                    effects: effects.clone(),
+                },
+                Err(error) => self.policy.on_failure(job.attempt, error, now_ms()),
+            };
+            let label = match &outcome {
+                JobOutcome::Done { .. } => "done",
+                JobOutcome::Retry { .. } => "failed",
+                JobOutcome::Dead { .. } => "dead",
+            };
+            match &outcome {
+                JobOutcome::Done { .. } => tracing::debug!("job done"),
+                JobOutcome::Retry { error, .. } => tracing::warn!(%error, "job failed; will retry"),
+                JobOutcome::Dead { error } => tracing::error!(%error, "job dead"),
+            }
+            metrics::counter!("hookdock_jobs_total", "handler" => job.handler.clone(), "outcome" => label)
+                .increment(1);
+            metrics::histogram!("hookdock_job_seconds", "handler" => job.handler.clone())
+                .record(started.elapsed().as_secs_f64());
+            let recorded = self
+                .store
+                .finish_job(JobFinish {
+                    job_id: job.job_id,
+                    event_id: job.event_id,
+                    lease_owner: self.owner.clone(),
+                    attempt: job.attempt,
+                    outcome,
+                })
+                .await?;
+            if !recorded {
+                tracing::warn!("lease expired before the job finished; its result was discarded");
+            }
+            Ok(job.job_id)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Works until `shutdown`, then waits up to `grace` for running jobs and releases the rest.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let mut running: JoinSet<Result<i64, StoreError>> = JoinSet::new();
+        let mut running_ids: HashSet<i64> = HashSet::new();
+        let mut task_jobs = std::collections::HashMap::new();
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut claim_backoff = Duration::ZERO;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let free = self.concurrency.saturating_sub(running.len());
+            let mut claimed_full = false;
+            if free > 0 && claim_backoff.is_zero() {
+                match self.claim(free).await {
+                    Ok(jobs) => {
+                        claimed_full = jobs.len() == free;
+                        for job in jobs {
+                            running_ids.insert(job.job_id);
+                            let job_id = job.job_id;
+                            let worker = Arc::clone(&self);
+                            let handle = running.spawn(async move { worker.execute(job).await });
+                            task_jobs.insert(handle.id(), job_id);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "claiming jobs failed");
+                        claim_backoff = self.poll;
+                    }
+                }
+            }
+            if claimed_full && running.len() < self.concurrency {
+                continue;
+            }
+            let pause = if claim_backoff.is_zero() {
+                self.poll
+            } else {
+                claim_backoff
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    let id = match &joined {
+                        Ok((id, _)) => *id,
+                        Err(e) => e.id(),
+                    };
+                    if let Some(job_id) = task_jobs.remove(&id) {
+                        running_ids.remove(&job_id);
+                    }
+                    if let Ok((_, Err(error))) = joined {
+                        tracing::error!(%error, "recording a job result failed; it will run again when its lease expires");
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => { claim_backoff = Duration::ZERO; }
+                _ = renew.tick() => {
+                    let ids: Vec<i64> = running_ids.iter().copied().collect();
+                    if let Err(error) = self.store.renew_leases(&self.owner, &ids, self.lease_until()).await {
+                        tracing::warn!(%error, "renewing leases failed");
+                    }
+                }
+            }
+        }
+
+        if !running.is_empty() {
+            tracing::info!(
+                jobs = running.len(),
+                grace_secs = grace.as_secs(),
+                "waiting for running jobs"
+            );
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = running.join_next_with_id().await {
+                let id = match &joined {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                if let Some(job_id) = task_jobs.remove(&id) {
+                    running_ids.remove(&job_id);
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            let ids: Vec<i64> = running_ids.iter().copied().collect();
+            match self.store.release_jobs(&self.owner, &ids).await {
+                Ok(n) => tracing::warn!(
+                    released = n,
+                    "released jobs that did not finish in the grace period"
+                ),
+                Err(error) => {
+                    tracing::error!(%error, "releasing leases failed; they expire on their own")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_millis(1000),
+            cap: Duration::from_secs(60),
+            max_attempts: 5,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let p = policy();
+        for attempt in 1..=12u32 {
+            let full = Duration::from_millis(1000 * (1u64 << (attempt - 1))).min(p.cap);
+            for _ in 0..50 {
+                let d = p.delay(attempt, &mut rng);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} vs {full:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn failures_retry_until_max_attempts_then_die() {
+        let p = policy();
+        let retry = HandlerError::Retry {
+            message: "boom".into(),
+            retry_after: None,
+        };
+        match p.on_failure(1, &retry, 1_000) {
+            JobOutcome::Retry { run_at, error } => {
+                assert!((1_500..=2_000).contains(&run_at), "{run_at}");
+                assert_eq!(error, "boom");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(p.on_failure(5, &retry, 0), JobOutcome::Dead { error } if error.contains("5 attempts"))
+        );
+        let later = HandlerError::Retry {
+            message: "rate limited".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        };
+        assert!(matches!(
+            p.on_failure(2, &later, 0),
+            JobOutcome::Retry { run_at: 30_000, .. }
+        ));
+        assert!(matches!(
+            p.on_failure(1, &HandlerError::Permanent("bad".into()), 0),
+            JobOutcome::Dead { .. }
+        ));
+    }
+}

@@ -1,0 +1,487 @@
+//! Stored deliveries: the batched insert behind ingest, and the read side of the events API.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::sql::{Sql, pow2_chunks};
+use super::{EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
+
+/// Most rows in one multi-row statement (SQLite allows 32,766 parameters; rows have 21).
+const MAX_ROWS_PER_STATEMENT: usize = 64;
+
+const SUMMARY_COLUMNS: &str = "id, delivery_id, event, action, status, repository, repository_id, \
+     organization, installation_id, hook_id, target_type, target_id, sender, ordering_key, \
+     content_type, received_at, updated_at, last_error, body_size, body_sha256";
+
+/// An event as listed by the API and CLI (no body).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: i64,
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub status: String,
+    pub repository: Option<String>,
+    pub repository_id: Option<i64>,
+    pub organization: Option<String>,
+    pub installation_id: Option<i64>,
+    pub hook_id: Option<i64>,
+    pub target_type: Option<String>,
+    pub target_id: Option<i64>,
+    pub sender: Option<String>,
+    pub ordering_key: String,
+    pub content_type: String,
+    #[serde(serialize_with = "super::ser_time")]
+    pub received_at: i64,
+    #[serde(serialize_with = "super::ser_time")]
+    pub updated_at: i64,
+    pub last_error: Option<String>,
+    pub body_size: i64,
+    /// Hex SHA-256 of the body as received.
+    pub body_sha256: String,
+}
+
+impl EventSummary {
+    /// `event.action`, as GitHub's documentation names deliveries.
+    pub fn label(&self) -> String {
+        match &self.action {
+            Some(a) => format!("{}.{a}", self.event),
+            None => self.event.clone(),
+        }
+    }
+
+    fn from_row(row: &AnyRow) -> Result<EventSummary, sqlx::Error> {
+        let sha: Vec<u8> = row.try_get("body_sha256")?;
+        Ok(EventSummary {
+            id: row.try_get("id")?,
+            delivery_id: row.try_get("delivery_id")?,
+            event: row.try_get("event")?,
+            action: opt_text(row, "action")?,
+            status: row.try_get("status")?,
+            repository: opt_text(row, "repository")?,
+            repository_id: row.try_get("repository_id")?,
+            organization: opt_text(row, "organization")?,
+            installation_id: row.try_get("installation_id")?,
+            hook_id: row.try_get("hook_id")?,
+            target_type: opt_text(row, "target_type")?,
+            target_id: row.try_get("target_id")?,
+            sender: opt_text(row, "sender")?,
+            ordering_key: row.try_get("ordering_key")?,
+            content_type: row.try_get("content_type")?,
+            received_at: row.try_get("received_at")?,
+            updated_at: row.try_get("updated_at")?,
+            last_error: opt_text(row, "last_error")?,
+            body_size: row.try_get("body_size")?,
+            body_sha256: hex::encode(sha),
+        })
+    }
+}
+
+/// One job of an event, as shown in its detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub handler: String,
+    pub status: String,
+    pub attempts: i64,
+    #[serde(serialize_with = "super::ser_time")]
+    pub run_at: i64,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "super::ser_time")]
+    pub updated_at: i64,
+}
+
+/// One recorded state change of a job.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub job_id: i64,
+    pub handler: String,
+    pub status: String,
+    pub attempt: i64,
+    #[serde(serialize_with = "super::ser_time")]
+    pub at: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventDetail {
+    #[serde(flatten)]
+    pub summary: EventSummary,
+    pub headers: serde_json::Value,
+    pub jobs: Vec<JobSummary>,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The body of a delivery exactly as received.
+#[derive(Debug, Clone)]
+pub struct StoredBody {
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Filters of the events list; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub delivery_id: Option<String>,
+    pub status: Option<EventStatus>,
+    pub event: Option<String>,
+    pub action: Option<String>,
+    pub repository: Option<String>,
+    /// Only events with a smaller id (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// Writes a batch of deliveries in the caller's transaction. Duplicates (already stored, or
+/// repeated within the batch) change nothing; a new delivery id whose body hash is already
+/// known is stored as `replay_suspected` and gets no jobs.
+pub(crate) async fn insert_deliveries(
+    conn: &mut AnyConnection,
+    batch: &[&NewDelivery],
+    now: i64,
+) -> Result<Vec<IngestOutcome>, sqlx::Error> {
+    let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; batch.len()];
+    // Repeats of a delivery id inside the batch take the outcome of its first occurrence.
+    let mut first_index: HashMap<&str, usize> = HashMap::new();
+    let mut repeat_of: Vec<Option<usize>> = Vec::with_capacity(batch.len());
+    for (i, d) in batch.iter().enumerate() {
+        match first_index.get(d.delivery_id.as_str()) {
+            Some(&first) => repeat_of.push(Some(first)),
+            None => {
+                first_index.insert(d.delivery_id.as_str(), i);
+                repeat_of.push(None);
+            }
+        }
+    }
+    let unique: Vec<usize> = (0..batch.len())
+        .filter(|&i| repeat_of[i].is_none())
+        .collect();
+
+    // One lookup for both questions: which ids are stored already, which bodies are known.
+    let mut existing_ids: HashMap<String, i64> = HashMap::new();
+    let mut known_hashes: HashSet<Vec<u8>> = HashSet::new();
+    for chunk in unique.chunks(MAX_ROWS_PER_STATEMENT * 4) {
+        let mut sql =
+            Sql::new("SELECT id, delivery_id, body_sha256 FROM events WHERE delivery_id IN ");
+        sql.bind_list(chunk.iter().map(|&i| batch[i].delivery_id.as_str()));
+        sql.push(" OR body_sha256 IN ");
+        sql.bind_list(chunk.iter().map(|&i| batch[i].body_sha256.to_vec()));
+        for row in sql.fetch_all(&mut *conn).await? {
+            let id: i64 = row.try_get(0)?;
+            let delivery: String = row.try_get(1)?;
+            let hash: Vec<u8> = row.try_get(2)?;
+            existing_ids.insert(delivery, id);
+            known_hashes.insert(hash);
+        }
+    }
+
+    let mut to_insert: Vec<(usize, EventStatus)> = Vec::new();
+    for &i in &unique {
+        let d = &batch[i];
+        if let Some(&event_id) = existing_ids.get(&d.delivery_id) {
+            outcomes[i] = Some(IngestOutcome::Duplicate { event_id });
+            continue;
+        }
+        let status = if !known_hashes.insert(d.body_sha256.to_vec()) {
+            EventStatus::ReplaySuspected
+        } else if d.handlers.is_empty() {
+            EventStatus::Ignored
+        } else {
+            EventStatus::Pending
+        };
+        to_insert.push((i, status));
+    }
+
+    // Insert in power-of-two chunks; RETURNING tells which rows went in. A row missing from
+    // RETURNING lost a race with another instance inserting the same delivery id.
+    let mut inserted: HashMap<String, i64> = HashMap::new();
+    let mut start = 0;
+    for size in pow2_chunks(to_insert.len(), MAX_ROWS_PER_STATEMENT) {
+        let chunk = &to_insert[start..start + size];
+        start += size;
+        let mut sql = Sql::new(
+            "INSERT INTO events (delivery_id, event, action, status, repository, repository_id, \
+             organization, installation_id, hook_id, target_type, target_id, sender, ordering_key, \
+             content_type, headers, received_at, updated_at, body_size, body_sha256, body) VALUES ",
+        );
+        for (n, &(i, status)) in chunk.iter().enumerate() {
+            let d = &batch[i];
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.bind(d.delivery_id.as_str()).push(", ");
+            sql.bind(d.event.as_str()).push(", ");
+            sql.bind(d.action.as_deref()).push(", ");
+            sql.bind(status.as_str()).push(", ");
+            sql.bind(d.repository.as_deref()).push(", ");
+            sql.bind(d.repository_id).push(", ");
+            sql.bind(d.organization.as_deref()).push(", ");
+            sql.bind(d.installation_id).push(", ");
+            sql.bind(d.hook_id).push(", ");
+            sql.bind(d.target_type).push(", ");
+            sql.bind(d.target_id).push(", ");
+            sql.bind(d.sender.as_deref()).push(", ");
+            sql.bind(d.ordering_key.as_str()).push(", ");
+            sql.bind(d.content_type).push(", ");
+            sql.bind(d.headers_json.as_str()).push(", ");
+            sql.bind(d.received_at).push(", ");
+            sql.bind(now).push(", ");
+            sql.bind(d.body_size).push(", ");
+            sql.bind(d.body_sha256.to_vec()).push(", ");
+            sql.bind(d.body_zstd.clone()).push(")");
+        }
+        sql.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id");
+        for row in sql.fetch_all(&mut *conn).await? {
+            inserted.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+    }
+
+    let mut raced: Vec<usize> = Vec::new();
+    let mut jobs: Vec<(i64, &'static str, &str)> = Vec::new();
+    for &(i, status) in &to_insert {
+        let d = &batch[i];
+        match inserted.get(&d.delivery_id) {
+            Some(&event_id) => {
+                outcomes[i] = Some(IngestOutcome::Stored { event_id, status });
+                if status == EventStatus::Pending {
+                    jobs.extend(
+                        d.handlers
+                            .iter()
+                            .map(|h| (event_id, *h, d.ordering_key.as_str())),
+                    );
+                }
+            }
+            None => raced.push(i),
+        }
+    }
+    if !raced.is_empty() {
+        let mut sql = Sql::new("SELECT id, delivery_id FROM events WHERE delivery_id IN ");
+        sql.bind_list(raced.iter().map(|&i| batch[i].delivery_id.as_str()));
+        let ids: HashMap<String, i64> = sql
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for i in raced {
+            let event_id = ids.get(&batch[i].delivery_id).copied().ok_or_else(|| {
+                sqlx::Error::Protocol(format!(
+                    "delivery {} neither inserted nor found",
+                    batch[i].delivery_id
+                ))
+            })?;
+            outcomes[i] = Some(IngestOutcome::Duplicate { event_id });
+        }
+    }
+
+    insert_jobs(conn, &jobs, now).await?;
+
+    for (i, rep) in repeat_of.iter().enumerate() {
+        if let Some(first) = rep {
+            let event_id = match outcomes[*first] {
+                Some(
+                    IngestOutcome::Stored { event_id, .. } | IngestOutcome::Duplicate { event_id },
+                ) => event_id,
+                None => continue,
+            };
+            outcomes[i] = Some(IngestOutcome::Duplicate { event_id });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.ok_or_else(|| sqlx::Error::Protocol("delivery without outcome".into())))
+        .collect()
+}
+
+/// Creates pending jobs `(event_id, handler, ordering_key)`, runnable now.
+pub(crate) async fn insert_jobs(
+    conn: &mut AnyConnection,
+    jobs: &[(i64, &'static str, &str)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let mut start = 0;
+    for size in pow2_chunks(jobs.len(), MAX_ROWS_PER_STATEMENT) {
+        let mut sql = Sql::new(
+            "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
+             created_at, updated_at) VALUES ",
+        );
+        for (n, (event_id, handler, key)) in jobs[start..start + size].iter().enumerate() {
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.bind(*event_id)
+                .push(", ")
+                .bind(*handler)
+                .push(", ")
+                .bind(*key);
+            sql.push(", 'pending', 0, ")
+                .bind(now)
+                .push(", ")
+                .bind(now)
+                .push(", ")
+                .bind(now);
+            sql.push(")");
+        }
+        start += size;
+        sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
+        sql.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Events newest first, filtered; at most `limit`.
+    pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1"));
+        if let Some(v) = &filter.delivery_id {
+            sql.push(" AND delivery_id = ").bind(v.as_str());
+        }
+        if let Some(v) = filter.status {
+            sql.push(" AND status = ").bind(v.as_str());
+        }
+        if let Some(v) = &filter.event {
+            sql.push(" AND event = ").bind(v.as_str());
+        }
+        if let Some(v) = &filter.action {
+            sql.push(" AND action = ").bind(v.as_str());
+        }
+        if let Some(v) = &filter.repository {
+            sql.push(" AND repository = ").bind(v.as_str());
+        }
+        if let Some(v) = filter.before_id {
+            sql.push(" AND id < ").bind(v);
+        }
+        sql.push(" ORDER BY id DESC LIMIT ")
+            .bind(i64::from(filter.limit));
+        let rows = sql.fetch_all(&self.inner.read).await?;
+        Ok(rows
+            .iter()
+            .map(EventSummary::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub async fn event_summary(&self, id: i64) -> Result<EventSummary, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE id = "));
+        sql.bind(id);
+        let row = sql
+            .fetch_optional(&self.inner.read)
+            .await?
+            .ok_or(StoreError::EventNotFound(id))?;
+        Ok(EventSummary::from_row(&row)?)
+    }
+
+    /// An event with its headers, jobs and job history.
+    pub async fn event_detail(&self, id: i64) -> Result<EventDetail, StoreError> {
+        let summary = self.event_summary(id).await?;
+        let mut sql = Sql::new("SELECT headers FROM events WHERE id = ");
+        sql.bind(id);
+        let headers_text: String = match sql.fetch_optional(&self.inner.read).await? {
+            Some(row) => row.try_get(0)?,
+            None => return Err(StoreError::EventNotFound(id)),
+        };
+        let headers = serde_json::from_str(&headers_text).unwrap_or(serde_json::Value::Null);
+
+        let mut sql = Sql::new(
+            "SELECT id, handler, status, attempts, run_at, last_error, updated_at FROM jobs \
+             WHERE event_id = ",
+        );
+        sql.bind(id).push(" ORDER BY id");
+        let jobs = sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(JobSummary {
+                    id: r.try_get("id")?,
+                    handler: r.try_get("handler")?,
+                    status: r.try_get("status")?,
+                    attempts: r.try_get("attempts")?,
+                    run_at: r.try_get("run_at")?,
+                    last_error: opt_text(r, "last_error")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+
+        let mut sql = Sql::new(
+            "SELECT h.job_id, j.handler, h.status, h.attempt, h.at, h.error FROM job_history h \
+             JOIN jobs j ON j.id = h.job_id WHERE h.event_id = ",
+        );
+        sql.bind(id).push(" ORDER BY h.id");
+        let history = sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    job_id: r.try_get(0)?,
+                    handler: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    attempt: r.try_get(3)?,
+                    at: r.try_get(4)?,
+                    error: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(EventDetail {
+            summary,
+            headers,
+            jobs,
+            history,
+        })
+    }
+
+    /// The delivery body exactly as received, decompressed and checked against its hash.
+    pub async fn event_body(&self, id: i64) -> Result<StoredBody, StoreError> {
+        let mut sql = Sql::new("SELECT content_type, body, body_sha256 FROM events WHERE id = ");
+        sql.bind(id);
+        let row = sql
+            .fetch_optional(&self.inner.read)
+            .await?
+            .ok_or(StoreError::EventNotFound(id))?;
+        let compressed: Vec<u8> = row.try_get(1)?;
+        let expected: Vec<u8> = row.try_get(2)?;
+        let corrupt = |reason: String| StoreError::CorruptBody {
+            event_id: id,
+            reason,
+        };
+        let bytes = zstd::stream::decode_all(compressed.as_slice())
+            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        use sha2::Digest;
+        if sha2::Sha256::digest(&bytes).as_slice() != expected.as_slice() {
+            return Err(corrupt("SHA-256 does not match the stored hash".into()));
+        }
+        Ok(StoredBody {
+            content_type: row.try_get(0)?,
+            bytes,
+        })
+    }
+
+    /// Counts events per status (for the CLI summary and tests).
+    pub async fn count_events_by_status(&self) -> Result<HashMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM events GROUP BY status")
+            .fetch_all(&self.inner.read)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Deletes done and ignored events received before `cutoff_ms`, in small transactions so
+    /// ingest is never held up for long. Pending, failed, dead and suspected events are kept.
+    pub async fn purge_finished(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let mut sql = Sql::new(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events \
+                 WHERE status IN ('done', 'ignored') AND received_at < ",
+            );
+            sql.bind(cutoff_ms).push(" ORDER BY id LIMIT 500)");
+            let deleted = sql.execute(&self.inner.write).await?.rows_affected();
+            total += deleted;
+            if deleted == 0 {
+                return Ok(total);
+            }
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! All SQL lives here: deliveries, jobs, their history, and what handlers record.
+//!
+//! One `Store` serves SQLite (embedded default) and PostgreSQL (several instances sharing one
+//! database) through sqlx's `Any` driver with runtime-checked queries written once in SQL both
+//! accept; the few differences sit in [`Dialect`]. Every query is exercised by the integration
+//! suite on both databases.
+//!
+//! Writes that must be durable before anyone is told (ingested deliveries, job results) go
+//! through a single group-commit writer ([`writer`]): many operations share one transaction and
+//! one fsync. On SQLite all writes share one connection, so writers queue in order instead of
+//! sleeping on the file lock.
+
+mod dialect;
+mod events;
+mod jobs;
+mod sql;
+mod writer;
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+pub use dialect::Dialect;
+pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
+pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A storage failure. Callers map it to 503 (ingest) or 500; it never carries secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot open database {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
+    #[error("stored body of event {event_id} cannot be read back: {reason}")]
+    CorruptBody { event_id: i64, reason: String },
+    #[error("event {0} not found")]
+    EventNotFound(i64),
+}
+
+/// Status of a stored delivery, derived from its jobs once it has any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    Pending,
+    Processing,
+    Done,
+    Failed,
+    Dead,
+    Ignored,
+    ReplaySuspected,
+}
+
+impl EventStatus {
+    pub const ALL: [EventStatus; 7] = [
+        EventStatus::Pending,
+        EventStatus::Processing,
+        EventStatus::Done,
+        EventStatus::Failed,
+        EventStatus::Dead,
+        EventStatus::Ignored,
+        EventStatus::ReplaySuspected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Processing => "processing",
+            EventStatus::Done => "done",
+            EventStatus::Failed => "failed",
+            EventStatus::Dead => "dead",
+            EventStatus::Ignored => "ignored",
+            EventStatus::ReplaySuspected => "replay_suspected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventStatus> {
+        EventStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Status of one (event, handler) job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Pending,
+    Processing,
+    Done,
+    Failed,
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Processing => "processing",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Dead => "dead",
+        }
+    }
+}
+
+/// A verified delivery ready to be written.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub repository: Option<String>,
+    pub repository_id: Option<i64>,
+    pub organization: Option<String>,
+    pub installation_id: Option<i64>,
+    pub hook_id: Option<i64>,
+    pub target_type: Option<&'static str>,
+    pub target_id: Option<i64>,
+    pub sender: Option<String>,
+    pub ordering_key: String,
+    pub content_type: &'static str,
+    /// JSON object of the delivery headers hookdock keeps.
+    pub headers_json: String,
+    pub body_zstd: Vec<u8>,
+    pub body_size: i64,
+    pub body_sha256: [u8; 32],
+    /// Handlers subscribed to this event; empty means the event is stored as `ignored`.
+    pub handlers: Vec<&'static str>,
+    pub received_at: i64,
+}
+
+/// What the store did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Newly stored, with its initial status (pending, ignored or replay_suspected).
+    Stored { event_id: i64, status: EventStatus },
+    /// The delivery id was already stored; nothing changed.
+    Duplicate { event_id: i64 },
+}
+
+/// A write to hookdock's own tables that a handler asks for. It is applied in the same
+/// transaction that marks its job done, so a retried or crashed job never applies it twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Count one handled event for `scope` (a repository, or `org:NAME`) and event type.
+    RecordActivity {
+        scope: String,
+        event: String,
+        event_id: i64,
+        received_at: i64,
+    },
+}
+
+/// One row of the activity table.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Activity {
+    pub repository: String,
+    pub event: String,
+    pub last_event_id: i64,
+    #[serde(serialize_with = "ser_time")]
+    pub last_received_at: i64,
+    pub events_handled: i64,
+}
+
+/// Pool sizes and batching.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_batch: usize,
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_batch: 256,
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialect: Dialect,
+    /// Used by reads; on SQLite separate connections so reads never wait for the writer.
+    read: AnyPool,
+    /// Used by every write; a single connection on SQLite.
+    write: AnyPool,
+    writer: writer::WriterHandle,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dialect", &self.inner.dialect)
+            .finish()
+    }
+}
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Unix milliseconds as RFC 3339 UTC with millisecond precision.
+pub fn rfc3339(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Serializes a Unix-milliseconds field as RFC 3339.
+pub(crate) fn ser_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn install_drivers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+impl Store {
+    /// Connects (creating a SQLite file and its directory on first use) and starts the writer.
+    /// Does not migrate; call [`Store::migrate`].
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        install_drivers();
+        let open_error = |reason: String| StoreError::Open {
+            url: redact_url(url),
+            reason,
+        };
+        let dialect = Dialect::from_url(url).ok_or_else(|| {
+            open_error("unsupported scheme; use sqlite:// or postgres://".to_owned())
+        })?;
+        let (read, write) = match dialect {
+            Dialect::Sqlite => {
+                let url = prepare_sqlite_url(url).map_err(open_error)?;
+                let write = pool(dialect, true, 1, &url).await?;
+                let read = pool(dialect, false, options.max_connections.max(2), &url).await?;
+                (read, write)
+            }
+            Dialect::Postgres => {
+                let pool = pool(dialect, true, options.max_connections.max(4), url).await?;
+                (pool.clone(), pool)
+            }
+        };
+        let writer = writer::spawn(dialect, write.clone(), options.max_batch);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dialect,
+                read,
+                write,
+                writer,
+            }),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.inner.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies pending migrations; returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let before = self.applied_migrations().await.unwrap_or_default().len();
+        self.migrator().run(&self.inner.write).await?;
+        let after = self.applied_migrations().await?.len();
+        Ok(after.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
+        let rows =
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.inner.read)
+                .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// True when the database answers and has exactly the migrations this binary knows.
+    pub async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let applied = match self.applied_migrations().await {
+            Ok(v) => v,
+            // No migrations table yet: reachable, but not migrated.
+            Err(StoreError::Database(sqlx::Error::Database(_))) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();
+        Ok(applied == known)
+    }
+
+    /// Stores a delivery through the group-commit writer; returns once it is committed.
+    pub async fn ingest(&self, delivery: NewDelivery) -> Result<IngestOutcome, StoreError> {
+        self.inner.writer.ingest(delivery).await
+    }
+
+    /// Records a job's result (and its effects) through the group-commit writer. Returns false
+    /// when the job's lease had passed to another worker, in which case nothing was written.
+    pub async fn finish_job(&self, finish: JobFinish) -> Result<bool, StoreError> {
+        self.inner.writer.finish(finish).await
+    }
+
+    /// Stops the writer after it has committed everything already handed to it, then closes
+    /// the pools. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        self.inner.writer.shutdown().await;
+        self.inner.read.close().await;
+        self.inner.write.close().await;
+    }
+
+    /// Reachability check for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.read).await?;
+        Ok(())
+    }
+
+    pub async fn activity(&self) -> Result<Vec<Activity>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT repository, event, last_event_id, last_received_at, events_handled \
+             FROM repo_activity ORDER BY repository, event",
+        )
+        .fetch_all(&self.inner.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Activity {
+                    repository: r.try_get(0)?,
+                    event: r.try_get(1)?,
+                    last_event_id: r.try_get(2)?,
+                    last_received_at: r.try_get(3)?,
+                    events_handled: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+/// Makes sure the SQLite file's directory exists and that the file is created on first use.
+fn prepare_sqlite_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| "not a sqlite URL".to_owned())?;
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" {
+        return Err(
+            "an in-memory SQLite database would lose every delivery; give a file path".into(),
+        );
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create directory {}: {e}", parent.display()))?;
+    }
+    let mode = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("mode=")));
+    let mut out = format!("sqlite://{path}");
+    match (query, mode) {
+        (Some(q), true) => out.push_str(&format!("?{q}")),
+        (Some(q), false) => out.push_str(&format!("?{q}&mode=rwc")),
+        (None, _) => out.push_str("?mode=rwc"),
+    }
+    Ok(out)
+}
+
+async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, StoreError> {
+    let setup = dialect.connection_setup(writer);
+    AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(if writer { 1 } else { 0 })
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                for statement in setup {
+                    sqlx::query(statement).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| StoreError::Open {
+            url: redact_url(url),
+            reason: e.to_string(),
+        })
+}
+
+/// Reads an optional text column.
+pub(crate) fn opt_text(row: &AnyRow, col: &str) -> Result<Option<String>, sqlx::Error> {
+    row.try_get::<Option<String>, _>(col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://user:hunter2@db:5432/x"),
+            "postgres://user:***@db:5432/x"
+        );
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = std::env::temp_dir().join(format!("hookdock-url-{}", std::process::id()));
+        let file = dir.join("a/b.db");
+        let url = format!("sqlite://{}", file.display());
+        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert!(dir.join("a").is_dir());
+        assert_eq!(
+            prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap(),
+            format!("{url}?mode=ro")
+        );
+        assert!(prepare_sqlite_url("sqlite::memory:").is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn statuses_roundtrip() {
+        for s in EventStatus::ALL {
+            assert_eq!(EventStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(EventStatus::parse("nope"), None);
+    }
+}
