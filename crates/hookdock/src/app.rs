@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::handlers::HandlerRegistry;
+use crate::handlers::{Handler, HandlerRegistry};
 use crate::http::{AppState, Shared, router};
 use crate::ingest::{Ingestor, WebhookSecrets};
 use crate::queue::Worker;
@@ -46,6 +46,14 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
+        App::build_with_handlers(settings, Vec::new()).await
+    }
+
+    /// Like [`App::build`], with handlers beyond the built-in ones (tests, embedders).
+    pub async fn build_with_handlers(
+        settings: Settings,
+        extra: Vec<Arc<dyn Handler>>,
+    ) -> Result<App, AppError> {
         let store = Store::connect(
             &settings.database_url,
             StoreOptions {
@@ -58,7 +66,10 @@ impl App {
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");
         }
-        let registry = HandlerRegistry::from_settings(&settings.handlers);
+        let mut registry = HandlerRegistry::from_settings(&settings.handlers);
+        for handler in extra {
+            registry.register(handler);
+        }
         let jobs_ready = Arc::new(Notify::new());
         let ingestor = Ingestor::new(
             WebhookSecrets::from_settings(&settings),
@@ -126,6 +137,14 @@ impl App {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn registry(&self) -> &HandlerRegistry {
+        &self.state.registry
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The worker, for tests that drive the queue step by step (`workers = 0` builds none that

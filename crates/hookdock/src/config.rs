@@ -197,29 +197,36 @@ fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
 }
 
 /// Secrets may look like numbers (`HOOKDOCK_WEBHOOK_SECRET=123456`); accept them as text.
-fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Text {
-        S(String),
-        U(u64),
-        I(i64),
-        F(f64),
-        B(bool),
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretText {
+    S(String),
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl From<SecretText> for SecretString {
+    fn from(t: SecretText) -> SecretString {
+        SecretString::from(match t {
+            SecretText::S(s) => s,
+            SecretText::U(n) => n.to_string(),
+            SecretText::I(n) => n.to_string(),
+            SecretText::F(n) => n.to_string(),
+            SecretText::B(b) => b.to_string(),
+        })
     }
-    Ok(SecretString::from(match Text::deserialize(d)? {
-        Text::S(s) => s,
-        Text::U(n) => n.to_string(),
-        Text::I(n) => n.to_string(),
-        Text::F(n) => n.to_string(),
-        Text::B(b) => b.to_string(),
-    }))
+}
+
+fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    SecretText::deserialize(d).map(SecretString::from)
 }
 
 fn optional_secret<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<SecretString>, D::Error> {
-    secret(d).map(Some)
+    Ok(Option::<SecretText>::deserialize(d)?.map(SecretString::from))
 }
 
 /// Built-in defaults, the lowest layer.
@@ -267,8 +274,24 @@ impl Sources {
         }
     }
 
+    /// Sets a value as a flag would; `key` may be dotted (`queue.workers`).
     pub fn set(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
-        self.overrides.insert(key.to_owned(), value.into());
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or(key);
+        let mut map = &mut self.overrides;
+        for part in parts {
+            let entry = map
+                .entry(part.to_owned())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !entry.is_object() {
+                *entry = serde_json::Value::Object(Default::default());
+            }
+            match entry {
+                serde_json::Value::Object(inner) => map = inner,
+                _ => unreachable!("just made an object"),
+            }
+        }
+        map.insert(last.to_owned(), value.into());
         self
     }
 }
@@ -462,6 +485,34 @@ mod tests {
                 .as_ref()
                 .map(|s| s.expose_secret().to_owned()),
             Some("s3cret".to_owned())
+        );
+    }
+
+    #[test]
+    fn dotted_overrides_merge_with_defaults() {
+        let s = Settings::load(
+            &no_file(&[])
+                .set("queue.workers", 0)
+                .set("queue.lease_secs", 5)
+                .set("handlers.activity.events", serde_json::json!(["push"])),
+        )
+        .expect("loads");
+        assert_eq!((s.queue.workers, s.queue.lease_secs), (0, 5));
+        assert_eq!(
+            s.queue.max_attempts, 8,
+            "untouched keys keep their defaults"
+        );
+        assert_eq!(s.handlers.activity.events, ["push"]);
+    }
+
+    #[test]
+    fn numeric_looking_secret_is_text() {
+        let s = Settings::load(&no_file(&[("HOOKDOCK_WEBHOOK_SECRET", "123456")])).expect("loads");
+        assert_eq!(
+            s.webhook_secret
+                .map(|s| s.expose_secret().to_owned())
+                .as_deref(),
+            Some("123456")
         );
     }
 

@@ -20,7 +20,7 @@ const QUEUE_CAPACITY: usize = 8192;
 
 enum Op {
     Ingest(
-        NewDelivery,
+        Box<NewDelivery>,
         oneshot::Sender<Result<IngestOutcome, StoreError>>,
     ),
     Finish(JobFinish, oneshot::Sender<Result<bool, StoreError>>),
@@ -42,7 +42,7 @@ impl WriterHandle {
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<IngestOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Ingest(delivery, reply))
+            .send(Op::Ingest(Box::new(delivery), reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -72,7 +72,7 @@ async fn run(dialect: Dialect, pool: AnyPool, mut rx: mpsc::Receiver<Op>, max_ba
     while let Some(first) = rx.recv().await {
         let mut shutdown = None;
         let mut take = |op: Op| match op {
-            Op::Ingest(d, reply) => ingests.push((d, reply)),
+            Op::Ingest(d, reply) => ingests.push((*d, reply)),
             Op::Finish(f, reply) => finishes.push((f, reply)),
             Op::Shutdown(reply) => shutdown = Some(reply),
         };

@@ -1,0 +1,221 @@
+//! The JSON API: authentication, listing with filters and cursors, details, health, metrics.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+async fn api_requires_the_admin_token_but_health_does_not(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = app.client.get(format!("{}{path}", app.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(get("/api/v1/events", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get("/api/v1/events", Some("wrong-token-wrong-token")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get("/api/v1/events", Some(TOKEN)).await, StatusCode::OK);
+    assert_eq!(
+        get("/api/v1/events/1/payload", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get("/healthz", None).await, StatusCode::OK);
+    assert_eq!(get("/readyz", None).await, StatusCode::OK);
+    app.stop().await;
+
+    // Without a configured token the API is closed entirely.
+    let closed = TestApp::spawn_with(
+        &backend,
+        |s| s.set("admin_token", serde_json::Value::Null),
+        vec![],
+    )
+    .await;
+    let response = closed
+        .client
+        .get(format!("{}/api/v1/events", closed.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_answer(response).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("HOOKDOCK_ADMIN_TOKEN"),
+        "{body}"
+    );
+    closed.stop().await;
+}
+
+async fn events_are_listed_newest_first_with_filters_and_cursor_pages(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let mut ids = Vec::new();
+    for seq in 0..7u64 {
+        let (event, fixture_name) = if seq % 2 == 0 {
+            ("push", "push.none.0")
+        } else {
+            ("issues", "issues.opened.0")
+        };
+        let (_, answer) = app
+            .post(
+                event,
+                &unique_body(fixture_name, seq),
+                &format!("delivery-{seq}"),
+            )
+            .await;
+        ids.push(answer["event_id"].as_i64().unwrap());
+    }
+    app.wait_until_idle().await;
+    let mut pages = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..5 {
+        let (status, page) = app
+            .api_get(&format!("/api/v1/events?limit=3&cursor={cursor}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let page_ids: Vec<i64> = page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        pages.push(page_ids);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+    let listed: Vec<i64> = pages.concat();
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(listed, expected, "newest first, no gaps or repeats");
+
+    let count = |q: &'static str| {
+        let app = &app;
+        async move {
+            let (status, page) = app.api_get(&format!("/api/v1/events?{q}")).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {page}");
+            page["events"].as_array().unwrap().len()
+        }
+    };
+    assert_eq!(count("event=push").await, 4);
+    assert_eq!(count("event=issues.opened").await, 3);
+    assert_eq!(count("event=issues.closed").await, 0);
+    assert_eq!(count("status=done").await, 7);
+    assert_eq!(count("status=dead").await, 0);
+    assert_eq!(count("delivery_id=delivery-3").await, 1);
+    assert_eq!(count("repo=Codertocat/Hello-World").await, 7);
+    assert_eq!(count("repo=other/repo").await, 0);
+
+    for (query, names) in [
+        ("status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        let (status, body) = app.api_get(&format!("/api/v1/events?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(
+            body["message"].as_str().unwrap().contains(names),
+            "{query}: {body}"
+        );
+    }
+    app.stop().await;
+}
+
+async fn event_detail_shows_headers_jobs_and_history(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (_, answer) = app
+        .post(
+            "pull_request",
+            &fixture("pull_request.opened.0"),
+            "detail-1",
+        )
+        .await;
+    let id = answer["event_id"].as_i64().unwrap();
+    app.wait_until_idle().await;
+    let (status, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["delivery_id"], "detail-1");
+    assert_eq!(detail["event"], "pull_request");
+    assert_eq!(detail["action"], "opened");
+    assert_eq!(detail["repository"], "Codertocat/Hello-World");
+    assert_eq!(detail["ordering_key"], "Codertocat/Hello-World#2");
+    assert_eq!(detail["status"], "done");
+    assert_eq!(detail["headers"]["X-GitHub-Delivery"], "detail-1");
+    assert_eq!(detail["jobs"][0]["handler"], "activity");
+    assert_eq!(detail["jobs"][0]["status"], "done");
+    let history: HashSet<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, HashSet::from(["processing", "done"]));
+    assert!(detail["received_at"].as_str().unwrap().ends_with('Z'));
+    let (status, missing) = app.api_get("/api/v1/events/424242").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    let (_, activity) = app.api_get("/api/v1/activity").await;
+    assert_eq!(
+        activity["activity"][0]["repository"],
+        "Codertocat/Hello-World"
+    );
+    assert_eq!(activity["activity"][0]["events_handled"], 1);
+    app.stop().await;
+}
+
+async fn readiness_reports_database_and_metrics_are_prometheus_text(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    app.post("ping", &fixture("ping.none.0"), &new_delivery_id())
+        .await;
+    let response = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_answer(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["migrations"], "current");
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE hookdock_webhook_deliveries_total counter"),
+        "{text}"
+    );
+    let response = app
+        .client
+        .get(format!("{}/nope", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    api_requires_the_admin_token_but_health_does_not,
+    events_are_listed_newest_first_with_filters_and_cursor_pages,
+    event_detail_shows_headers_jobs_and_history,
+    readiness_reports_database_and_metrics_are_prometheus_text,
+);

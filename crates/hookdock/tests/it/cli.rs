@@ -1,0 +1,202 @@
+//! The `hookdock` binary's commands as a user runs them.
+
+use std::process::{Command, Output};
+
+use crate::helpers::*;
+
+fn hookdock(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookdock"));
+    command
+        .args(args)
+        .env_clear()
+        .current_dir(std::env::temp_dir());
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("run hookdock")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn unknown_or_invalid_settings_are_named_at_start_up() {
+    let out = hookdock(&["check-config"], &[("HOOKDOCK_LISTN", "127.0.0.1:1")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("HOOKDOCK_LISTN"), "{err}");
+
+    let out = hookdock(&["serve"], &[("HOOKDOCK_QUEUE__WORKERS", "many")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("queue.workers"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hookdock.toml");
+    std::fs::write(&file, "[retention]\ndone_dayz = 3\n").unwrap();
+    let out = hookdock(&["--config", file.to_str().unwrap(), "check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("retention.done_dayz"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let db = format!("sqlite://{}/ok.db", dir.display());
+    let out = hookdock(
+        &["check-config"],
+        &[
+            ("HOOKDOCK_DATABASE_URL", &db),
+            ("HOOKDOCK_WEBHOOK_SECRET", "s"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("configuration is valid") && !stdout.contains("\"s\""),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_then_list_show_and_replay_from_the_command_line() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let url = app.webhook_url();
+    let db = app.settings.database_url.clone();
+    let run = move |args: Vec<String>| {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            hookdock(&args, &[("HOOKDOCK_DATABASE_URL", &db)])
+        })
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let out = run(args(&[
+        "send",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--fixture",
+        "pull_request.opened",
+        "--delivery-id",
+        "cli-1",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("HTTP 200") && stdout.contains("\"received\""),
+        "{stdout}"
+    );
+
+    let out = run(args(&[
+        "send",
+        "--url",
+        &url,
+        "--secret",
+        "wrong",
+        "--fixture",
+        "push",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("HTTP 403"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let payload = std::env::temp_dir().join(format!(
+        "hookdock-cli-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&payload, fixture("issues.opened.0")).unwrap();
+    let out = run(args(&[
+        "send",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--event",
+        "issues",
+        "--file",
+        payload.to_str().unwrap(),
+        "--form",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    std::fs::remove_file(&payload).ok();
+    app.wait_until_idle().await;
+
+    let out = run(args(&["events", "list"])).await.unwrap();
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("cli-1")
+            && listing.contains("pull_request.opened")
+            && listing.contains("issues.opened"),
+        "{listing}"
+    );
+
+    let id = app
+        .store
+        .list_events(&hookdock::store::EventFilter {
+            delivery_id: Some("cli-1".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    let out = run(args(&["events", "show", &id.to_string(), "--payload"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        fixture("pull_request.opened.0"),
+        "payload printed byte for byte"
+    );
+
+    let out = run(args(&["events", "replay", &id.to_string()]))
+        .await
+        .unwrap();
+    assert!(
+        text(&out.stdout).contains("queued [activity]"),
+        "{}",
+        text(&out.stdout)
+    );
+    app.wait_until_idle().await;
+    let handled: i64 = app
+        .store
+        .activity()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.events_handled)
+        .sum();
+    assert_eq!(handled, 3, "two deliveries plus one replay");
+
+    let out = run(args(&["events", "release", &id.to_string()]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not replay_suspected"),
+        "{}",
+        text(&out.stderr)
+    );
+    app.stop().await;
+}

@@ -1,0 +1,387 @@
+//! Test support: a hookdock app on port 0 with a fresh database per test (a SQLite file, or a
+//! PostgreSQL database of its own), signed posting, fixtures and polling with deadlines.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hookdock::config::{Settings, Sources};
+use hookdock::handlers::{Handler, HandlerRegistry};
+use hookdock::ingest::sign;
+use hookdock::store::Store;
+use hookdock::{App, queue::Worker};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-webhook-secret";
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    /// The PostgreSQL backend when `HOOKDOCK_TEST_DATABASE_URL` is set. Without it the test is
+    /// skipped locally, and fails in CI, where PostgreSQL tests must run.
+    pub fn postgres(test: &str) -> Option<Backend> {
+        match std::env::var("HOOKDOCK_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!(
+                    "CI=true but HOOKDOCK_TEST_DATABASE_URL is not set: PostgreSQL tests must run in CI"
+                )
+            }
+            _ => {
+                eprintln!("skipped {test} on PostgreSQL: HOOKDOCK_TEST_DATABASE_URL is not set");
+                None
+            }
+        }
+    }
+}
+
+/// Runs each listed `async fn name(backend: Backend)` as a test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::helpers::Backend::postgres(stringify!($name)) {
+                        super::$name(backend).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// A database that exists for one test and is removed after it.
+pub struct TestDb {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub async fn create(backend: &Backend) -> TestDb {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("hookdock-it-{unique}"));
+                std::fs::create_dir_all(&dir).expect("temp dir");
+                TestDb {
+                    url: format!("sqlite://{}/hookdock.db", dir.display()),
+                    cleanup: Cleanup::Dir(dir),
+                }
+            }
+            Backend::Postgres(admin_url) => {
+                let name = format!("hookdock_it_{unique}");
+                sqlx::any::install_default_drivers();
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
+                    .await
+                    .expect("connect to HOOKDOCK_TEST_DATABASE_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                TestDb {
+                    url: replace_database(admin_url, &name),
+                    cleanup: Cleanup::Postgres {
+                        admin_url: admin_url.clone(),
+                        name,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// `postgres://u@h:p/db?x` with another database name.
+pub fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..host_end], name);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime; use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    rt.block_on(async {
+                        let mut conn =
+                            <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
+                                .await
+                                .ok()?;
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await
+                            .ok()
+                    })
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// Settings every test starts from; `configure` adjusts them.
+pub fn test_sources(db_url: &str) -> Sources {
+    Sources::default()
+        .set("listen", "127.0.0.1:0")
+        .set("database_url", db_url)
+        .set("webhook_secret", SECRET)
+        .set("admin_token", TOKEN)
+        .set("log", "warn")
+        .set("queue.poll_interval_ms", 20)
+        .set("queue.retry_base_ms", 10)
+        .set("queue.retry_cap_secs", 1)
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub registry: HandlerRegistry,
+    pub settings: Settings,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<Result<(), hookdock::AppError>>>,
+    _db: TestDb,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: &Backend) -> TestApp {
+        TestApp::spawn_with(backend, |s| s, Vec::new()).await
+    }
+
+    pub async fn spawn_with(
+        backend: &Backend,
+        configure: impl FnOnce(Sources) -> Sources,
+        handlers: Vec<Arc<dyn Handler>>,
+    ) -> TestApp {
+        let db = TestDb::create(backend).await;
+        let settings =
+            Settings::load(&configure(test_sources(&db.url))).expect("test settings are valid");
+        let app = App::build_with_handlers(settings.clone(), handlers)
+            .await
+            .expect("app starts");
+        let base = format!("http://{}", app.local_addr());
+        let store = app.store().clone();
+        let registry = app.registry().clone();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        TestApp {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            registry,
+            settings,
+            shutdown,
+            server: Some(server),
+            _db: db,
+        }
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("{}/api/v1/webhooks/github", self.base)
+    }
+
+    /// Posts `body` signed with the test secret, with the headers GitHub sends.
+    pub async fn post(&self, event: &str, body: &[u8], delivery: &str) -> (StatusCode, Value) {
+        self.post_with(event, body, delivery, "application/json", Some(SECRET))
+            .await
+    }
+
+    pub async fn post_with(
+        &self,
+        event: &str,
+        body: &[u8],
+        delivery: &str,
+        content_type: &str,
+        secret: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.webhook_url())
+            .header("Content-Type", content_type)
+            .header("User-Agent", "GitHub-Hookshot/test")
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery);
+        if let Some(secret) = secret {
+            request = request.header("X-Hub-Signature-256", sign(secret.as_bytes(), body));
+        }
+        let response = request
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("request sent");
+        json_answer(response).await
+    }
+
+    pub async fn api_get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request sent");
+        json_answer(response).await
+    }
+
+    pub async fn api_post(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request sent");
+        json_answer(response).await
+    }
+
+    /// Waits until no job is pending, processing or failed.
+    pub async fn wait_until_idle(&self) {
+        let store = self.store.clone();
+        poll_until("all jobs finished", Duration::from_secs(20), || {
+            let store = store.clone();
+            async move { store.unfinished_jobs().await.expect("count jobs") == 0 }
+        })
+        .await;
+    }
+
+    /// A worker the test drives step by step (use with `queue.workers = 0`).
+    /// A worker driven by the test (`run_once`), with the default concurrency even when the
+    /// app itself runs no background workers.
+    pub fn manual_worker(&self) -> Arc<Worker> {
+        let mut queue = self.settings.queue.clone();
+        queue.workers = 8;
+        Arc::new(Worker::new(
+            self.store.clone(),
+            self.registry.clone(),
+            &queue,
+            Arc::new(Notify::new()),
+        ))
+    }
+
+    pub async fn count_events(&self) -> i64 {
+        self.store
+            .count_events_by_status()
+            .await
+            .expect("count")
+            .values()
+            .sum()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+    }
+}
+
+pub async fn json_answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Polls `check` until it holds or the deadline passes (then panics naming `what`).
+pub async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The shared fixtures directory (`../shared/fixtures/webhooks` beside the checkout).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/webhooks")
+}
+
+/// Every fixture as (file stem, event name, bytes), sorted by name.
+pub fn fixtures() -> Vec<(String, String, Vec<u8>)> {
+    let dir = fixtures_dir();
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("fixtures at {}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".json")?
+                .to_owned();
+            let event = name.split('.').next()?.to_owned();
+            let bytes = std::fs::read(&path).ok()?;
+            Some((name, event, bytes))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures_dir().join(format!("{name}.json"))).expect("fixture exists")
+}
+
+/// A real payload with one extra field, so its body (and hash) is unique.
+pub fn unique_body(name: &str, seq: u64) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&fixture(name)).expect("fixture is JSON");
+    value["hookdock_test_seq"] = Value::from(seq);
+    serde_json::to_vec(&value).expect("serialize")
+}
+
+pub fn new_delivery_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}

@@ -1,0 +1,703 @@
+//! The webhook endpoint over real HTTP: what is accepted, stored and served back, and what is
+//! refused without storing anything.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::*;
+
+async fn every_fixture_is_received_stored_served_back_and_deduplicated(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let fixtures = fixtures();
+    assert!(
+        fixtures.len() >= 250,
+        "expected the shared fixtures, found {}",
+        fixtures.len()
+    );
+    let mut seen_bodies = HashSet::new();
+    let mut sent = Vec::new();
+    for (name, event, bytes) in &fixtures {
+        let delivery = new_delivery_id();
+        let (status, answer) = app.post(event, bytes, &delivery).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {answer}");
+        assert_eq!(answer["status"], "received", "{name}: {answer}");
+        assert_eq!(answer["delivery_id"], delivery.as_str());
+        let label = answer["event"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            label == *event || label.starts_with(&format!("{event}.")),
+            "{name}: {label}"
+        );
+        let identical_to_earlier = !seen_bodies.insert(Sha256::digest(bytes).to_vec());
+        let expected_hold = if identical_to_earlier {
+            Value::from("replay_suspected")
+        } else {
+            Value::Null
+        };
+        assert_eq!(answer["held"], expected_hold, "{name}: {answer}");
+        let id = answer["event_id"].as_i64().expect("event id");
+        sent.push((name, event, bytes, delivery, id, identical_to_earlier));
+    }
+    for (name, _, bytes, _, id, _) in &sent {
+        let response = app
+            .client
+            .get(format!("{}/api/v1/events/{id}/payload", app.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{name}"
+        );
+        assert_eq!(
+            response.bytes().await.unwrap().as_ref(),
+            bytes.as_slice(),
+            "{name}: payload differs"
+        );
+    }
+    // The same deliveries again: all skipped, nothing new stored.
+    let before = app.count_events().await;
+    assert_eq!(before, sent.len() as i64);
+    for (name, event, bytes, delivery, id, _) in &sent {
+        let (status, answer) = app.post(event, bytes, delivery).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+        assert_eq!(answer["status"], "duplicate_skipped", "{name}: {answer}");
+        assert_eq!(answer["event_id"].as_i64(), Some(*id), "{name}");
+    }
+    assert_eq!(app.count_events().await, before);
+    app.wait_until_idle().await;
+    let counts = app.store.count_events_by_status().await.unwrap();
+    let held = sent.iter().filter(|s| s.5).count() as i64;
+    assert_eq!(counts.get("replay_suspected").copied().unwrap_or(0), held);
+    assert_eq!(
+        counts.get("done").copied().unwrap_or(0),
+        sent.len() as i64 - held
+    );
+    app.stop().await;
+}
+
+async fn signature_is_checked_before_parsing(backend: Backend) {
+    // GitHub's documented vector: it verifies, so the refusal is about the JSON, not the signature.
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| s.set("webhook_secret", "It's a Secret to Everybody"),
+        vec![],
+    )
+    .await;
+    let body = b"Hello, World!";
+    let response = app
+        .client
+        .post(app.webhook_url())
+        .header("Content-Type", "application/json")
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", new_delivery_id())
+        .header(
+            "X-Hub-Signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = json_answer(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_json");
+    assert_eq!(app.count_events().await, 0);
+    app.stop().await;
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let body = fixture("pull_request.opened.0");
+    let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
+    let before = metrics_text(&app).await;
+
+    struct Case {
+        name: &'static str,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+        status: StatusCode,
+        code: &'static str,
+    }
+    let base = |sig: &str| {
+        vec![
+            ("Content-Type", "application/json".to_owned()),
+            ("X-GitHub-Event", "pull_request".to_owned()),
+            ("X-GitHub-Delivery", new_delivery_id()),
+            ("X-Hub-Signature-256", sig.to_owned()),
+        ]
+    };
+    let without = |name: &str| {
+        base(&signature)
+            .into_iter()
+            .filter(|(k, _)| *k != name)
+            .collect::<Vec<_>>()
+    };
+    let with = |name: &'static str, value: &str| {
+        let mut h = without(name);
+        h.push((name, value.to_owned()));
+        h
+    };
+    let mut truncated = body.clone();
+    truncated.truncate(body.len() / 2);
+    let invalid_json = b"{\"action\": \"opened\",".to_vec();
+    let cases = vec![
+        Case {
+            name: "missing signature",
+            headers: without("X-Hub-Signature-256"),
+            body: body.clone(),
+            status: StatusCode::UNAUTHORIZED,
+            code: "missing_signature",
+        },
+        Case {
+            name: "wrong signature",
+            headers: base(&format!("sha256={}", "0".repeat(64))),
+            body: body.clone(),
+            status: StatusCode::FORBIDDEN,
+            code: "invalid_signature",
+        },
+        Case {
+            name: "malformed signature",
+            headers: base("sha1=abc"),
+            body: body.clone(),
+            status: StatusCode::FORBIDDEN,
+            code: "invalid_signature",
+        },
+        Case {
+            name: "wrong secret",
+            headers: base(&hookdock::ingest::sign(b"not-the-secret", &body)),
+            body: body.clone(),
+            status: StatusCode::FORBIDDEN,
+            code: "invalid_signature",
+        },
+        Case {
+            name: "truncated body",
+            headers: base(&signature),
+            body: truncated,
+            status: StatusCode::FORBIDDEN,
+            code: "invalid_signature",
+        },
+        Case {
+            name: "missing event header",
+            headers: without("X-GitHub-Event"),
+            body: body.clone(),
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_header",
+        },
+        Case {
+            name: "missing delivery header",
+            headers: without("X-GitHub-Delivery"),
+            body: body.clone(),
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_header",
+        },
+        Case {
+            name: "invalid delivery id",
+            headers: with("X-GitHub-Delivery", "has spaces"),
+            body: body.clone(),
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_header",
+        },
+        Case {
+            name: "unsupported content type",
+            headers: with("Content-Type", "text/plain"),
+            body: body.clone(),
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_content_type",
+        },
+        Case {
+            name: "signed invalid JSON",
+            headers: base(&hookdock::ingest::sign(SECRET.as_bytes(), &invalid_json)),
+            body: invalid_json.clone(),
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_json",
+        },
+        Case {
+            name: "form without payload field",
+            headers: {
+                let mut h = with("Content-Type", "application/x-www-form-urlencoded");
+                h.retain(|(k, _)| *k != "X-Hub-Signature-256");
+                h.push((
+                    "X-Hub-Signature-256",
+                    hookdock::ingest::sign(SECRET.as_bytes(), b"other=1"),
+                ));
+                h
+            },
+            body: b"other=1".to_vec(),
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_form",
+        },
+        Case {
+            name: "business target",
+            headers: {
+                let mut h = base(&signature);
+                h.push(("X-GitHub-Hook-Installation-Target-Type", "business".into()));
+                h
+            },
+            body: body.clone(),
+            status: StatusCode::BAD_REQUEST,
+            code: "unsupported_target",
+        },
+    ];
+    // Over GitHub's 25 MB cap: refused from the declared length, before the body is read. Sent
+    // raw so that the client does not race the early answer with its upload.
+    let (status, answer) = oversized_request(&app, &signature).await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"], "payload_too_large", "{answer}");
+    for case in cases {
+        let mut request = app.client.post(app.webhook_url());
+        for (k, v) in &case.headers {
+            request = request.header(*k, v);
+        }
+        let response = request.body(case.body).send().await.unwrap();
+        let (status, answer) = json_answer(response).await;
+        assert_eq!(status, case.status, "{}: {answer}", case.name);
+        assert_eq!(answer["error"], case.code, "{}: {answer}", case.name);
+        assert!(
+            answer["message"].as_str().is_some_and(|m| m.len() > 10),
+            "{}: {answer}",
+            case.name
+        );
+    }
+    let named = app.post("pull_request", &body, "").await;
+    assert_eq!(named.0, StatusCode::BAD_REQUEST);
+    assert!(
+        named.1["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-GitHub-Delivery"),
+        "{}",
+        named.1
+    );
+
+    // An event GitHub does not send: answered, not stored.
+    let (status, answer) = app
+        .post("not_a_github_event", &body, &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "ignored");
+    assert_eq!(answer["event_id"], Value::Null);
+
+    assert_eq!(
+        app.count_events().await,
+        0,
+        "nothing may be stored for refused deliveries"
+    );
+    let after = metrics_text(&app).await;
+    for (series, at_least) in [
+        (
+            "hookdock_webhook_rejected_total{reason=\"missing_signature\"}",
+            1.0,
+        ),
+        (
+            "hookdock_webhook_rejected_total{reason=\"invalid_signature\"}",
+            4.0,
+        ),
+        (
+            "hookdock_webhook_rejected_total{reason=\"invalid_json\"}",
+            1.0,
+        ),
+        (
+            "hookdock_webhook_deliveries_total{outcome=\"unknown_event\"}",
+            1.0,
+        ),
+    ] {
+        let grew = metric(&after, series) - metric(&before, series);
+        assert!(
+            grew >= at_least,
+            "{series} grew by {grew}, expected at least {at_least}"
+        );
+    }
+    app.stop().await;
+}
+
+async fn form_encoded_delivery_is_verified_on_the_form_body_and_kept_verbatim(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let json = fixture("issues.opened.0");
+    let form = format!(
+        "payload={}",
+        form_urlencoded::byte_serialize(&json).collect::<String>()
+    )
+    .into_bytes();
+    let delivery = new_delivery_id();
+    let (status, answer) = app
+        .post_with(
+            "issues",
+            &form,
+            &delivery,
+            "application/x-www-form-urlencoded",
+            Some(SECRET),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["event"], "issues.opened");
+    let id = answer["event_id"].as_i64().unwrap();
+    let response = app
+        .client
+        .get(format!("{}/api/v1/events/{id}/payload", app.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-www-form-urlencoded"
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), form.as_slice());
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["repository"], "Codertocat/Hello-World");
+    assert_eq!(detail["action"], "opened");
+    app.stop().await;
+}
+
+async fn same_delivery_posted_50_times_at_once_is_stored_once(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let body = fixture("pull_request.opened.0");
+    let delivery = new_delivery_id();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (client, url, body, delivery) = (
+            app.client.clone(),
+            app.webhook_url(),
+            body.clone(),
+            delivery.clone(),
+        );
+        tasks.spawn(async move {
+            let response = client
+                .post(url)
+                .header("Content-Type", "application/json")
+                .header("X-GitHub-Event", "pull_request")
+                .header("X-GitHub-Delivery", delivery)
+                .header(
+                    "X-Hub-Signature-256",
+                    hookdock::ingest::sign(SECRET.as_bytes(), &body),
+                )
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            json_answer(response).await
+        });
+    }
+    let mut statuses = Vec::new();
+    let mut ids = HashSet::new();
+    while let Some(result) = tasks.join_next().await {
+        let (status, answer) = result.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        statuses.push(answer["status"].as_str().unwrap().to_owned());
+        ids.insert(answer["event_id"].as_i64().unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| *s == "received").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| *s == "duplicate_skipped")
+            .count(),
+        49
+    );
+    assert_eq!(ids.len(), 1, "every answer names the one stored event");
+    assert_eq!(app.count_events().await, 1);
+    app.wait_until_idle().await;
+    let activity = app.store.activity().await.unwrap();
+    assert_eq!(
+        activity.iter().map(|a| a.events_handled).sum::<i64>(),
+        1,
+        "handled once"
+    );
+    app.stop().await;
+}
+
+async fn replayed_body_with_new_delivery_id_is_held_until_released(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let body = fixture("push.none.0");
+    let (_, first) = app.post("push", &body, &new_delivery_id()).await;
+    assert_eq!(first["status"], "received");
+    assert!(first.get("held").is_none(), "{first}");
+    let (status, second) = app.post("push", &body, &new_delivery_id()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["status"], "received");
+    assert_eq!(second["held"], "replay_suspected");
+    let id = second["event_id"].as_i64().unwrap();
+    app.wait_until_idle().await;
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["status"], "replay_suspected");
+    assert_eq!(
+        detail["jobs"].as_array().map(Vec::len),
+        Some(0),
+        "held events get no jobs"
+    );
+    let (_, list) = app.api_get("/api/v1/events?status=replay_suspected").await;
+    assert_eq!(list["events"].as_array().map(Vec::len), Some(1));
+
+    // Releasing a normal event is refused; releasing the held one runs its handlers.
+    let first_id = first["event_id"].as_i64().unwrap();
+    let (status, refused) = app
+        .api_post(&format!("/api/v1/events/{first_id}/release"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let (status, released) = app.api_post(&format!("/api/v1/events/{id}/release")).await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    assert_eq!(released["queued"], serde_json::json!(["activity"]));
+    app.wait_until_idle().await;
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["status"], "done", "{detail}");
+    let handled: i64 = app
+        .store
+        .activity()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.events_handled)
+        .sum();
+    assert_eq!(handled, 2);
+    app.stop().await;
+}
+
+async fn scoped_secrets_take_precedence_and_rotate(backend: Backend) {
+    // pull_request.opened.0 is about repository id 186853002.
+    let repo_id = 186853002u64;
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set(
+                "webhook_secrets",
+                serde_json::json!([
+                    { "repository_id": repo_id, "secret": "repo-old" },
+                    { "repository_id": repo_id, "secret": "repo-new" },
+                    { "hook_id": 77, "secret": "hook-secret" }
+                ]),
+            )
+        },
+        vec![],
+    )
+    .await;
+    let body = fixture("pull_request.opened.0");
+    let post = |secret: &'static str, hook: Option<&'static str>, target: bool| {
+        let mut request = app
+            .client
+            .post(app.webhook_url())
+            .header("Content-Type", "application/json")
+            .header("X-GitHub-Event", "pull_request")
+            .header("X-GitHub-Delivery", new_delivery_id())
+            .header(
+                "X-Hub-Signature-256",
+                hookdock::ingest::sign(secret.as_bytes(), &body),
+            );
+        if let Some(hook) = hook {
+            request = request.header("X-GitHub-Hook-ID", hook);
+        }
+        if target {
+            request = request
+                .header("X-GitHub-Hook-Installation-Target-Type", "repository")
+                .header("X-GitHub-Hook-Installation-Target-ID", repo_id.to_string());
+        }
+        let request = request.body(body.clone());
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        post("repo-old", None, true).await,
+        StatusCode::OK,
+        "old secret still valid"
+    );
+    assert_eq!(
+        post("repo-new", None, true).await,
+        StatusCode::OK,
+        "new secret valid"
+    );
+    assert_eq!(
+        post(SECRET, None, true).await,
+        StatusCode::FORBIDDEN,
+        "global secret is not the repo's"
+    );
+    assert_eq!(
+        post(SECRET, None, false).await,
+        StatusCode::OK,
+        "no target: global secret"
+    );
+    assert_eq!(
+        post("hook-secret", Some("77"), true).await,
+        StatusCode::OK,
+        "hook secret wins"
+    );
+    assert_eq!(
+        post("repo-new", Some("77"), true).await,
+        StatusCode::FORBIDDEN
+    );
+    app.stop().await;
+}
+
+async fn unsigned_deliveries_only_when_allowed(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| s.set("allow_unsigned", true), vec![]).await;
+    let body = fixture("ping.none.0");
+    let (status, answer) = app
+        .post_with("ping", &body, &new_delivery_id(), "application/json", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received");
+    // A signature that is present is still checked.
+    let (status, _) = app
+        .post_with(
+            "ping",
+            &body,
+            &new_delivery_id(),
+            "application/json",
+            Some("wrong"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.stop().await;
+}
+
+async fn events_without_subscribers_are_stored_as_ignored(backend: Backend) {
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| s.set("handlers.activity.events", serde_json::json!(["push"])),
+        vec![],
+    )
+    .await;
+    let (status, answer) = app
+        .post("issues", &fixture("issues.opened.0"), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["status"], "ignored");
+    let id = answer["event_id"]
+        .as_i64()
+        .expect("ignored events are stored");
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["status"], "ignored");
+    let (_, replay) = app.api_post(&format!("/api/v1/events/{id}/replay")).await;
+    assert_eq!(replay["status"], "ignored", "still no subscriber: {replay}");
+    let (_, answer) = app
+        .post("push", &fixture("push.none.0"), &new_delivery_id())
+        .await;
+    assert_eq!(answer["status"], "received");
+    app.stop().await;
+}
+
+async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let body = fixture("push.none.0");
+    // Make the write impossible: the database refuses every insert into events.
+    let admin = sqlx_pool(&app).await;
+    let (fail, heal): (&[&str], &[&str]) = match backend {
+        Backend::Sqlite => (
+            &[
+                "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+            ],
+            &["DROP TRIGGER refuse"],
+        ),
+        Backend::Postgres(_) => (
+            &[
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse()",
+            ],
+            &["DROP TRIGGER refuse ON events", "DROP FUNCTION refuse()"],
+        ),
+    };
+    for statement in fail {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let delivery = new_delivery_id();
+    let (status, answer) = app.post("push", &body, &delivery).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "storage_unavailable");
+    for statement in heal {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    assert_eq!(app.count_events().await, 0);
+    // GitHub's redelivery (same delivery id) then succeeds.
+    let (status, answer) = app.post("push", &body, &delivery).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received");
+    admin.close().await;
+    app.stop().await;
+}
+
+/// A separate connection to the test's database.
+pub async fn sqlx_pool(app: &TestApp) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.settings.database_url)
+        .await
+        .unwrap()
+}
+
+crate::backend_tests!(
+    every_fixture_is_received_stored_served_back_and_deduplicated,
+    signature_is_checked_before_parsing,
+    bad_input_is_refused_with_the_right_status_and_nothing_is_stored,
+    form_encoded_delivery_is_verified_on_the_form_body_and_kept_verbatim,
+    same_delivery_posted_50_times_at_once_is_stored_once,
+    replayed_body_with_new_delivery_id_is_held_until_released,
+    scoped_secrets_take_precedence_and_rotate,
+    unsigned_deliveries_only_when_allowed,
+    events_without_subscribers_are_stored_as_ignored,
+    storage_failure_answers_503_and_stores_nothing,
+);
+
+/// Declares a body one byte over the cap, sends none of it, and reads the answer.
+async fn oversized_request(app: &TestApp, signature: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-GitHub-Event: pull_request\r\n\
+         X-GitHub-Delivery: {}\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n",
+        new_delivery_id(),
+        hookdock::ingest::MAX_BODY_BYTES + 1
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request head");
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut raw),
+    )
+    .await
+    .expect("the server answers without waiting for the body")
+    .expect("read answer");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}

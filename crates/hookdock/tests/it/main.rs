@@ -1,0 +1,8 @@
+//! Integration tests: the app on a random port with a fresh database per test, run on SQLite
+//! and (when `HOOKDOCK_TEST_DATABASE_URL` is set) on PostgreSQL.
+
+mod api;
+mod cli;
+mod helpers;
+mod ingest;
+mod queue;

@@ -1,0 +1,380 @@
+//! The queue, driven step by step with `Worker::run_once` (no background worker): retries,
+//! dead letters, replay, ordering per key, leases.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookdock::handlers::{Handler, HandlerError, HandlerFuture, JobContext};
+use hookdock::store::{JobFinish, JobOutcome, now_ms};
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+/// Records the order in which it sees events, and fails as told.
+struct Recorder {
+    seen: Mutex<Vec<(String, i64, i64)>>,
+    /// Fails with a retryable error while the event's number is listed here.
+    failing: Mutex<Vec<i64>>,
+    permanent: bool,
+}
+
+impl Recorder {
+    fn new(failing: Vec<i64>, permanent: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::new(Vec::new()),
+            failing: Mutex::new(failing),
+            permanent,
+        })
+    }
+
+    fn seen(&self) -> Vec<(String, i64, i64)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Handler for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn subscribes(&self, event: &str, _action: Option<&str>) -> bool {
+        event == "issues"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let payload = ctx.payload().await?;
+            let number = payload["issue"]["number"].as_i64().unwrap_or(-1);
+            let seq = payload["hookdock_test_seq"].as_i64().unwrap_or(-1);
+            self.seen
+                .lock()
+                .unwrap()
+                .push((ctx.job.ordering_key.clone(), number, seq));
+            if self.failing.lock().unwrap().contains(&number) {
+                return Err(if self.permanent {
+                    HandlerError::Permanent(format!("issue {number} cannot be handled"))
+                } else {
+                    HandlerError::Retry {
+                        message: format!("issue {number} failed"),
+                        retry_after: None,
+                    }
+                });
+            }
+            Ok(Vec::new())
+        })
+    }
+}
+
+/// An issues.opened payload for issue `number`, with a unique body.
+fn issue(number: i64, seq: u64) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(&fixture("issues.opened.0")).unwrap();
+    value["issue"]["number"] = number.into();
+    value["hookdock_test_seq"] = seq.into();
+    serde_json::to_vec(&value).unwrap()
+}
+
+async fn manual_app(
+    backend: &Backend,
+    recorder: Arc<Recorder>,
+    configure: impl FnOnce(hookdock::Sources) -> hookdock::Sources,
+) -> TestApp {
+    TestApp::spawn_with(
+        backend,
+        |s| {
+            configure(
+                s.set("queue.workers", 0)
+                    .set("handlers.activity.enabled", false),
+            )
+        },
+        vec![recorder as Arc<dyn Handler>],
+    )
+    .await
+}
+
+async fn post_issue(app: &TestApp, number: i64, seq: u64) -> i64 {
+    let (status, answer) = app
+        .post("issues", &issue(number, seq), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["event_id"].as_i64().unwrap()
+}
+
+async fn jobs_of_one_key_run_in_delivery_order_one_at_a_time(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    // Issue 1 three times, issue 2 twice, interleaved.
+    for (seq, number) in [1, 2, 1, 2, 1].into_iter().enumerate() {
+        post_issue(&app, number, seq as u64).await;
+    }
+    let worker = app.manual_worker();
+    // Each step takes only the oldest unfinished job of each key.
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    let seen = recorder.seen();
+    let order_of = |n: i64| {
+        seen.iter()
+            .filter(|s| s.1 == n)
+            .map(|s| s.2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        order_of(1),
+        [0, 2, 4],
+        "issue 1's deliveries in the order received"
+    );
+    assert_eq!(order_of(2), [1, 3]);
+    assert!(
+        seen.iter()
+            .all(|s| s.0 == format!("Codertocat/Hello-World#{}", s.1)),
+        "{seen:?}"
+    );
+    app.stop().await;
+}
+
+async fn failing_job_retries_then_dies_and_holds_back_only_its_key_while_retrying(
+    backend: Backend,
+) {
+    let recorder = Recorder::new(vec![1], false);
+    let app = manual_app(&backend, recorder.clone(), |s| {
+        s.set("queue.max_attempts", 3)
+            .set("queue.retry_base_ms", 20)
+    })
+    .await;
+    let failing = post_issue(&app, 1, 0).await;
+    let blocked = post_issue(&app, 1, 1).await;
+    let other = post_issue(&app, 2, 2).await;
+    let worker = app.manual_worker();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        2,
+        "issue 1 (first) and issue 2 run"
+    );
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{failing}")).await;
+    assert_eq!(detail["status"], "failed", "{detail}");
+    assert_eq!(detail["jobs"][0]["attempts"], 1);
+    assert_eq!(detail["last_error"], "issue 1 failed");
+    let (_, other_detail) = app.api_get(&format!("/api/v1/events/{other}")).await;
+    assert_eq!(other_detail["status"], "done");
+    // Until it is dead, the failing job keeps issue 1's later event waiting.
+    let store = app.store.clone();
+    let mut rounds = 0;
+    poll_until("failing job is dead", Duration::from_secs(10), || {
+        let worker = worker.clone();
+        let store = store.clone();
+        rounds += 1;
+        async move {
+            worker.run_once().await.unwrap();
+            store_status(&store, failing).await == "dead"
+        }
+    })
+    .await;
+    assert!(rounds >= 2);
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{failing}")).await;
+    assert_eq!(detail["jobs"][0]["attempts"], 3);
+    assert!(
+        detail["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{detail}"
+    );
+    let statuses: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "processing",
+            "failed",
+            "processing",
+            "failed",
+            "processing",
+            "dead"
+        ]
+    );
+    let blocked_runs_before = recorder.seen().iter().filter(|s| s.1 == 1).count();
+    assert_eq!(
+        blocked_runs_before, 3,
+        "the later issue-1 event did not run while the first was retrying"
+    );
+    // Dead no longer holds the key: the later event (which the handler now accepts) runs.
+    recorder.failing.lock().unwrap().clear();
+    poll_until("blocked job ran", Duration::from_secs(10), || {
+        let worker = worker.clone();
+        let store = store.clone();
+        async move {
+            worker.run_once().await.unwrap();
+            store_status(&store, blocked).await == "done"
+        }
+    })
+    .await;
+    // Dead events are listed, and replay re-runs only the dead job.
+    let (_, dead) = app.api_get("/api/v1/events?status=dead").await;
+    let ids: Vec<i64> = dead["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [failing]);
+    let (status, report) = app
+        .api_post(&format!("/api/v1/events/{failing}/replay?dead_only=true"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["queued"], serde_json::json!(["recorder"]));
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(store_status(&store, failing).await, "done");
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{failing}")).await;
+    assert_eq!(detail["last_error"], serde_json::Value::Null);
+    app.stop().await;
+}
+
+async fn store_status(store: &hookdock::store::Store, id: i64) -> String {
+    store.event_summary(id).await.unwrap().status
+}
+
+async fn permanent_errors_go_straight_to_dead_and_replay_dead_requeues_all(backend: Backend) {
+    let recorder = Recorder::new(vec![5, 6], true);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let a = post_issue(&app, 5, 0).await;
+    let b = post_issue(&app, 6, 1).await;
+    let worker = app.manual_worker();
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    assert_eq!(store_status(&app.store, a).await, "dead");
+    assert_eq!(store_status(&app.store, b).await, "dead");
+    recorder.failing.lock().unwrap().clear();
+    let (status, answer) = app.api_post("/api/v1/events/replay-dead").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["replayed"].as_array().map(Vec::len), Some(2));
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    assert_eq!(store_status(&app.store, a).await, "done");
+    assert_eq!(store_status(&app.store, b).await, "done");
+    app.stop().await;
+}
+
+async fn expired_lease_is_claimed_again_and_the_late_result_is_discarded(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let id = post_issue(&app, 9, 0).await;
+    // A worker that "died": it claimed the job with a lease that has already run out.
+    let now = now_ms();
+    let stale = app
+        .store
+        .claim_jobs("dead-worker", 10, now - 1, now)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    let worker = app.manual_worker();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        1,
+        "expired lease is claimed again"
+    );
+    assert_eq!(store_status(&app.store, id).await, "done");
+    let recorded = app
+        .store
+        .finish_job(JobFinish {
+            job_id: stale[0].job_id,
+            event_id: id,
+            lease_owner: "dead-worker".into(),
+            attempt: 1,
+            outcome: JobOutcome::Dead {
+                error: "late".into(),
+            },
+        })
+        .await
+        .unwrap();
+    assert!(!recorded, "a result from a lost lease is not recorded");
+    assert_eq!(store_status(&app.store, id).await, "done");
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["jobs"][0]["attempts"], 2);
+    app.stop().await;
+}
+
+async fn released_jobs_run_again_without_counting_the_attempt(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let id = post_issue(&app, 3, 0).await;
+    let now = now_ms();
+    let held = app
+        .store
+        .claim_jobs("stopping-worker", 10, now + 60_000, now)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(store_status(&app.store, id).await, "processing");
+    assert_eq!(
+        app.manual_worker().run_once().await.unwrap(),
+        0,
+        "a live lease is respected"
+    );
+    let released = app
+        .store
+        .release_jobs("stopping-worker", &[held[0].job_id])
+        .await
+        .unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(store_status(&app.store, id).await, "pending");
+    assert_eq!(app.manual_worker().run_once().await.unwrap(), 1);
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(detail["status"], "done");
+    assert_eq!(detail["jobs"][0]["attempts"], 1);
+    app.stop().await;
+}
+
+async fn replay_of_a_done_event_runs_its_handlers_again(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (_, answer) = app
+        .post("push", &fixture("push.none.0"), &new_delivery_id())
+        .await;
+    let id = answer["event_id"].as_i64().unwrap();
+    app.wait_until_idle().await;
+    let (status, report) = app.api_post(&format!("/api/v1/events/{id}/replay")).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["queued"], serde_json::json!(["activity"]));
+    app.wait_until_idle().await;
+    let activity = app.store.activity().await.unwrap();
+    assert_eq!(activity.iter().map(|a| a.events_handled).sum::<i64>(), 2);
+    let (status, _) = app.api_post("/api/v1/events/999999/replay").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+async fn retention_purges_only_old_finished_events(backend: Backend) {
+    let recorder = Recorder::new(vec![8], true);
+    let app = manual_app(&backend, recorder, |s| s).await;
+    let done = post_issue(&app, 7, 0).await;
+    let dead = post_issue(&app, 8, 1).await;
+    let worker = app.manual_worker();
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    let pending = post_issue(&app, 10, 2).await;
+    let purged = app.store.purge_finished(now_ms() + 1).await.unwrap();
+    assert_eq!(purged, 1);
+    assert!(
+        app.store.event_summary(done).await.is_err(),
+        "done event purged"
+    );
+    assert_eq!(store_status(&app.store, dead).await, "dead");
+    assert_eq!(store_status(&app.store, pending).await, "pending");
+    assert_eq!(
+        app.store.purge_finished(now_ms() - 60_000).await.unwrap(),
+        0,
+        "nothing older"
+    );
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    jobs_of_one_key_run_in_delivery_order_one_at_a_time,
+    failing_job_retries_then_dies_and_holds_back_only_its_key_while_retrying,
+    permanent_errors_go_straight_to_dead_and_replay_dead_requeues_all,
+    expired_lease_is_claimed_again_and_the_late_result_is_discarded,
+    released_jobs_run_again_without_counting_the_attempt,
+    replay_of_a_done_event_runs_its_handlers_again,
+    retention_purges_only_old_finished_events,
+);
