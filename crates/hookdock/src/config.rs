@@ -335,6 +335,12 @@ impl Settings {
                 "must start with sqlite: (embedded) or postgres:// (shared)",
             ));
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid(
+                "log",
+                format!("is not a log filter ({e}); use e.g. `info` or `hookdock=debug,warn`"),
+            ));
+        }
         if let Some(secret) = &self.webhook_secret
             && secret.expose_secret().is_empty()
         {
@@ -534,6 +540,8 @@ mod tests {
         assert!(err.to_string().contains("database_url"), "{err}");
         let err = Settings::load(&no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")])).unwrap_err();
         assert!(err.to_string().contains("admin_token"), "{err}");
+        let err = Settings::load(&no_file(&[("HOOKDOCK_LOG", "hookdock=loud")])).unwrap_err();
+        assert!(err.to_string().contains("`log`"), "{err}");
     }
 
     #[test]
