@@ -10,8 +10,11 @@
 //! shutdown), [`telemetry`].
 
 pub mod app;
+pub mod clock;
 pub mod config;
+pub mod crypto;
 pub mod events;
+pub mod github;
 pub mod handlers;
 pub mod http;
 pub mod ingest;

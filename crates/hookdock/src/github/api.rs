@@ -1,0 +1,469 @@
+//! The GitHub calls hookdock makes, with the few fields it reads typed and the rest left as
+//! JSON. Paths follow GitHub's REST contract; the fake GitHub in the tests checks them against it.
+
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::client::{Call, GithubClient};
+use super::error::GithubError;
+
+/// Where a webhook lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum HookScope {
+    Repository { owner: String, repo: String },
+    Organization { org: String },
+}
+
+impl HookScope {
+    pub fn repository(owner: &str, repo: &str) -> HookScope {
+        HookScope::Repository {
+            owner: owner.to_owned(),
+            repo: repo.to_owned(),
+        }
+    }
+
+    pub fn organization(org: &str) -> HookScope {
+        HookScope::Organization {
+            org: org.to_owned(),
+        }
+    }
+
+    /// `/repos/o/r` or `/orgs/o`.
+    pub fn api_prefix(&self) -> String {
+        match self {
+            HookScope::Repository { owner, repo } => format!("/repos/{owner}/{repo}"),
+            HookScope::Organization { org } => format!("/orgs/{org}"),
+        }
+    }
+
+    /// `octo/repo` or `octo` (organization).
+    pub fn name(&self) -> String {
+        match self {
+            HookScope::Repository { owner, repo } => format!("{owner}/{repo}"),
+            HookScope::Organization { org } => org.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookScope::Repository { .. } => "repository",
+            HookScope::Organization { .. } => "organization",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Hook {
+    pub id: u64,
+    #[serde(default)]
+    pub active: bool,
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub config: HookConfig,
+    #[serde(default)]
+    pub last_response: Option<HookLastResponse>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HookConfig {
+    pub url: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HookLastResponse {
+    pub code: Option<i64>,
+    pub status: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What hookdock asks for when it installs a hook.
+pub struct HookSpec<'a> {
+    pub url: &'a str,
+    pub secret: &'a SecretString,
+    pub events: &'a [String],
+}
+
+impl HookSpec<'_> {
+    fn config(&self) -> Value {
+        json!({
+            "url": self.url,
+            "content_type": "json",
+            "insecure_ssl": "0",
+            "secret": self.secret.expose_secret(),
+        })
+    }
+}
+
+/// One delivery attempt as GitHub lists it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HookDelivery {
+    pub id: u64,
+    pub guid: String,
+    pub delivered_at: String,
+    #[serde(default)]
+    pub redelivery: bool,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub status_code: i64,
+    #[serde(default)]
+    pub event: String,
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub login: String,
+    #[serde(default, rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Repository {
+    pub id: u64,
+    pub full_name: String,
+    pub default_branch: String,
+}
+
+impl GithubClient {
+    pub async fn user(&self) -> Result<User, GithubError> {
+        self.get("/user", "the signed-in user").await
+    }
+
+    pub async fn rate_limit(&self) -> Result<Value, GithubError> {
+        self.get("/rate_limit", "the rate limit").await
+    }
+
+    pub async fn repository(&self, owner: &str, repo: &str) -> Result<Repository, GithubError> {
+        self.get(
+            &format!("/repos/{owner}/{repo}"),
+            &format!("repository {owner}/{repo}"),
+        )
+        .await
+    }
+
+    pub async fn create_hook(
+        &self,
+        scope: &HookScope,
+        spec: &HookSpec<'_>,
+    ) -> Result<Hook, GithubError> {
+        let what = format!("a webhook on {}", scope.name());
+        let path = format!("{}/hooks", scope.api_prefix());
+        let body = json!({ "name": "web", "active": true, "events": spec.events, "config": spec.config() });
+        self.send(Call::new(Method::POST, &path, &what).json(&body))
+            .await?
+            .json(&what)
+    }
+
+    pub async fn list_hooks(&self, scope: &HookScope) -> Result<Vec<Hook>, GithubError> {
+        let what = format!("the webhooks of {}", scope.name());
+        self.get_all(
+            &format!("{}/hooks?per_page=100", scope.api_prefix()),
+            &what,
+            1_000,
+        )
+        .await
+    }
+
+    pub async fn get_hook(&self, scope: &HookScope, id: u64) -> Result<Hook, GithubError> {
+        self.get(
+            &format!("{}/hooks/{id}", scope.api_prefix()),
+            &format!("webhook {id} of {}", scope.name()),
+        )
+        .await
+    }
+
+    /// Points an existing hook at hookdock: URL, secret, events, active.
+    pub async fn update_hook(
+        &self,
+        scope: &HookScope,
+        id: u64,
+        spec: &HookSpec<'_>,
+    ) -> Result<Hook, GithubError> {
+        let what = format!("webhook {id} of {}", scope.name());
+        let body = json!({ "active": true, "events": spec.events, "config": spec.config() });
+        self.send(
+            Call::new(
+                Method::PATCH,
+                &format!("{}/hooks/{id}", scope.api_prefix()),
+                &what,
+            )
+            .json(&body),
+        )
+        .await?
+        .json(&what)
+    }
+
+    pub async fn delete_hook(&self, scope: &HookScope, id: u64) -> Result<(), GithubError> {
+        let what = format!("webhook {id} of {}", scope.name());
+        self.send(Call::new(
+            Method::DELETE,
+            &format!("{}/hooks/{id}", scope.api_prefix()),
+            &what,
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// Sets a new secret (the hook's URL and content type stay).
+    pub async fn set_hook_secret(
+        &self,
+        scope: &HookScope,
+        id: u64,
+        url: &str,
+        secret: &SecretString,
+    ) -> Result<(), GithubError> {
+        let what = format!("the secret of webhook {id} of {}", scope.name());
+        let body = json!({ "url": url, "content_type": "json", "insecure_ssl": "0", "secret": secret.expose_secret() });
+        match scope {
+            HookScope::Repository { .. } => self
+                .send(
+                    Call::new(
+                        Method::PATCH,
+                        &format!("{}/hooks/{id}/config", scope.api_prefix()),
+                        &what,
+                    )
+                    .json(&body),
+                )
+                .await
+                .map(drop),
+            // Organization hooks are updated through the hook itself.
+            HookScope::Organization { .. } => self
+                .send(
+                    Call::new(
+                        Method::PATCH,
+                        &format!("{}/hooks/{id}", scope.api_prefix()),
+                        &what,
+                    )
+                    .json(&json!({ "config": body })),
+                )
+                .await
+                .map(drop),
+        }
+    }
+
+    pub async fn ping_hook(&self, scope: &HookScope, id: u64) -> Result<(), GithubError> {
+        let what = format!("a ping of webhook {id} of {}", scope.name());
+        self.send(Call::new(
+            Method::POST,
+            &format!("{}/hooks/{id}/pings", scope.api_prefix()),
+            &what,
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// Delivery attempts, newest first, until one older than `since` (Unix seconds) or `max`.
+    pub async fn hook_deliveries(
+        &self,
+        scope: &HookScope,
+        id: u64,
+        since: i64,
+        max: usize,
+    ) -> Result<Vec<HookDelivery>, GithubError> {
+        let what = format!("the deliveries of webhook {id} of {}", scope.name());
+        let mut next = Some(format!(
+            "{}/hooks/{id}/deliveries?per_page=100",
+            scope.api_prefix()
+        ));
+        let mut out = Vec::new();
+        while let Some(url) = next.take() {
+            let answer = self.send(Call::new(Method::GET, &url, &what)).await?;
+            let page: Vec<HookDelivery> = answer.json(&what)?;
+            let mut reached_old = page.is_empty();
+            for d in page {
+                if delivered_at_secs(&d.delivered_at).is_some_and(|t| t < since) {
+                    reached_old = true;
+                    break;
+                }
+                out.push(d);
+            }
+            if reached_old || out.len() >= max {
+                break;
+            }
+            next = answer.next_page();
+        }
+        out.truncate(max);
+        Ok(out)
+    }
+
+    pub async fn redeliver(
+        &self,
+        scope: &HookScope,
+        hook_id: u64,
+        delivery_id: u64,
+    ) -> Result<(), GithubError> {
+        let what = format!("a redelivery of delivery {delivery_id} of webhook {hook_id}");
+        self.send(Call::new(
+            Method::POST,
+            &format!(
+                "{}/hooks/{hook_id}/deliveries/{delivery_id}/attempts",
+                scope.api_prefix()
+            ),
+            &what,
+        ))
+        .await
+        .map(drop)
+    }
+
+    pub async fn pull_request(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Value, GithubError> {
+        self.get(
+            &format!("/repos/{owner}/{repo}/pulls/{number}"),
+            &format!("pull request {owner}/{repo}#{number}"),
+        )
+        .await
+    }
+
+    /// The unified diff; `Status 406` when GitHub finds it too large (use the files instead).
+    pub async fn pull_request_diff(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<String, GithubError> {
+        let what = format!("the diff of {owner}/{repo}#{number}");
+        let path = format!("/repos/{owner}/{repo}/pulls/{number}");
+        let answer = self
+            .send(Call::new(Method::GET, &path, &what).accept("application/vnd.github.diff"))
+            .await?;
+        Ok(String::from_utf8_lossy(&answer.body).into_owned())
+    }
+
+    pub async fn pull_request_files(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<Value>, GithubError> {
+        self.get_all(
+            &format!("/repos/{owner}/{repo}/pulls/{number}/files?per_page=100"),
+            &format!("the files of {owner}/{repo}#{number}"),
+            3_000,
+        )
+        .await
+    }
+
+    /// POSTs `body` to `path` under the repository and returns GitHub's JSON answer. Reviews,
+    /// review comments, issue comments, labels and assignees are all created this way.
+    pub async fn create(
+        &self,
+        owner: &str,
+        repo: &str,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<Value, GithubError> {
+        let full = format!("/repos/{owner}/{repo}/{path}");
+        self.send(Call::new(Method::POST, &full, what).json(body))
+            .await?
+            .json(what)
+    }
+
+    pub async fn list(
+        &self,
+        owner: &str,
+        repo: &str,
+        path: &str,
+        what: &str,
+    ) -> Result<Vec<Value>, GithubError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.get_all(
+            &format!("/repos/{owner}/{repo}/{path}{sep}per_page=100"),
+            what,
+            10_000,
+        )
+        .await
+    }
+
+    pub async fn update_issue_comment(
+        &self,
+        owner: &str,
+        repo: &str,
+        comment_id: u64,
+        body: &str,
+    ) -> Result<Value, GithubError> {
+        let what = format!("comment {comment_id} on {owner}/{repo}");
+        self.send(
+            Call::new(
+                Method::PATCH,
+                &format!("/repos/{owner}/{repo}/issues/comments/{comment_id}"),
+                &what,
+            )
+            .json(&json!({ "body": body })),
+        )
+        .await?
+        .json(&what)
+    }
+
+    pub async fn remove_label(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        label: &str,
+    ) -> Result<(), GithubError> {
+        let what = format!("label {label} of {owner}/{repo}#{number}");
+        let encoded: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
+        self.send(Call::new(
+            Method::DELETE,
+            &format!("/repos/{owner}/{repo}/issues/{number}/labels/{encoded}"),
+            &what,
+        ))
+        .await
+        .map(drop)
+    }
+
+    /// A file's bytes at `git_ref`, or `None` when it does not exist.
+    pub async fn file_contents(
+        &self,
+        owner: &str,
+        repo: &str,
+        path: &str,
+        git_ref: &str,
+    ) -> Result<Option<Vec<u8>>, GithubError> {
+        use base64::Engine;
+        let what = format!("{path} in {owner}/{repo}@{git_ref}");
+        let value: Value = match self
+            .get(
+                &format!("/repos/{owner}/{repo}/contents/{path}?ref={git_ref}"),
+                &what,
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let encoded: String = value
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(Some)
+            .map_err(|e| GithubError::Decode {
+                what,
+                message: e.to_string(),
+            })
+    }
+}
+
+fn delivered_at_secs(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
