@@ -68,6 +68,25 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seconds running jobs get to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
+    /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
+    /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// GitHub's REST API (`HOOKDOCK_GITHUB_API_URL`); `https://HOST/api/v3` for Enterprise Server.
+    pub github_api_url: String,
+    /// Token hookdock acts with when no signed-in user's token applies
+    /// (`HOOKDOCK_GITHUB_TOKEN`, else `GITHUB_TOKEN`).
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub github_token: Option<SecretString>,
+    /// Key sealing secrets at rest (`HOOKDOCK_SECRET_KEY`, 32 bytes as base64 or hex). Without
+    /// it, an embedded (SQLite) install keeps a generated key in `secret.key` beside the database.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub secret_key: Option<SecretString>,
+    /// Retired keys that still open old values until `hookdock rotate-key` reseals them.
+    #[serde(default, deserialize_with = "secret_list")]
+    pub secret_old_keys: Vec<SecretString>,
+    pub github: GithubSettings,
+    pub hooks: HookSettings,
     pub ingest: IngestSettings,
     pub queue: QueueSettings,
     pub retention: RetentionSettings,
@@ -100,6 +119,34 @@ impl std::fmt::Debug for ScopedSecret {
             .field("secret", &"[redacted]")
             .finish()
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSettings {
+    /// Seconds before a GitHub request is abandoned.
+    pub timeout_secs: u64,
+    /// Longest rate-limit wait taken inline; longer ones fail the call (and its job retries).
+    pub max_rate_wait_secs: u64,
+    /// Pause between two writes with one token (GitHub asks for about a second).
+    pub write_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSettings {
+    /// Events installed webhooks subscribe to.
+    pub events: Vec<String>,
+    /// How long the previous secret stays valid after a rotation.
+    pub rotation_grace_secs: u64,
+    /// Rotate every hook's secret this often; 0 turns scheduled rotation off.
+    pub rotation_interval_days: u64,
+    /// How often hooks are checked on GitHub (deleted or disabled behind hookdock's back).
+    pub check_interval_secs: u64,
+    /// How often failed deliveries are looked for and redelivered; 0 turns the sweep off.
+    pub sweep_interval_secs: u64,
+    /// GitHub redelivers only this far back: 72 h on github.com, 168 h on Enterprise Server.
+    pub redelivery_window_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +209,12 @@ impl Provider for EnvVars<'_> {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut root = Dict::new();
+        // GitHub's conventional variable, used when hookdock's own is not set.
+        if let Some((_, token)) = self.0.iter().find(|(k, _)| k == "GITHUB_TOKEN")
+            && !self.0.iter().any(|(k, _)| k == "HOOKDOCK_GITHUB_TOKEN")
+        {
+            root.insert("github_token".into(), Value::from(token.clone()));
+        }
         for (key, raw) in self.0 {
             let Some(name) = key.strip_prefix("HOOKDOCK_") else {
                 continue;
@@ -223,6 +276,25 @@ fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Err
     SecretText::deserialize(d).map(SecretString::from)
 }
 
+fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<SecretText>),
+        One(String),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(list) => list.into_iter().map(SecretString::from).collect(),
+        // From the environment: comma-separated.
+        OneOrMany::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+            .collect(),
+    })
+}
+
 fn optional_secret<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<SecretString>, D::Error> {
@@ -238,6 +310,16 @@ fn defaults() -> serde_json::Value {
         "log": "info",
         "log_format": "text",
         "shutdown_grace_secs": 20,
+        "github_api_url": "https://api.github.com",
+        "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
+        "hooks": {
+            "events": ["pull_request", "pull_request_review", "pull_request_review_comment", "issues", "issue_comment", "push"],
+            "rotation_grace_secs": 900,
+            "rotation_interval_days": 90,
+            "check_interval_secs": 3600,
+            "sweep_interval_secs": 300,
+            "redelivery_window_hours": 72
+        },
         "ingest": { "max_batch": 256, "zstd_level": 1 },
         "queue": {
             "workers": 8,
@@ -339,6 +421,22 @@ impl Settings {
             return Err(invalid(
                 "log",
                 format!("is not a log filter ({e}); use e.g. `info` or `hookdock=debug,warn`"),
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "public_url",
+                "must be the http(s) address GitHub reaches hookdock at, e.g. https://hooks.example.com",
+            ));
+        }
+        if !(self.github_api_url.starts_with("https://")
+            || self.github_api_url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "github_api_url",
+                "must be an http(s) URL: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server",
             ));
         }
         if let Some(secret) = &self.webhook_secret

@@ -12,6 +12,7 @@
 
 mod dialect;
 mod events;
+mod hooks;
 mod jobs;
 mod sql;
 mod writer;
@@ -24,6 +25,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use dialect::Dialect;
+pub use hooks::{HookRegistration, RegistrationUpdate};
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
 pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 
@@ -45,6 +47,8 @@ pub enum StoreError {
     CorruptBody { event_id: i64, reason: String },
     #[error("event {0} not found")]
     EventNotFound(i64),
+    #[error("stored data cannot be read back: {0}")]
+    Corrupt(String),
 }
 
 /// Status of a stored delivery, derived from its jobs once it has any.

@@ -1,0 +1,1 @@
+//! Test support for hookdock: a fake GitHub server held to GitHub's REST contract.
