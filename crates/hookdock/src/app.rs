@@ -12,8 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::crypto::{KeySource, load_key_ring};
+use crate::github::{Github, GithubConfig};
 use crate::handlers::{Handler, HandlerRegistry};
+use crate::hooks::{HookError, HookManager};
 use crate::http::{AppState, Shared, router};
 use crate::ingest::{Ingestor, WebhookSecrets};
 use crate::queue::Worker;
@@ -33,6 +38,8 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Hooks(#[from] HookError),
 }
 
 pub struct App {
@@ -41,6 +48,7 @@ pub struct App {
     state: AppState,
     store: Store,
     worker: Option<Arc<Worker>>,
+    hooks: HookManager,
     settings: Settings,
 }
 
@@ -71,8 +79,36 @@ impl App {
             registry.register(handler);
         }
         let jobs_ready = Arc::new(Notify::new());
+        let secrets = Arc::new(WebhookSecrets::from_settings(&settings));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let github = Github::new(GithubConfig::from_settings(&settings), Arc::clone(&clock))
+            .map_err(HookError::from)?;
+        let keys = load_key_ring(&settings)
+            .map_err(HookError::from)?
+            .map(|(ring, source)| {
+                if let KeySource::File(path) = &source {
+                    tracing::debug!(path = %path.display(), "secrets at rest are sealed with the key file");
+                }
+                Arc::new(ring)
+            });
+        if keys.is_none() {
+            tracing::warn!(
+                "no secret_key (HOOKDOCK_SECRET_KEY): managed webhooks and sign-in are unavailable on this shared database until every instance is given the same key"
+            );
+        }
+        let hooks = HookManager::with_parts(
+            &settings,
+            store.clone(),
+            github.clone(),
+            keys.clone(),
+            Arc::clone(&secrets),
+            clock,
+        );
+        let auth = Auth::new(&settings, store.clone(), github, keys);
+        // Managed secrets verify from the first request on.
+        hooks.refresh_secrets().await?;
         let ingestor = Ingestor::new(
-            WebhookSecrets::from_settings(&settings),
+            Arc::clone(&secrets),
             settings.allow_unsigned,
             registry.clone(),
             store.clone(),
@@ -89,6 +125,8 @@ impl App {
         });
         let state = AppState::new(Shared {
             ingestor,
+            hooks: hooks.clone(),
+            auth,
             store: store.clone(),
             registry,
             admin_token: settings.admin_token.clone(),
@@ -127,6 +165,7 @@ impl App {
             state,
             store,
             worker,
+            hooks,
             settings,
         })
     }
@@ -141,6 +180,10 @@ impl App {
 
     pub fn registry(&self) -> &HandlerRegistry {
         &self.state.registry
+    }
+
+    pub fn hooks(&self) -> &HookManager {
+        &self.hooks
     }
 
     pub fn settings(&self) -> &Settings {
@@ -164,6 +207,7 @@ impl App {
             Duration::from_secs(self.settings.retention.interval_secs),
             shutdown.clone(),
         ));
+        let upkeep = tokio::spawn(self.hooks.clone().run(shutdown.clone()));
         let server_stop = shutdown.clone();
         let served = axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
@@ -175,6 +219,7 @@ impl App {
             tracing::error!(error = %e, "worker task ended abnormally");
         }
         retention.abort();
+        upkeep.abort();
         self.store.close().await;
         tracing::info!("shutdown complete");
         served.map_err(AppError::Serve)

@@ -85,7 +85,18 @@ pub struct Settings {
     /// Retired keys that still open old values until `hookdock rotate-key` reseals them.
     #[serde(default, deserialize_with = "secret_list")]
     pub secret_old_keys: Vec<SecretString>,
+    /// OAuth app for signing in with GitHub (`HOOKDOCK_GITHUB_CLIENT_ID`).
+    #[serde(default)]
+    pub github_client_id: Option<String>,
+    /// `HOOKDOCK_GITHUB_CLIENT_SECRET`.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub github_client_secret: Option<SecretString>,
+    /// GitHub's web address for the OAuth flow; derived from `github_api_url` when unset
+    /// (`https://github.com`, or `https://HOST` for Enterprise Server).
+    #[serde(default)]
+    pub github_web_url: Option<String>,
     pub github: GithubSettings,
+    pub auth: AuthSettings,
     pub hooks: HookSettings,
     pub ingest: IngestSettings,
     pub queue: QueueSettings,
@@ -134,6 +145,17 @@ pub struct GithubSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// GitHub logins allowed to sign in (a list, or comma-separated in
+    /// `HOOKDOCK_AUTH__ALLOWED_USERS`); nobody can sign in while it is empty.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_users: Vec<String>,
+    /// How long a sign-in lasts.
+    pub session_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HookSettings {
     /// Events installed webhooks subscribe to.
     pub events: Vec<String>,
@@ -146,7 +168,11 @@ pub struct HookSettings {
     /// How often failed deliveries are looked for and redelivered; 0 turns the sweep off.
     pub sweep_interval_secs: u64,
     /// GitHub redelivers only this far back: 72 h on github.com, 168 h on Enterprise Server.
+    /// 0 (the default) picks between the two from `github_api_url`.
     pub redelivery_window_hours: u64,
+    /// How often managed secrets are reloaded from the database (changes made by other
+    /// instances or by the CLI).
+    pub reload_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -276,6 +302,13 @@ fn secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Err
     SecretText::deserialize(d).map(SecretString::from)
 }
 
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(secret_list(d)?
+        .into_iter()
+        .map(|s| s.expose_secret().to_owned())
+        .collect())
+}
+
 fn secret_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -312,13 +345,15 @@ fn defaults() -> serde_json::Value {
         "shutdown_grace_secs": 20,
         "github_api_url": "https://api.github.com",
         "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
+        "auth": { "allowed_users": [], "session_hours": 168 },
         "hooks": {
             "events": ["pull_request", "pull_request_review", "pull_request_review_comment", "issues", "issue_comment", "push"],
             "rotation_grace_secs": 900,
             "rotation_interval_days": 90,
             "check_interval_secs": 3600,
             "sweep_interval_secs": 300,
-            "redelivery_window_hours": 72
+            "redelivery_window_hours": 0,
+            "reload_secs": 10
         },
         "ingest": { "max_batch": 256, "zstd_level": 1 },
         "queue": {
@@ -471,6 +506,10 @@ impl Settings {
                 "must be at least 16 characters (use a random token)",
             ));
         }
+        if let Some(key) = &self.secret_key {
+            crate::crypto::KeyRing::new(key, &self.secret_old_keys)
+                .map_err(|e| invalid("secret_key", e.to_string()))?;
+        }
         if self.ingest.max_batch == 0 || self.ingest.max_batch > 1024 {
             return Err(invalid("ingest.max_batch", "must be between 1 and 1024"));
         }
@@ -498,6 +537,35 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| invalid("log", format!("is not a valid log filter: {e}")))?;
         Ok(())
+    }
+
+    /// GitHub's web address (OAuth pages), from `github_web_url` or `github_api_url`.
+    pub fn github_web_url(&self) -> String {
+        if let Some(url) = &self.github_web_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let api = self.github_api_url.trim_end_matches('/');
+        if api == "https://api.github.com" {
+            "https://github.com".to_owned()
+        } else {
+            api.strip_suffix("/api/v3").unwrap_or(api).to_owned()
+        }
+    }
+
+    /// How far back GitHub redelivers: `hooks.redelivery_window_hours`, or 72 h on github.com
+    /// and 168 h on Enterprise Server (`…/api/v3`).
+    pub fn redelivery_window_hours(&self) -> u64 {
+        match self.hooks.redelivery_window_hours {
+            0 if self
+                .github_api_url
+                .trim_end_matches('/')
+                .ends_with("/api/v3") =>
+            {
+                168
+            }
+            0 => 72,
+            hours => hours,
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {
@@ -673,5 +741,48 @@ mod tests {
         let err = Settings::load(&sources).unwrap_err().to_string();
         assert!(err.contains("webhook_secrets[0]"), "{err}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+/// Parses a span such as `90s`, `15m`, `24h` or `7d` (a bare number is seconds).
+pub fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a span; use e.g. 90s, 15m, 24h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit; use s, m, h or d (e.g. 24h)"
+            ));
+        }
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::parse_span;
+    use std::time::Duration;
+
+    #[test]
+    fn spans_parse_with_units_and_name_what_is_wrong() {
+        assert_eq!(parse_span("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_span("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_span("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_span("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(parse_span("1w").unwrap_err().contains("unknown unit"));
+        assert!(parse_span("h").unwrap_err().contains("not a span"));
+        assert!(parse_span("99999999999999999999d").is_err());
     }
 }

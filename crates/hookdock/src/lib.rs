@@ -6,16 +6,19 @@
 //!
 //! Modules: [`config`] (settings), [`http`] (routes and error mapping), [`ingest`] (verify,
 //! parse, persist), [`store`] (all SQL), [`queue`] (workers), [`handlers`] (what runs per event),
-//! [`events`] (operator actions), [`send`] (the signing client), [`app`] (start-up and
-//! shutdown), [`telemetry`].
+//! [`events`] (operator actions), [`send`] (the signing client), [`github`] (the REST client),
+//! [`hooks`] (hookdock's webhooks on GitHub), [`auth`] (sign-in with GitHub), [`crypto`]
+//! (secrets at rest), [`app`] (start-up and shutdown), [`telemetry`].
 
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod github;
 pub mod handlers;
+pub mod hooks;
 pub mod http;
 pub mod ingest;
 pub mod queue;

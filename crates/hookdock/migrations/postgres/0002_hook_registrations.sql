@@ -19,6 +19,10 @@ CREATE TABLE hook_registrations (
     checked_at        BIGINT,
     swept_at          BIGINT,
     last_error        TEXT,
+    -- The newest delivery GitHub reports for the hook, read by the periodic check.
+    last_delivery_at     BIGINT,
+    last_delivery_code   BIGINT,
+    last_delivery_status TEXT,
     created_at        BIGINT NOT NULL,
     updated_at        BIGINT NOT NULL,
     UNIQUE (scope, name)
@@ -32,5 +36,8 @@ CREATE TABLE redeliveries (
     github_delivery_id BIGINT NOT NULL,
     event              TEXT    NOT NULL,
     requested_at       BIGINT NOT NULL,
+    attempts           BIGINT NOT NULL DEFAULT 1,
     PRIMARY KEY (registration_id, guid)
 );
+
+CREATE INDEX events_hook_id ON events (hook_id, id);

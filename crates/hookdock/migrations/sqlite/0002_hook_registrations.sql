@@ -19,6 +19,10 @@ CREATE TABLE hook_registrations (
     checked_at        INTEGER,
     swept_at          INTEGER,
     last_error        TEXT,
+    -- The newest delivery GitHub reports for the hook, read by the periodic check.
+    last_delivery_at     INTEGER,
+    last_delivery_code   INTEGER,
+    last_delivery_status TEXT,
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
     UNIQUE (scope, name)
@@ -32,5 +36,8 @@ CREATE TABLE redeliveries (
     github_delivery_id INTEGER NOT NULL,
     event              TEXT    NOT NULL,
     requested_at       INTEGER NOT NULL,
+    attempts           INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (registration_id, guid)
 );
+
+CREATE INDEX events_hook_id ON events (hook_id, id);

@@ -278,7 +278,9 @@ impl GithubClient {
             let page: Vec<HookDelivery> = answer.json(&what)?;
             let mut reached_old = page.is_empty();
             for d in page {
-                if delivered_at_secs(&d.delivered_at).is_some_and(|t| t < since) {
+                if d.delivered_at_ms()
+                    .is_some_and(|t| t < since.saturating_mul(1_000))
+                {
                     reached_old = true;
                     break;
                 }
@@ -462,8 +464,14 @@ impl GithubClient {
     }
 }
 
-fn delivered_at_secs(text: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+impl HookDelivery {
+    /// `delivered_at` as Unix milliseconds.
+    pub fn delivered_at_ms(&self) -> Option<i64> {
+        time::OffsetDateTime::parse(
+            &self.delivered_at,
+            &time::format_description::well_known::Rfc3339,
+        )
         .ok()
-        .map(|t| t.unix_timestamp())
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+    }
 }

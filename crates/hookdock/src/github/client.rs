@@ -47,6 +47,18 @@ impl Default for GithubConfig {
     }
 }
 
+impl GithubConfig {
+    pub fn from_settings(settings: &crate::config::Settings) -> GithubConfig {
+        GithubConfig {
+            api_url: settings.github_api_url.clone(),
+            timeout: Duration::from_secs(settings.github.timeout_secs),
+            max_rate_wait: Duration::from_secs(settings.github.max_rate_wait_secs),
+            write_interval: Duration::from_millis(settings.github.write_interval_ms),
+            ..GithubConfig::default()
+        }
+    }
+}
+
 const USER_AGENT: &str = concat!("hookdock/", env!("CARGO_PKG_VERSION"));
 const ETAG_CACHE_ENTRIES: u64 = 2_000;
 
@@ -99,6 +111,11 @@ impl Github {
 
     pub fn api_url(&self) -> &str {
         &self.shared.api
+    }
+
+    /// The HTTP client underneath (for GitHub's non-API pages, e.g. the OAuth exchange).
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.shared.http
     }
 
     /// A client that acts with `token` (or anonymously).

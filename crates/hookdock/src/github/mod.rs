@@ -4,7 +4,9 @@
 mod api;
 mod client;
 mod error;
+mod oauth;
 
 pub use api::{Hook, HookConfig, HookDelivery, HookScope, HookSpec, Repository, User};
 pub use client::{Answer, Call, Github, GithubClient, GithubConfig};
 pub use error::GithubError;
+pub use oauth::{OauthToken, authorize_url};

@@ -7,50 +7,95 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::auth::SessionUser;
 use crate::store::{EventFilter, EventStatus, ReplayMode};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
 
-/// Rejects requests without the admin bearer token. Tokens are compared as SHA-256 digests in
-/// constant time, so neither content nor length leaks through timing.
+/// Who is calling the API.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Holder of the admin bearer token.
+    Admin,
+    /// A user signed in with GitHub (session cookie).
+    User(SessionUser),
+}
+
+impl Caller {
+    /// The token to act on GitHub with for this caller, when it has its own.
+    pub fn github_token(&self) -> Option<SecretString> {
+        match self {
+            Caller::Admin => None,
+            Caller::User(user) => Some(user.token.clone()),
+        }
+    }
+}
+
+/// Lets through the admin bearer token or a signed-in user's session cookie; everything else
+/// gets 401. Tokens are compared as SHA-256 digests in constant time, so neither content nor
+/// length leaks through timing. The caller is passed on as a [`Caller`] extension.
 pub async fn require_admin(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let Some(expected) = &state.admin_token else {
-        return ApiError::unauthorized(
-            "the JSON API is disabled: set HOOKDOCK_ADMIN_TOKEN and send it as `Authorization: Bearer <token>`",
-        )
-        .into_response();
-    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
+        .map(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         });
-    let Some(presented) = presented else {
-        return ApiError::unauthorized("missing `Authorization: Bearer <admin token>` header")
+    let caller = match presented {
+        Some(Some(presented)) => {
+            let Some(expected) = &state.admin_token else {
+                return ApiError::unauthorized(
+                    "the admin token is not configured: set HOOKDOCK_ADMIN_TOKEN and send it as `Authorization: Bearer <token>`, or sign in at /auth/github/login",
+                )
+                .into_response();
+            };
+            let a = Sha256::digest(presented.trim().as_bytes());
+            let b = Sha256::digest(expected.expose_secret().as_bytes());
+            if !bool::from(a.ct_eq(&b)) {
+                return ApiError::unauthorized("the bearer token is not the admin token")
+                    .into_response();
+            }
+            Caller::Admin
+        }
+        Some(None) => {
+            return ApiError::unauthorized(
+                "the Authorization header must be `Bearer <admin token>`",
+            )
             .into_response();
+        }
+        None => match super::login::session_user(&state, request.headers()).await {
+            Ok(Some(user)) => Caller::User(user),
+            Ok(None) if state.admin_token.is_none() => {
+                return ApiError::unauthorized(
+                    "the JSON API needs HOOKDOCK_ADMIN_TOKEN (sent as `Authorization: Bearer <token>`) or a sign-in at /auth/github/login",
+                )
+                .into_response();
+            }
+            Ok(None) => {
+                return ApiError::unauthorized(
+                    "missing `Authorization: Bearer <admin token>` header (or sign in at /auth/github/login)",
+                )
+                .into_response();
+            }
+            Err(e) => return e.into_response(),
+        },
     };
-    let a = Sha256::digest(presented.trim().as_bytes());
-    let b = Sha256::digest(expected.expose_secret().as_bytes());
-    if bool::from(a.ct_eq(&b)) {
-        next.run(request).await
-    } else {
-        ApiError::unauthorized("the bearer token is not the admin token").into_response()
-    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,9 +1,11 @@
 //! HTTP: routes, the admin-token guard and error mapping. Handlers here only extract, call the
-//! domain (`ingest`, `store`, `events`) and map its typed errors to statuses.
+//! domain (`ingest`, `store`, `events`, `hooks`) and map its typed errors to statuses.
 
 mod api;
 mod error;
 mod health;
+mod login;
+mod repos;
 mod webhook;
 
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use tower_http::trace::TraceLayer;
 pub use api::encode_cursor;
 pub use error::ApiError;
 
+use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
+use crate::hooks::HookManager;
 use crate::ingest::Ingestor;
 use crate::store::Store;
 
@@ -29,6 +33,8 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub ingestor: Ingestor,
+    pub hooks: HookManager,
+    pub auth: Auth,
     pub store: Store,
     pub registry: HandlerRegistry,
     pub admin_token: Option<SecretString>,
@@ -58,12 +64,36 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}/replay", post(api::replay_event))
         .route("/api/v1/events/{id}/release", post(api::release_event))
         .route("/api/v1/activity", get(api::activity))
+        .route("/api/v1/repos", get(repos::list))
+        .route("/api/v1/repos/{owner}/{repo}", get(repos::show_repo))
+        .route(
+            "/api/v1/repos/{owner}/{repo}/install",
+            post(repos::install_repo).delete(repos::uninstall_repo),
+        )
+        .route(
+            "/api/v1/repos/{owner}/{repo}/rotate-secret",
+            post(repos::rotate_repo),
+        )
+        .route("/api/v1/repos/{owner}/{repo}/ping", post(repos::ping_repo))
+        .route("/api/v1/orgs/{org}", get(repos::show_org))
+        .route(
+            "/api/v1/orgs/{org}/install",
+            post(repos::install_org).delete(repos::uninstall_org),
+        )
+        .route("/api/v1/orgs/{org}/rotate-secret", post(repos::rotate_org))
+        .route("/api/v1/orgs/{org}/ping", post(repos::ping_org))
+        .route("/api/v1/hooks/check", post(repos::check))
+        .route("/api/v1/hooks/redeliver", post(repos::redeliver))
         .route_layer(from_fn_with_state(state.clone(), api::require_admin));
     Router::new()
         .route("/api/v1/webhooks/github", post(webhook::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/auth/github/login", get(login::login))
+        .route("/auth/github/callback", get(login::callback))
+        .route("/auth/logout", post(login::logout))
+        .route("/auth/me", get(login::me))
         .merge(admin)
         .fallback(|| async {
             ApiError::new(

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 pub use envelope::{BodyError, ContentType, Envelope, KNOWN_EVENTS, is_known_event, json_document};
-pub use secrets::{TargetType, WebhookSecrets};
+pub use secrets::{ManagedSecret, TargetType, Unverified, WebhookSecrets};
 pub use signature::{Signature, SignatureError, sign};
 
 use crate::handlers::HandlerRegistry;
@@ -134,7 +134,7 @@ pub struct Receipt {
 
 /// The ingest service: verification, parsing, persistence.
 pub struct Ingestor {
-    secrets: WebhookSecrets,
+    secrets: Arc<WebhookSecrets>,
     allow_unsigned: bool,
     registry: HandlerRegistry,
     store: Store,
@@ -145,7 +145,7 @@ pub struct Ingestor {
 
 impl Ingestor {
     pub fn new(
-        secrets: WebhookSecrets,
+        secrets: Arc<WebhookSecrets>,
         allow_unsigned: bool,
         registry: HandlerRegistry,
         store: Store,
@@ -221,12 +221,15 @@ impl Ingestor {
                     (Some(Ok(t)), Some(id)) => Some((t, id)),
                     _ => None,
                 };
-                let mut candidates = self.secrets.candidates(hook_id, target).peekable();
-                if candidates.peek().is_none() {
-                    return Err(IngestError::NoSecret);
-                }
-                if !signature.matches_any(&body, candidates) {
-                    return Err(IngestError::BadSignature(SignatureError::Mismatch));
+                match self
+                    .secrets
+                    .verify(hook_id, target, &signature, &body, now_ms())
+                {
+                    Ok(()) => {}
+                    Err(Unverified::NoSecret) => return Err(IngestError::NoSecret),
+                    Err(Unverified::Mismatch) => {
+                        return Err(IngestError::BadSignature(SignatureError::Mismatch));
+                    }
                 }
             }
         }

@@ -30,8 +30,40 @@ pub struct HookRegistration {
     pub checked_at: Option<i64>,
     pub swept_at: Option<i64>,
     pub last_error: Option<String>,
+    pub last_delivery: Option<LastDelivery>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+/// The newest delivery GitHub reports for a hook.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastDelivery {
+    /// Unix milliseconds.
+    #[serde(serialize_with = "super::ser_time")]
+    pub at: i64,
+    /// The HTTP status hookdock answered (0: GitHub could not connect).
+    pub code: i64,
+    pub status: String,
+}
+
+/// The newest event stored for a repository or organization.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastEvent {
+    pub id: i64,
+    pub event: String,
+    pub action: Option<String>,
+    #[serde(serialize_with = "super::ser_time")]
+    pub received_at: i64,
+}
+
+/// A redelivery hookdock asked GitHub for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Redelivery {
+    pub guid: String,
+    pub event: String,
+    #[serde(serialize_with = "super::ser_time")]
+    pub requested_at: i64,
+    pub attempts: i64,
 }
 
 /// What an install writes.
@@ -50,7 +82,8 @@ pub struct RegistrationUpdate<'a> {
 
 const COLUMNS: &str = "id, scope, name, target_id, hook_id, url, events, status, secret_key_id, \
      secret, old_secret_key_id, old_secret, old_secret_until, rotated_at, checked_at, swept_at, \
-     last_error, created_at, updated_at";
+     last_error, last_delivery_at, last_delivery_code, last_delivery_status, created_at, \
+     updated_at";
 
 fn sealed(row: &AnyRow, key_col: &str, col: &str) -> Result<Option<Sealed>, StoreError> {
     let (Some(key_id), Some(text)) = (opt_text(row, key_col)?, opt_text(row, col)?) else {
@@ -81,6 +114,16 @@ fn registration(row: &AnyRow) -> Result<HookRegistration, StoreError> {
         checked_at: row.try_get("checked_at")?,
         swept_at: row.try_get("swept_at")?,
         last_error: opt_text(row, "last_error")?,
+        last_delivery: match row.try_get::<Option<i64>, _>("last_delivery_at")? {
+            Some(at) => Some(LastDelivery {
+                at,
+                code: row
+                    .try_get::<Option<i64>, _>("last_delivery_code")?
+                    .unwrap_or(0),
+                status: opt_text(row, "last_delivery_status")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -172,7 +215,8 @@ impl Store {
             .bind(old.map(|o| o.key_id.clone()));
         sql.push(", old_secret = ")
             .bind(old.map(|o| STANDARD.encode(&o.bytes)));
-        sql.push(", old_secret_until = ").bind(old.map(|_| old_until));
+        sql.push(", old_secret_until = ")
+            .bind(old.map(|_| old_until));
         sql.push(", rotated_at = ").bind(now);
         sql.push(", updated_at = ").bind(now);
         sql.push(" WHERE id = ").bind(id);
@@ -180,15 +224,23 @@ impl Store {
         Ok(())
     }
 
+    /// Records the outcome of a check; `last_delivery` is kept when `None`.
     pub async fn set_hook_status(
         &self,
         id: i64,
         status: &str,
         last_error: Option<&str>,
+        last_delivery: Option<&LastDelivery>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut sql = Sql::new("UPDATE hook_registrations SET status = ");
         sql.bind(status).push(", last_error = ").bind(last_error);
+        if let Some(d) = last_delivery {
+            sql.push(", last_delivery_at = ").bind(d.at);
+            sql.push(", last_delivery_code = ").bind(d.code);
+            sql.push(", last_delivery_status = ")
+                .bind(d.status.as_str());
+        }
         sql.push(", checked_at = ").bind(now);
         sql.push(", updated_at = ").bind(now);
         sql.push(" WHERE id = ").bind(id);
@@ -210,38 +262,71 @@ impl Store {
         Ok(())
     }
 
-    /// Records a redelivery request; false when this guid was already asked for.
-    pub async fn record_redelivery(
+    /// Claims the right to ask GitHub to redeliver `guid`: true for a guid never asked for, or
+    /// one whose last request is older than `failed_since` (GitHub tried again after it, and
+    /// that attempt failed too) and that has been asked for fewer than `max_attempts` times.
+    /// Claimed in one statement, so two instances sweeping at once ask only once.
+    pub async fn claim_redelivery(
         &self,
         registration_id: i64,
         guid: &str,
         github_delivery_id: i64,
         event: &str,
+        failed_since: i64,
+        max_attempts: i64,
     ) -> Result<bool, StoreError> {
         let mut sql = Sql::new(
-            "INSERT INTO redeliveries (registration_id, guid, github_delivery_id, event, requested_at) VALUES (",
+            "INSERT INTO redeliveries (registration_id, guid, github_delivery_id, event, requested_at, attempts) VALUES (",
         );
         sql.bind(registration_id).push(", ").bind(guid).push(", ");
         sql.bind(github_delivery_id).push(", ").bind(event);
-        sql.push(", ").bind(now_ms());
-        sql.push(") ON CONFLICT (registration_id, guid) DO NOTHING");
+        sql.push(", ").bind(now_ms()).push(", 1)");
+        sql.push(
+            " ON CONFLICT (registration_id, guid) DO UPDATE SET attempts = redeliveries.attempts + 1, \
+             requested_at = excluded.requested_at, github_delivery_id = excluded.github_delivery_id \
+             WHERE redeliveries.attempts < ",
+        );
+        sql.bind(max_attempts)
+            .push(" AND redeliveries.requested_at < ")
+            .bind(failed_since);
         Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
     }
 
-    /// `(guid, event, requested_at)` of every redelivery requested for a registration.
-    pub async fn redeliveries(
-        &self,
-        registration_id: i64,
-    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+    /// Every redelivery requested for a registration, oldest first.
+    pub async fn redeliveries(&self, registration_id: i64) -> Result<Vec<Redelivery>, StoreError> {
         let mut sql = Sql::new(
-            "SELECT guid, event, requested_at FROM redeliveries WHERE registration_id = ",
+            "SELECT guid, event, requested_at, attempts FROM redeliveries WHERE registration_id = ",
         );
-        sql.bind(registration_id).push(" ORDER BY requested_at, guid");
+        sql.bind(registration_id)
+            .push(" ORDER BY requested_at, guid");
         sql.fetch_all(&self.inner.read)
             .await?
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .map(|r| {
+                Ok(Redelivery {
+                    guid: r.try_get(0)?,
+                    event: r.try_get(1)?,
+                    requested_at: r.try_get(2)?,
+                    attempts: r.try_get(3)?,
+                })
+            })
             .collect()
+    }
+
+    /// The newest stored event delivered by a hook.
+    pub async fn last_event(&self, hook_id: i64) -> Result<Option<LastEvent>, StoreError> {
+        let mut sql =
+            Sql::new("SELECT id, event, action, received_at FROM events WHERE hook_id = ");
+        sql.bind(hook_id).push(" ORDER BY id DESC LIMIT 1");
+        let Some(row) = sql.fetch_optional(&self.inner.read).await? else {
+            return Ok(None);
+        };
+        Ok(Some(LastEvent {
+            id: row.try_get(0)?,
+            event: row.try_get(1)?,
+            action: opt_text(&row, "action")?,
+            received_at: row.try_get(3)?,
+        }))
     }
 
     /// Which of these delivery ids are stored.
@@ -277,7 +362,8 @@ impl Store {
                 };
                 let mut sql = Sql::new(&format!("UPDATE hook_registrations SET {key_col} = "));
                 sql.bind(new.key_id.clone());
-                sql.push(&format!(", {col} = ")).bind(STANDARD.encode(&new.bytes));
+                sql.push(&format!(", {col} = "))
+                    .bind(STANDARD.encode(&new.bytes));
                 sql.push(" WHERE id = ").bind(r.id);
                 sql.execute(&self.inner.write).await?;
                 changed += 1;

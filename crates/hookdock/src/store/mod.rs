@@ -14,6 +14,7 @@ mod dialect;
 mod events;
 mod hooks;
 mod jobs;
+mod sessions;
 mod sql;
 mod writer;
 
@@ -25,9 +26,10 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
 pub use dialect::Dialect;
-pub use hooks::{HookRegistration, RegistrationUpdate};
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
+pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
 pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
+pub use sessions::SessionRow;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -278,6 +278,17 @@ impl TestApp {
         json_answer(response).await
     }
 
+    pub async fn api_delete(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request sent");
+        json_answer(response).await
+    }
+
     /// Waits until no job is pending, processing or failed.
     pub async fn wait_until_idle(&self) {
         let store = self.store.clone();

@@ -2,7 +2,9 @@
 //! and (when `HOOKDOCK_TEST_DATABASE_URL` is set) on PostgreSQL.
 
 mod api;
+mod auth;
 mod cli;
 mod helpers;
+mod hooks;
 mod ingest;
 mod queue;

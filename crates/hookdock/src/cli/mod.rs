@@ -1,5 +1,7 @@
 //! Command-line interface: clap types and what each subcommand does with the library.
 
+mod hooks;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +51,24 @@ enum Command {
         #[arg(long)]
         days: Option<u32>,
     },
+    /// hookdock's webhooks on repositories: list, install, uninstall, rotate-secret, ping, check.
+    #[command(subcommand)]
+    Repos(hooks::ReposCommand),
+    /// hookdock's webhooks on organizations.
+    #[command(subcommand)]
+    Orgs(hooks::OrgsCommand),
+    /// Ask GitHub to redeliver the deliveries it failed to hand over (and hookdock lacks).
+    Redeliver {
+        /// How far back to look, e.g. 30m, 24h, 3d (GitHub keeps 3 days; 7 on Enterprise Server).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reseal every stored secret under the current key (after changing secret_key, or with a
+    /// newly generated key for an embedded install).
+    RotateKey,
 }
 
 #[derive(Debug, Args)]
@@ -247,23 +267,38 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Purge { days } => {
+        Command::Send(args) => send_command(args).await,
+        command => {
             let settings = cli.settings(None)?;
             let store = open_store(&settings).await?;
+            let result = store_command(command, settings, &store).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+/// The commands that work on the database.
+async fn store_command(
+    command: &Command,
+    settings: Settings,
+    store: &Store,
+) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Purge { days } => {
             let days = days.unwrap_or(settings.retention.done_days);
             let cutoff = hookdock::store::now_ms() - i64::from(days) * 86_400_000;
             let n = store.purge_finished(cutoff).await?;
             println!("purged {n} done/ignored event(s) older than {days} day(s)");
-            store.close().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send(args) => send_command(args).await,
-        Command::Events(command) => {
-            let settings = cli.settings(None)?;
-            let store = open_store(&settings).await?;
-            let result = events_command(command, &settings, &store).await;
-            store.close().await;
-            result
+        Command::Events(command) => events_command(command, &settings, store).await,
+        Command::Repos(command) => hooks::repos(command, settings, store).await,
+        Command::Orgs(command) => hooks::orgs(command, settings, store).await,
+        Command::Redeliver { since, json } => hooks::redeliver(since, *json, settings, store).await,
+        Command::RotateKey => hooks::rotate_key_command(&settings, store).await,
+        Command::Serve { .. } | Command::Migrate | Command::CheckConfig | Command::Send(_) => {
+            Err(anyhow::anyhow!("this command does not run on an open database").into())
         }
     }
 }
