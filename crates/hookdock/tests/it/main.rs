@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod cli;
+mod crash;
 mod helpers;
 mod hooks;
 mod ingest;
