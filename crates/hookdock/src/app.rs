@@ -16,11 +16,12 @@ use crate::auth::Auth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::crypto::{KeySource, load_key_ring};
+use crate::github::GithubClient;
 use crate::github::{Github, GithubConfig};
 use crate::handlers::{Handler, HandlerRegistry};
 use crate::hooks::{HookError, HookManager};
 use crate::http::{AppState, Shared, router};
-use crate::ingest::{Ingestor, WebhookSecrets};
+use crate::ingest::{Ingestor, SourceGuard, WebhookSecrets};
 use crate::queue::Worker;
 use crate::store::{Store, StoreError, StoreOptions, now_ms, redact_url};
 use crate::telemetry::metrics_handle;
@@ -49,6 +50,8 @@ pub struct App {
     store: Store,
     worker: Option<Arc<Worker>>,
     hooks: HookManager,
+    github: Github,
+    source: Arc<SourceGuard>,
     settings: Settings,
 }
 
@@ -104,7 +107,8 @@ impl App {
             Arc::clone(&secrets),
             clock,
         );
-        let auth = Auth::new(&settings, store.clone(), github, keys);
+        let auth = Auth::new(&settings, store.clone(), github.clone(), keys);
+        let source = Arc::new(SourceGuard::new(&settings.source_check));
         // Managed secrets verify from the first request on.
         hooks.refresh_secrets().await?;
         let ingestor = Ingestor::new(
@@ -127,6 +131,7 @@ impl App {
             ingestor,
             hooks: hooks.clone(),
             auth,
+            source: Arc::clone(&source),
             store: store.clone(),
             registry,
             admin_token: settings.admin_token.clone(),
@@ -166,6 +171,8 @@ impl App {
             store,
             worker,
             hooks,
+            github,
+            source,
             settings,
         })
     }
@@ -208,10 +215,21 @@ impl App {
             shutdown.clone(),
         ));
         let upkeep = tokio::spawn(self.hooks.clone().run(shutdown.clone()));
+        let ranges = self.source.enabled().then(|| {
+            tokio::spawn(source_ranges_loop(
+                Arc::clone(&self.source),
+                self.github.client(self.settings.github_token.clone()),
+                Duration::from_secs(self.settings.source_check.refresh_hours * 3_600),
+                shutdown.clone(),
+            ))
+        });
         let server_stop = shutdown.clone();
-        let served = axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(async move { server_stop.cancelled().await })
-            .await;
+        let served = axum::serve(
+            self.listener,
+            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        .await;
         tracing::info!("HTTP server stopped; waiting for workers");
         if let Some(workers) = workers
             && let Err(e) = workers.await
@@ -220,6 +238,9 @@ impl App {
         }
         retention.abort();
         upkeep.abort();
+        if let Some(ranges) = ranges {
+            ranges.abort();
+        }
         self.store.close().await;
         tracing::info!("shutdown complete");
         served.map_err(AppError::Serve)
@@ -244,6 +265,41 @@ async fn retention_loop(store: Store, days: u32, every: Duration, shutdown: Canc
                 tracing::info!(purged = n, days, "retention purged finished events");
             }
             Err(error) => tracing::warn!(%error, "retention purge failed; will retry"),
+        }
+    }
+}
+
+/// Keeps GitHub's webhook address ranges current (`GET /meta`): at start, then every `every`;
+/// after a failure, again within a minute.
+async fn source_ranges_loop(
+    guard: Arc<SourceGuard>,
+    github: GithubClient,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let wait = match github
+            .get::<serde_json::Value>("/meta", "GitHub's address ranges")
+            .await
+        {
+            Ok(meta) => {
+                let cidrs: Vec<&str> = meta
+                    .get("hooks")
+                    .and_then(|h| h.as_array())
+                    .map(|list| list.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                let count = guard.set_ranges(&cidrs);
+                tracing::info!(ranges = count, "loaded GitHub's webhook address ranges");
+                every
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not load GitHub's webhook address ranges; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

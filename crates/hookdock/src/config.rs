@@ -97,6 +97,7 @@ pub struct Settings {
     pub github_web_url: Option<String>,
     pub github: GithubSettings,
     pub auth: AuthSettings,
+    pub source_check: SourceCheckSettings,
     pub hooks: HookSettings,
     pub ingest: IngestSettings,
     pub queue: QueueSettings,
@@ -143,6 +144,22 @@ pub struct GithubSettings {
     pub write_interval_ms: u64,
 }
 
+/// Accepting deliveries only from GitHub's webhook addresses. Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceCheckSettings {
+    pub enabled: bool,
+    /// How often GitHub's ranges are read again from `GET /meta`.
+    pub refresh_hours: u64,
+    /// Header carrying the client address behind a proxy (e.g. `X-Forwarded-For`); read only
+    /// on requests from `trusted_proxies`.
+    #[serde(default)]
+    pub forwarded_header: Option<String>,
+    /// Addresses or CIDR ranges of the proxies in front of hookdock.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
@@ -158,6 +175,7 @@ pub struct AuthSettings {
 #[serde(deny_unknown_fields)]
 pub struct HookSettings {
     /// Events installed webhooks subscribe to.
+    #[serde(deserialize_with = "string_list")]
     pub events: Vec<String>,
     /// How long the previous secret stays valid after a rotation.
     pub rotation_grace_secs: u64,
@@ -346,6 +364,7 @@ fn defaults() -> serde_json::Value {
         "github_api_url": "https://api.github.com",
         "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
         "auth": { "allowed_users": [], "session_hours": 168 },
+        "source_check": { "enabled": false, "refresh_hours": 24, "trusted_proxies": [] },
         "hooks": {
             "events": ["pull_request", "pull_request_review", "pull_request_review_comment", "issues", "issue_comment", "push"],
             "rotation_grace_secs": 900,
@@ -505,6 +524,31 @@ impl Settings {
                 "admin_token",
                 "must be at least 16 characters (use a random token)",
             ));
+        }
+        for (i, proxy) in self.source_check.trusted_proxies.iter().enumerate() {
+            if crate::ingest::parse_net(proxy).is_none() {
+                return Err(invalid(
+                    &format!("source_check.trusted_proxies[{i}]"),
+                    format!("{proxy:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+                ));
+            }
+        }
+        if let Some(header) = &self.source_check.forwarded_header {
+            if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(invalid(
+                    "source_check.forwarded_header",
+                    format!("{header:?} is not a header name (e.g. X-Forwarded-For)"),
+                ));
+            }
+            if self.source_check.trusted_proxies.is_empty() {
+                return Err(invalid(
+                    "source_check.forwarded_header",
+                    "is read only on requests from source_check.trusted_proxies, which is empty; list your proxies there",
+                ));
+            }
+        }
+        if self.source_check.refresh_hours == 0 {
+            return Err(invalid("source_check.refresh_hours", "must be at least 1"));
         }
         if let Some(key) = &self.secret_key {
             crate::crypto::KeyRing::new(key, &self.secret_old_keys)

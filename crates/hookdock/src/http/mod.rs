@@ -24,7 +24,7 @@ pub use error::ApiError;
 use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
 use crate::hooks::HookManager;
-use crate::ingest::Ingestor;
+use crate::ingest::{Ingestor, SourceGuard};
 use crate::store::Store;
 
 /// Shared by every route.
@@ -35,6 +35,7 @@ pub struct Shared {
     pub ingestor: Ingestor,
     pub hooks: HookManager,
     pub auth: Auth,
+    pub source: Arc<SourceGuard>,
     pub store: Store,
     pub registry: HandlerRegistry,
     pub admin_token: Option<SecretString>,

@@ -2,19 +2,43 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::ingest::{DeliveryHeaders, IngestError, MAX_BODY_BYTES, Receipt, header as gh};
+use crate::ingest::{
+    DeliveryHeaders, IngestError, MAX_BODY_BYTES, Receipt, SourceRefusal, header as gh,
+};
 
 pub async fn receive(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Receipt>, ApiError> {
+    if state.source.enabled() {
+        let forwarded = state
+            .source
+            .forwarded_header()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok());
+        let client = state.source.client_address(peer.ip(), forwarded);
+        if let Err(refusal) = state.source.check(client) {
+            let (status, code) = match refusal {
+                SourceRefusal::NotGithub(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
+                SourceRefusal::RangesUnknown => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "source_ranges_unknown")
+                }
+            };
+            metrics::counter!("hookdock_webhook_rejected_total", "reason" => code).increment(1);
+            tracing::info!(%client, code, "delivery refused by the source check");
+            return Err(ApiError::new(status, code, refusal.to_string()));
+        }
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

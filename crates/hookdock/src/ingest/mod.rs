@@ -11,6 +11,7 @@
 mod envelope;
 mod secrets;
 pub mod signature;
+mod source;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 pub use envelope::{BodyError, ContentType, Envelope, KNOWN_EVENTS, is_known_event, json_document};
 pub use secrets::{ManagedSecret, TargetType, Unverified, WebhookSecrets};
 pub use signature::{Signature, SignatureError, sign};
+pub use source::{SourceGuard, SourceRefusal, parse_net};
 
 use crate::handlers::HandlerRegistry;
 use crate::store::{EventStatus, IngestOutcome, NewDelivery, Store, StoreError, now_ms};

@@ -76,6 +76,7 @@ pub struct TestDb {
 }
 
 enum Cleanup {
+    None,
     Dir(PathBuf),
     Postgres { admin_url: String, name: String },
 }
@@ -115,6 +116,16 @@ impl TestDb {
 }
 
 /// `postgres://u@h:p/db?x` with another database name.
+impl TestDb {
+    /// A placeholder that owns nothing.
+    fn none() -> TestDb {
+        TestDb {
+            url: String::new(),
+            cleanup: Cleanup::None,
+        }
+    }
+}
+
 pub fn replace_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -135,6 +146,7 @@ pub fn replace_database(url: &str, name: &str) -> String {
 impl Drop for TestDb {
     fn drop(&mut self) {
         match &self.cleanup {
+            Cleanup::None => {}
             Cleanup::Dir(dir) => {
                 let _ = std::fs::remove_dir_all(dir);
             }
@@ -176,6 +188,19 @@ pub fn test_sources(db_url: &str) -> Sources {
         .set("queue.retry_cap_secs", 1)
 }
 
+/// An app that was stopped; [`StoppedApp::start`] brings it back on the same database and
+/// address.
+pub struct StoppedApp {
+    settings: Settings,
+    db: TestDb,
+}
+
+impl StoppedApp {
+    pub async fn start(self) -> TestApp {
+        TestApp::start(self.settings, Vec::new(), self.db).await
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -200,6 +225,10 @@ impl TestApp {
         let db = TestDb::create(backend).await;
         let settings =
             Settings::load(&configure(test_sources(&db.url))).expect("test settings are valid");
+        TestApp::start(settings, handlers, db).await
+    }
+
+    async fn start(settings: Settings, handlers: Vec<Arc<dyn Handler>>, db: TestDb) -> TestApp {
         let app = App::build_with_handlers(settings.clone(), handlers)
             .await
             .expect("app starts");
@@ -217,6 +246,21 @@ impl TestApp {
             shutdown,
             server: Some(server),
             _db: db,
+        }
+    }
+
+    /// Stops the app and returns what it needs to start again on the same database.
+    pub async fn stop_keeping_data(mut self) -> StoppedApp {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
+        }
+        StoppedApp {
+            settings: self.settings.clone(),
+            db: std::mem::replace(&mut self._db, TestDb::none()),
         }
     }
 
@@ -322,14 +366,8 @@ impl TestApp {
             .sum()
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stopped cleanly");
-        }
+    pub async fn stop(self) {
+        drop(self.stop_keeping_data().await);
     }
 }
 

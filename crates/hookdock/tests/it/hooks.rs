@@ -485,7 +485,91 @@ async fn organization_hooks_install_and_uninstall(backend: Backend) {
     env.app.stop().await;
 }
 
+async fn deliveries_missed_while_down_are_recovered_exactly_once(backend: Backend) {
+    let env = env(&backend).await;
+    assert_eq!(env.install().await.0, StatusCode::CREATED);
+    let hook = env.only_hook();
+    env.github
+        .wait_for_deliveries(hook.id, 1, Duration::from_secs(10))
+        .await;
+    // An explicit ping goes through GitHub and arrives verified.
+    let (status, body) = env.app.api_post(&repo_path("ping")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let pings = env
+        .github
+        .wait_for_deliveries(hook.id, 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (pings[0].event.as_str(), pings[0].status_code),
+        ("ping", 200)
+    );
+
+    // hookdock goes down; GitHub's deliveries meanwhile fail to connect.
+    let Env { github, app } = env;
+    let stopped = app.stop_keeping_data().await;
+    let mut missed = Vec::new();
+    for seq in 0..5 {
+        let d = github
+            .deliver(
+                hook.id,
+                "issues",
+                &unique_body("issues.opened.0", 100 + seq),
+            )
+            .await;
+        assert_eq!(d.status_code, 0, "hookdock is down: {}", d.status);
+        missed.push(d.guid);
+    }
+    let env = Env {
+        github,
+        app: stopped.start().await,
+    };
+    for guid in &missed {
+        assert!(env.stored_delivery(guid).await.is_none());
+    }
+
+    // Back up: the sweep asks for each missed delivery once, and each arrives and is stored.
+    let (status, report) = env.app.api_post("/api/v1/hooks/redeliver?since=1h").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let mut asked: Vec<String> = report["redelivered"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|r| r["guid"].as_str().map(str::to_owned))
+        .collect();
+    asked.sort();
+    let mut expected = missed.clone();
+    expected.sort();
+    assert_eq!(asked, expected, "{report}");
+    poll_until(
+        "every missed delivery is stored",
+        Duration::from_secs(10),
+        || async {
+            let ids = env
+                .app
+                .store
+                .stored_delivery_ids(&missed)
+                .await
+                .expect("query");
+            ids.len() == missed.len()
+        },
+    )
+    .await;
+    let (_, again) = env.app.api_post("/api/v1/hooks/redeliver?since=1h").await;
+    assert_eq!(again["redelivered"], json!([]), "{again}");
+    assert_eq!(env.github.redelivery_requests(hook.id).len(), missed.len());
+    // Each event once: GitHub's guid is hookdock's delivery id, and it is unique.
+    let (_, events) = env
+        .app
+        .api_get("/api/v1/events?event=issues&limit=100")
+        .await;
+    let stored = events["events"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(stored, missed.len(), "{events}");
+    env.assert_contract_kept();
+    env.app.stop().await;
+}
+
 crate::backend_tests!(
+    deliveries_missed_while_down_are_recovered_exactly_once,
     install_creates_a_verified_hook,
     install_adopts_the_hook_github_already_has,
     rotation_keeps_the_old_secret_valid_for_the_grace_period,
