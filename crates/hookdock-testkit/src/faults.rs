@@ -1,6 +1,9 @@
 //! Injected faults: answers a test asks the fake to give instead of the real one, such as GitHub's
-//! rate-limit and server errors. It owns the [`Fault`] type and the matching of a request to a
-//! queued fault; it does not decide anything else about a request.
+//! rate-limit and server errors, and answers held back past a client's timeout. It owns the
+//! [`Fault`] type and the matching of a request to a queued fault; it does not decide anything
+//! else about a request.
+
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -14,6 +17,12 @@ pub struct Fault {
     pub body: Value,
     /// How many matching requests get this answer.
     pub times: u32,
+    /// How long the fake waits before answering (real time: it is the client's timeout that is
+    /// under test). The request has been handled by then; only the answer is late.
+    pub delay: Option<Duration>,
+    /// Whether `status`, `headers` and `body` replace the real answer. `false` for
+    /// [`Fault::slow`], which only delays the answer the endpoint gives.
+    pub replaces_answer: bool,
 }
 
 impl Fault {
@@ -24,7 +33,28 @@ impl Fault {
             headers: Vec::new(),
             body,
             times: 1,
+            delay: None,
+            replaces_answer: true,
         }
+    }
+
+    /// The endpoint's own answer, sent only after `delay` (once; see [`Fault::times`]). The
+    /// request takes effect as usual: a write is applied even when the client gave up waiting.
+    pub fn slow(delay: Duration) -> Fault {
+        Fault {
+            status: 200,
+            headers: Vec::new(),
+            body: Value::Null,
+            times: 1,
+            delay: Some(delay),
+            replaces_answer: false,
+        }
+    }
+
+    /// Holds this fault's answer back for `delay` before sending it.
+    pub fn delay(mut self, delay: Duration) -> Fault {
+        self.delay = Some(delay);
+        self
     }
 
     /// The same fault for `times` matching requests.
@@ -112,6 +142,19 @@ pub(crate) fn take(rules: &mut Vec<FaultRule>, method: &str, path: &str) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_fault_keeps_the_real_answer_and_a_delay_can_be_added_to_any_fault() {
+        let slow = Fault::slow(Duration::from_millis(300)).times(2);
+        assert!(!slow.replaces_answer);
+        assert_eq!(slow.delay, Some(Duration::from_millis(300)));
+        assert_eq!(slow.times, 2);
+        let late_error = Fault::server_error().delay(Duration::from_secs(2));
+        assert!(late_error.replaces_answer);
+        assert_eq!(late_error.status, 500);
+        assert_eq!(late_error.delay, Some(Duration::from_secs(2)));
+        assert_eq!(Fault::not_found().delay, None);
+    }
 
     #[test]
     fn wildcard_segments_match_one_segment_and_uses_are_counted() {

@@ -1,30 +1,105 @@
-//! Issues: get, update, list, comments (list, create, update), labels (list, add, remove) and
-//! assignees. It owns those endpoints and the JSON of issues, comments and labels, built from
-//! GitHub's examples.
+//! Issues: get, update, list, comments (list, create, update), labels of an issue (list, add,
+//! remove), labels of a repository (create, get, list) and assignees. It owns those endpoints and
+//! the JSON of issues, comments and labels, built from GitHub's examples.
 
 use serde_json::{Value, json};
 
 use crate::server::{Ctx, Reply, Scope, paginate};
-use crate::state::{Item, State, example, localize};
+use crate::state::{FakeLabel, Item, State, encode_path, example, localize};
 
+/// The label JSON of the repository label `name` (defined on first use, as GitHub does).
 fn label_json(st: &mut State, repo: &str, name: &str) -> Value {
+    let label = st.repo_label(repo, name);
+    repo_label_json(st, repo, &label)
+}
+
+fn repo_label_json(st: &State, repo: &str, label: &FakeLabel) -> Value {
     let mut v = example("issues/list-labels-on-issue", 200)[0].clone();
     let base = st.base_url.clone();
     localize(&mut v, &base, None);
-    let id = name
-        .bytes()
-        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-        % 1_000_000_000;
-    v["id"] = json!(id);
-    v["name"] = json!(name);
+    v["id"] = json!(label.id);
+    v["node_id"] = json!(format!("LA_fake{}", label.id));
+    v["name"] = json!(label.name);
     v["url"] = json!(format!(
         "{base}/repos/{repo}/labels/{}",
-        name.replace(' ', "%20")
+        encode_path(&label.name)
     ));
-    v["description"] = Value::Null;
-    v["color"] = json!("ededed");
+    v["description"] = json!(label.description);
+    v["color"] = json!(label.color);
     v["default"] = json!(false);
     v
+}
+
+/// `POST /repos/{owner}/{repo}/labels`: GitHub's checks, then the new label.
+fn create_label(ctx: &mut Ctx, key: &str, full: &str) -> Reply {
+    let body = ctx.body.clone();
+    let mut problems = Vec::new();
+    match body.as_object() {
+        None => problems.push("the request body must be a JSON object".to_owned()),
+        Some(map) => {
+            if !map.get("name").is_some_and(Value::is_string) {
+                problems.push("`name` (string) is required".to_owned());
+            }
+            for (field, value) in map {
+                match field.as_str() {
+                    "name" => {}
+                    "color" | "description" if value.is_string() => {}
+                    "color" | "description" => problems.push(format!("`{field}` must be a string")),
+                    other => problems.push(format!("unknown property `{other}`")),
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let text = problems.join("; ");
+        ctx.st.violations.push(format!(
+            "POST /repos/{full}/labels: issues/create-label: request body does not match GitHub's: {text}"
+        ));
+        return Reply::message(422, &format!("Invalid request.\n\n{text}"));
+    }
+    let name = body["name"].as_str().unwrap_or_default().trim().to_owned();
+    let color = body["color"].as_str().unwrap_or("ededed").to_owned();
+    let description = body["description"].as_str().map(str::to_owned);
+    let label_error = |code: &str, field: &str| {
+        Reply::json(
+            422,
+            json!({
+                "message": "Validation Failed",
+                "errors": [{"resource": "Label", "code": code, "field": field}],
+                "documentation_url": "https://docs.github.com/rest/issues/labels#create-a-label",
+                "status": "422",
+            }),
+        )
+    };
+    if name.is_empty() {
+        return label_error("missing_field", "name");
+    }
+    if color.len() != 6 || !color.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return label_error("invalid", "color");
+    }
+    if description
+        .as_ref()
+        .is_some_and(|d| d.chars().count() > 100)
+    {
+        return label_error("invalid", "description");
+    }
+    if ctx.st.find_repo_label(key, &name).is_some() {
+        return label_error("already_exists", "name");
+    }
+    let label = FakeLabel {
+        id: ctx.st.next_id(),
+        name,
+        color: color.to_ascii_lowercase(),
+        description,
+    };
+    ctx.st
+        .repo_labels
+        .entry(key.to_owned())
+        .or_default()
+        .push(label.clone());
+    let v = repo_label_json(ctx.st, key, &label);
+    let location = v["url"].as_str().unwrap_or_default().to_owned();
+    Reply::json(201, v).header("location", location)
 }
 
 fn login_of(v: &Value) -> Option<String> {
@@ -267,6 +342,22 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
             Reply::json(
                 200,
                 Value::Array(labels.iter().map(|l| label_json(ctx.st, &key, l)).collect()),
+            )
+        }
+        "issues/create-label" => create_label(ctx, &key, &full),
+        "issues/get-label" => match ctx.st.find_repo_label(&key, ctx.param("name")) {
+            Some(label) => Reply::json(200, repo_label_json(ctx.st, &key, &label)),
+            None => Reply::not_found(),
+        },
+        "issues/list-labels-for-repo" => {
+            let labels = ctx.st.repo_labels.get(&key).cloned().unwrap_or_default();
+            paginate(
+                ctx,
+                &format!("/repos/{full}/labels"),
+                labels,
+                per_page,
+                page,
+                |st, l| repo_label_json(st, &key, &l),
             )
         }
         "issues/list-for-repo" => {

@@ -1,7 +1,8 @@
 //! Test support for hookdock: a fake GitHub server held to GitHub's REST contract.
 //!
 //! [`FakeGitHub::start`] serves, on `127.0.0.1` and a port of its own, the REST endpoints hookdock
-//! uses (webhooks, deliveries, pull requests, issues, contents, …) and GitHub's OAuth web flow.
+//! uses (webhooks, deliveries, pull requests, issues, labels, contents, `/meta`, …) and GitHub's
+//! OAuth web flow.
 //! Every request is checked against GitHub's OpenAPI description (`shared/fixtures/
 //! github-rest-openapi.json`, or the file named by `HOOKDOCK_GITHUB_OPENAPI`): what does not fit
 //! is answered as GitHub would (404/422/…) *and* listed by [`FakeGitHub::contract_violations`],
@@ -23,6 +24,7 @@ mod deliveries;
 mod faults;
 mod hooks;
 mod issues;
+mod meta;
 mod oauth;
 mod pulls;
 mod repos;
@@ -37,7 +39,9 @@ use time::OffsetDateTime;
 pub use contract::EXTRA_ENDPOINTS;
 pub use deliveries::{signature_256, signature_sha1};
 pub use faults::Fault;
-pub use state::{FakeDelivery, FakeHook, HookOwner, RecordedRequest};
+pub use state::{
+    DEFAULT_META_HOOKS, FakeDelivery, FakeHook, FakeLabel, HookOwner, RecordedRequest,
+};
 
 use server::Shared;
 use state::{Org, Repo, Token, repo_key};
@@ -287,7 +291,8 @@ impl FakeGitHub {
     }
 
     /// The next `fault.times` requests with this method and path (exact, or with `*` for any
-    /// one segment) get `fault` instead of their answer.
+    /// one segment) get `fault` instead of their answer; a [`Fault::slow`] gets their own
+    /// answer, late.
     pub fn fail_next(&self, method: &str, path: &str, fault: Fault) {
         self.shared.lock().faults.push(faults::FaultRule {
             method: method.to_owned(),
@@ -379,6 +384,58 @@ impl FakeGitHub {
             .filter(|i| i.repo == key && i.number == number)
             .map(|i| i.value.clone())
             .collect()
+    }
+
+    /// The `hooks` CIDR ranges `GET /meta` lists (default [`DEFAULT_META_HOOKS`], GitHub's).
+    pub fn set_meta_hooks(&self, ranges: &[&str]) {
+        self.shared.lock().meta_hooks = ranges.iter().map(|r| (*r).to_owned()).collect();
+    }
+
+    /// Defines a label in a repository as someone on GitHub would; returns it. An existing label
+    /// of that name (case-insensitive) is returned unchanged.
+    pub fn add_label(&self, owner: &str, repo: &str, name: &str, color: &str) -> FakeLabel {
+        let key = repo_key(owner, repo);
+        let mut st = self.shared.lock();
+        if let Some(label) = st.find_repo_label(&key, name) {
+            return label;
+        }
+        let label = FakeLabel {
+            id: st.next_id(),
+            name: name.to_owned(),
+            color: color.trim_start_matches('#').to_ascii_lowercase(),
+            description: None,
+        };
+        st.repo_labels.entry(key).or_default().push(label.clone());
+        label
+    }
+
+    /// The labels defined in a repository, oldest first.
+    pub fn repo_labels(&self, owner: &str, repo: &str) -> Vec<FakeLabel> {
+        self.shared
+            .lock()
+            .repo_labels
+            .get(&repo_key(owner, repo))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Logins assigned to an issue or pull request.
+    pub fn assignees(&self, owner: &str, repo: &str, number: u64) -> Vec<String> {
+        self.shared
+            .lock()
+            .issues
+            .get(&(repo_key(owner, repo), number))
+            .and_then(|i| i["assignees"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|u| u["login"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The most mutating requests (anything but `GET`/`HEAD`) that were being answered at once
+    /// since the fake started: 1 for a client that makes its writes one at a time.
+    pub fn max_concurrent_writes(&self) -> u32 {
+        self.shared.lock().max_writes_in_flight
     }
 
     /// Label names of an issue or pull request.

@@ -20,11 +20,12 @@ fn content_json(st: &State, full: &str, path: &str, content: Option<&[u8]>) -> V
     let base = &st.base_url;
     let name = path.rsplit('/').next().unwrap_or(path);
     let sha = blob_sha(content.unwrap_or_default());
-    let url = format!("{base}/repos/{full}/contents/{path}?ref=main");
+    let path_in_url = crate::state::encode_path(path);
+    let url = format!("{base}/repos/{full}/contents/{path_in_url}?ref=main");
     let git_url = format!("{base}/repos/{full}/git/blobs/{sha}");
     let kind = if content.is_some() { "file" } else { "dir" };
     let html_url = format!(
-        "https://github.com/{full}/{}/main/{path}",
+        "https://github.com/{full}/{}/main/{path_in_url}",
         if content.is_some() { "blob" } else { "tree" }
     );
     let mut v = json!({
@@ -36,7 +37,7 @@ fn content_json(st: &State, full: &str, path: &str, content: Option<&[u8]>) -> V
         "url": url,
         "git_url": git_url,
         "html_url": html_url,
-        "download_url": if content.is_some() { json!(format!("https://raw.githubusercontent.com/{full}/main/{path}")) } else { Value::Null },
+        "download_url": if content.is_some() { json!(format!("https://raw.githubusercontent.com/{full}/main/{path_in_url}")) } else { Value::Null },
         "_links": {"self": url, "git": git_url, "html": html_url},
     });
     if let Some(content) = content {

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::contract::{self, NoMatch, Operation};
 use crate::deliveries::{self, Outgoing};
 use crate::state::{RecordedRequest, State};
-use crate::{faults, hooks, issues, oauth, pulls, repos};
+use crate::{faults, hooks, issues, meta, oauth, pulls, repos};
 
 /// Largest request body the fake reads (GitHub's payload cap).
 const MAX_BODY: usize = 25 * 1024 * 1024;
@@ -286,7 +286,8 @@ pub(crate) async fn handle(
         raw_body: raw.clone(),
     };
 
-    let (reply, outgoing, counted, scopes_header, accepted) = {
+    let _write = (method != "GET" && method != "HEAD").then(|| WriteInFlight::start(&shared));
+    let processed = {
         let mut st = shared.lock();
         st.requests.push(recorded);
         if path.starts_with("/login/oauth/") {
@@ -296,19 +297,24 @@ pub(crate) async fn handle(
         }
         process(&mut st, &method, &path, &query, &headers, &raw)
     };
+    let Processed {
+        reply,
+        outgoing,
+        counted,
+        scopes,
+        accepted,
+        delay,
+    } = processed;
+    if let Some(delay) = delay {
+        // Outside the state lock: other requests are served meanwhile.
+        tokio::time::sleep(delay).await;
+    }
     let operation = contract::contract()
         .match_request(&method, &path)
         .ok()
         .map(|m| m.operation);
     let response = finish(
-        &shared,
-        reply,
-        operation,
-        &headers,
-        &method,
-        counted,
-        scopes_header,
-        accepted,
+        &shared, reply, operation, &headers, &method, counted, scopes, accepted,
     );
     for out in outgoing {
         let shared = shared.clone();
@@ -319,7 +325,56 @@ pub(crate) async fn handle(
     response
 }
 
-type Processed = (Reply, Vec<Outgoing>, bool, Option<String>, Option<String>);
+/// Counts a mutating request as being answered until dropped (also when the client hangs up
+/// and the handler is dropped mid-way).
+struct WriteInFlight<'a>(&'a Shared);
+
+impl<'a> WriteInFlight<'a> {
+    fn start(shared: &'a Shared) -> WriteInFlight<'a> {
+        let mut st = shared.lock();
+        st.writes_in_flight += 1;
+        st.max_writes_in_flight = st.max_writes_in_flight.max(st.writes_in_flight);
+        WriteInFlight(shared)
+    }
+}
+
+impl Drop for WriteInFlight<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.writes_in_flight = st.writes_in_flight.saturating_sub(1);
+    }
+}
+
+/// What [`process`] decided: the answer and how to finish it.
+struct Processed {
+    reply: Reply,
+    /// Deliveries to send once the answer is on its way.
+    outgoing: Vec<Outgoing>,
+    /// Whether the request spends one of the primary rate limit.
+    counted: bool,
+    /// `x-oauth-scopes` of the token.
+    scopes: Option<String>,
+    /// `x-accepted-oauth-scopes` of the operation.
+    accepted: Option<String>,
+    /// How long to hold the answer back (a slow fault).
+    delay: Option<std::time::Duration>,
+}
+
+impl Processed {
+    fn new(reply: Reply, counted: bool) -> Processed {
+        Processed {
+            reply,
+            outgoing: Vec::new(),
+            counted,
+            scopes: None,
+            accepted: None,
+            delay: None,
+        }
+    }
+}
+
+/// Operations GitHub answers without authentication too (the fake requires a token elsewhere).
+const ANONYMOUS_OPERATIONS: &[&str] = &["meta/get"];
 
 /// Everything from the contract check to the endpoint, under the state lock.
 fn process(
@@ -332,7 +387,7 @@ fn process(
 ) -> Processed {
     let violation = |st: &mut State, what: String, reply: Reply| -> Processed {
         st.violations.push(format!("{method} {path}: {what}"));
-        (reply, Vec::new(), false, None, None)
+        Processed::new(reply, false)
     };
     if headers.get("user-agent").is_none_or(|v| v.is_empty()) {
         return violation(
@@ -388,25 +443,16 @@ fn process(
             (kind.eq_ignore_ascii_case("bearer") || kind.eq_ignore_ascii_case("token"))
                 .then(|| token.trim().to_owned())
         });
-    let Some(token) = token else {
-        return (
-            Reply::message(401, "Requires authentication"),
-            Vec::new(),
-            true,
-            None,
-            None,
-        );
+    let known = match token {
+        Some(token) => match st.tokens.get(&token).cloned() {
+            Some(known) => Some(known),
+            None => return Processed::new(Reply::message(401, "Bad credentials"), true),
+        },
+        None if ANONYMOUS_OPERATIONS.contains(&op.operation_id.as_str()) => None,
+        None => return Processed::new(Reply::message(401, "Requires authentication"), true),
     };
-    let Some(known) = st.tokens.get(&token).cloned() else {
-        return (
-            Reply::message(401, "Bad credentials"),
-            Vec::new(),
-            true,
-            None,
-            None,
-        );
-    };
-    let scopes_header = Some(known.scopes.join(", "));
+    let scopes_header = known.as_ref().map(|k| k.scopes.join(", "));
+    let (login, scopes) = known.map(|k| (k.login, k.scopes)).unwrap_or_default();
 
     // Primary rate limit: spent until the reset time, then a fresh hour.
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -418,14 +464,26 @@ fn process(
         let fault = faults::Fault::primary_rate_limit(st.rate.reset);
         let mut reply = Reply::json(fault.status, fault.body);
         reply.headers = fault.headers;
-        return (reply, Vec::new(), false, scopes_header, None);
+        return Processed {
+            scopes: scopes_header,
+            ..Processed::new(reply, false)
+        };
     }
 
     let accepted = hooks::accepted_scopes(&op.operation_id, method).map(str::to_owned);
+    let mut delay = None;
     if let Some(fault) = faults::take(&mut st.faults, method, path) {
-        let mut reply = Reply::json(fault.status, fault.body);
-        reply.headers = fault.headers;
-        return (reply, Vec::new(), true, scopes_header, accepted);
+        delay = fault.delay;
+        if fault.replaces_answer {
+            let mut reply = Reply::json(fault.status, fault.body);
+            reply.headers = fault.headers;
+            return Processed {
+                scopes: scopes_header,
+                accepted,
+                delay,
+                ..Processed::new(reply, true)
+            };
+        }
     }
 
     let mut ctx = Ctx {
@@ -435,13 +493,19 @@ fn process(
         query: query.to_vec(),
         body,
         headers,
-        login: known.login,
-        scopes: known.scopes,
+        login,
+        scopes,
         outgoing: Vec::new(),
     };
     let reply = dispatch(&mut ctx);
-    let outgoing = std::mem::take(&mut ctx.outgoing);
-    (reply, outgoing, true, scopes_header, accepted)
+    Processed {
+        reply,
+        outgoing: std::mem::take(&mut ctx.outgoing),
+        counted: true,
+        scopes: scopes_header,
+        accepted,
+        delay,
+    }
 }
 
 /// Parses and checks the request body of `op`.
@@ -519,7 +583,7 @@ fn dispatch(ctx: &mut Ctx) -> Reply {
     if let Some(reply) = hooks::handle(ctx) {
         return reply;
     }
-    for handle in [pulls::handle, issues::handle, repos::handle] {
+    for handle in [pulls::handle, issues::handle, repos::handle, meta::handle] {
         if let Some(reply) = handle(ctx) {
             return reply;
         }

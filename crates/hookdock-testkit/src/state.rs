@@ -125,6 +125,26 @@ impl FakeDelivery {
     }
 }
 
+/// A label of a repository (GitHub creates one when an unknown label is added to an issue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeLabel {
+    pub id: u64,
+    pub name: String,
+    /// Six hex digits, without `#`.
+    pub color: String,
+    pub description: Option<String>,
+}
+
+/// GitHub's `hooks` ranges of `GET /meta`: where webhook deliveries come from.
+pub const DEFAULT_META_HOOKS: &[&str] = &[
+    "192.30.252.0/22",
+    "185.199.108.0/22",
+    "140.82.112.0/20",
+    "143.55.64.0/20",
+    "2a0a:a440::/29",
+    "2606:50c0::/32",
+];
+
 #[derive(Debug, Clone)]
 pub(crate) struct Token {
     pub login: String,
@@ -183,12 +203,19 @@ pub(crate) struct State {
     pub pull_files: HashMap<(String, u64), Vec<Value>>,
     pub issues: BTreeMap<(String, u64), Value>,
     pub labels: HashMap<(String, u64), Vec<String>>,
+    /// Labels defined in each repository (key: lowercase `owner/name`), oldest first.
+    pub repo_labels: HashMap<String, Vec<FakeLabel>>,
     pub issue_comments: Vec<Item>,
     pub review_comments: Vec<Item>,
     pub reviews: Vec<Item>,
     pub files: BTreeMap<(String, String), Vec<u8>>,
     pub permissions: HashMap<(String, String), String>,
+    /// The `hooks` list of `GET /meta`.
+    pub meta_hooks: Vec<String>,
     pub faults: Vec<FaultRule>,
+    /// Mutating requests being answered now, and the most there were at once.
+    pub writes_in_flight: u32,
+    pub max_writes_in_flight: u32,
     pub rate: RateLimit,
     pub requests: Vec<RecordedRequest>,
     pub violations: Vec<String>,
@@ -201,6 +228,21 @@ pub(crate) struct State {
 /// The key of a repository: lowercase `owner/name`.
 pub(crate) fn repo_key(owner: &str, repo: &str) -> String {
     format!("{owner}/{repo}").to_ascii_lowercase()
+}
+
+/// What is percent-encoded in a segment of a URL path.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `path` for a URL: each `/`-separated segment percent-encoded (`read me.md` → `read%20me.md`).
+pub(crate) fn encode_path(path: &str) -> String {
+    path.split('/')
+        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// GitHub's timestamp format: `2011-09-06T17:26:27Z`.
@@ -268,12 +310,16 @@ impl State {
             pull_files: HashMap::new(),
             issues: BTreeMap::new(),
             labels: HashMap::new(),
+            repo_labels: HashMap::new(),
             issue_comments: Vec::new(),
             review_comments: Vec::new(),
             reviews: Vec::new(),
             files: BTreeMap::new(),
             permissions: HashMap::new(),
+            meta_hooks: DEFAULT_META_HOOKS.iter().map(|s| (*s).to_owned()).collect(),
             faults: Vec::new(),
+            writes_in_flight: 0,
+            max_writes_in_flight: 0,
             rate: RateLimit {
                 limit: 5000,
                 remaining: 5000,
@@ -296,6 +342,34 @@ impl State {
 
     pub fn repo(&self, owner: &str, repo: &str) -> Option<&Repo> {
         self.repos.get(&repo_key(owner, repo))
+    }
+
+    /// The repository label named `name` (case-insensitive), created with GitHub's default
+    /// colour when it does not exist yet, as adding an unknown label to an issue does.
+    pub fn repo_label(&mut self, key: &str, name: &str) -> FakeLabel {
+        if let Some(label) = self.find_repo_label(key, name) {
+            return label;
+        }
+        let label = FakeLabel {
+            id: self.next_id(),
+            name: name.to_owned(),
+            color: "ededed".into(),
+            description: None,
+        };
+        self.repo_labels
+            .entry(key.to_owned())
+            .or_default()
+            .push(label.clone());
+        label
+    }
+
+    /// The repository label named `name` (case-insensitive), if defined.
+    pub fn find_repo_label(&self, key: &str, name: &str) -> Option<FakeLabel> {
+        self.repo_labels
+            .get(key)?
+            .iter()
+            .find(|l| l.name.eq_ignore_ascii_case(name))
+            .cloned()
     }
 
     pub fn org(&self, org: &str) -> Option<&Org> {

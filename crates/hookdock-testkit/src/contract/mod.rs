@@ -57,6 +57,22 @@ pub const EXTRA_ENDPOINTS: &[(&str, &str, &str)] = &[
         "/repos/{owner}/{repo}/collaborators/{username}/permission",
         "repos/get-collaborator-permission-level",
     ),
+    ("GET", "/meta", "meta/get"),
+    (
+        "GET",
+        "/repos/{owner}/{repo}/labels",
+        "issues/list-labels-for-repo",
+    ),
+    (
+        "POST",
+        "/repos/{owner}/{repo}/labels",
+        "issues/create-label",
+    ),
+    (
+        "GET",
+        "/repos/{owner}/{repo}/labels/{name}",
+        "issues/get-label",
+    ),
 ];
 
 #[derive(Debug, Clone)]

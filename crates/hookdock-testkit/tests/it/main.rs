@@ -1,5 +1,6 @@
 //! Integration tests of the fake GitHub, driven over HTTP with reqwest as a client would.
 
+mod extras;
 mod hooks;
 mod oauth;
 mod protocol;

@@ -131,6 +131,134 @@ pub struct Repository {
     pub default_branch: String,
 }
 
+/// A comment in the conversation of an issue or pull request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IssueComment {
+    pub id: u64,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `None` for a deleted account.
+    pub user: Option<User>,
+    #[serde(default)]
+    pub html_url: String,
+}
+
+/// A review of a pull request, as GitHub lists it (`state` in uppercase: `COMMENTED`, …).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Review {
+    pub id: u64,
+    pub state: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    pub user: Option<User>,
+    #[serde(default)]
+    pub commit_id: Option<String>,
+}
+
+/// A comment on a line of a pull request's diff.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReviewComment {
+    pub id: u64,
+    pub body: String,
+    pub path: String,
+    #[serde(default)]
+    pub line: Option<u64>,
+    #[serde(default)]
+    pub side: Option<String>,
+    pub user: Option<User>,
+    #[serde(default)]
+    pub pull_request_review_id: Option<u64>,
+    #[serde(default)]
+    pub in_reply_to_id: Option<u64>,
+}
+
+/// What a review does once created; GitHub's `event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReviewEvent {
+    Comment,
+    Approve,
+    RequestChanges,
+}
+
+/// Which side of a split diff a line is on: `Left` for removed lines, `Right` for added and
+/// unchanged ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Side {
+    Left,
+    Right,
+}
+
+/// A comment on one line of the diff (`line` counts in the file, on `side`).
+#[derive(Debug, Clone, Serialize)]
+pub struct InlineComment<'a> {
+    pub path: &'a str,
+    pub line: u64,
+    pub side: Side,
+    pub body: &'a str,
+}
+
+/// A review to post: a body, what it does, and its inline comments. A comment outside the diff
+/// makes GitHub refuse the whole review (422).
+#[derive(Debug, Clone, Serialize)]
+pub struct NewReview<'a> {
+    /// The head commit the review is about; GitHub takes the newest when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_id: Option<&'a str>,
+    pub body: &'a str,
+    pub event: ReviewEvent,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub comments: &'a [InlineComment<'a>],
+}
+
+/// A label to define in a repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewLabel<'a> {
+    pub name: &'a str,
+    /// Six hex digits, without `#`.
+    pub color: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<&'a str>,
+}
+
+/// Whether [`GithubClient::create_label`] made the label or found it there already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelCreation {
+    Created,
+    AlreadyExisted,
+}
+
+#[derive(Deserialize)]
+struct LabelName {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct AssignedIssue {
+    #[serde(default)]
+    assignees: Vec<User>,
+}
+
+#[derive(Deserialize)]
+struct Permission {
+    permission: String,
+}
+
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(default)]
+    hooks: Vec<String>,
+}
+
+/// `s` as one segment of a URL path: everything but unreserved characters percent-encoded
+/// (a space is `%20`; `+` would be a literal plus to GitHub).
+fn path_segment(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
 impl GithubClient {
     pub async fn user(&self) -> Result<User, GithubError> {
         self.get("/user", "the signed-in user").await
@@ -394,7 +522,7 @@ impl GithubClient {
         repo: &str,
         comment_id: u64,
         body: &str,
-    ) -> Result<Value, GithubError> {
+    ) -> Result<IssueComment, GithubError> {
         let what = format!("comment {comment_id} on {owner}/{repo}");
         self.send(
             Call::new(
@@ -416,14 +544,230 @@ impl GithubClient {
         label: &str,
     ) -> Result<(), GithubError> {
         let what = format!("label {label} of {owner}/{repo}#{number}");
-        let encoded: String = form_urlencoded::byte_serialize(label.as_bytes()).collect();
         self.send(Call::new(
             Method::DELETE,
-            &format!("/repos/{owner}/{repo}/issues/{number}/labels/{encoded}"),
+            &format!(
+                "/repos/{owner}/{repo}/issues/{number}/labels/{}",
+                path_segment(label)
+            ),
             &what,
         ))
         .await
         .map(drop)
+    }
+
+    /// `login`'s permission on the repository: `admin`, `write`, `read` or `none` (GitHub folds
+    /// `maintain` into `write` and `triage` into `read` here).
+    pub async fn collaborator_permission(
+        &self,
+        owner: &str,
+        repo: &str,
+        login: &str,
+    ) -> Result<String, GithubError> {
+        let permission: Permission = self
+            .get(
+                &format!(
+                    "/repos/{owner}/{repo}/collaborators/{}/permission",
+                    path_segment(login)
+                ),
+                &format!("the permission of {login} on {owner}/{repo}"),
+            )
+            .await?;
+        Ok(permission.permission)
+    }
+
+    /// Adds labels to an issue or pull request (GitHub defines unknown ones in the repository);
+    /// returns the names it has now. With no labels nothing is changed and the current ones are
+    /// listed (GitHub refuses an empty list).
+    pub async fn add_labels(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        labels: &[&str],
+    ) -> Result<Vec<String>, GithubError> {
+        let what = format!("the labels of {owner}/{repo}#{number}");
+        let path = format!("/repos/{owner}/{repo}/issues/{number}/labels");
+        let now: Vec<LabelName> = if labels.is_empty() {
+            self.get_all(&format!("{path}?per_page=100"), &what, 1_000)
+                .await?
+        } else {
+            self.send(Call::new(Method::POST, &path, &what).json(&json!({ "labels": labels })))
+                .await?
+                .json(&what)?
+        };
+        Ok(now.into_iter().map(|l| l.name).collect())
+    }
+
+    /// Defines a label in the repository; one of that name already there is not an error.
+    pub async fn create_label(
+        &self,
+        owner: &str,
+        repo: &str,
+        label: &NewLabel<'_>,
+    ) -> Result<LabelCreation, GithubError> {
+        let what = format!("label {} of {owner}/{repo}", label.name);
+        let path = format!("/repos/{owner}/{repo}/labels");
+        match self
+            .send(Call::new(Method::POST, &path, &what).json(label))
+            .await
+        {
+            Ok(_) => Ok(LabelCreation::Created),
+            Err(GithubError::Validation { errors, .. })
+                if errors.iter().any(|e| {
+                    e.contains("already_exists")
+                        || e.to_ascii_lowercase().contains("already exists")
+                }) =>
+            {
+                Ok(LabelCreation::AlreadyExisted)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Assigns users to an issue or pull request; returns who is assigned now. GitHub silently
+    /// skips users who may not be assigned, so the answer is what to check.
+    pub async fn add_assignees(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        logins: &[&str],
+    ) -> Result<Vec<String>, GithubError> {
+        let what = format!("the assignees of {owner}/{repo}#{number}");
+        let issue: AssignedIssue = self
+            .send(
+                Call::new(
+                    Method::POST,
+                    &format!("/repos/{owner}/{repo}/issues/{number}/assignees"),
+                    &what,
+                )
+                .json(&json!({ "assignees": logins })),
+            )
+            .await?
+            .json(&what)?;
+        Ok(issue.assignees.into_iter().map(|u| u.login).collect())
+    }
+
+    /// Posts a review with its inline comments in one request.
+    pub async fn create_review(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        review: &NewReview<'_>,
+    ) -> Result<Review, GithubError> {
+        let what = format!("a review of {owner}/{repo}#{number}");
+        self.send(
+            Call::new(
+                Method::POST,
+                &format!("/repos/{owner}/{repo}/pulls/{number}/reviews"),
+                &what,
+            )
+            .json(review),
+        )
+        .await?
+        .json(&what)
+    }
+
+    /// Reviews of a pull request, oldest first.
+    pub async fn list_reviews(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<Review>, GithubError> {
+        self.get_all(
+            &format!("/repos/{owner}/{repo}/pulls/{number}/reviews?per_page=100"),
+            &format!("the reviews of {owner}/{repo}#{number}"),
+            10_000,
+        )
+        .await
+    }
+
+    /// Comments on lines of a pull request's diff, oldest first.
+    pub async fn list_review_comments(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<ReviewComment>, GithubError> {
+        self.get_all(
+            &format!("/repos/{owner}/{repo}/pulls/{number}/comments?per_page=100"),
+            &format!("the review comments of {owner}/{repo}#{number}"),
+            10_000,
+        )
+        .await
+    }
+
+    /// Comments on one line of the diff at `commit_id`, outside any review.
+    pub async fn create_review_comment(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        commit_id: &str,
+        comment: &InlineComment<'_>,
+    ) -> Result<ReviewComment, GithubError> {
+        let what = format!("a review comment on {owner}/{repo}#{number}");
+        let body = json!({
+            "commit_id": commit_id,
+            "path": comment.path,
+            "line": comment.line,
+            "side": comment.side,
+            "body": comment.body,
+        });
+        self.send(
+            Call::new(
+                Method::POST,
+                &format!("/repos/{owner}/{repo}/pulls/{number}/comments"),
+                &what,
+            )
+            .json(&body),
+        )
+        .await?
+        .json(&what)
+    }
+
+    /// The conversation of an issue or pull request, oldest first.
+    pub async fn list_issue_comments(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<IssueComment>, GithubError> {
+        self.get_all(
+            &format!("/repos/{owner}/{repo}/issues/{number}/comments?per_page=100"),
+            &format!("the comments of {owner}/{repo}#{number}"),
+            10_000,
+        )
+        .await
+    }
+
+    pub async fn create_issue_comment(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        body: &str,
+    ) -> Result<IssueComment, GithubError> {
+        let what = format!("a comment on {owner}/{repo}#{number}");
+        self.send(
+            Call::new(
+                Method::POST,
+                &format!("/repos/{owner}/{repo}/issues/{number}/comments"),
+                &what,
+            )
+            .json(&json!({ "body": body })),
+        )
+        .await?
+        .json(&what)
+    }
+
+    /// The CIDR ranges GitHub sends webhook deliveries from (`hooks` of `GET /meta`).
+    pub async fn meta_hook_ranges(&self) -> Result<Vec<String>, GithubError> {
+        let meta: Meta = self.get("/meta", "GitHub's meta information").await?;
+        Ok(meta.hooks)
     }
 
     /// A file's bytes at `git_ref`, or `None` when it does not exist.
@@ -436,9 +780,16 @@ impl GithubClient {
     ) -> Result<Option<Vec<u8>>, GithubError> {
         use base64::Engine;
         let what = format!("{path} in {owner}/{repo}@{git_ref}");
+        let encoded_path = path
+            .trim_matches('/')
+            .split('/')
+            .map(path_segment)
+            .collect::<Vec<_>>()
+            .join("/");
+        let encoded_ref: String = form_urlencoded::byte_serialize(git_ref.as_bytes()).collect();
         let value: Value = match self
             .get(
-                &format!("/repos/{owner}/{repo}/contents/{path}?ref={git_ref}"),
+                &format!("/repos/{owner}/{repo}/contents/{encoded_path}?ref={encoded_ref}"),
                 &what,
             )
             .await

@@ -60,7 +60,9 @@ impl GithubConfig {
 }
 
 const USER_AGENT: &str = concat!("hookdock/", env!("CARGO_PKG_VERSION"));
-const ETAG_CACHE_ENTRIES: u64 = 2_000;
+/// Bytes the ETag cache may hold (keys, ETags and bodies): a file of the contents API alone can
+/// be a megabyte, so it is bounded by size, not by entries.
+const ETAG_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Shared by every client of the process: one connection pool, one ETag cache, the per-token
 /// write locks and rate-limit state.
@@ -103,7 +105,12 @@ impl Github {
                 api: config.api_url.trim_end_matches('/').to_owned(),
                 config,
                 clock,
-                etags: moka::sync::Cache::new(ETAG_CACHE_ENTRIES),
+                etags: moka::sync::Cache::builder()
+                    .max_capacity(ETAG_CACHE_BYTES)
+                    .weigher(|key: &String, entry: &Arc<(String, Bytes)>| {
+                        u32::try_from(key.len() + entry.0.len() + entry.1.len()).unwrap_or(u32::MAX)
+                    })
+                    .build(),
                 tokens: Mutex::new(HashMap::new()),
             }),
         })
@@ -233,6 +240,11 @@ impl GithubClient {
         &self.shared.api
     }
 
+    /// Who this client is to caches: a prefix of the token's hash, never the token.
+    pub(super) fn cache_identity(&self) -> &str {
+        &self.cache_prefix
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T, GithubError> {
         self.send(Call::new(Method::GET, path, what))
             .await?
@@ -288,7 +300,9 @@ impl GithubClient {
             *last = Some(self.shared.clock.now());
             write_guard = Some(last);
         }
-        let cache_key = format!("{}:{url}", self.cache_prefix);
+        // One entry per token, media type and URL: a diff and the JSON of the same pull request
+        // are two representations with their own ETags.
+        let cache_key = format!("{}:{}:{url}", self.cache_prefix, call.accept);
         let mut attempt = 0u32;
         loop {
             self.wait_for_primary_reset(call.what).await?;
