@@ -232,6 +232,20 @@ pub struct RetentionSettings {
 #[serde(deny_unknown_fields)]
 pub struct HandlerSettings {
     pub activity: ActivitySettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The pull request metrics handler (`handlers.metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub enabled: bool,
+    /// A pull request whose head branch starts with one of these is a hotfix.
+    pub hotfix_branch_prefixes: Vec<String>,
+    /// A pull request with one of these labels (case-insensitive) is a hotfix.
+    pub hotfix_labels: Vec<String>,
+    /// Whether a bot's review or comment can be a pull request's first review.
+    pub count_bot_reviews: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,7 +399,15 @@ fn defaults() -> serde_json::Value {
             "job_timeout_secs": 30
         },
         "retention": { "done_days": 30, "interval_secs": 3600 },
-        "handlers": { "activity": { "enabled": true, "events": ["*"] } }
+        "handlers": {
+            "activity": { "enabled": true, "events": ["*"] },
+            "metrics": {
+                "enabled": true,
+                "hotfix_branch_prefixes": ["hotfix/", "hotfix-"],
+                "hotfix_labels": ["hotfix"],
+                "count_bot_reviews": false
+            }
+        }
     })
 }
 
@@ -554,6 +576,23 @@ impl Settings {
             crate::crypto::KeyRing::new(key, &self.secret_old_keys)
                 .map_err(|e| invalid("secret_key", e.to_string()))?;
         }
+        let metrics = &self.handlers.metrics;
+        for (i, prefix) in metrics.hotfix_branch_prefixes.iter().enumerate() {
+            if prefix.trim().is_empty() {
+                return Err(invalid(
+                    &format!("handlers.metrics.hotfix_branch_prefixes[{i}]"),
+                    "is empty, which would make every pull request a hotfix",
+                ));
+            }
+        }
+        for (i, label) in metrics.hotfix_labels.iter().enumerate() {
+            if label.trim().is_empty() {
+                return Err(invalid(
+                    &format!("handlers.metrics.hotfix_labels[{i}]"),
+                    "is empty; give a label name",
+                ));
+            }
+        }
         if self.ingest.max_batch == 0 || self.ingest.max_batch > 1024 {
             return Err(invalid("ingest.max_batch", "must be between 1 and 1024"));
         }
@@ -719,6 +758,28 @@ mod tests {
             "untouched keys keep their defaults"
         );
         assert_eq!(s.handlers.activity.events, ["push"]);
+    }
+
+    #[test]
+    fn metrics_settings_default_and_validate() {
+        let s = Settings::load(&no_file(&[])).expect("loads");
+        let m = &s.handlers.metrics;
+        assert!(m.enabled && !m.count_bot_reviews);
+        assert_eq!(m.hotfix_branch_prefixes, ["hotfix/", "hotfix-"]);
+        assert_eq!(m.hotfix_labels, ["hotfix"]);
+        let err = Settings::load(&no_file(&[]).set(
+            "handlers.metrics.hotfix_branch_prefixes",
+            serde_json::json!(["x/", ""]),
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("handlers.metrics.hotfix_branch_prefixes[1]"),
+            "{err}"
+        );
+        let err =
+            Settings::load(&no_file(&[]).set("handlers.metrics.count_bots", true)).unwrap_err();
+        assert!(err.to_string().contains("count_bots"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! parse, persist), [`store`] (all SQL), [`queue`] (workers), [`handlers`] (what runs per event),
 //! [`events`] (operator actions), [`send`] (the signing client), [`github`] (the REST client),
 //! [`hooks`] (hookdock's webhooks on GitHub), [`auth`] (sign-in with GitHub), [`crypto`]
-//! (secrets at rest), [`app`] (start-up and shutdown), [`telemetry`].
+//! (secrets at rest), [`metrics`] (pull request flow metrics), [`app`] (start-up and
+//! shutdown), [`telemetry`].
 
 pub mod app;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod handlers;
 pub mod hooks;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod queue;
 pub mod send;
 pub mod store;

@@ -66,9 +66,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pull request metrics.
+    #[command(subcommand)]
+    Metrics(MetricsCommand),
     /// Reseal every stored secret under the current key (after changing secret_key, or with a
     /// newly generated key for an embedded install).
     RotateKey,
+}
+
+#[derive(Debug, Subcommand)]
+enum MetricsCommand {
+    /// Recompute members, pull requests and reviews from the stored events, oldest first
+    /// (after a change of definitions or of handlers.metrics settings).
+    Rebuild,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +307,19 @@ async fn store_command(
         Command::Orgs(command) => hooks::orgs(command, settings, store).await,
         Command::Redeliver { since, json } => hooks::redeliver(since, *json, settings, store).await,
         Command::RotateKey => hooks::rotate_key_command(&settings, store).await,
+        Command::Metrics(MetricsCommand::Rebuild) => {
+            let report = hookdock::handlers::metrics::rebuild(store, &settings.handlers.metrics)
+                .await
+                .map_err(|e| anyhow::anyhow!("metrics rebuild failed: {e}"))?;
+            println!(
+                "metrics rebuilt from {} event(s); {} skipped",
+                report.events, report.skipped
+            );
+            if let Some(error) = &report.first_error {
+                println!("first skipped: {error}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve { .. } | Command::Migrate | Command::CheckConfig | Command::Send(_) => {
             Err(anyhow::anyhow!("this command does not run on an open database").into())
         }

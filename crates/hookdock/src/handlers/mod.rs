@@ -6,6 +6,7 @@
 //! job's completion; writes elsewhere must be idempotent.
 
 mod activity;
+pub mod metrics;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use activity::ActivityHandler;
+pub use metrics::MetricsHandler;
 
 use crate::config::HandlerSettings;
 use crate::store::{ClaimedJob, Effect, Store, StoreError};
@@ -53,13 +55,21 @@ pub struct JobContext<'a> {
 impl JobContext<'_> {
     /// The delivery's JSON document (decoded from the form field for form-encoded hooks).
     pub async fn payload(&self) -> Result<serde_json::Value, HandlerError> {
-        let body = self.store.event_body(self.job.event_id).await?;
-        let content_type = crate::ingest::ContentType::parse(&body.content_type)
-            .unwrap_or(crate::ingest::ContentType::Json);
-        let doc = crate::ingest::json_document(content_type, &body.bytes)
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        serde_json::from_slice(&doc).map_err(|e| HandlerError::Permanent(e.to_string()))
+        stored_payload(self.store, self.job.event_id).await
     }
+}
+
+/// A stored event's JSON document (decoded from the form field for form-encoded hooks).
+pub async fn stored_payload(
+    store: &Store,
+    event_id: i64,
+) -> Result<serde_json::Value, HandlerError> {
+    let body = store.event_body(event_id).await?;
+    let content_type = crate::ingest::ContentType::parse(&body.content_type)
+        .unwrap_or(crate::ingest::ContentType::Json);
+    let doc = crate::ingest::json_document(content_type, &body.bytes)
+        .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+    serde_json::from_slice(&doc).map_err(|e| HandlerError::Permanent(e.to_string()))
 }
 
 pub trait Handler: Send + Sync + 'static {
@@ -83,6 +93,9 @@ impl HandlerRegistry {
             registry.register(Arc::new(ActivityHandler::new(
                 settings.activity.events.clone(),
             )));
+        }
+        if settings.metrics.enabled {
+            registry.register(Arc::new(MetricsHandler::new(settings.metrics.clone())));
         }
         registry
     }

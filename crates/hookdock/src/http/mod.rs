@@ -5,6 +5,7 @@ mod api;
 mod error;
 mod health;
 mod login;
+mod metrics;
 mod repos;
 mod webhook;
 
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events/{id}/replay", post(api::replay_event))
         .route("/api/v1/events/{id}/release", post(api::release_event))
         .route("/api/v1/activity", get(api::activity))
+        .route("/api/v1/metrics/pulls", get(metrics::pulls))
+        .route("/api/v1/metrics/summary", get(metrics::summary))
         .route("/api/v1/repos", get(repos::list))
         .route("/api/v1/repos/{owner}/{repo}", get(repos::show_repo))
         .route(

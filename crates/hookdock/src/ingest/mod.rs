@@ -321,7 +321,7 @@ impl Ingestor {
         body: Bytes,
     ) -> Result<NewDelivery, IngestError> {
         let level = self.zstd_level;
-        let compress = move |body: &[u8]| zstd::bulk::compress(body, level);
+        let compress = move |body: &[u8]| compress_body(body, level);
         let compressed = if body.len() <= INLINE_COMPRESS_LIMIT {
             compress(&body)
         } else {
@@ -333,6 +333,26 @@ impl Ingestor {
             compressed.map_err(|e| IngestError::Internal(format!("compression failed: {e}")))?;
         Ok(delivery)
     }
+}
+
+thread_local! {
+    /// One compression context per thread, reused: creating one costs more than compressing
+    /// a typical payload.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_body(body: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        match slot.as_mut() {
+            Some((_, compressor)) => compressor.compress(body),
+            None => zstd::bulk::compress(body, level),
+        }
+    })
 }
 
 fn validate_event_name(event: &str) -> Result<(), IngestError> {

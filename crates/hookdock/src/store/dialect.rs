@@ -36,11 +36,37 @@ impl Dialect {
                 "PRAGMA synchronous = FULL",
                 "PRAGMA busy_timeout = 10000",
                 "PRAGMA foreign_keys = ON",
+                // Multi-row statements keep their statement journal in memory, not /var/tmp.
+                "PRAGMA temp_store = MEMORY",
+                // Checkpoints run beside the writer (see `store::checkpoints`); the writer only
+                // checkpoints itself if those fall far behind.
+                "PRAGMA wal_autocheckpoint = 20000",
             ],
             (Dialect::Sqlite, false) => {
                 &["PRAGMA busy_timeout = 10000", "PRAGMA foreign_keys = ON"]
             }
             (Dialect::Postgres, _) => &[],
+        }
+    }
+
+    /// Run on the write connection before a transaction. Only transactions that hold
+    /// deliveries GitHub is waiting for are `durable` (fsynced at commit); queue bookkeeping
+    /// (claims, finishes, releases) is not: losing its last commits to a power cut only means a
+    /// job runs again, and a job's effects commit with its finish, so they still apply once.
+    /// SQLite's sync level is per connection, so every write transaction sets it.
+    pub fn sync_before(self, durable: bool) -> Option<&'static str> {
+        match (self, durable) {
+            (Dialect::Sqlite, true) => Some("PRAGMA synchronous = FULL"),
+            (Dialect::Sqlite, false) => Some("PRAGMA synchronous = NORMAL"),
+            (Dialect::Postgres, _) => None,
+        }
+    }
+
+    /// Run first inside a write transaction (PostgreSQL's per-transaction commit mode).
+    pub fn sync_inside(self, durable: bool) -> Option<&'static str> {
+        match (self, durable) {
+            (Dialect::Postgres, false) => Some("SET LOCAL synchronous_commit = off"),
+            _ => None,
         }
     }
 

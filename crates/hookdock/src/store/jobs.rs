@@ -133,7 +133,10 @@ async fn record_history(
     Ok(())
 }
 
-async fn apply_effect(conn: &mut AnyConnection, effect: &Effect) -> Result<(), sqlx::Error> {
+pub(super) async fn apply_effect(
+    conn: &mut AnyConnection,
+    effect: &Effect,
+) -> Result<(), sqlx::Error> {
     match effect {
         Effect::RecordActivity {
             scope,
@@ -162,6 +165,12 @@ async fn apply_effect(conn: &mut AnyConnection, effect: &Effect) -> Result<(), s
                      THEN excluded.last_received_at ELSE repo_activity.last_received_at END",
             );
             sql.execute(conn).await?;
+        }
+        Effect::UpsertMember(member) => super::metrics::upsert_member(conn, member).await?,
+        Effect::UpsertPullRequest(pr) => super::metrics::upsert_pull_request(conn, pr).await?,
+        Effect::UpsertReview(review) => super::metrics::upsert_review(conn, review).await?,
+        Effect::RecordPrActivity(activity) => {
+            super::metrics::record_pr_activity(conn, activity).await?
         }
     }
     Ok(())
@@ -272,18 +281,20 @@ impl Store {
         lease_until: i64,
         now: i64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let mut tx = self.inner.write.begin().await?;
+        let mut conn = self.inner.write.acquire().await?;
+        let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
+        // Only the head of each (handler, ordering key) may run: the oldest job of the key that
+        // is not finished. Heads come from a scan of the ordering index alone (one entry per
+        // active job, no table reads), so a long backlog behind one key stays cheap to skip.
         let mut sql = Sql::new(
-            "WITH c AS (SELECT j.id FROM jobs j WHERE j.status IN ('pending', 'failed', 'processing') AND ((j.status = 'processing' AND j.lease_until < ",
+            "WITH heads AS (SELECT MIN(id) AS id FROM jobs WHERE status IN ('pending', 'failed', 'processing') \
+             GROUP BY handler, ordering_key), \
+             c AS (SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM heads) AND ((j.status = 'processing' AND j.lease_until < ",
         );
         sql.bind(now)
             .push(") OR (j.status <> 'processing' AND j.run_at <= ")
             .bind(now);
-        sql.push(
-            ")) AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.handler = j.handler \
-             AND k.ordering_key = j.ordering_key AND k.status IN ('pending', 'failed', 'processing') \
-             AND k.id < j.id) ORDER BY j.id LIMIT ",
-        );
+        sql.push(")) ORDER BY j.id LIMIT ");
         sql.bind(i64::from(limit))
             .push(" ")
             .push(self.inner.dialect.claim_lock());

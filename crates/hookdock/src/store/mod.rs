@@ -14,6 +14,7 @@ mod dialect;
 mod events;
 mod hooks;
 mod jobs;
+mod metrics;
 mod sessions;
 mod sql;
 mod writer;
@@ -29,6 +30,10 @@ pub use dialect::Dialect;
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
 pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
+pub use metrics::{
+    ActivityKind, MemberRecord, MemberRow, PrActivityRecord, PullFilter, PullRequestRecord,
+    PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow, StoredEventRef,
+};
 pub use sessions::SessionRow;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -163,6 +168,15 @@ pub enum Effect {
         event_id: i64,
         received_at: i64,
     },
+    /// Create or refresh a GitHub user (pull request metrics).
+    UpsertMember(MemberRecord),
+    /// Merge what an event says about a pull request; newer GitHub state wins.
+    UpsertPullRequest(Box<PullRequestRecord>),
+    /// Create or refresh a submitted review.
+    UpsertReview(ReviewRecord),
+    /// Record a review, review comment or issue comment on a pull request (first review time,
+    /// review comment counts).
+    RecordPrActivity(PrActivityRecord),
 }
 
 /// One row of the activity table.
@@ -283,6 +297,9 @@ impl Store {
             }
         };
         let writer = writer::spawn(dialect, write.clone(), options.max_batch);
+        if dialect == Dialect::Sqlite {
+            tokio::spawn(checkpoints(read.clone()));
+        }
         Ok(Store {
             inner: Arc::new(Inner {
                 dialect,
@@ -379,6 +396,47 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Moves SQLite's write-ahead log into the database file from a reader connection, so the
+/// group-commit writer does not stall on checkpoints (a passive checkpoint never blocks it).
+/// Ends when the store is closed.
+async fn checkpoints(read: AnyPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if read.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&read)
+            .await
+        {
+            if read.is_closed() {
+                return;
+            }
+            tracing::debug!(%error, "WAL checkpoint failed; will try again");
+        }
+    }
+}
+
+/// Starts a write transaction on `conn` with the durability `durable` asks for
+/// (see [`Dialect::sync_before`]).
+pub(crate) async fn begin_write(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    durable: bool,
+) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    use sqlx::Connection;
+    if let Some(statement) = dialect.sync_before(durable) {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    let mut tx = conn.begin().await?;
+    if let Some(statement) = dialect.sync_inside(durable) {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
+    Ok(tx)
 }
 
 /// Makes sure the SQLite file's directory exists and that the file is created on first use.

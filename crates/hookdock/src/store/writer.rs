@@ -132,7 +132,19 @@ async fn commit_batch(
     let size = ingests.len() + finishes.len();
     let deliveries: Vec<&NewDelivery> = ingests.iter().map(|(d, _)| d).collect();
     let jobs: Vec<JobFinish> = finishes.iter().map(|(f, _)| f.clone()).collect();
-    let result = write(pool, &deliveries, &jobs).await;
+    // Job completions go first in a transaction of their own that is not fsynced (see
+    // `Dialect::sync_before`), so a job's key is free again without waiting for the disk;
+    // the deliveries then commit durably.
+    let result = if !deliveries.is_empty() && !jobs.is_empty() {
+        match write(dialect, pool, &[], &jobs).await {
+            Ok((_, finished)) => write(dialect, pool, &deliveries, &[])
+                .await
+                .map(|(ingested, _)| (ingested, finished)),
+            Err(e) => Err(e),
+        }
+    } else {
+        write(dialect, pool, &deliveries, &jobs).await
+    };
     drop(deliveries);
     match result {
         Ok((ingested, finished)) => {
@@ -155,11 +167,13 @@ async fn commit_batch(
         Err(error) => {
             tracing::warn!(%error, size, "batch write failed; retrying its operations one by one");
             for (d, reply) in ingests.drain(..) {
-                let result = write(pool, &[&d], &[]).await.map(|(mut o, _)| o.remove(0));
+                let result = write(dialect, pool, &[&d], &[])
+                    .await
+                    .map(|(mut o, _)| o.remove(0));
                 let _ = reply.send(result.map_err(StoreError::Database));
             }
             for (f, reply) in finishes.drain(..) {
-                let result = write(pool, &[], std::slice::from_ref(&f))
+                let result = write(dialect, pool, &[], std::slice::from_ref(&f))
                     .await
                     .map(|(_, mut r)| r.remove(0));
                 let _ = reply.send(result.map_err(StoreError::Database));
@@ -172,13 +186,16 @@ async fn commit_batch(
         .record(started.elapsed().as_secs_f64());
 }
 
+/// One transaction; fsynced at commit only when it holds deliveries.
 async fn write(
+    dialect: Dialect,
     pool: &AnyPool,
     deliveries: &[&NewDelivery],
     finishes: &[JobFinish],
 ) -> Result<(Vec<IngestOutcome>, Vec<bool>), sqlx::Error> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    let mut conn = pool.acquire().await?;
+    let mut tx = super::begin_write(&mut conn, dialect, !deliveries.is_empty()).await?;
     let ingested = if deliveries.is_empty() {
         Vec::new()
     } else {

@@ -174,7 +174,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
         .await
         .unwrap();
     assert!(
-        text(&out.stdout).contains("queued [activity]"),
+        text(&out.stdout).contains("queued [activity, metrics]"),
         "{}",
         text(&out.stdout)
     );

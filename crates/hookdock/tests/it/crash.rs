@@ -126,6 +126,8 @@ impl Server {
                 ("HOOKDOCK_QUEUE__RETRY_BASE_MS", "10"),
                 ("HOOKDOCK_QUEUE__RETRY_CAP_SECS", "1"),
                 ("HOOKDOCK_SHUTDOWN_GRACE_SECS", "5"),
+                // The invariants below count `activity` jobs only.
+                ("HOOKDOCK_HANDLERS__METRICS__ENABLED", "false"),
             ];
             command.envs(settings);
             let mut child = command.spawn().expect("start the hookdock binary");

@@ -475,6 +475,24 @@ async fn organization_hooks_install_and_uninstall(backend: Backend) {
         .deliver(hooks[0].id, "issues", &unique_body("issues.opened.0", 60))
         .await;
     assert_eq!(delivery.status_code, 200, "{}", delivery.response_body);
+    // The sweep covers organization hooks too.
+    let lost = env.github.record_failed_delivery(
+        hooks[0].id,
+        "issues",
+        &unique_body("issues.opened.0", 61),
+        502,
+        OffsetDateTime::now_utc(),
+    );
+    let (status, report) = env.app.api_post("/api/v1/hooks/redeliver?since=1h").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["redelivered"][0]["guid"], lost.guid, "{report}");
+    assert_eq!(report["redelivered"][0]["scope"], "organization");
+    poll_until(
+        "the organization's redelivery is stored",
+        Duration::from_secs(10),
+        || async { env.stored_delivery(&lost.guid).await.is_some() },
+    )
+    .await;
     let (status, body) = env
         .app
         .api_delete(&format!("/api/v1/orgs/{OWNER}/install"))

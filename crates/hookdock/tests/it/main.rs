@@ -9,5 +9,6 @@ mod github;
 mod helpers;
 mod hooks;
 mod ingest;
+mod metrics;
 mod queue;
 mod source;

@@ -1,0 +1,702 @@
+//! Built-in handler for pull request metrics: turns `pull_request`, `pull_request_review`,
+//! `pull_request_review_comment` and `issue_comment` (on pull requests) payloads into
+//! [`Effect`]s that upsert members, pull requests, reviews and review activity.
+//!
+//! Parsing is a pure function of the payload and the settings ([`effects_for`]), so a rebuild
+//! from stored events gives the same rows. It classifies (bot, by the author, revert, hotfix)
+//! but leaves merging and ordering to the store, and computes no metric.
+
+use serde_json::Value;
+
+use super::{Handler, HandlerError, HandlerFuture, JobContext};
+use crate::config::MetricsSettings;
+use crate::store::{
+    ActivityKind, Effect, MemberRecord, PrActivityRecord, PullRequestRecord, PullRequestSize,
+    ReviewRecord, Store,
+};
+
+pub struct MetricsHandler {
+    settings: MetricsSettings,
+}
+
+impl MetricsHandler {
+    pub const NAME: &'static str = "metrics";
+
+    pub fn new(settings: MetricsSettings) -> MetricsHandler {
+        MetricsHandler { settings }
+    }
+}
+
+impl Handler for MetricsHandler {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn subscribes(&self, event: &str, action: Option<&str>) -> bool {
+        match event {
+            "pull_request" | "pull_request_review_comment" | "issue_comment" => true,
+            "pull_request_review" => {
+                matches!(action, Some("submitted" | "edited" | "dismissed"))
+            }
+            _ => false,
+        }
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let payload = ctx.payload().await?;
+            effects_for(
+                &ctx.job.event,
+                ctx.job.action.as_deref(),
+                &payload,
+                &self.settings,
+            )
+        })
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RebuildReport {
+    /// Events whose effects were applied.
+    pub events: u64,
+    /// Events that could not be parsed (the reason of the first is kept).
+    pub skipped: u64,
+    pub first_error: Option<String>,
+}
+
+/// Recomputes every metrics row from the stored events, oldest first: empties the tables,
+/// then applies each subscribed event's effects, one transaction per batch. Events already
+/// purged by retention are gone, and reads during the rebuild see partial rows.
+pub async fn rebuild(
+    store: &Store,
+    settings: &MetricsSettings,
+) -> Result<RebuildReport, HandlerError> {
+    const BATCH: u32 = 500;
+    let handler = MetricsHandler::new(settings.clone());
+    let mut report = RebuildReport::default();
+    store.clear_metrics().await?;
+    let mut after = 0;
+    loop {
+        let events = store.events_of_types(&TRACKED_EVENTS, after, BATCH).await?;
+        let Some(last) = events.last() else {
+            break;
+        };
+        after = last.id;
+        let mut effects = Vec::new();
+        for e in &events {
+            if !handler.subscribes(&e.event, e.action.as_deref()) {
+                continue;
+            }
+            let parsed = match super::stored_payload(store, e.id).await {
+                Ok(payload) => effects_for(&e.event, e.action.as_deref(), &payload, settings),
+                Err(err) => Err(err),
+            };
+            match parsed {
+                Ok(mut more) => {
+                    report.events += 1;
+                    effects.append(&mut more);
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    report.skipped += 1;
+                    report
+                        .first_error
+                        .get_or_insert_with(|| format!("event {}: {reason}", e.id));
+                }
+                Err(retry) => return Err(retry),
+            }
+        }
+        store.apply_effects(&effects).await?;
+    }
+    Ok(report)
+}
+
+/// The event types the handler takes.
+const TRACKED_EVENTS: [&str; 4] = [
+    "pull_request",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "issue_comment",
+];
+
+/// The effects of one event. Events it does not track (an issue comment on an issue, a
+/// pending review) give none.
+pub fn effects_for(
+    event: &str,
+    action: Option<&str>,
+    payload: &Value,
+    settings: &MetricsSettings,
+) -> Result<Vec<Effect>, HandlerError> {
+    let p = Payload {
+        doc: payload,
+        label: match action {
+            Some(a) => format!("{event}.{a}"),
+            None => event.to_owned(),
+        },
+    };
+    match event {
+        "pull_request" => pull_request_event(&p, action, settings),
+        "pull_request_review" => review_event(&p, settings),
+        "pull_request_review_comment" => review_comment_event(&p, action, settings),
+        "issue_comment" => issue_comment_event(&p, action, settings),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// A payload with its event label, for errors that name the missing field.
+struct Payload<'a> {
+    doc: &'a Value,
+    label: String,
+}
+
+impl Payload<'_> {
+    fn get(&self, path: &str) -> Option<&Value> {
+        path.split('.')
+            .try_fold(self.doc, |v, key| v.get(key))
+            .filter(|v| !v.is_null())
+    }
+
+    fn missing(&self, path: &str, what: &str) -> HandlerError {
+        HandlerError::Permanent(format!(
+            "{} payload: field `{path}` is missing or not {what}",
+            self.label
+        ))
+    }
+
+    fn i64(&self, path: &str) -> Result<i64, HandlerError> {
+        self.get(path)
+            .and_then(Value::as_i64)
+            .ok_or_else(|| self.missing(path, "an integer"))
+    }
+
+    fn str(&self, path: &str) -> Result<&str, HandlerError> {
+        self.get(path)
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.missing(path, "a string"))
+    }
+
+    fn opt_str(&self, path: &str) -> Option<&str> {
+        self.get(path).and_then(Value::as_str)
+    }
+
+    fn opt_i64(&self, path: &str) -> Option<i64> {
+        self.get(path).and_then(Value::as_i64)
+    }
+
+    fn bool_or_false(&self, path: &str) -> bool {
+        self.get(path).and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    fn time(&self, path: &str) -> Result<i64, HandlerError> {
+        let text = self.str(path)?;
+        parse_time(text).ok_or_else(|| self.missing(path, "an RFC 3339 time"))
+    }
+
+    fn opt_time(&self, path: &str) -> Result<Option<i64>, HandlerError> {
+        match self.opt_str(path) {
+            None => Ok(None),
+            Some(text) => parse_time(text)
+                .map(Some)
+                .ok_or_else(|| self.missing(path, "an RFC 3339 time")),
+        }
+    }
+
+    /// The user object at `path` as a member seen at `seen_at`.
+    fn member(&self, path: &str, seen_at: i64) -> Result<MemberRecord, HandlerError> {
+        let login = self.str(&format!("{path}.login"))?.to_owned();
+        let is_bot = self.opt_str(&format!("{path}.type")) == Some("Bot") || is_bot_login(&login);
+        Ok(MemberRecord {
+            github_id: self.i64(&format!("{path}.id"))?,
+            name: self.opt_str(&format!("{path}.name")).map(str::to_owned),
+            login,
+            is_bot,
+            seen_at,
+        })
+    }
+}
+
+/// RFC 3339 text as Unix milliseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+fn is_bot_login(login: &str) -> bool {
+    login.ends_with("[bot]")
+}
+
+fn pull_request_event(
+    p: &Payload<'_>,
+    action: Option<&str>,
+    settings: &MetricsSettings,
+) -> Result<Vec<Effect>, HandlerError> {
+    let mut pr = pull_request(p, settings)?;
+    if action == Some("ready_for_review") {
+        pr.ready_for_review_at = Some(pr.updated_at);
+    }
+    let mut effects = author(p, &pr)?;
+    effects.push(Effect::UpsertPullRequest(Box::new(pr)));
+    Ok(effects)
+}
+
+/// The pull request's author as a member; none when the payload has no user (GitHub shows
+/// deleted accounts as `ghost`, but a payload without one still counts the pull request).
+fn author(p: &Payload<'_>, pr: &PullRequestRecord) -> Result<Vec<Effect>, HandlerError> {
+    if p.get("pull_request.user").is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Effect::UpsertMember(
+        p.member("pull_request.user", pr.updated_at)?,
+    )])
+}
+
+/// The `pull_request` object of any payload; review and comment payloads carry a reduced one
+/// without size fields or `merged`, which gives `size: None`.
+fn pull_request(
+    p: &Payload<'_>,
+    settings: &MetricsSettings,
+) -> Result<PullRequestRecord, HandlerError> {
+    let repo = p.str("repository.full_name")?.to_owned();
+    let merged_at = p.opt_time("pull_request.merged_at")?;
+    let state = if merged_at.is_some() || p.bool_or_false("pull_request.merged") {
+        "merged"
+    } else {
+        match p.str("pull_request.state")? {
+            "open" => "open",
+            "closed" => "closed",
+            _ => return Err(p.missing("pull_request.state", "`open` or `closed`")),
+        }
+    };
+    let size = match (
+        p.opt_i64("pull_request.additions"),
+        p.opt_i64("pull_request.deletions"),
+        p.opt_i64("pull_request.changed_files"),
+        p.opt_i64("pull_request.commits"),
+    ) {
+        (Some(additions), Some(deletions), Some(changed_files), Some(commits)) => {
+            Some(PullRequestSize {
+                additions,
+                deletions,
+                changed_files,
+                commits,
+            })
+        }
+        _ => None,
+    };
+    let title = p.str("pull_request.title")?.to_owned();
+    let body = p.opt_str("pull_request.body").unwrap_or("");
+    let revert = detect_revert(&title, body, &repo);
+    let head_ref = p.opt_str("pull_request.head.ref").map(str::to_owned);
+    let mut labels: Vec<String> = p
+        .get("pull_request.labels")
+        .and_then(Value::as_array)
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|l| l.get("name").and_then(Value::as_str))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    labels.sort();
+    labels.dedup();
+    let is_hotfix = is_hotfix(head_ref.as_deref(), &labels, settings);
+    Ok(PullRequestRecord {
+        number: p.i64("pull_request.number")?,
+        github_id: p.i64("pull_request.id")?,
+        author_id: p.opt_i64("pull_request.user.id"),
+        title,
+        state,
+        draft: p.bool_or_false("pull_request.draft"),
+        base_ref: p.opt_str("pull_request.base.ref").map(str::to_owned),
+        head_ref,
+        head_sha: p.opt_str("pull_request.head.sha").map(str::to_owned),
+        merge_commit_sha: p
+            .opt_str("pull_request.merge_commit_sha")
+            .map(str::to_owned),
+        created_at: p.time("pull_request.created_at")?,
+        ready_for_review_at: None,
+        merged_at,
+        closed_at: p.opt_time("pull_request.closed_at")?,
+        size,
+        is_revert: revert.is_revert,
+        reverts_sha: revert.sha,
+        reverts_number: revert.number,
+        is_hotfix,
+        labels: serde_json::to_string(&labels).unwrap_or_else(|_| "[]".to_owned()),
+        updated_at: p.time("pull_request.updated_at")?,
+        repo,
+    })
+}
+
+fn review_event(p: &Payload<'_>, settings: &MetricsSettings) -> Result<Vec<Effect>, HandlerError> {
+    let pr = pull_request(p, settings)?;
+    let (repo, number, author_id) = (pr.repo.clone(), pr.number, pr.author_id);
+    let mut effects = author(p, &pr)?;
+    effects.push(Effect::UpsertPullRequest(Box::new(pr)));
+    let state = p.str("review.state")?.to_ascii_lowercase();
+    // A pending review (not submitted) has no time and is not a review yet.
+    let Some(submitted_at) = p.opt_time("review.submitted_at")? else {
+        return Ok(effects);
+    };
+    if state == "pending" {
+        return Ok(effects);
+    }
+    let reviewer = p.member("review.user", submitted_at)?;
+    let review_id = p.i64("review.id")?;
+    let counts = counts_as_review(&reviewer, author_id, settings);
+    let reviewer_id = reviewer.github_id;
+    effects.push(Effect::UpsertMember(reviewer));
+    effects.push(Effect::UpsertReview(ReviewRecord {
+        github_id: review_id,
+        repo: repo.clone(),
+        pr_number: number,
+        reviewer_id,
+        state,
+        submitted_at,
+    }));
+    effects.push(Effect::RecordPrActivity(PrActivityRecord {
+        kind: ActivityKind::Review,
+        source_id: review_id,
+        repo,
+        pr_number: number,
+        actor_id: reviewer_id,
+        review_id: None,
+        at: submitted_at,
+        counts,
+        deleted: false,
+    }));
+    Ok(effects)
+}
+
+fn review_comment_event(
+    p: &Payload<'_>,
+    action: Option<&str>,
+    settings: &MetricsSettings,
+) -> Result<Vec<Effect>, HandlerError> {
+    let pr = pull_request(p, settings)?;
+    let mut effects = author(p, &pr)?;
+    let at = p.time("comment.created_at")?;
+    let commenter = p.member("comment.user", p.time("comment.updated_at").unwrap_or(at))?;
+    let activity = PrActivityRecord {
+        kind: ActivityKind::ReviewComment,
+        source_id: p.i64("comment.id")?,
+        repo: pr.repo.clone(),
+        pr_number: pr.number,
+        actor_id: commenter.github_id,
+        review_id: p.opt_i64("comment.pull_request_review_id"),
+        at,
+        counts: counts_as_review(&commenter, pr.author_id, settings),
+        deleted: action == Some("deleted"),
+    };
+    effects.push(Effect::UpsertMember(commenter));
+    effects.push(Effect::UpsertPullRequest(Box::new(pr)));
+    effects.push(Effect::RecordPrActivity(activity));
+    Ok(effects)
+}
+
+fn issue_comment_event(
+    p: &Payload<'_>,
+    action: Option<&str>,
+    settings: &MetricsSettings,
+) -> Result<Vec<Effect>, HandlerError> {
+    // Comments on issues are not pull request activity.
+    if p.get("issue.pull_request").is_none() {
+        return Ok(Vec::new());
+    }
+    let at = p.time("comment.created_at")?;
+    let commenter = p.member("comment.user", p.time("comment.updated_at").unwrap_or(at))?;
+    let activity = PrActivityRecord {
+        kind: ActivityKind::IssueComment,
+        source_id: p.i64("comment.id")?,
+        repo: p.str("repository.full_name")?.to_owned(),
+        pr_number: p.i64("issue.number")?,
+        actor_id: commenter.github_id,
+        review_id: None,
+        at,
+        counts: counts_as_review(&commenter, p.opt_i64("issue.user.id"), settings),
+        deleted: action == Some("deleted"),
+    };
+    Ok(vec![
+        Effect::UpsertMember(commenter),
+        Effect::RecordPrActivity(activity),
+    ])
+}
+
+/// Whether a reviewer's action can be the first review: never the author's own, and a bot's
+/// only when configured.
+fn counts_as_review(
+    actor: &MemberRecord,
+    author_id: Option<i64>,
+    settings: &MetricsSettings,
+) -> bool {
+    author_id != Some(actor.github_id) && (!actor.is_bot || settings.count_bot_reviews)
+}
+
+fn is_hotfix(head_ref: Option<&str>, labels: &[String], settings: &MetricsSettings) -> bool {
+    let by_branch = head_ref.is_some_and(|head| {
+        settings
+            .hotfix_branch_prefixes
+            .iter()
+            .any(|prefix| head.starts_with(prefix.as_str()))
+    });
+    let by_label = labels.iter().any(|label| {
+        settings
+            .hotfix_labels
+            .iter()
+            .any(|hotfix| hotfix.eq_ignore_ascii_case(label))
+    });
+    by_branch || by_label
+}
+
+/// What a pull request's title and body say about reverting.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RevertInfo {
+    pub is_revert: bool,
+    /// `Reverts owner/repo#N` in the body, for this repository.
+    pub number: Option<i64>,
+    /// `This reverts commit SHA` in the body.
+    pub sha: Option<String>,
+}
+
+/// Recognizes GitHub's revert pull requests (title `Revert "…"`, body `Reverts owner/repo#N`)
+/// and `git revert` messages (`This reverts commit SHA`).
+pub fn detect_revert(title: &str, body: &str, repo: &str) -> RevertInfo {
+    let by_title = title.starts_with("Revert \"") && title.ends_with('"') && title.len() > 9;
+    let mut info = RevertInfo {
+        is_revert: by_title,
+        ..RevertInfo::default()
+    };
+    for word_start in find_all(body, "Reverts ") {
+        let rest = &body[word_start + "Reverts ".len()..];
+        let token: &str = rest.split_whitespace().next().unwrap_or("");
+        let token = token.trim_end_matches(['.', ',', ')', ';', ':']);
+        if let Some((target_repo, number)) = token.rsplit_once('#')
+            && target_repo.contains('/')
+            && let Ok(number) = number.parse::<i64>()
+        {
+            info.is_revert = true;
+            if target_repo.eq_ignore_ascii_case(repo) && info.number.is_none() {
+                info.number = Some(number);
+            }
+        }
+    }
+    for start in find_all(body, "This reverts commit ") {
+        let rest = &body[start + "This reverts commit ".len()..];
+        let sha: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if (7..=40).contains(&sha.len()) {
+            info.is_revert = true;
+            info.sha.get_or_insert(sha);
+        }
+    }
+    info
+}
+
+fn find_all<'a>(haystack: &'a str, needle: &'a str) -> impl Iterator<Item = usize> + 'a {
+    haystack.match_indices(needle).map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> MetricsSettings {
+        MetricsSettings {
+            enabled: true,
+            hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
+            hotfix_labels: vec!["hotfix".into()],
+            count_bot_reviews: false,
+        }
+    }
+
+    fn fixture(name: &str) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/webhooks")
+            .join(format!("{name}.json"));
+        serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("JSON")
+    }
+
+    #[test]
+    fn every_subscribed_fixture_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures/webhooks");
+        let handler = MetricsHandler::new(settings());
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures") {
+            let path = entry.expect("entry").path();
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let mut parts = name.split('.');
+            let (Some(event), Some(action)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let action = (action != "none").then_some(action);
+            if !handler.subscribes(event, action) {
+                continue;
+            }
+            let doc: Value =
+                serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+            let effects = effects_for(event, action, &doc, &settings())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                event == "issue_comment" || !effects.is_empty(),
+                "{name} gave no effects"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 30, "only {seen} fixtures");
+    }
+
+    #[test]
+    fn opened_fixture_gives_member_and_full_pull_request() {
+        let effects = effects_for(
+            "pull_request",
+            Some("opened"),
+            &fixture("pull_request.opened.0"),
+            &settings(),
+        )
+        .expect("parses");
+        let [Effect::UpsertMember(author), Effect::UpsertPullRequest(pr)] = effects.as_slice()
+        else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(
+            (author.github_id, author.login.as_str()),
+            (21031067, "Codertocat")
+        );
+        assert!(!author.is_bot);
+        assert_eq!(pr.repo, "Codertocat/Hello-World");
+        assert_eq!((pr.number, pr.github_id, pr.state), (2, 279147437, "open"));
+        assert_eq!(pr.created_at, parse_time("2019-05-15T15:20:33Z").unwrap());
+        assert_eq!(
+            pr.size,
+            Some(PullRequestSize {
+                additions: 1,
+                deletions: 1,
+                changed_files: 1,
+                commits: 1
+            })
+        );
+        assert_eq!(pr.head_ref.as_deref(), Some("changes"));
+        assert_eq!(pr.labels, "[]");
+        assert!(!pr.is_revert && !pr.is_hotfix);
+    }
+
+    #[test]
+    fn review_by_the_author_is_stored_but_does_not_count() {
+        let effects = effects_for(
+            "pull_request_review",
+            Some("submitted"),
+            &fixture("pull_request_review.submitted.1"),
+            &settings(),
+        )
+        .expect("parses");
+        let Some(Effect::UpsertPullRequest(pr)) = effects.get(1) else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(pr.size, None, "reduced pull_request object");
+        assert!(effects.iter().any(|e| matches!(e, Effect::UpsertReview(r)
+            if r.github_id == 237895671 && r.state == "commented")));
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::RecordPrActivity(a)
+            if a.kind == ActivityKind::Review && !a.counts))
+        );
+    }
+
+    #[test]
+    fn missing_field_is_a_permanent_error_naming_it() {
+        let mut doc = fixture("pull_request.opened.0");
+        doc["pull_request"]
+            .as_object_mut()
+            .unwrap()
+            .remove("created_at");
+        let err = effects_for("pull_request", Some("opened"), &doc, &settings()).unwrap_err();
+        assert!(
+            matches!(&err, HandlerError::Permanent(m)
+            if m.contains("pull_request.opened") && m.contains("pull_request.created_at")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_pull_request_without_user_is_kept_without_author() {
+        let mut doc = fixture("pull_request.opened.0");
+        doc["pull_request"]["user"] = Value::Null;
+        let effects =
+            effects_for("pull_request", Some("opened"), &doc, &settings()).expect("parses");
+        let [Effect::UpsertPullRequest(pr)] = effects.as_slice() else {
+            panic!("{effects:?}")
+        };
+        assert_eq!(pr.author_id, None);
+    }
+
+    #[test]
+    fn issue_comments_on_issues_are_ignored() {
+        let effects = effects_for(
+            "issue_comment",
+            Some("created"),
+            &fixture("issue_comment.created.0"),
+            &settings(),
+        )
+        .expect("parses");
+        assert!(effects.is_empty());
+    }
+
+    #[test]
+    fn reverts_are_recognized() {
+        let repo = "octo/app";
+        assert_eq!(
+            detect_revert("Revert \"Add thing\"", "Reverts octo/app#12", repo),
+            RevertInfo {
+                is_revert: true,
+                number: Some(12),
+                sha: None
+            }
+        );
+        assert_eq!(
+            detect_revert(
+                "Undo",
+                "This reverts commit C4295BD74FB0F4FDA03689C3DF3F2803B658FD85.",
+                repo
+            ),
+            RevertInfo {
+                is_revert: true,
+                number: None,
+                sha: Some("c4295bd74fb0f4fda03689c3df3f2803b658fd85".into())
+            }
+        );
+        let other = detect_revert("x", "Reverts other/repo#3", repo);
+        assert!(other.is_revert && other.number.is_none());
+        assert!(!detect_revert("Revert the revert plan", "Reverts nothing", repo).is_revert);
+        assert!(!detect_revert("Fix", "", repo).is_revert);
+    }
+
+    #[test]
+    fn hotfix_by_branch_prefix_or_label() {
+        let s = settings();
+        assert!(is_hotfix(Some("hotfix/login"), &[], &s));
+        assert!(is_hotfix(Some("hotfix-1"), &[], &s));
+        assert!(is_hotfix(Some("feature"), &["HotFix".into()], &s));
+        assert!(!is_hotfix(Some("feature/hotfix"), &["bug".into()], &s));
+        assert!(!is_hotfix(None, &[], &s));
+    }
+
+    #[test]
+    fn bots_are_recognized_by_type_or_login() {
+        let doc = serde_json::json!({"u": {"id": 1, "login": "renovate[bot]", "type": "User"},
+            "v": {"id": 2, "login": "ci", "type": "Bot"}, "w": {"id": 3, "login": "ann", "type": "User"}});
+        let p = Payload {
+            doc: &doc,
+            label: "test".into(),
+        };
+        assert!(p.member("u", 0).unwrap().is_bot);
+        assert!(p.member("v", 0).unwrap().is_bot);
+        assert!(!p.member("w", 0).unwrap().is_bot);
+    }
+}

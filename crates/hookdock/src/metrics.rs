@@ -1,0 +1,635 @@
+//! Pull request flow metrics, computed from stored pull requests (DevLake's cycle-time
+//! breakdown): coding, pickup, review and cycle time, time to merge, size, throughput, revert
+//! and hotfix rates, review coverage, reviews per reviewer, and a weekly series.
+//!
+//! Pure functions over [`PullRequestRow`]s: no SQL and no clock here. Durations are whole
+//! minutes (rounded down), reported as hours with four decimals; weeks start on Monday 00:00
+//! UTC. Percentiles interpolate linearly between the two nearest values (PostgreSQL's
+//! `percentile_cont`) and are then rounded to the minute.
+
+use serde::Serialize;
+
+use crate::store::{PullRequestRow, rfc3339};
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+const WEEK_MS: i64 = 7 * DAY_MS;
+
+/// One pull request with its durations, as `/api/v1/metrics/pulls` serves it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PullMetrics {
+    pub repo: String,
+    pub number: i64,
+    pub title: String,
+    pub author: Option<String>,
+    pub author_is_bot: bool,
+    pub state: String,
+    pub draft: bool,
+    pub base_ref: Option<String>,
+    pub head_ref: Option<String>,
+    pub created_at: String,
+    pub ready_for_review_at: Option<String>,
+    pub first_commit_at: Option<String>,
+    pub first_review_at: Option<String>,
+    pub merged_at: Option<String>,
+    pub closed_at: Option<String>,
+    /// First commit → created.
+    pub coding_hours: Option<f64>,
+    /// Created (or ready for review, for drafts) → first review.
+    pub pickup_hours: Option<f64>,
+    /// First review → merged.
+    pub review_hours: Option<f64>,
+    /// First commit (else created) → merged.
+    pub cycle_hours: Option<f64>,
+    /// Created → merged.
+    pub time_to_merge_hours: Option<f64>,
+    pub additions: Option<i64>,
+    pub deletions: Option<i64>,
+    /// Additions + deletions.
+    pub size: Option<i64>,
+    pub changed_files: Option<i64>,
+    pub commits: Option<i64>,
+    /// Reviews by someone other than the author (bots only when configured).
+    pub reviews: i64,
+    pub is_revert: bool,
+    pub reverts_number: Option<i64>,
+    pub reverted: bool,
+    pub is_hotfix: bool,
+    pub labels: Vec<String>,
+}
+
+/// The durations of one pull request in whole minutes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Durations {
+    pub coding: Option<i64>,
+    pub pickup: Option<i64>,
+    pub review: Option<i64>,
+    pub cycle: Option<i64>,
+    pub time_to_merge: Option<i64>,
+}
+
+/// Whole minutes from `start` to `end`; `None` when either is unknown or time runs backwards.
+fn minutes(start: Option<i64>, end: Option<i64>) -> Option<i64> {
+    let (start, end) = (start?, end?);
+    (end >= start).then(|| (end - start) / MINUTE_MS)
+}
+
+/// Minutes as hours, four decimals.
+pub fn hours(minutes: f64) -> f64 {
+    (minutes / 60.0 * 10_000.0).round() / 10_000.0
+}
+
+pub fn durations(pr: &PullRequestRow) -> Durations {
+    // A review before the PR was marked ready (drafts can be reviewed) counts from creation.
+    let pickup_start = match (pr.ready_for_review_at, pr.first_review_at) {
+        (Some(ready), Some(review)) if ready <= review => ready,
+        _ => pr.created_at,
+    };
+    Durations {
+        coding: minutes(pr.first_commit_at, Some(pr.created_at)),
+        pickup: minutes(Some(pickup_start), pr.first_review_at),
+        review: minutes(pr.first_review_at, pr.merged_at),
+        cycle: minutes(
+            Some(pr.first_commit_at.unwrap_or(pr.created_at)),
+            pr.merged_at,
+        ),
+        time_to_merge: minutes(Some(pr.created_at), pr.merged_at),
+    }
+}
+
+fn size(pr: &PullRequestRow) -> Option<i64> {
+    Some(pr.additions? + pr.deletions?)
+}
+
+pub fn pull_metrics(pr: &PullRequestRow) -> PullMetrics {
+    let d = durations(pr);
+    let h = |m: Option<i64>| m.map(|m| hours(m as f64));
+    PullMetrics {
+        repo: pr.repo.clone(),
+        number: pr.number,
+        title: pr.title.clone(),
+        author: pr.author.clone(),
+        author_is_bot: pr.author_is_bot,
+        state: pr.state.clone(),
+        draft: pr.draft,
+        base_ref: pr.base_ref.clone(),
+        head_ref: pr.head_ref.clone(),
+        created_at: rfc3339(pr.created_at),
+        ready_for_review_at: pr.ready_for_review_at.map(rfc3339),
+        first_commit_at: pr.first_commit_at.map(rfc3339),
+        first_review_at: pr.first_review_at.map(rfc3339),
+        merged_at: pr.merged_at.map(rfc3339),
+        closed_at: pr.closed_at.map(rfc3339),
+        coding_hours: h(d.coding),
+        pickup_hours: h(d.pickup),
+        review_hours: h(d.review),
+        cycle_hours: h(d.cycle),
+        time_to_merge_hours: h(d.time_to_merge),
+        additions: pr.additions,
+        deletions: pr.deletions,
+        size: size(pr),
+        changed_files: pr.changed_files,
+        commits: pr.commits,
+        reviews: pr.reviews,
+        is_revert: pr.is_revert,
+        reverts_number: pr.reverts_number,
+        reverted: pr.reverted,
+        is_hotfix: pr.is_hotfix,
+        labels: pr.labels.clone(),
+    }
+}
+
+/// Column names of the CSV form, in order.
+pub const CSV_HEADER: &[&str] = &[
+    "repo",
+    "number",
+    "title",
+    "author",
+    "author_is_bot",
+    "state",
+    "draft",
+    "base_ref",
+    "head_ref",
+    "created_at",
+    "ready_for_review_at",
+    "first_commit_at",
+    "first_review_at",
+    "merged_at",
+    "closed_at",
+    "coding_hours",
+    "pickup_hours",
+    "review_hours",
+    "cycle_hours",
+    "time_to_merge_hours",
+    "additions",
+    "deletions",
+    "size",
+    "changed_files",
+    "commits",
+    "reviews",
+    "is_revert",
+    "reverts_number",
+    "reverted",
+    "is_hotfix",
+    "labels",
+];
+
+/// The rows as CSV (RFC 4180: CRLF line ends, fields quoted when needed) with a header row.
+/// Unknown values are empty; labels are joined with `;`.
+pub fn to_csv(rows: &[PullMetrics]) -> String {
+    fn field(out: &mut String, value: &str) {
+        if value.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&value.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(value);
+        }
+    }
+    fn opt<T: ToString>(v: &Option<T>) -> String {
+        v.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+    let mut out = CSV_HEADER.join(",");
+    out.push_str("\r\n");
+    for r in rows {
+        let values = [
+            r.repo.clone(),
+            r.number.to_string(),
+            r.title.clone(),
+            opt(&r.author),
+            r.author_is_bot.to_string(),
+            r.state.clone(),
+            r.draft.to_string(),
+            opt(&r.base_ref),
+            opt(&r.head_ref),
+            r.created_at.clone(),
+            opt(&r.ready_for_review_at),
+            opt(&r.first_commit_at),
+            opt(&r.first_review_at),
+            opt(&r.merged_at),
+            opt(&r.closed_at),
+            opt(&r.coding_hours),
+            opt(&r.pickup_hours),
+            opt(&r.review_hours),
+            opt(&r.cycle_hours),
+            opt(&r.time_to_merge_hours),
+            opt(&r.additions),
+            opt(&r.deletions),
+            opt(&r.size),
+            opt(&r.changed_files),
+            opt(&r.commits),
+            r.reviews.to_string(),
+            r.is_revert.to_string(),
+            opt(&r.reverts_number),
+            r.reverted.to_string(),
+            r.is_hotfix.to_string(),
+            r.labels.join(";"),
+        ];
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            field(&mut out, v);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// The period a summary covers: [since, until), Unix ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub since: i64,
+    pub until: i64,
+}
+
+/// Count and percentiles of one duration, in hours.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DurationStats {
+    pub count: usize,
+    pub median_hours: Option<f64>,
+    pub p75_hours: Option<f64>,
+    pub p90_hours: Option<f64>,
+}
+
+/// Count and percentiles of pull request size, in changed lines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeStats {
+    pub count: usize,
+    pub median: Option<f64>,
+    pub p75: Option<f64>,
+    pub p90: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReviewerCount {
+    pub login: String,
+    pub reviews: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReviewsPerReviewer {
+    pub reviewers: usize,
+    pub reviews: i64,
+    pub average: Option<f64>,
+    pub by_reviewer: Vec<ReviewerCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Week {
+    /// Monday, `YYYY-MM-DD`.
+    pub week_start: String,
+    pub opened: usize,
+    pub merged: usize,
+    pub median_cycle_hours: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PullCounts {
+    /// Created in the window.
+    pub opened: usize,
+    /// Merged in the window: the population of every duration and rate below.
+    pub merged: usize,
+    /// Closed without merge in the window.
+    pub closed_without_merge: usize,
+}
+
+/// `/api/v1/metrics/summary`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub repo: Option<String>,
+    pub since: String,
+    pub until: String,
+    pub pull_requests: PullCounts,
+    pub coding_time: DurationStats,
+    pub pickup_time: DurationStats,
+    pub review_time: DurationStats,
+    pub cycle_time: DurationStats,
+    pub time_to_merge: DurationStats,
+    pub size: SizeStats,
+    /// Merged pull requests per week of the window.
+    pub throughput_per_week: f64,
+    /// Share of merged pull requests that a merged revert reverted.
+    pub revert_rate: Option<f64>,
+    pub hotfix_rate: Option<f64>,
+    /// Share of merged pull requests with at least one review by someone else.
+    pub review_coverage: Option<f64>,
+    /// Share of merged pull requests whose author is a known member.
+    pub author_match_rate: Option<f64>,
+    pub reviews_per_reviewer: ReviewsPerReviewer,
+    pub weekly: Vec<Week>,
+}
+
+/// The `p` percentile (0..=1) of sorted values, interpolated linearly.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let pos = p.clamp(0.0, 1.0) * last as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let (a, b) = (sorted[lo], sorted[hi.min(last)]);
+    Some(a + (b - a) * (pos - lo as f64))
+}
+
+fn sorted(values: impl Iterator<Item = i64>) -> Vec<f64> {
+    let mut v: Vec<f64> = values.map(|m| m as f64).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn duration_stats(values: impl Iterator<Item = i64>) -> DurationStats {
+    let v = sorted(values);
+    let at = |p| percentile(&v, p).map(|m| hours(m.round()));
+    DurationStats {
+        count: v.len(),
+        median_hours: at(0.5),
+        p75_hours: at(0.75),
+        p90_hours: at(0.9),
+    }
+}
+
+fn rate(part: usize, whole: usize) -> Option<f64> {
+    (whole > 0).then(|| (part as f64 / whole as f64 * 10_000.0).round() / 10_000.0)
+}
+
+fn in_window(t: Option<i64>, w: Window) -> bool {
+    t.is_some_and(|t| t >= w.since && t < w.until)
+}
+
+/// Monday 00:00 UTC of the week holding `t`.
+pub fn week_start(t: i64) -> i64 {
+    // 1970-01-01 was a Thursday: three days after a Monday.
+    let day = t.div_euclid(DAY_MS);
+    (day - (day + 3).rem_euclid(7)) * DAY_MS
+}
+
+pub fn summarize(
+    repo: Option<&str>,
+    rows: &[PullRequestRow],
+    reviewers: Vec<(String, i64)>,
+    window: Window,
+) -> Summary {
+    let merged: Vec<(&PullRequestRow, Durations)> = rows
+        .iter()
+        .filter(|r| r.state == "merged" && in_window(r.merged_at, window))
+        .map(|r| (r, durations(r)))
+        .collect();
+    let count = |f: &dyn Fn(&PullRequestRow) -> bool| merged.iter().filter(|(r, _)| f(r)).count();
+    let counts = PullCounts {
+        opened: rows
+            .iter()
+            .filter(|r| in_window(Some(r.created_at), window))
+            .count(),
+        merged: merged.len(),
+        closed_without_merge: rows
+            .iter()
+            .filter(|r| r.state == "closed" && in_window(r.closed_at, window))
+            .count(),
+    };
+    let stat =
+        |f: fn(&Durations) -> Option<i64>| duration_stats(merged.iter().filter_map(|(_, d)| f(d)));
+    let sizes = sorted(merged.iter().filter_map(|(r, _)| size(r)));
+    let weeks = (window.until - window.since) as f64 / WEEK_MS as f64;
+
+    let mut weekly = Vec::new();
+    let mut start = week_start(window.since);
+    while start < window.until {
+        let week = Window {
+            since: start,
+            until: start + WEEK_MS,
+        };
+        let merged_in_week: Vec<&(&PullRequestRow, Durations)> = merged
+            .iter()
+            .filter(|(r, _)| in_window(r.merged_at, week))
+            .collect();
+        let cycle = sorted(merged_in_week.iter().filter_map(|(_, d)| d.cycle));
+        weekly.push(Week {
+            week_start: rfc3339(start).get(..10).unwrap_or_default().to_owned(),
+            opened: rows
+                .iter()
+                .filter(|r| {
+                    in_window(Some(r.created_at), week) && in_window(Some(r.created_at), window)
+                })
+                .count(),
+            merged: merged_in_week.len(),
+            median_cycle_hours: percentile(&cycle, 0.5).map(|m| hours(m.round())),
+        });
+        start += WEEK_MS;
+    }
+
+    let total_reviews: i64 = reviewers.iter().map(|(_, n)| n).sum();
+    let reviews_per_reviewer = ReviewsPerReviewer {
+        reviewers: reviewers.len(),
+        reviews: total_reviews,
+        average: (!reviewers.is_empty())
+            .then(|| (total_reviews as f64 / reviewers.len() as f64 * 100.0).round() / 100.0),
+        by_reviewer: reviewers
+            .into_iter()
+            .map(|(login, reviews)| ReviewerCount { login, reviews })
+            .collect(),
+    };
+
+    Summary {
+        repo: repo.map(str::to_owned),
+        since: rfc3339(window.since),
+        until: rfc3339(window.until),
+        coding_time: stat(|d| d.coding),
+        pickup_time: stat(|d| d.pickup),
+        review_time: stat(|d| d.review),
+        cycle_time: stat(|d| d.cycle),
+        time_to_merge: stat(|d| d.time_to_merge),
+        size: SizeStats {
+            count: sizes.len(),
+            median: percentile(&sizes, 0.5),
+            p75: percentile(&sizes, 0.75),
+            p90: percentile(&sizes, 0.9),
+        },
+        throughput_per_week: if weeks > 0.0 {
+            (merged.len() as f64 / weeks * 100.0).round() / 100.0
+        } else {
+            0.0
+        },
+        revert_rate: rate(count(&|r| r.reverted), merged.len()),
+        hotfix_rate: rate(count(&|r| r.is_hotfix), merged.len()),
+        review_coverage: rate(count(&|r| r.reviews > 0), merged.len()),
+        author_match_rate: rate(count(&|r| r.author.is_some()), merged.len()),
+        reviews_per_reviewer,
+        weekly,
+        pull_requests: counts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+    /// 2024-01-01T00:00:00Z, a Monday.
+    const T0: i64 = 1_704_067_200_000;
+
+    fn pr(number: i64) -> PullRequestRow {
+        PullRequestRow {
+            repo: "o/r".into(),
+            number,
+            github_id: number,
+            title: format!("PR {number}"),
+            author: Some("ann".into()),
+            author_is_bot: false,
+            state: "open".into(),
+            draft: false,
+            base_ref: Some("main".into()),
+            head_ref: Some("f".into()),
+            head_sha: None,
+            merge_commit_sha: None,
+            created_at: T0,
+            ready_for_review_at: None,
+            first_commit_at: None,
+            first_review_at: None,
+            merged_at: None,
+            closed_at: None,
+            additions: Some(10),
+            deletions: Some(2),
+            changed_files: Some(1),
+            commits: Some(1),
+            is_revert: false,
+            reverts_number: None,
+            reverted: false,
+            is_hotfix: false,
+            labels: vec![],
+            updated_at: T0,
+            reviews: 0,
+        }
+    }
+
+    #[test]
+    fn durations_follow_the_definitions() {
+        let mut p = pr(1);
+        p.first_commit_at = Some(T0 - 2 * H);
+        p.first_review_at = Some(T0 + 3 * H + 30 * MINUTE_MS);
+        p.merged_at = Some(T0 + 5 * H);
+        p.state = "merged".into();
+        let d = durations(&p);
+        assert_eq!(d.coding, Some(120));
+        assert_eq!(d.pickup, Some(210));
+        assert_eq!(d.review, Some(90));
+        assert_eq!(d.cycle, Some(420));
+        assert_eq!(d.time_to_merge, Some(300));
+        let m = pull_metrics(&p);
+        assert_eq!(m.pickup_hours, Some(3.5));
+        assert_eq!(m.size, Some(12));
+    }
+
+    #[test]
+    fn draft_pickup_starts_when_ready_unless_reviewed_before() {
+        let mut p = pr(1);
+        p.ready_for_review_at = Some(T0 + H);
+        p.first_review_at = Some(T0 + 2 * H);
+        assert_eq!(durations(&p).pickup, Some(60));
+        p.first_review_at = Some(T0 + 30 * MINUTE_MS);
+        assert_eq!(durations(&p).pickup, Some(30));
+    }
+
+    #[test]
+    fn unknown_or_backwards_times_give_no_duration() {
+        let p = pr(1);
+        let d = durations(&p);
+        assert_eq!(d, Durations::default());
+        assert_eq!(minutes(Some(10), Some(5)), None);
+        assert_eq!(minutes(Some(0), Some(119_999)), Some(1), "rounded down");
+    }
+
+    #[test]
+    fn percentiles_interpolate() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&v, 0.5), Some(2.5));
+        assert_eq!(percentile(&v, 0.75), Some(3.25));
+        assert_eq!(percentile(&[7.0], 0.9), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn weeks_start_on_monday_utc() {
+        assert_eq!(week_start(T0), T0);
+        assert_eq!(week_start(T0 + 6 * DAY_MS + 23 * H), T0);
+        assert_eq!(week_start(T0 - 1), T0 - WEEK_MS);
+        assert_eq!(rfc3339(week_start(0)), "1969-12-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn csv_quotes_fields_that_need_it() {
+        let mut p = pr(1);
+        p.title = "Fix \"a\", b".into();
+        p.labels = vec!["x".into(), "y".into()];
+        let csv = to_csv(&[pull_metrics(&p)]);
+        let mut lines = csv.split("\r\n");
+        assert_eq!(lines.next(), Some(CSV_HEADER.join(",").as_str()));
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with("o/r,1,\"Fix \"\"a\"\", b\",ann,false,open,"),
+            "{row}"
+        );
+        assert!(row.ends_with(",false,,false,false,x;y"), "{row}");
+    }
+
+    #[test]
+    fn summary_counts_merged_prs_in_the_window() {
+        let window = Window {
+            since: T0,
+            until: T0 + 2 * WEEK_MS,
+        };
+        let mut a = pr(1);
+        a.state = "merged".into();
+        a.first_review_at = Some(T0 + H);
+        a.merged_at = Some(T0 + 2 * H);
+        a.reviews = 1;
+        let mut b = pr(2);
+        b.state = "merged".into();
+        b.merged_at = Some(T0 + WEEK_MS + 4 * H);
+        b.reverted = true;
+        b.is_hotfix = true;
+        let mut c = pr(3);
+        c.state = "closed".into();
+        c.closed_at = Some(T0 + H);
+        let mut old = pr(4);
+        old.state = "merged".into();
+        old.created_at = T0 - WEEK_MS;
+        old.merged_at = Some(T0 - 1);
+        let s = summarize(
+            Some("o/r"),
+            &[a, b, c, old],
+            vec![("bob".into(), 3), ("cy".into(), 1)],
+            window,
+        );
+        assert_eq!(
+            s.pull_requests,
+            PullCounts {
+                opened: 3,
+                merged: 2,
+                closed_without_merge: 1
+            }
+        );
+        assert_eq!(s.cycle_time.count, 2);
+        // Cycle times 2 h and 172 h: median 87 h, p75 129.5 h, p90 155 h.
+        assert_eq!(s.cycle_time.median_hours, Some(87.0));
+        assert_eq!(s.cycle_time.p75_hours, Some(129.5));
+        assert_eq!(s.cycle_time.p90_hours, Some(155.0));
+        assert_eq!(
+            (s.pickup_time.count, s.pickup_time.median_hours),
+            (1, Some(1.0))
+        );
+        assert_eq!(s.throughput_per_week, 1.0);
+        assert_eq!(s.revert_rate, Some(0.5));
+        assert_eq!(s.hotfix_rate, Some(0.5));
+        assert_eq!(s.review_coverage, Some(0.5));
+        assert_eq!(s.author_match_rate, Some(1.0));
+        assert_eq!(s.reviews_per_reviewer.average, Some(2.0));
+        assert_eq!(s.weekly.len(), 2);
+        assert_eq!(
+            (
+                s.weekly[0].week_start.as_str(),
+                s.weekly[0].opened,
+                s.weekly[0].merged
+            ),
+            ("2024-01-01", 3, 1)
+        );
+        assert_eq!(s.weekly[1].median_cycle_hours, Some(172.0));
+    }
+}

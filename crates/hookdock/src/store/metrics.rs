@@ -1,0 +1,695 @@
+//! SQL for pull request metrics: members, pull requests, reviews and review activity.
+//!
+//! Writes arrive as [`Effect`](super::Effect)s from the metrics handler and run inside the
+//! transaction that finishes its job. Every write is an order-independent merge: state columns
+//! follow GitHub's newest `updated_at`, size columns the newest event that carried them, times
+//! that only move one way take the minimum, and derived columns (first review, revert links,
+//! the reverted flag, review comment counts) are recomputed from the stored rows after each
+//! write. So any order of a pull request's events leaves the same rows. This module computes no
+//! metric; that is [`crate::metrics`].
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::sql::Sql;
+use super::{Store, StoreError, opt_text};
+
+/// A GitHub user seen in an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub github_id: i64,
+    pub login: String,
+    pub name: Option<String>,
+    pub is_bot: bool,
+    /// GitHub time of the event that named the user (Unix ms).
+    pub seen_at: i64,
+}
+
+/// Size of a pull request; only full `pull_request` payloads carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullRequestSize {
+    pub additions: i64,
+    pub deletions: i64,
+    pub changed_files: i64,
+    pub commits: i64,
+}
+
+/// A pull request as one event describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestRecord {
+    pub repo: String,
+    pub number: i64,
+    pub github_id: i64,
+    pub author_id: Option<i64>,
+    pub title: String,
+    /// `open`, `closed` or `merged`.
+    pub state: &'static str,
+    pub draft: bool,
+    pub base_ref: Option<String>,
+    pub head_ref: Option<String>,
+    pub head_sha: Option<String>,
+    pub merge_commit_sha: Option<String>,
+    pub created_at: i64,
+    /// Set by a `ready_for_review` event: its time.
+    pub ready_for_review_at: Option<i64>,
+    pub merged_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    /// `None` for the reduced `pull_request` object of review and comment payloads.
+    pub size: Option<PullRequestSize>,
+    pub is_revert: bool,
+    pub reverts_sha: Option<String>,
+    pub reverts_number: Option<i64>,
+    pub is_hotfix: bool,
+    /// JSON array of label names, sorted.
+    pub labels: String,
+    /// GitHub's `updated_at` (Unix ms): newer state wins.
+    pub updated_at: i64,
+}
+
+/// A submitted review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRecord {
+    pub github_id: i64,
+    pub repo: String,
+    pub pr_number: i64,
+    pub reviewer_id: i64,
+    /// Lowercase: `approved`, `changes_requested`, `commented`, `dismissed`.
+    pub state: String,
+    pub submitted_at: i64,
+}
+
+/// What kind of activity on a pull request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    Review,
+    ReviewComment,
+    IssueComment,
+}
+
+impl ActivityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivityKind::Review => "review",
+            ActivityKind::ReviewComment => "review_comment",
+            ActivityKind::IssueComment => "issue_comment",
+        }
+    }
+}
+
+/// A review, review comment or issue comment on a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrActivityRecord {
+    pub kind: ActivityKind,
+    /// The review's or comment's GitHub id.
+    pub source_id: i64,
+    pub repo: String,
+    pub pr_number: i64,
+    pub actor_id: i64,
+    /// For review comments: the review they belong to.
+    pub review_id: Option<i64>,
+    pub at: i64,
+    /// Counts towards the first review (not by the author; bots only when configured).
+    pub counts: bool,
+    pub deleted: bool,
+}
+
+/// `min(a, b)` where NULL means "unknown", in SQL both dialects accept.
+fn min_known(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} IS NULL THEN {b} WHEN {b} IS NULL OR {a} <= {b} THEN {a} ELSE {b} END")
+}
+
+fn max_known(a: &str, b: &str) -> String {
+    format!("CASE WHEN {a} IS NULL THEN {b} WHEN {b} IS NULL OR {a} >= {b} THEN {a} ELSE {b} END")
+}
+
+fn flag(v: bool) -> i64 {
+    i64::from(v)
+}
+
+pub(crate) async fn upsert_member(
+    conn: &mut AnyConnection,
+    m: &MemberRecord,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "INSERT INTO members (github_id, login, name, is_bot, first_seen, updated) VALUES (",
+    );
+    sql.bind(m.github_id).push(", ").bind(m.login.as_str());
+    sql.push(", ").bind(m.name.as_deref()).push(", ");
+    sql.bind(flag(m.is_bot)).push(", ").bind(m.seen_at);
+    sql.push(", ").bind(m.seen_at).push(")");
+    sql.push(&format!(
+        " ON CONFLICT (github_id) DO UPDATE SET \
+         login = CASE WHEN excluded.updated >= members.updated THEN excluded.login ELSE members.login END, \
+         name = CASE WHEN excluded.name IS NOT NULL AND (members.name IS NULL OR excluded.updated >= members.updated) \
+             THEN excluded.name ELSE members.name END, \
+         is_bot = CASE WHEN excluded.is_bot = 1 OR members.is_bot = 1 THEN 1 ELSE 0 END, \
+         first_seen = {}, updated = {}",
+        min_known("members.first_seen", "excluded.first_seen"),
+        max_known("members.updated", "excluded.updated"),
+    ));
+    sql.execute(conn).await?;
+    Ok(())
+}
+
+/// Columns that describe a pull request's current state: taken from the newest event.
+const STATE_COLUMNS: &[&str] = &[
+    "title",
+    "state",
+    "draft",
+    "base_ref",
+    "head_ref",
+    "head_sha",
+    "merge_commit_sha",
+    "merged_at",
+    "closed_at",
+    "is_revert",
+    "reverts_sha",
+    "reverts_number",
+    "is_hotfix",
+    "labels",
+    // Last, so it is compared before it changes (SET sees the old row either way).
+    "updated_at",
+];
+
+const SIZE_COLUMNS: &[&str] = &[
+    "additions",
+    "deletions",
+    "changed_files",
+    "commits",
+    "size_updated_at",
+];
+
+pub(crate) async fn upsert_pull_request(
+    conn: &mut AnyConnection,
+    pr: &PullRequestRecord,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "INSERT INTO pull_requests (repo, number, github_id, author_id, title, state, draft, \
+         base_ref, head_ref, head_sha, merge_commit_sha, created_at, ready_for_review_at, \
+         merged_at, closed_at, additions, deletions, changed_files, commits, is_revert, \
+         reverts_sha, reverts_number, is_hotfix, labels, updated_at, size_updated_at) VALUES (",
+    );
+    sql.bind(pr.repo.as_str()).push(", ").bind(pr.number);
+    sql.push(", ")
+        .bind(pr.github_id)
+        .push(", ")
+        .bind(pr.author_id);
+    sql.push(", ")
+        .bind(pr.title.as_str())
+        .push(", ")
+        .bind(pr.state);
+    sql.push(", ").bind(flag(pr.draft)).push(", ");
+    sql.bind(pr.base_ref.as_deref())
+        .push(", ")
+        .bind(pr.head_ref.as_deref());
+    sql.push(", ").bind(pr.head_sha.as_deref()).push(", ");
+    sql.bind(pr.merge_commit_sha.as_deref())
+        .push(", ")
+        .bind(pr.created_at);
+    sql.push(", ").bind(pr.ready_for_review_at).push(", ");
+    sql.bind(pr.merged_at).push(", ").bind(pr.closed_at);
+    let size = pr.size;
+    sql.push(", ").bind(size.map(|s| s.additions));
+    sql.push(", ").bind(size.map(|s| s.deletions));
+    sql.push(", ").bind(size.map(|s| s.changed_files));
+    sql.push(", ").bind(size.map(|s| s.commits));
+    sql.push(", ").bind(flag(pr.is_revert)).push(", ");
+    sql.bind(pr.reverts_sha.as_deref())
+        .push(", ")
+        .bind(pr.reverts_number);
+    sql.push(", ").bind(flag(pr.is_hotfix)).push(", ");
+    sql.bind(pr.labels.as_str())
+        .push(", ")
+        .bind(pr.updated_at)
+        .push(", ");
+    sql.bind(size.map(|_| pr.updated_at)).push(")");
+
+    // Equal times: a full payload beats the reduced one of a review, so both orders agree.
+    let newer = "(excluded.updated_at > pull_requests.updated_at OR \
+        (excluded.updated_at = pull_requests.updated_at AND excluded.size_updated_at IS NOT NULL \
+         AND pull_requests.size_updated_at IS NULL))";
+    let size_newer = "(excluded.size_updated_at IS NOT NULL AND \
+        (pull_requests.size_updated_at IS NULL OR excluded.size_updated_at > pull_requests.size_updated_at))";
+    let mut sets = vec![
+        format!(
+            "github_id = {}",
+            min_known("pull_requests.github_id", "excluded.github_id")
+        ),
+        "author_id = COALESCE(pull_requests.author_id, excluded.author_id)".to_owned(),
+        format!(
+            "created_at = {}",
+            min_known("pull_requests.created_at", "excluded.created_at")
+        ),
+        format!(
+            "ready_for_review_at = {}",
+            min_known(
+                "pull_requests.ready_for_review_at",
+                "excluded.ready_for_review_at"
+            )
+        ),
+    ];
+    sets.extend(
+        STATE_COLUMNS.iter().map(|c| {
+            format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE pull_requests.{c} END")
+        }),
+    );
+    sets.extend(SIZE_COLUMNS.iter().map(|c| {
+        format!("{c} = CASE WHEN {size_newer} THEN excluded.{c} ELSE pull_requests.{c} END")
+    }));
+    sql.push(" ON CONFLICT (repo, number) DO UPDATE SET ")
+        .push(&sets.join(", "));
+    sql.execute(&mut *conn).await?;
+    refresh_pull_request(conn, &pr.repo, pr.number).await
+}
+
+/// Recomputes what is derived from other rows: the first review, revert links by commit, and
+/// the reverted flags of the repository's pull requests.
+async fn refresh_pull_request(
+    conn: &mut AnyConnection,
+    repo: &str,
+    number: i64,
+) -> Result<(), sqlx::Error> {
+    refresh_first_review(conn, repo, number).await?;
+
+    let mut sql = Sql::new(
+        "UPDATE pull_requests SET reverts_number = (SELECT t.number FROM pull_requests t \
+         WHERE t.repo = pull_requests.repo AND t.number <> pull_requests.number \
+         AND (t.merge_commit_sha = pull_requests.reverts_sha OR t.head_sha = pull_requests.reverts_sha) \
+         ORDER BY t.number LIMIT 1) \
+         WHERE repo = ",
+    );
+    sql.bind(repo)
+        .push(" AND is_revert = 1 AND reverts_number IS NULL AND reverts_sha IS NOT NULL");
+    sql.execute(&mut *conn).await?;
+
+    // `reverted` holds exactly for the numbers a merged revert of the repository names. The
+    // target list is uncorrelated so both statements look rows up by (repo, number) or the
+    // partial index on reverted rows instead of walking the repository.
+    let targets = |sql: &mut Sql| {
+        sql.push("(SELECT r.reverts_number FROM pull_requests r WHERE r.repo = ")
+            .bind(repo)
+            .push(" AND r.is_revert = 1 AND r.state = 'merged' AND r.reverts_number IS NOT NULL)");
+    };
+    let mut sql = Sql::new("UPDATE pull_requests SET reverted = 1 WHERE repo = ");
+    sql.bind(repo).push(" AND reverted = 0 AND number IN ");
+    targets(&mut sql);
+    sql.execute(&mut *conn).await?;
+    let mut sql = Sql::new("UPDATE pull_requests SET reverted = 0 WHERE repo = ");
+    sql.bind(repo).push(" AND reverted = 1 AND number NOT IN ");
+    targets(&mut sql);
+    sql.execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn refresh_first_review(
+    conn: &mut AnyConnection,
+    repo: &str,
+    number: i64,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "UPDATE pull_requests SET first_review_at = (SELECT MIN(a.at) FROM pr_activity a \
+         WHERE a.repo = pull_requests.repo AND a.pr_number = pull_requests.number AND a.counts = 1) \
+         WHERE repo = ",
+    );
+    sql.bind(repo).push(" AND number = ").bind(number);
+    sql.execute(conn).await?;
+    Ok(())
+}
+
+async fn refresh_review_comments(
+    conn: &mut AnyConnection,
+    review_id: i64,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "UPDATE reviews SET comment_count = (SELECT COUNT(*) FROM pr_activity a \
+         WHERE a.review_id = reviews.github_id AND a.kind = 'review_comment' AND a.deleted = 0) \
+         WHERE github_id = ",
+    );
+    sql.bind(review_id);
+    sql.execute(conn).await?;
+    Ok(())
+}
+
+pub(crate) async fn upsert_review(
+    conn: &mut AnyConnection,
+    r: &ReviewRecord,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "INSERT INTO reviews (github_id, repo, pr_number, reviewer_id, state, submitted_at) VALUES (",
+    );
+    sql.bind(r.github_id).push(", ").bind(r.repo.as_str());
+    sql.push(", ")
+        .bind(r.pr_number)
+        .push(", ")
+        .bind(r.reviewer_id);
+    sql.push(", ").bind(r.state.as_str()).push(", ");
+    sql.bind(r.submitted_at).push(")");
+    // A dismissal is final, whatever order submitted/edited/dismissed arrive in.
+    sql.push(&format!(
+        " ON CONFLICT (github_id) DO UPDATE SET \
+         state = CASE WHEN reviews.state = 'dismissed' OR excluded.state = 'dismissed' \
+             THEN 'dismissed' ELSE excluded.state END, submitted_at = {}",
+        min_known("reviews.submitted_at", "excluded.submitted_at")
+    ));
+    sql.execute(&mut *conn).await?;
+    refresh_review_comments(conn, r.github_id).await
+}
+
+pub(crate) async fn record_pr_activity(
+    conn: &mut AnyConnection,
+    a: &PrActivityRecord,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "INSERT INTO pr_activity (kind, source_id, repo, pr_number, actor_id, review_id, at, \
+         counts, deleted) VALUES (",
+    );
+    sql.bind(a.kind.as_str()).push(", ").bind(a.source_id);
+    sql.push(", ")
+        .bind(a.repo.as_str())
+        .push(", ")
+        .bind(a.pr_number);
+    sql.push(", ").bind(a.actor_id).push(", ").bind(a.review_id);
+    sql.push(", ").bind(a.at).push(", ").bind(flag(a.counts));
+    sql.push(", ").bind(flag(a.deleted)).push(")");
+    // A deletion is final; the time is the earliest seen.
+    sql.push(&format!(
+        " ON CONFLICT (kind, source_id) DO UPDATE SET \
+         deleted = CASE WHEN pr_activity.deleted = 1 OR excluded.deleted = 1 THEN 1 ELSE 0 END, \
+         review_id = COALESCE(pr_activity.review_id, excluded.review_id), at = {}",
+        min_known("pr_activity.at", "excluded.at")
+    ));
+    sql.execute(&mut *conn).await?;
+    refresh_first_review(conn, &a.repo, a.pr_number).await?;
+    if let Some(review_id) = a.review_id {
+        refresh_review_comments(conn, review_id).await?;
+    }
+    Ok(())
+}
+
+/// Which pull requests to read.
+#[derive(Debug, Clone, Default)]
+pub struct PullFilter {
+    pub repo: Option<String>,
+    /// Author login, compared case-insensitively.
+    pub author: Option<String>,
+    /// Created at or after (Unix ms).
+    pub created_from: Option<i64>,
+    /// Created before (Unix ms).
+    pub created_to: Option<i64>,
+    /// Also include pull requests merged or closed in [from, to), for summaries.
+    pub ended_from: Option<i64>,
+    pub ended_to: Option<i64>,
+}
+
+/// A stored pull request with its author and review count, as the metrics read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequestRow {
+    pub repo: String,
+    pub number: i64,
+    pub github_id: i64,
+    pub title: String,
+    pub author: Option<String>,
+    pub author_is_bot: bool,
+    pub state: String,
+    pub draft: bool,
+    pub base_ref: Option<String>,
+    pub head_ref: Option<String>,
+    pub head_sha: Option<String>,
+    pub merge_commit_sha: Option<String>,
+    pub created_at: i64,
+    pub ready_for_review_at: Option<i64>,
+    pub first_commit_at: Option<i64>,
+    pub first_review_at: Option<i64>,
+    pub merged_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub additions: Option<i64>,
+    pub deletions: Option<i64>,
+    pub changed_files: Option<i64>,
+    pub commits: Option<i64>,
+    pub is_revert: bool,
+    pub reverts_number: Option<i64>,
+    pub reverted: bool,
+    pub is_hotfix: bool,
+    pub labels: Vec<String>,
+    pub updated_at: i64,
+    /// Reviews that count (not by the author; bots only when configured).
+    pub reviews: i64,
+}
+
+/// A stored review, for tests and tools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewRow {
+    pub github_id: i64,
+    pub repo: String,
+    pub pr_number: i64,
+    pub reviewer_id: i64,
+    pub state: String,
+    pub submitted_at: i64,
+    pub comment_count: i64,
+}
+
+/// A stored member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub github_id: i64,
+    pub login: String,
+    pub name: Option<String>,
+    pub is_bot: bool,
+    pub first_seen: i64,
+    pub updated: i64,
+}
+
+const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS author, \
+    m.is_bot AS author_is_bot, p.state, p.draft, p.base_ref, p.head_ref, p.head_sha, \
+    p.merge_commit_sha, p.created_at, p.ready_for_review_at, p.first_commit_at, \
+    p.first_review_at, p.merged_at, p.closed_at, p.additions, p.deletions, p.changed_files, \
+    p.commits, p.is_revert, p.reverts_number, p.reverted, p.is_hotfix, p.labels, p.updated_at, \
+    (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
+     AND a.kind = 'review' AND a.counts = 1) AS reviews";
+
+fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
+    let labels: String = r.try_get("labels")?;
+    let labels = serde_json::from_str(&labels)
+        .map_err(|e| StoreError::Corrupt(format!("pull_requests.labels: {e}")))?;
+    let is = |col: &str| -> Result<bool, sqlx::Error> { Ok(r.try_get::<i64, _>(col)? != 0) };
+    Ok(PullRequestRow {
+        repo: r.try_get("repo")?,
+        number: r.try_get("number")?,
+        github_id: r.try_get("github_id")?,
+        title: r.try_get("title")?,
+        author: opt_text(r, "author")?,
+        author_is_bot: r.try_get::<Option<i64>, _>("author_is_bot")?.unwrap_or(0) != 0,
+        state: r.try_get("state")?,
+        draft: is("draft")?,
+        base_ref: opt_text(r, "base_ref")?,
+        head_ref: opt_text(r, "head_ref")?,
+        head_sha: opt_text(r, "head_sha")?,
+        merge_commit_sha: opt_text(r, "merge_commit_sha")?,
+        created_at: r.try_get("created_at")?,
+        ready_for_review_at: r.try_get("ready_for_review_at")?,
+        first_commit_at: r.try_get("first_commit_at")?,
+        first_review_at: r.try_get("first_review_at")?,
+        merged_at: r.try_get("merged_at")?,
+        closed_at: r.try_get("closed_at")?,
+        additions: r.try_get("additions")?,
+        deletions: r.try_get("deletions")?,
+        changed_files: r.try_get("changed_files")?,
+        commits: r.try_get("commits")?,
+        is_revert: is("is_revert")?,
+        reverts_number: r.try_get("reverts_number")?,
+        reverted: is("reverted")?,
+        is_hotfix: is("is_hotfix")?,
+        labels,
+        updated_at: r.try_get("updated_at")?,
+        reviews: r.try_get("reviews")?,
+    })
+}
+
+impl Store {
+    /// Pull requests matching `filter`, by repository, creation time and number.
+    pub async fn pull_requests(
+        &self,
+        filter: &PullFilter,
+    ) -> Result<Vec<PullRequestRow>, StoreError> {
+        let mut sql = Sql::new("SELECT ");
+        sql.push(PULL_COLUMNS).push(
+            " FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1",
+        );
+        if let Some(repo) = &filter.repo {
+            sql.push(" AND p.repo = ").bind(repo.as_str());
+        }
+        if let Some(author) = &filter.author {
+            sql.push(" AND LOWER(m.login) = ")
+                .bind(author.to_lowercase());
+        }
+        let created = |sql: &mut Sql| {
+            sql.push("(1 = 1");
+            if let Some(from) = filter.created_from {
+                sql.push(" AND p.created_at >= ").bind(from);
+            }
+            if let Some(to) = filter.created_to {
+                sql.push(" AND p.created_at < ").bind(to);
+            }
+            sql.push(")");
+        };
+        sql.push(" AND (");
+        created(&mut sql);
+        if filter.ended_from.is_some() || filter.ended_to.is_some() {
+            let ended = "COALESCE(p.merged_at, p.closed_at)";
+            sql.push(" OR (").push(ended).push(" IS NOT NULL");
+            if let Some(from) = filter.ended_from {
+                sql.push(" AND ").push(ended).push(" >= ").bind(from);
+            }
+            if let Some(to) = filter.ended_to {
+                sql.push(" AND ").push(ended).push(" < ").bind(to);
+            }
+            sql.push(")");
+        }
+        sql.push(") ORDER BY p.repo, p.created_at, p.number");
+        sql.fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(pull_row)
+            .collect()
+    }
+
+    /// Reviews submitted in [from, to) by people other than the pull request's author, per
+    /// reviewer login, most first. Bots are left out.
+    pub async fn reviews_per_reviewer(
+        &self,
+        repo: Option<&str>,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT m.login, COUNT(*) AS n FROM reviews v \
+             JOIN members m ON m.github_id = v.reviewer_id \
+             LEFT JOIN pull_requests p ON p.repo = v.repo AND p.number = v.pr_number \
+             WHERE m.is_bot = 0 AND (p.author_id IS NULL OR p.author_id <> v.reviewer_id) \
+             AND v.submitted_at >= ",
+        );
+        sql.bind(from).push(" AND v.submitted_at < ").bind(to);
+        if let Some(repo) = repo {
+            sql.push(" AND v.repo = ").bind(repo);
+        }
+        sql.push(" GROUP BY m.login ORDER BY n DESC, m.login");
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Every review of a pull request, by id.
+    pub async fn reviews_of(&self, repo: &str, number: i64) -> Result<Vec<ReviewRow>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT github_id, repo, pr_number, reviewer_id, state, submitted_at, comment_count \
+             FROM reviews WHERE repo = ",
+        );
+        sql.bind(repo)
+            .push(" AND pr_number = ")
+            .bind(number)
+            .push(" ORDER BY github_id");
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(ReviewRow {
+                    github_id: r.try_get(0)?,
+                    repo: r.try_get(1)?,
+                    pr_number: r.try_get(2)?,
+                    reviewer_id: r.try_get(3)?,
+                    state: r.try_get(4)?,
+                    submitted_at: r.try_get(5)?,
+                    comment_count: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Every member, by GitHub id.
+    pub async fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT github_id, login, name, is_bot, first_seen, updated FROM members ORDER BY github_id",
+        )
+        .fetch_all(&self.inner.read)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(MemberRow {
+                    github_id: r.try_get(0)?,
+                    login: r.try_get(1)?,
+                    name: r.try_get(2)?,
+                    is_bot: r.try_get::<i64, _>(3)? != 0,
+                    first_seen: r.try_get(4)?,
+                    updated: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+}
+
+/// A stored event a metrics rebuild replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEventRef {
+    pub id: i64,
+    pub event: String,
+    pub action: Option<String>,
+}
+
+impl Store {
+    /// Applies effects in one transaction, as a finished job does. For `metrics rebuild` and
+    /// tests; handlers return effects to the queue instead.
+    pub async fn apply_effects(&self, effects: &[super::Effect]) -> Result<(), StoreError> {
+        let mut tx = self.inner.write.begin().await?;
+        for effect in effects {
+            super::jobs::apply_effect(&mut tx, effect).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Empties the metrics tables (members, pull requests, reviews, activity) before a rebuild.
+    pub async fn clear_metrics(&self) -> Result<(), StoreError> {
+        let mut tx = self.inner.write.begin().await?;
+        for table in ["pr_activity", "reviews", "pull_requests", "members"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stored events of the given types with an id above `after`, oldest first.
+    pub async fn events_of_types(
+        &self,
+        types: &[&str],
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEventRef>, StoreError> {
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new("SELECT id, event, action FROM events WHERE id > ");
+        sql.bind(after)
+            .push(" AND event IN ")
+            .bind_list(types.iter().copied());
+        sql.push(" ORDER BY id LIMIT ").bind(i64::from(limit));
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(StoredEventRef {
+                    id: r.try_get(0)?,
+                    event: r.try_get(1)?,
+                    action: opt_text(r, "action")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+}

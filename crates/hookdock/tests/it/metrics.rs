@@ -1,0 +1,1020 @@
+//! Pull request metrics end to end: real fixture payloads, adjusted into coherent pull request
+//! timelines, posted signed through the webhook endpoint; then the stored rows and the metrics
+//! API (JSON and CSV) checked value by value. Plus a property test: any order of one pull
+//! request's events leaves the same rows.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hookdock::config::MetricsSettings;
+use hookdock::handlers::metrics::effects_for;
+use hookdock::store::{PullFilter, Store, rfc3339};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const REPO: &str = "Codertocat/Hello-World";
+/// 2024-01-01T00:00:00Z, a Monday.
+const T0: i64 = 1_704_067_200_000;
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+
+#[derive(Debug, Clone, Copy)]
+struct User {
+    id: i64,
+    login: &'static str,
+    bot: bool,
+}
+
+const ANN: User = User {
+    id: 21031067,
+    login: "Codertocat",
+    bot: false,
+};
+const BOB: User = User {
+    id: 9001,
+    login: "bob",
+    bot: false,
+};
+const CAROL: User = User {
+    id: 9002,
+    login: "carol",
+    bot: false,
+};
+const BOT: User = User {
+    id: 9003,
+    login: "renovate[bot]",
+    bot: true,
+};
+
+fn user_json(u: User) -> Value {
+    json!({ "id": u.id, "login": u.login, "type": if u.bot { "Bot" } else { "User" } })
+}
+
+fn time(ms: i64) -> String {
+    rfc3339(ms)
+}
+
+/// A pull request as it stands at one moment of its timeline.
+#[derive(Debug, Clone)]
+struct Pr {
+    repo: String,
+    number: i64,
+    title: String,
+    body: String,
+    author: User,
+    draft: bool,
+    head_ref: String,
+    head_sha: String,
+    created_at: i64,
+    updated_at: i64,
+    closed_at: Option<i64>,
+    merged_at: Option<i64>,
+    merge_commit_sha: Option<String>,
+    size: (i64, i64, i64, i64),
+    labels: Vec<&'static str>,
+}
+
+impl Pr {
+    fn new(number: i64, created_at: i64) -> Pr {
+        Pr {
+            repo: REPO.to_owned(),
+            number,
+            title: format!("Change {number}"),
+            body: "A change.".to_owned(),
+            author: ANN,
+            draft: false,
+            head_ref: format!("feature-{number}"),
+            head_sha: format!("{number:040x}"),
+            created_at,
+            updated_at: created_at,
+            closed_at: None,
+            merged_at: None,
+            merge_commit_sha: None,
+            size: (10, 4, 2, 1),
+            labels: Vec::new(),
+        }
+    }
+
+    /// The same pull request later.
+    fn at(&self, t: i64) -> Pr {
+        Pr {
+            updated_at: t,
+            ..self.clone()
+        }
+    }
+
+    fn merged(&self, t: i64, sha: &str) -> Pr {
+        Pr {
+            updated_at: t,
+            closed_at: Some(t),
+            merged_at: Some(t),
+            merge_commit_sha: Some(sha.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn closed(&self, t: i64) -> Pr {
+        Pr {
+            updated_at: t,
+            closed_at: Some(t),
+            ..self.clone()
+        }
+    }
+
+    /// Writes this state into a payload's `pull_request` object; `full` adds what only
+    /// `pull_request` events carry.
+    fn write(&self, doc: &mut Value, full: bool) {
+        doc["repository"]["full_name"] = json!(self.repo);
+        let pr = &mut doc["pull_request"];
+        pr["number"] = json!(self.number);
+        pr["id"] = json!(1_000_000 + self.number);
+        pr["title"] = json!(self.title);
+        pr["body"] = json!(self.body);
+        pr["user"] = user_json(self.author);
+        pr["draft"] = json!(self.draft);
+        pr["state"] = json!(if self.closed_at.is_some() {
+            "closed"
+        } else {
+            "open"
+        });
+        pr["head"]["ref"] = json!(self.head_ref);
+        pr["head"]["sha"] = json!(self.head_sha);
+        pr["created_at"] = json!(time(self.created_at));
+        pr["updated_at"] = json!(time(self.updated_at));
+        pr["closed_at"] = json!(self.closed_at.map(time));
+        pr["merged_at"] = json!(self.merged_at.map(time));
+        pr["merge_commit_sha"] = json!(self.merge_commit_sha);
+        pr["labels"] = json!(
+            self.labels
+                .iter()
+                .map(|l| json!({ "name": l }))
+                .collect::<Vec<_>>()
+        );
+        if full {
+            pr["merged"] = json!(self.merged_at.is_some());
+            let (additions, deletions, changed_files, commits) = self.size;
+            pr["additions"] = json!(additions);
+            pr["deletions"] = json!(deletions);
+            pr["changed_files"] = json!(changed_files);
+            pr["commits"] = json!(commits);
+        }
+    }
+}
+
+/// One webhook delivery: event name and body.
+#[derive(Debug, Clone)]
+struct Delivery {
+    event: &'static str,
+    action: &'static str,
+    doc: Value,
+}
+
+fn fixture_json(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).expect("fixture is JSON")
+}
+
+/// A `pull_request` event from the real `pull_request.opened.0` payload.
+fn pr_event(action: &'static str, pr: &Pr) -> Delivery {
+    let mut doc = fixture_json("pull_request.opened.0");
+    doc["action"] = json!(action);
+    pr.write(&mut doc, true);
+    Delivery {
+        event: "pull_request",
+        action,
+        doc,
+    }
+}
+
+/// A `pull_request_review` event from the real `pull_request_review.submitted.1` payload.
+fn review_event(
+    action: &'static str,
+    pr: &Pr,
+    review_id: i64,
+    reviewer: User,
+    state: &str,
+    submitted_at: i64,
+) -> Delivery {
+    let mut doc = fixture_json("pull_request_review.submitted.1");
+    doc["action"] = json!(action);
+    pr.write(&mut doc, false);
+    doc["review"]["id"] = json!(review_id);
+    doc["review"]["user"] = user_json(reviewer);
+    doc["review"]["state"] = json!(state);
+    doc["review"]["submitted_at"] = json!(time(submitted_at));
+    Delivery {
+        event: "pull_request_review",
+        action,
+        doc,
+    }
+}
+
+/// A review comment from the real `pull_request_review_comment.created.0` payload.
+fn review_comment_event(pr: &Pr, id: i64, review_id: i64, user: User, at: i64) -> Delivery {
+    let mut doc = fixture_json("pull_request_review_comment.created.0");
+    pr.write(&mut doc, false);
+    doc["comment"]["id"] = json!(id);
+    doc["comment"]["pull_request_review_id"] = json!(review_id);
+    doc["comment"]["user"] = user_json(user);
+    doc["comment"]["created_at"] = json!(time(at));
+    doc["comment"]["updated_at"] = json!(time(at));
+    Delivery {
+        event: "pull_request_review_comment",
+        action: "created",
+        doc,
+    }
+}
+
+/// A comment on the pull request's conversation, from the real `issue_comment.created.0`.
+fn issue_comment_event(pr: &Pr, id: i64, user: User, at: i64) -> Delivery {
+    let mut doc = fixture_json("issue_comment.created.0");
+    doc["repository"]["full_name"] = json!(pr.repo);
+    doc["issue"]["number"] = json!(pr.number);
+    doc["issue"]["user"] = user_json(pr.author);
+    doc["issue"]["pull_request"] =
+        json!({ "url": format!("https://api.github.com/repos/{}/pulls/{}", pr.repo, pr.number) });
+    doc["comment"]["id"] = json!(id);
+    doc["comment"]["user"] = user_json(user);
+    doc["comment"]["created_at"] = json!(time(at));
+    doc["comment"]["updated_at"] = json!(time(at));
+    Delivery {
+        event: "issue_comment",
+        action: "created",
+        doc,
+    }
+}
+
+async fn post_all(app: &TestApp, deliveries: &[Delivery]) {
+    for d in deliveries {
+        let body = serde_json::to_vec(&d.doc).expect("serialize");
+        let (status, answer) = app.post(d.event, &body, &new_delivery_id()).await;
+        assert_eq!(status, StatusCode::OK, "{}.{}: {answer}", d.event, d.action);
+        assert_eq!(answer["status"], "received", "{answer}");
+        assert_eq!(answer["held"], Value::Null, "bodies are unique: {answer}");
+    }
+    app.wait_until_idle().await;
+    let counts = app.store.count_events_by_status().await.expect("counts");
+    assert_eq!(
+        counts.get("done").copied().unwrap_or(0),
+        counts.values().sum::<i64>(),
+        "every event handled: {counts:?}"
+    );
+}
+
+async fn pulls(app: &TestApp, query: &str) -> Vec<Value> {
+    let (status, body) = app.api_get(&format!("/api/v1/metrics/pulls{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["pulls"].as_array().expect("pulls array").clone()
+}
+
+fn by_number(rows: &[Value], number: i64) -> &Value {
+    rows.iter()
+        .find(|r| r["number"] == number)
+        .unwrap_or_else(|| panic!("no PR {number} in {rows:?}"))
+}
+
+async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let opened = Pr::new(20, T0);
+    let mut pushed = opened.at(T0 + 2 * HOUR);
+    pushed.size = (12, 4, 2, 2);
+    pushed.head_sha = "b".repeat(40);
+    let merged = pushed.merged(T0 + 5 * HOUR, &"a".repeat(40));
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &opened),
+            // The author's own comment is not a review.
+            issue_comment_event(&opened.at(T0 + 10 * MIN), 8001, ANN, T0 + 10 * MIN),
+            review_comment_event(&opened.at(T0 + 90 * MIN), 6001, 7001, BOB, T0 + 90 * MIN),
+            review_event(
+                "submitted",
+                &opened.at(T0 + 90 * MIN),
+                7001,
+                BOB,
+                "commented",
+                T0 + 90 * MIN,
+            ),
+            pr_event("synchronize", &pushed),
+            review_event(
+                "submitted",
+                &pushed.at(T0 + 3 * HOUR),
+                7002,
+                CAROL,
+                "APPROVED",
+                T0 + 3 * HOUR,
+            ),
+            pr_event("closed", &merged),
+        ],
+    )
+    .await;
+
+    let rows = pulls(&app, &format!("?repo={REPO}")).await;
+    assert_eq!(rows.len(), 1);
+    let pr = &rows[0];
+    let expected = json!({
+        "repo": REPO, "number": 20, "title": "Change 20", "author": "Codertocat",
+        "author_is_bot": false, "state": "merged", "draft": false, "base_ref": "master",
+        "head_ref": "feature-20",
+        "created_at": "2024-01-01T00:00:00.000Z", "ready_for_review_at": null,
+        "first_commit_at": null, "first_review_at": "2024-01-01T01:30:00.000Z",
+        "merged_at": "2024-01-01T05:00:00.000Z", "closed_at": "2024-01-01T05:00:00.000Z",
+        "coding_hours": null, "pickup_hours": 1.5, "review_hours": 3.5, "cycle_hours": 5.0,
+        "time_to_merge_hours": 5.0, "additions": 12, "deletions": 4, "size": 16,
+        "changed_files": 2, "commits": 2, "reviews": 2, "is_revert": false,
+        "reverts_number": null, "reverted": false, "is_hotfix": false, "labels": []
+    });
+    assert_eq!(pr, &expected);
+
+    let reviews = app.store.reviews_of(REPO, 20).await.expect("reviews");
+    let summary: Vec<_> = reviews
+        .iter()
+        .map(|r| {
+            (
+                r.github_id,
+                r.reviewer_id,
+                r.state.as_str(),
+                r.comment_count,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (7001, BOB.id, "commented", 1),
+            (7002, CAROL.id, "approved", 0)
+        ]
+    );
+    let members: Vec<_> = app
+        .store
+        .members()
+        .await
+        .expect("members")
+        .into_iter()
+        .map(|m| (m.github_id, m.login, m.is_bot))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            (BOB.id, "bob".to_owned(), false),
+            (CAROL.id, "carol".to_owned(), false),
+            (ANN.id, "Codertocat".to_owned(), false),
+        ]
+    );
+
+    // CSV: a header row, then the same values.
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/metrics/pulls?repo={REPO}&format=csv",
+            app.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let csv = response.text().await.expect("body");
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let values: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(header.len(), values.len());
+    let cell = |name: &str| values[header.iter().position(|h| *h == name).expect(name)];
+    assert_eq!(cell("repo"), REPO);
+    assert_eq!(cell("number"), "20");
+    assert_eq!(cell("state"), "merged");
+    assert_eq!(cell("first_review_at"), "2024-01-01T01:30:00.000Z");
+    assert_eq!(cell("coding_hours"), "");
+    assert_eq!(cell("pickup_hours"), "1.5");
+    assert_eq!(cell("review_hours"), "3.5");
+    assert_eq!(cell("cycle_hours"), "5");
+    assert_eq!(cell("size"), "16");
+    assert_eq!(cell("reviews"), "2");
+    assert_eq!(cell("reverted"), "false");
+
+    let (status, s) = app
+        .api_get(&format!(
+            "/api/v1/metrics/summary?repo={REPO}&window=7d&until=2024-01-08"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["since"], "2024-01-01T00:00:00.000Z");
+    assert_eq!(s["until"], "2024-01-08T00:00:00.000Z");
+    assert_eq!(
+        s["pull_requests"],
+        json!({"opened": 1, "merged": 1, "closed_without_merge": 0})
+    );
+    let one = |h: f64| json!({"count": 1, "median_hours": h, "p75_hours": h, "p90_hours": h});
+    assert_eq!(s["pickup_time"], one(1.5));
+    assert_eq!(s["review_time"], one(3.5));
+    assert_eq!(s["cycle_time"], one(5.0));
+    assert_eq!(s["time_to_merge"], one(5.0));
+    assert_eq!(
+        s["coding_time"],
+        json!({"count": 0, "median_hours": null, "p75_hours": null, "p90_hours": null})
+    );
+    assert_eq!(
+        s["size"],
+        json!({"count": 1, "median": 16.0, "p75": 16.0, "p90": 16.0})
+    );
+    assert_eq!(s["throughput_per_week"], 1.0);
+    assert_eq!(s["revert_rate"], 0.0);
+    assert_eq!(s["hotfix_rate"], 0.0);
+    assert_eq!(s["review_coverage"], 1.0);
+    assert_eq!(s["author_match_rate"], 1.0);
+    assert_eq!(
+        s["reviews_per_reviewer"],
+        json!({"reviewers": 2, "reviews": 2, "average": 1.0, "by_reviewer": [
+            {"login": "bob", "reviews": 1}, {"login": "carol", "reviews": 1}]})
+    );
+    assert_eq!(
+        s["weekly"],
+        json!([{"week_start": "2024-01-01", "opened": 1, "merged": 1, "median_cycle_hours": 5.0}])
+    );
+
+    // Outside the window: nothing.
+    let (_, s) = app
+        .api_get(&format!(
+            "/api/v1/metrics/summary?repo={REPO}&window=7d&until=2024-01-01"
+        ))
+        .await;
+    assert_eq!(s["pull_requests"]["merged"], 0);
+    assert_eq!(s["revert_rate"], Value::Null);
+    app.stop().await;
+}
+
+async fn drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let sha30 = "3".repeat(40);
+    let sha31 = "c1".repeat(20);
+
+    // #30: opened as a draft, ready after 2 h, reviewed 1 h later, merged; reverted by #32.
+    let mut draft = Pr::new(30, T0);
+    draft.draft = true;
+    let mut ready = draft.at(T0 + 2 * HOUR);
+    ready.draft = false;
+    // #31: the author's and a bot's reviews do not count; a comment by carol does. Closed,
+    // reopened, merged; reverted by commit through #34, which arrives before #31's merge.
+    let p31 = Pr::new(31, T0);
+    let reopened = Pr {
+        closed_at: None,
+        ..p31.closed(T0 + 4 * HOUR)
+    };
+    // #32: GitHub's revert pull request of #30.
+    let mut revert = Pr::new(32, T0 + 5 * HOUR);
+    revert.title = "Revert \"Change 30\"".to_owned();
+    revert.body = format!("Reverts {REPO}#30");
+    // #33: a hotfix branch, closed without merge.
+    let mut hotfix = Pr::new(33, T0 + HOUR);
+    hotfix.head_ref = "hotfix/login".to_owned();
+    // #34: `git revert` of #31's merge commit.
+    let mut by_commit = Pr::new(34, T0 + 6 * HOUR + 30 * MIN);
+    by_commit.body = format!("This reverts commit {sha31}.");
+
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &draft),
+            pr_event("ready_for_review", &ready),
+            review_event(
+                "submitted",
+                &ready.at(T0 + 3 * HOUR),
+                7301,
+                BOB,
+                "approved",
+                T0 + 3 * HOUR,
+            ),
+            pr_event("closed", &ready.merged(T0 + 4 * HOUR, &sha30)),
+            pr_event("opened", &p31),
+            review_event(
+                "submitted",
+                &p31.at(T0 + 5 * MIN),
+                7311,
+                ANN,
+                "approved",
+                T0 + 5 * MIN,
+            ),
+            review_event(
+                "submitted",
+                &p31.at(T0 + 10 * MIN),
+                7312,
+                BOT,
+                "commented",
+                T0 + 10 * MIN,
+            ),
+            issue_comment_event(&p31, 8311, CAROL, T0 + 2 * HOUR),
+            pr_event("closed", &p31.closed(T0 + 3 * HOUR)),
+            pr_event("reopened", &reopened),
+            pr_event("opened", &by_commit),
+            pr_event("closed", &by_commit.merged(T0 + 7 * HOUR, &"d".repeat(40))),
+            pr_event("closed", &reopened.merged(T0 + 6 * HOUR, &sha31)),
+            pr_event("opened", &revert),
+            pr_event(
+                "closed",
+                &revert.merged(T0 + 5 * HOUR + 30 * MIN, &"e".repeat(40)),
+            ),
+            pr_event("opened", &hotfix),
+            pr_event("closed", &hotfix.closed(T0 + 2 * HOUR)),
+        ],
+    )
+    .await;
+
+    let rows = pulls(&app, "?since=2024-01-01&until=2024-01-02").await;
+    assert_eq!(
+        rows.iter().map(|r| r["number"].clone()).collect::<Vec<_>>(),
+        [json!(30), json!(31), json!(33), json!(32), json!(34)],
+        "ordered by creation"
+    );
+    let pick = |n: i64, keys: &[&str]| -> Value {
+        let row = by_number(&rows, n);
+        Value::Object(
+            keys.iter()
+                .map(|k| (k.to_string(), row[*k].clone()))
+                .collect(),
+        )
+    };
+    let keys = [
+        "state",
+        "draft",
+        "ready_for_review_at",
+        "first_review_at",
+        "pickup_hours",
+        "review_hours",
+        "cycle_hours",
+        "reviews",
+        "is_revert",
+        "reverts_number",
+        "reverted",
+        "is_hotfix",
+    ];
+    assert_eq!(
+        pick(30, &keys),
+        json!({"state": "merged", "draft": false,
+            "ready_for_review_at": "2024-01-01T02:00:00.000Z",
+            "first_review_at": "2024-01-01T03:00:00.000Z", "pickup_hours": 1.0,
+            "review_hours": 1.0, "cycle_hours": 4.0, "reviews": 1, "is_revert": false,
+            "reverts_number": null, "reverted": true, "is_hotfix": false})
+    );
+    assert_eq!(
+        pick(31, &keys),
+        json!({"state": "merged", "draft": false, "ready_for_review_at": null,
+            "first_review_at": "2024-01-01T02:00:00.000Z", "pickup_hours": 2.0,
+            "review_hours": 4.0, "cycle_hours": 6.0, "reviews": 0, "is_revert": false,
+            "reverts_number": null, "reverted": true, "is_hotfix": false})
+    );
+    assert_eq!(
+        pick(32, &keys),
+        json!({"state": "merged", "draft": false, "ready_for_review_at": null,
+            "first_review_at": null, "pickup_hours": null, "review_hours": null,
+            "cycle_hours": 0.5, "reviews": 0, "is_revert": true, "reverts_number": 30,
+            "reverted": false, "is_hotfix": false})
+    );
+    assert_eq!(
+        pick(33, &keys),
+        json!({"state": "closed", "draft": false, "ready_for_review_at": null,
+            "first_review_at": null, "pickup_hours": null, "review_hours": null,
+            "cycle_hours": null, "reviews": 0, "is_revert": false, "reverts_number": null,
+            "reverted": false, "is_hotfix": true})
+    );
+    assert_eq!(
+        pick(34, &["is_revert", "reverts_number", "cycle_hours"]),
+        json!({"is_revert": true, "reverts_number": 31, "cycle_hours": 0.5})
+    );
+    let bot = app
+        .store
+        .members()
+        .await
+        .expect("members")
+        .into_iter()
+        .find(|m| m.github_id == BOT.id)
+        .expect("bot stored as a member");
+    assert!(bot.is_bot);
+
+    let filtered = pulls(&app, "?author=codertocat&since=2024-01-01T05:00:00Z").await;
+    assert_eq!(
+        filtered
+            .iter()
+            .map(|r| r["number"].clone())
+            .collect::<Vec<_>>(),
+        [json!(32), json!(34)]
+    );
+    assert!(pulls(&app, "?author=bob").await.is_empty());
+
+    let (status, s) = app
+        .api_get("/api/v1/metrics/summary?window=14d&until=2024-01-15T00:00:00Z")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(
+        s["pull_requests"],
+        json!({"opened": 5, "merged": 4, "closed_without_merge": 1})
+    );
+    // Cycle times of the merged: 0.5 h (#32, #34), 4 h (#30), 6 h (#31).
+    assert_eq!(
+        s["cycle_time"],
+        json!({"count": 4, "median_hours": 2.25, "p75_hours": 4.5, "p90_hours": 5.4})
+    );
+    assert_eq!(
+        s["pickup_time"],
+        json!({"count": 2, "median_hours": 1.5, "p75_hours": 1.75, "p90_hours": 1.9})
+    );
+    assert_eq!(s["throughput_per_week"], 2.0);
+    assert_eq!(s["revert_rate"], 0.5);
+    assert_eq!(s["hotfix_rate"], 0.0);
+    assert_eq!(s["review_coverage"], 0.25);
+    assert_eq!(
+        s["reviews_per_reviewer"],
+        json!({"reviewers": 1, "reviews": 1, "average": 1.0,
+            "by_reviewer": [{"login": "bob", "reviews": 1}]})
+    );
+    assert_eq!(
+        s["weekly"],
+        json!([
+            {"week_start": "2024-01-01", "opened": 5, "merged": 4, "median_cycle_hours": 2.25},
+            {"week_start": "2024-01-08", "opened": 0, "merged": 0, "median_cycle_hours": null}
+        ])
+    );
+    app.stop().await;
+}
+
+async fn bot_reviews_count_when_configured(backend: Backend) {
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| s.set("handlers.metrics.count_bot_reviews", true),
+        vec![],
+    )
+    .await;
+    let pr = Pr::new(50, T0);
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &pr),
+            review_event(
+                "submitted",
+                &pr.at(T0 + 10 * MIN),
+                7501,
+                BOT,
+                "commented",
+                T0 + 10 * MIN,
+            ),
+        ],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    assert_eq!(rows[0]["first_review_at"], "2024-01-01T00:10:00.000Z");
+    assert_eq!(rows[0]["pickup_hours"], 0.1667);
+    assert_eq!(rows[0]["reviews"], 1);
+    app.stop().await;
+}
+
+async fn older_events_never_overwrite_newer_state_and_partial_data_fills_in(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let mut first = Pr::new(40, T0);
+    first.title = "T0".to_owned();
+    let mut reviewed = first.at(T0 + HOUR);
+    reviewed.title = "T1".to_owned();
+    let mut pushed = first.at(T0 + 2 * HOUR);
+    pushed.title = "T2".to_owned();
+    pushed.size = (99, 99, 9, 9);
+    let mut merged = first.merged(T0 + 3 * HOUR, &"f".repeat(40));
+    merged.title = "T3".to_owned();
+    merged.size = (30, 3, 3, 3);
+
+    // The review arrives first: the PR is created from the review's reduced object.
+    post_all(
+        &app,
+        &[review_event(
+            "submitted",
+            &reviewed,
+            7401,
+            BOB,
+            "approved",
+            T0 + HOUR,
+        )],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    assert_eq!(
+        (
+            &rows[0]["title"],
+            &rows[0]["state"],
+            &rows[0]["additions"],
+            &rows[0]["size"]
+        ),
+        (&json!("T1"), &json!("open"), &Value::Null, &Value::Null)
+    );
+
+    post_all(&app, &[pr_event("closed", &merged)]).await;
+    // Older events, full and partial, arrive late.
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &first),
+            pr_event("synchronize", &pushed),
+            review_event(
+                "edited",
+                &reviewed.at(T0 + HOUR + MIN),
+                7401,
+                BOB,
+                "approved",
+                T0 + HOUR,
+            ),
+        ],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    let pr = &rows[0];
+    assert_eq!(pr["title"], "T3");
+    assert_eq!(pr["state"], "merged");
+    assert_eq!(pr["merged_at"], "2024-01-01T03:00:00.000Z");
+    assert_eq!(
+        (&pr["additions"], &pr["deletions"], &pr["commits"]),
+        (&json!(30), &json!(3), &json!(3))
+    );
+    assert_eq!(pr["first_review_at"], "2024-01-01T01:00:00.000Z");
+    assert_eq!(pr["review_hours"], 2.0);
+
+    // A rebuild from the stored events gives the same rows.
+    let before = pulls(&app, "").await;
+    let report = hookdock::handlers::metrics::rebuild(&app.store, &app.settings.handlers.metrics)
+        .await
+        .expect("rebuild");
+    assert_eq!((report.events, report.skipped), (5, 0));
+    assert_eq!(pulls(&app, "").await, before);
+    app.stop().await;
+}
+
+async fn rebuild_command_recomputes_rows_under_changed_settings(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let pr = Pr::new(60, T0);
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &pr),
+            review_event(
+                "submitted",
+                &pr.at(T0 + 10 * MIN),
+                7601,
+                BOT,
+                "commented",
+                T0 + 10 * MIN,
+            ),
+            review_event(
+                "submitted",
+                &pr.at(T0 + HOUR),
+                7602,
+                BOB,
+                "approved",
+                T0 + HOUR,
+            ),
+        ],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    assert_eq!(
+        (&rows[0]["first_review_at"], &rows[0]["reviews"]),
+        (&json!("2024-01-01T01:00:00.000Z"), &json!(1))
+    );
+
+    // Counting bots changes the definition: `hookdock metrics rebuild` recomputes the rows.
+    let url = app.settings.database_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookdock"));
+        command
+            .args(["metrics", "rebuild"])
+            .env_clear()
+            .env("HOOKDOCK_DATABASE_URL", url)
+            .env("HOOKDOCK_HANDLERS__METRICS__COUNT_BOT_REVIEWS", "true")
+            .current_dir(std::env::temp_dir());
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        command.output().expect("run hookdock")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("metrics rebuilt from 3 event(s); 0 skipped"),
+        "{stdout}"
+    );
+    let rows = pulls(&app, "").await;
+    assert_eq!(
+        (&rows[0]["first_review_at"], &rows[0]["reviews"]),
+        (&json!("2024-01-01T00:10:00.000Z"), &json!(2))
+    );
+    app.stop().await;
+}
+
+async fn bad_parameters_are_refused_naming_the_parameter(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let cases = [
+        ("/api/v1/metrics/pulls?repo=nope", "repo"),
+        ("/api/v1/metrics/pulls?since=yesterday", "since"),
+        ("/api/v1/metrics/pulls?until=2024-13-01", "until"),
+        (
+            "/api/v1/metrics/pulls?since=2024-02-01&until=2024-01-01",
+            "until",
+        ),
+        ("/api/v1/metrics/pulls?format=xml", "format"),
+        ("/api/v1/metrics/pulls?colour=red", "colour"),
+        ("/api/v1/metrics/summary?window=0d", "window"),
+        ("/api/v1/metrics/summary?window=month", "window"),
+        ("/api/v1/metrics/summary?team=core", "team"),
+        ("/api/v1/metrics/summary?until=soon", "until"),
+    ];
+    for (path, parameter) in cases {
+        let (status, body) = app.api_get(path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"], "invalid_parameter", "{path}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(parameter), "{path}: {message}");
+    }
+    let response = app
+        .client
+        .get(format!("{}/api/v1/metrics/summary", app.base))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response.status(),
+        StatusCode::UNAUTHORIZED,
+        "behind the admin guard"
+    );
+    app.stop().await;
+}
+
+/// One pull request's events, from real payloads, for `repo`; review and comment ids are
+/// shifted by `ids` so that several timelines can share a database.
+fn timeline(repo: &str, ids: i64) -> Vec<Delivery> {
+    let mut opened = Pr::new(2, T0);
+    opened.repo = repo.to_owned();
+    let mut pushed = opened.at(T0 + HOUR);
+    pushed.size = (20, 5, 3, 2);
+    pushed.head_sha = "9".repeat(40);
+    let merged = pushed.merged(T0 + 3 * HOUR, &"8".repeat(40));
+    let mut labeled = pushed.at(T0 + 2 * HOUR + 30 * MIN);
+    labeled.labels = vec!["hotfix"];
+    let merged_labeled = Pr {
+        labels: vec!["hotfix"],
+        ..merged.clone()
+    };
+    vec![
+        pr_event("opened", &opened),
+        issue_comment_event(&opened, 8201 + ids, CAROL, T0 + 30 * MIN),
+        pr_event("synchronize", &pushed),
+        review_comment_event(
+            &pushed.at(T0 + 110 * MIN),
+            6201 + ids,
+            7201 + ids,
+            BOB,
+            T0 + 110 * MIN,
+        ),
+        review_event(
+            "submitted",
+            &pushed.at(T0 + 2 * HOUR),
+            7201 + ids,
+            BOB,
+            "approved",
+            T0 + 2 * HOUR,
+        ),
+        review_event(
+            "submitted",
+            &pushed.at(T0 + 2 * HOUR + 10 * MIN),
+            7202 + ids,
+            BOT,
+            "commented",
+            T0 + 2 * HOUR + 10 * MIN,
+        ),
+        pr_event("labeled", &labeled),
+        pr_event("closed", &merged_labeled),
+        review_event(
+            "dismissed",
+            &merged_labeled.at(T0 + 4 * HOUR),
+            7201 + ids,
+            BOB,
+            "dismissed",
+            T0 + 2 * HOUR,
+        ),
+    ]
+}
+
+/// Everything stored about one repository's pull request, without the repository name and
+/// the id shift.
+async fn snapshot(store: &Store, repo: &str, ids: i64) -> String {
+    let mut prs = store
+        .pull_requests(&PullFilter {
+            repo: Some(repo.to_owned()),
+            ..PullFilter::default()
+        })
+        .await
+        .expect("pull requests");
+    for pr in &mut prs {
+        pr.repo.clear();
+    }
+    let mut reviews = store.reviews_of(repo, 2).await.expect("reviews");
+    for r in &mut reviews {
+        r.repo.clear();
+        r.github_id -= ids;
+    }
+    let members = store.members().await.expect("members");
+    format!("{prs:?}\n{reviews:?}\n{members:?}")
+}
+
+async fn apply_in_order(
+    store: &Store,
+    settings: &MetricsSettings,
+    events: &[Delivery],
+    order: &[usize],
+) {
+    for &i in order {
+        let e = &events[i];
+        let effects = effects_for(e.event, Some(e.action), &e.doc, settings).expect("parses");
+        store.apply_effects(&effects).await.expect("applied");
+    }
+}
+
+async fn any_order_of_a_pull_requests_events_gives_the_same_rows(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let settings = app.settings.handlers.metrics.clone();
+    let canonical = timeline("prop/canonical", 0);
+    let in_order: Vec<usize> = (0..canonical.len()).collect();
+    apply_in_order(&app.store, &settings, &canonical, &in_order).await;
+    let expected = snapshot(&app.store, "prop/canonical", 0).await;
+    // The chronological result is the right one, not just a stable one.
+    let rows = app
+        .store
+        .pull_requests(&PullFilter {
+            repo: Some("prop/canonical".into()),
+            ..PullFilter::default()
+        })
+        .await
+        .expect("rows");
+    let pr = &rows[0];
+    assert_eq!(
+        (pr.state.as_str(), pr.additions, pr.commits, pr.is_hotfix),
+        ("merged", Some(20), Some(2), true)
+    );
+    assert_eq!(pr.first_review_at, Some(T0 + 30 * MIN));
+    assert_eq!(pr.reviews, 1, "bob's; the bot's does not count");
+    let reviews = app
+        .store
+        .reviews_of("prop/canonical", 2)
+        .await
+        .expect("reviews");
+    assert_eq!(
+        reviews
+            .iter()
+            .map(|r| (r.github_id, r.state.as_str(), r.comment_count))
+            .collect::<Vec<_>>(),
+        [(7201, "dismissed", 1), (7202, "commented", 0)]
+    );
+
+    let case = AtomicUsize::new(0);
+    let handle = tokio::runtime::Handle::current();
+    let mut runner = TestRunner::new(Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = tokio::task::block_in_place(|| {
+        runner.run(&Just(in_order.clone()).prop_shuffle(), |order| {
+            let n = case.fetch_add(1, Ordering::Relaxed) as i64 + 1;
+            let repo = format!("prop/case-{n}");
+            let events = timeline(&repo, n * 100_000);
+            let got = handle.block_on(async {
+                apply_in_order(&app.store, &settings, &events, &order).await;
+                snapshot(&app.store, &repo, n * 100_000).await
+            });
+            prop_assert_eq!(&got, &expected, "order {:?}", order);
+            Ok(())
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    app.stop().await;
+}
+
+crate::backend_tests!(
+    merged_pull_request_with_reviews_has_expected_metrics,
+    drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics,
+    bot_reviews_count_when_configured,
+    older_events_never_overwrite_newer_state_and_partial_data_fills_in,
+    rebuild_command_recomputes_rows_under_changed_settings,
+    bad_parameters_are_refused_naming_the_parameter,
+    any_order_of_a_pull_requests_events_gives_the_same_rows,
+);
