@@ -49,8 +49,8 @@ pub enum OrgsCommand {
 }
 
 /// The token: `github_token` (HOOKDOCK_GITHUB_TOKEN, then GITHUB_TOKEN), else what the GitHub
-/// CLI is signed in with (`gh auth token`), for an operator at a terminal.
-fn with_cli_token(mut settings: Settings) -> Settings {
+/// CLI is signed in with (`gh auth token`), for a single operator on their own machine.
+pub fn with_cli_token(mut settings: Settings) -> Settings {
     if settings.github_token.is_none()
         && let Ok(out) = std::process::Command::new("gh")
             .args(["auth", "token"])

@@ -210,7 +210,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
 pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Serve { listen } => {
-            let settings = cli.settings(listen.as_ref())?;
+            let settings = hooks::with_cli_token(cli.settings(listen.as_ref())?);
             telemetry::init_tracing(&settings.log, settings.log_format);
             let app = App::build(settings).await.context("starting hookdock")?;
             let shutdown = CancellationToken::new();
