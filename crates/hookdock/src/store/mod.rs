@@ -400,9 +400,10 @@ impl Store {
 
 /// Moves SQLite's write-ahead log into the database file from a reader connection, so the
 /// group-commit writer does not stall on checkpoints (a passive checkpoint never blocks it).
-/// Ends when the store is closed.
+/// Frequent small checkpoints disturb the writer's fsync less than rare large ones (see
+/// BENCHMARKS.md). Ends when the store is closed.
 async fn checkpoints(read: AnyPool) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
