@@ -79,6 +79,15 @@ enum MetricsCommand {
     /// Recompute members, pull requests and reviews from the stored events, oldest first
     /// (after a change of definitions or of handlers.metrics settings).
     Rebuild,
+    /// Load a repository's pull requests and reviews through GitHub's REST API (with
+    /// HOOKDOCK_GITHUB_TOKEN); running it again after an interruption resumes where it stopped.
+    Backfill {
+        /// owner/repo
+        repo: String,
+        /// Pull requests updated in this span, e.g. 90d, 12h.
+        #[arg(long, default_value = "90d")]
+        since: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -320,10 +329,85 @@ async fn store_command(
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Metrics(MetricsCommand::Backfill { repo, since }) => {
+            backfill_command(repo, since, settings, store).await
+        }
         Command::Serve { .. } | Command::Migrate | Command::CheckConfig | Command::Send(_) => {
             Err(anyhow::anyhow!("this command does not run on an open database").into())
         }
     }
+}
+
+/// `metrics backfill`: progress on stderr (one line per 10 pull requests, or a line redrawn in
+/// place on a terminal), the summary on stdout.
+async fn backfill_command(
+    repo: &str,
+    since: &str,
+    settings: Settings,
+    store: &Store,
+) -> Result<ExitCode, Failure> {
+    use hookdock::handlers::backfill::{Backfill, BackfillProgress};
+    use std::io::{IsTerminal, Write};
+
+    let span = hookdock::config::parse_span(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let settings = hooks::with_cli_token(settings);
+    let Some(token) = settings.github_token.clone() else {
+        return Err(anyhow::anyhow!(
+            "metrics backfill needs a GitHub token: set HOOKDOCK_GITHUB_TOKEN (or github_token in the config file, or sign in with `gh auth login`)"
+        )
+        .into());
+    };
+    let clock = std::sync::Arc::new(hookdock::clock::SystemClock);
+    let github = hookdock::github::Github::new(
+        hookdock::github::GithubConfig::from_settings(&settings),
+        clock.clone(),
+    )
+    .map_err(anyhow::Error::from)?;
+    let client = github.client(Some(token));
+    let backfill = Backfill {
+        store,
+        github: &client,
+        clock: clock.as_ref(),
+        settings: &settings.handlers.metrics,
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |p: BackfillProgress| {
+        let mut err = std::io::stderr().lock();
+        let line = match p {
+            BackfillProgress::Listed { pulls } => {
+                if !terminal {
+                    return;
+                }
+                format!("backfill {repo}: listing, {pulls} pull requests")
+            }
+            BackfillProgress::Pulls { done, total } => {
+                if !terminal && done % 10 != 0 && done != total {
+                    return;
+                }
+                format!("backfill {repo}: {done}/{total} pull requests")
+            }
+        };
+        if terminal {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+    };
+    let result = backfill.run(repo, span, &mut progress).await;
+    if terminal {
+        eprintln!();
+    }
+    let report = result.map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
+    println!(
+        "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out",
+        report.repo,
+        report.listed,
+        report.fetched,
+        report.resumed,
+        report.reviews,
+        report.reviews_skipped
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn send_command(args: &SendArgs) -> Result<ExitCode, Failure> {

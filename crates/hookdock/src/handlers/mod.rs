@@ -6,6 +6,7 @@
 //! job's completion; writes elsewhere must be idempotent.
 
 mod activity;
+pub mod backfill;
 pub mod metrics;
 
 use std::future::Future;

@@ -10,6 +10,7 @@
 //! one fsync. On SQLite all writes share one connection, so writers queue in order instead of
 //! sleeping on the file lock.
 
+mod backfill;
 mod dialect;
 mod events;
 mod hooks;
@@ -26,6 +27,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
+pub use backfill::BackfillProgress;
 pub use dialect::Dialect;
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};

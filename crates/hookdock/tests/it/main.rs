@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod backfill;
 mod cli;
 mod crash;
 mod github;

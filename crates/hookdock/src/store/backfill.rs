@@ -1,0 +1,135 @@
+//! SQL for `hookdock metrics backfill`: the per-repository progress row that makes a run
+//! resumable, and the transaction that applies one pull request's effects together with the
+//! progress it represents (so the recorded progress never runs ahead of the stored rows).
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::sql::Sql;
+use super::{Effect, Store, StoreError};
+
+/// Where a repository's backfill stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillProgress {
+    pub repo: String,
+    /// When the run began listing (Unix ms, hookdock's clock).
+    pub started_at: i64,
+    /// The run's lower bound on GitHub's `updated_at` (Unix ms).
+    pub since: i64,
+    /// The last fully processed pull request in listing order (`updated_at` descending,
+    /// Unix ms) and its number.
+    pub cursor: Option<(i64, i64)>,
+    /// Pull requests the run has processed (over all its attempts).
+    pub pulls_done: i64,
+    pub updated: i64,
+    /// Set once the run reached its end.
+    pub completed_at: Option<i64>,
+}
+
+impl Store {
+    /// The backfill progress of `repo` (GitHub's `owner/name`), if a run ever started.
+    pub async fn backfill_progress(
+        &self,
+        repo: &str,
+    ) -> Result<Option<BackfillProgress>, StoreError> {
+        let mut sql = Sql::new(
+            "SELECT repo, started_at, since_at, cursor_updated_at, cursor_number, pulls_done, \
+             updated, completed_at FROM backfill_progress WHERE repo = ",
+        );
+        sql.bind(repo);
+        let Some(r) = sql.fetch_optional(&self.inner.read).await? else {
+            return Ok(None);
+        };
+        let cursor_at: Option<i64> = r.try_get(3)?;
+        let cursor_number: Option<i64> = r.try_get(4)?;
+        Ok(Some(BackfillProgress {
+            repo: r.try_get(0)?,
+            started_at: r.try_get(1)?,
+            since: r.try_get(2)?,
+            cursor: cursor_at.zip(cursor_number),
+            pulls_done: r.try_get(5)?,
+            updated: r.try_get(6)?,
+            completed_at: r.try_get(7)?,
+        }))
+    }
+
+    /// Starts a new run for `repo`, forgetting any earlier one.
+    pub async fn start_backfill(
+        &self,
+        repo: &str,
+        started_at: i64,
+        since: i64,
+    ) -> Result<(), StoreError> {
+        let mut sql = Sql::new(
+            "INSERT INTO backfill_progress (repo, started_at, since_at, cursor_updated_at, \
+             cursor_number, pulls_done, updated, completed_at) VALUES (",
+        );
+        sql.bind(repo).push(", ").bind(started_at).push(", ");
+        sql.bind(since)
+            .push(", NULL, NULL, 0, ")
+            .bind(started_at)
+            .push(", NULL)");
+        sql.push(
+            " ON CONFLICT (repo) DO UPDATE SET started_at = excluded.started_at, \
+             since_at = excluded.since_at, cursor_updated_at = NULL, cursor_number = NULL, \
+             pulls_done = 0, updated = excluded.updated, completed_at = NULL",
+        );
+        sql.execute(&self.inner.write).await?;
+        Ok(())
+    }
+
+    /// Applies one pull request's effects and records the run's new cursor (`None` keeps
+    /// it) in one transaction, as [`Store::apply_effects`] does for a rebuild.
+    pub async fn apply_backfilled_pull(
+        &self,
+        repo: &str,
+        effects: &[Effect],
+        cursor: Option<(i64, i64)>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.inner.write.begin().await?;
+        for effect in effects {
+            super::jobs::apply_effect(&mut tx, effect).await?;
+        }
+        let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
+        if let Some((at, number)) = cursor {
+            sql.push("cursor_updated_at = ")
+                .bind(at)
+                .push(", cursor_number = ")
+                .bind(number)
+                .push(", ");
+        }
+        sql.push("updated = ")
+            .bind(now)
+            .push(" WHERE repo = ")
+            .bind(repo);
+        sql.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Marks `repo`'s run as complete.
+    pub async fn finish_backfill(&self, repo: &str, now: i64) -> Result<(), StoreError> {
+        let mut sql = Sql::new("UPDATE backfill_progress SET completed_at = ");
+        sql.bind(now)
+            .push(", updated = ")
+            .bind(now)
+            .push(" WHERE repo = ")
+            .bind(repo);
+        sql.execute(&self.inner.write).await?;
+        Ok(())
+    }
+
+    /// GitHub's `updated_at` of every stored pull request of `repo`, by number.
+    pub async fn pull_request_versions(&self, repo: &str) -> Result<HashMap<i64, i64>, StoreError> {
+        let mut sql = Sql::new("SELECT number, updated_at FROM pull_requests WHERE repo = ");
+        sql.bind(repo);
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+}

@@ -1,0 +1,592 @@
+//! `metrics backfill` against the fake GitHub held to GitHub's REST contract: pull requests
+//! built from real webhook payloads (`pull_request` objects given their own numbers, ids and
+//! times), reviews submitted through the fake's API. Checked: the stored rows value by value, a
+//! second run and a run after the webhooks change nothing, a secondary rate limit is waited out
+//! on the manual clock, and an interrupted run resumes without fetching again what it had done.
+//!
+//! The fake lists pull requests by number, newest first, whatever `sort` asks; so here numbers
+//! follow the order of `updated_at`, as GitHub's `sort=updated&direction=desc` would list them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hookdock::clock::{Clock, ManualClock};
+use hookdock::config::MetricsSettings;
+use hookdock::github::{Github, GithubClient, GithubConfig};
+use hookdock::handlers::backfill::{Backfill, BackfillError, BackfillProgress, BackfillReport};
+use hookdock::handlers::metrics::effects_for;
+use hookdock::store::{
+    MemberRow, PullFilter, PullRequestRow, ReviewRow, Store, StoreOptions, rfc3339,
+};
+use hookdock_testkit::{FakeGitHub, Fault};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::backend_tests;
+use crate::helpers::{Backend, TestDb, fixture};
+
+const OWNER: &str = "Codertocat";
+const NAME: &str = "Hello-World";
+const REPO: &str = "Codertocat/Hello-World";
+const TOKEN: &str = "ghp_hookdock_backfill_it_0123456789abcdef";
+const BOB_TOKEN: &str = "ghp_hookdock_backfill_bob_0123456789abcd";
+const CAROL_TOKEN: &str = "ghp_hookdock_backfill_carol_0123456789ab";
+const DAY: i64 = 86_400_000;
+const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
+
+struct Env {
+    fake: FakeGitHub,
+    clock: ManualClock,
+    client: GithubClient,
+    store: Store,
+    _db: TestDb,
+    /// The manual clock's start (Unix ms): pull request times are set relative to it.
+    now: i64,
+}
+
+impl Env {
+    async fn new(backend: &Backend) -> Env {
+        let fake = FakeGitHub::start().await;
+        fake.add_token(TOKEN, "octocat", &["repo"]);
+        fake.add_token(BOB_TOKEN, "bob", &["repo"]);
+        fake.add_token(CAROL_TOKEN, "carol", &["repo"]);
+        fake.add_repo(OWNER, NAME);
+        let start = this_second();
+        let clock = ManualClock::new(start);
+        let github = Github::new(
+            GithubConfig {
+                api_url: fake.url(),
+                ..GithubConfig::default()
+            },
+            Arc::new(clock.clone()),
+        )
+        .expect("client");
+        let client = github.client(Some(SecretString::from(TOKEN)));
+        let db = TestDb::create(backend).await;
+        let store = Store::connect(&db.url, StoreOptions::default())
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        Env {
+            fake,
+            clock,
+            client,
+            store,
+            _db: db,
+            now: ms(start),
+        }
+    }
+
+    async fn backfill(&self) -> Result<(BackfillReport, Vec<BackfillProgress>), BackfillError> {
+        let settings = settings();
+        let backfill = Backfill {
+            store: &self.store,
+            github: &self.client,
+            clock: &self.clock,
+            settings: &settings,
+        };
+        let mut seen = Vec::new();
+        let report = backfill
+            .run(REPO, NINETY_DAYS, &mut |p| seen.push(p))
+            .await?;
+        Ok((report, seen))
+    }
+
+    /// GETs of exactly this path.
+    fn gets(&self, path: &str) -> usize {
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .count()
+    }
+
+    async fn review(&self, token: &str, number: i64, body: Value) {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{}/repos/{OWNER}/{NAME}/pulls/{number}/reviews",
+                self.fake.url()
+            ))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.github+json")
+            .header("user-agent", "hookdock-test")
+            .json(&body)
+            .send()
+            .await
+            .expect("review request");
+        assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    }
+
+    async fn rows(&self) -> Rows {
+        let pulls = self
+            .store
+            .pull_requests(&PullFilter {
+                repo: Some(REPO.into()),
+                ..PullFilter::default()
+            })
+            .await
+            .expect("pulls");
+        let mut reviews = Vec::new();
+        for p in &pulls {
+            reviews.extend(
+                self.store
+                    .reviews_of(REPO, p.number)
+                    .await
+                    .expect("reviews"),
+            );
+        }
+        Rows {
+            pulls,
+            reviews,
+            members: self.store.members().await.expect("members"),
+        }
+    }
+
+    fn assert_clean(&self) {
+        assert_eq!(self.fake.contract_violations(), Vec::<String>::new());
+        assert_eq!(self.fake.fake_bugs(), Vec::<String>::new());
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Rows {
+    pulls: Vec<PullRequestRow>,
+    reviews: Vec<ReviewRow>,
+    members: Vec<MemberRow>,
+}
+
+fn settings() -> MetricsSettings {
+    MetricsSettings {
+        enabled: true,
+        hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
+        hotfix_labels: vec!["hotfix".into()],
+        count_bot_reviews: false,
+    }
+}
+
+fn this_second() -> SystemTime {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn ms(t: SystemTime) -> i64 {
+    i64::try_from(
+        t.duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis(),
+    )
+    .expect("i64")
+}
+
+/// Whole seconds, as GitHub writes times.
+fn time(ms: i64) -> String {
+    rfc3339(ms - ms.rem_euclid(1000)).replace(".000Z", "Z")
+}
+
+fn secs(ms: i64) -> i64 {
+    ms - ms.rem_euclid(1000)
+}
+
+/// The `pull_request` object of a real payload, made pull request `number`.
+fn pull(fixture_name: &str, number: i64, created: i64, updated: i64) -> Value {
+    let payload: Value = serde_json::from_slice(&fixture(fixture_name)).expect("JSON fixture");
+    let mut pr = payload["pull_request"].clone();
+    let base = pr["url"]
+        .as_str()
+        .expect("url")
+        .trim_end_matches("/2")
+        .to_owned();
+    pr["number"] = json!(number);
+    pr["id"] = json!(279_147_400 + number);
+    pr["node_id"] = json!(format!("MDExOlB1bGxSZXF1ZXN0{number}"));
+    pr["url"] = json!(format!("{base}/{number}"));
+    pr["title"] = json!(format!("Change number {number}"));
+    pr["created_at"] = json!(time(created));
+    pr["updated_at"] = json!(time(updated));
+    pr
+}
+
+/// #12 merged with two reviews, #11 closed (label `bug`) with a comment review and a pending
+/// one, #10 open, and #9, last updated 100 days ago, outside the window.
+async fn seed(env: &Env) -> Vec<Value> {
+    let now = env.now;
+    let mut merged = pull("pull_request.closed.0", 12, now - 5 * DAY, now - 2 * DAY);
+    merged["merged"] = json!(true);
+    merged["merged_at"] = json!(time(now - 2 * DAY));
+    merged["closed_at"] = json!(time(now - 2 * DAY));
+    merged["merge_commit_sha"] = json!("1111111111111111111111111111111111111111");
+    merged["labels"] = json!([]);
+    merged["additions"] = json!(30);
+    merged["deletions"] = json!(4);
+    merged["changed_files"] = json!(3);
+    merged["commits"] = json!(2);
+    let mut closed = pull("pull_request.closed.0", 11, now - 15 * DAY, now - 14 * DAY);
+    closed["closed_at"] = json!(time(now - 14 * DAY));
+    let open = pull("pull_request.opened.0", 10, now - 20 * DAY, now - 19 * DAY);
+    let old = pull("pull_request.opened.0", 9, now - 200 * DAY, now - 100 * DAY);
+    let pulls = vec![merged, closed, open, old];
+    for p in &pulls {
+        env.fake.add_pull(OWNER, NAME, p.clone());
+    }
+    env.review(BOB_TOKEN, 12, json!({"event": "APPROVE", "body": "LGTM"}))
+        .await;
+    env.review(
+        CAROL_TOKEN,
+        12,
+        json!({"event": "REQUEST_CHANGES", "body": "Please add a test"}),
+    )
+    .await;
+    env.review(BOB_TOKEN, 11, json!({"event": "COMMENT", "body": "Why?"}))
+        .await;
+    env.review(CAROL_TOKEN, 11, json!({"body": "draft thoughts"}))
+        .await;
+    pulls
+}
+
+/// The reviews the fake holds for `number`: `(id, submitted_at)` of the submitted ones.
+fn submitted(env: &Env, number: u64) -> Vec<(i64, i64)> {
+    env.fake
+        .reviews(OWNER, NAME, number)
+        .iter()
+        .filter_map(|r| {
+            let at = r["submitted_at"].as_str()?;
+            let at = hookdock::handlers::metrics::parse_time(at)?;
+            Some((r["id"].as_i64()?, at))
+        })
+        .collect()
+}
+
+async fn check_rows(env: &Env) {
+    let now = env.now;
+    let rows = env.rows().await;
+    let numbers: Vec<i64> = rows.pulls.iter().map(|p| p.number).collect();
+    assert_eq!(numbers, [10, 11, 12], "by creation time");
+
+    let merged = &rows.pulls[2];
+    let reviews_12 = submitted(env, 12);
+    assert_eq!(reviews_12.len(), 2);
+    assert_eq!(merged.repo, REPO);
+    assert_eq!(merged.github_id, 279_147_412);
+    assert_eq!(merged.title, "Change number 12");
+    assert_eq!(merged.author.as_deref(), Some("Codertocat"));
+    assert_eq!(merged.state, "merged");
+    assert!(!merged.draft);
+    assert_eq!(merged.created_at, secs(now - 5 * DAY));
+    assert_eq!(merged.updated_at, secs(now - 2 * DAY));
+    assert_eq!(merged.merged_at, Some(secs(now - 2 * DAY)));
+    assert_eq!(merged.closed_at, Some(secs(now - 2 * DAY)));
+    assert_eq!(
+        (
+            merged.additions,
+            merged.deletions,
+            merged.changed_files,
+            merged.commits
+        ),
+        (Some(30), Some(4), Some(3), Some(2))
+    );
+    assert_eq!(
+        merged.merge_commit_sha.as_deref(),
+        Some("1111111111111111111111111111111111111111")
+    );
+    assert_eq!(merged.reviews, 2);
+    assert_eq!(
+        merged.first_review_at,
+        reviews_12.iter().map(|r| r.1).min(),
+        "the earliest review by someone else"
+    );
+    assert_eq!(merged.first_commit_at, None, "the commits API is not used");
+    assert!(merged.labels.is_empty());
+
+    let closed = &rows.pulls[1];
+    assert_eq!(closed.state, "closed");
+    assert_eq!(closed.merged_at, None);
+    assert_eq!(closed.closed_at, Some(secs(now - 14 * DAY)));
+    assert_eq!(closed.labels, ["bug"]);
+    assert_eq!(closed.reviews, 1, "the pending review is not one");
+    assert_eq!((closed.additions, closed.deletions), (Some(1), Some(1)));
+
+    let open = &rows.pulls[0];
+    assert_eq!(open.state, "open");
+    assert_eq!((open.reviews, open.first_review_at), (0, None));
+    assert_eq!(open.created_at, secs(now - 20 * DAY));
+
+    let states: Vec<(i64, &str, i64)> = rows
+        .reviews
+        .iter()
+        .map(|r| (r.pr_number, r.state.as_str(), r.github_id))
+        .collect();
+    let r12 = submitted(env, 12);
+    let r11 = submitted(env, 11);
+    assert_eq!(r11.len(), 1);
+    assert_eq!(
+        states,
+        [
+            (11, "commented", r11[0].0),
+            (12, "approved", r12[0].0),
+            (12, "changes_requested", r12[1].0),
+        ],
+        "REST states normalized to lowercase"
+    );
+    for r in &rows.reviews {
+        let at = r12
+            .iter()
+            .chain(&r11)
+            .find(|s| s.0 == r.github_id)
+            .expect("known");
+        assert_eq!(r.submitted_at, at.1);
+    }
+
+    let logins: Vec<&str> = rows.members.iter().map(|m| m.login.as_str()).collect();
+    assert_eq!(rows.members.len(), 3, "{logins:?}");
+    for login in ["Codertocat", "bob", "carol"] {
+        assert!(logins.contains(&login), "{logins:?}");
+    }
+}
+
+async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+
+    let (report, progress) = env.backfill().await.expect("backfill");
+    assert_eq!(
+        report,
+        BackfillReport {
+            repo: REPO.into(),
+            listed: 3,
+            fetched: 3,
+            resumed: 0,
+            reviews: 3,
+            reviews_skipped: 1,
+        }
+    );
+    assert_eq!(
+        progress,
+        [
+            BackfillProgress::Listed { pulls: 3 },
+            BackfillProgress::Pulls { done: 1, total: 3 },
+            BackfillProgress::Pulls { done: 2, total: 3 },
+            BackfillProgress::Pulls { done: 3, total: 3 },
+        ]
+    );
+    check_rows(&env).await;
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/pulls/9"),
+        0,
+        "older than the window"
+    );
+    let list = env
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "GET" && r.path == "/repos/Codertocat/Hello-World/pulls")
+        .expect("listed");
+    for param in [
+        "state=all",
+        "sort=updated",
+        "direction=desc",
+        "per_page=100",
+    ] {
+        assert!(list.query.contains(param), "{}", list.query);
+    }
+    let progress_row = env
+        .store
+        .backfill_progress(REPO)
+        .await
+        .expect("progress")
+        .expect("row");
+    assert!(progress_row.completed_at.is_some());
+    assert_eq!(progress_row.pulls_done, 3);
+
+    let before = env.rows().await;
+    let (again, _) = env.backfill().await.expect("second backfill");
+    assert_eq!(
+        (again.fetched, again.resumed),
+        (3, 0),
+        "a finished run starts afresh"
+    );
+    assert_eq!(env.rows().await, before, "a second run changes nothing");
+    env.assert_clean();
+}
+
+async fn agrees_with_the_webhook_data_whatever_comes_first(backend: Backend) {
+    // One database fed the webhooks' view first, then the backfill; the other only backfilled.
+    let hooks_first = Env::new(&backend).await;
+    let pulls = seed(&hooks_first).await;
+    let settings = settings();
+    let mut effects = Vec::new();
+    for (pr, action) in pulls.iter().take(3).zip(["closed", "closed", "opened"]) {
+        let payload = json!({
+            "action": action,
+            "pull_request": pr,
+            "repository": {"full_name": REPO},
+        });
+        effects.extend(
+            effects_for("pull_request", Some(action), &payload, &settings).expect("parses"),
+        );
+    }
+    hooks_first
+        .store
+        .apply_effects(&effects)
+        .await
+        .expect("webhooks");
+    hooks_first.backfill().await.expect("backfill");
+    check_rows(&hooks_first).await;
+    hooks_first.assert_clean();
+}
+
+async fn waits_out_a_secondary_rate_limit(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11",
+        Fault::secondary_rate_limit(90),
+    );
+    let started = env.clock.now();
+    env.backfill().await.expect("backfill");
+    assert_eq!(env.clock.sleeps(), [Duration::from_secs(90)]);
+    assert_eq!(
+        env.clock.now().duration_since(started).expect("forward"),
+        Duration::from_secs(90)
+    );
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
+    check_rows(&env).await;
+    env.assert_clean();
+}
+
+async fn an_interrupted_run_resumes_where_it_stopped(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    // GitHub fails #11 on the first attempt and both retries: the run stops after #12.
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11/reviews",
+        Fault::server_error().times(3),
+    );
+    let err = env.backfill().await.expect_err("GitHub kept failing");
+    assert!(matches!(err, BackfillError::Github(_)), "{err}");
+    assert!(
+        err.to_string().contains("run the same backfill again"),
+        "{err}"
+    );
+    let progress = env
+        .store
+        .backfill_progress(REPO)
+        .await
+        .expect("progress")
+        .expect("row");
+    assert_eq!(progress.completed_at, None);
+    assert_eq!(progress.pulls_done, 1);
+    assert_eq!(progress.cursor, Some((secs(env.now - 2 * DAY), 12)));
+    let stored: Vec<i64> = env.rows().await.pulls.iter().map(|p| p.number).collect();
+    assert_eq!(stored, [12], "#11 is not half stored");
+
+    let (report, progress) = env.backfill().await.expect("resumed backfill");
+    assert_eq!((report.listed, report.fetched, report.resumed), (3, 2, 1));
+    assert_eq!(
+        progress.last(),
+        Some(&BackfillProgress::Pulls { done: 3, total: 3 })
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/pulls/12"),
+        1,
+        "not fetched again"
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/pulls/12/reviews"),
+        1
+    );
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/10"), 1);
+    check_rows(&env).await;
+    let done = env
+        .store
+        .backfill_progress(REPO)
+        .await
+        .expect("progress")
+        .expect("row");
+    assert!(done.completed_at.is_some());
+    assert_eq!(done.pulls_done, 3);
+    env.assert_clean();
+}
+
+async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let fail_10 = || {
+        env.fake.fail_next(
+            "GET",
+            "/repos/Codertocat/Hello-World/pulls/10",
+            Fault::server_error().times(3),
+        )
+    };
+    fail_10();
+    env.backfill().await.expect_err("GitHub kept failing");
+    assert_eq!(env.rows().await.pulls.len(), 2);
+
+    // #12 is renamed on GitHub after the run began: fetched again, and #11 is not.
+    env.clock.advance(Duration::from_secs(3600));
+    let mut renamed = pull(
+        "pull_request.closed.0",
+        12,
+        env.now - 5 * DAY,
+        env.now + 30 * 60_000,
+    );
+    renamed["merged"] = json!(true);
+    renamed["merged_at"] = json!(time(env.now - 2 * DAY));
+    renamed["closed_at"] = json!(time(env.now - 2 * DAY));
+    renamed["title"] = json!("Renamed after merge");
+    env.fake.add_pull(OWNER, NAME, renamed);
+    fail_10();
+    env.backfill().await.expect_err("GitHub failed again");
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/12"), 2);
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 1);
+    let rows = env.rows().await;
+    assert_eq!(
+        rows.pulls.last().map(|p| p.title.as_str()),
+        Some("Renamed after merge")
+    );
+
+    // Rows lost since (a `metrics rebuild` empties the tables) are fetched again.
+    env.store.clear_metrics().await.expect("clear");
+    let (report, _) = env.backfill().await.expect("resumed backfill");
+    assert_eq!((report.fetched, report.resumed), (3, 0));
+    let rows = env.rows().await;
+    assert_eq!(rows.pulls.len(), 3);
+    assert_eq!(rows.reviews.len(), 3);
+    env.assert_clean();
+}
+
+async fn names_a_repository_github_does_not_have(backend: Backend) {
+    let env = Env::new(&backend).await;
+    let settings = settings();
+    let backfill = Backfill {
+        store: &env.store,
+        github: &env.client,
+        clock: &env.clock,
+        settings: &settings,
+    };
+    let err = backfill
+        .run("Codertocat/missing", NINETY_DAYS, &mut |_| {})
+        .await
+        .expect_err("no such repository");
+    assert!(err.to_string().contains("404"), "{err}");
+    let err = backfill
+        .run("not-a-repo", NINETY_DAYS, &mut |_| {})
+        .await
+        .expect_err("bad name");
+    assert!(matches!(err, BackfillError::BadRepo(_)), "{err}");
+    env.assert_clean();
+}
+
+backend_tests!(
+    stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
+    agrees_with_the_webhook_data_whatever_comes_first,
+    waits_out_a_secondary_rate_limit,
+    an_interrupted_run_resumes_where_it_stopped,
+    a_resumed_run_fetches_again_what_changed_or_was_lost,
+    names_a_repository_github_does_not_have,
+);
