@@ -275,6 +275,15 @@ pub struct ReviewsPerReviewer {
     pub by_reviewer: Vec<ReviewerCount>,
 }
 
+/// Merged pull requests of one author in the window, and how many of them were reverted.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthorReverts {
+    pub author: String,
+    pub merged: usize,
+    pub reverted: usize,
+    pub revert_rate: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Week {
     /// Monday, `YYYY-MM-DD`.
@@ -311,6 +320,8 @@ pub struct Summary {
     pub throughput_per_week: f64,
     /// Share of merged pull requests that a merged revert reverted.
     pub revert_rate: Option<f64>,
+    /// The same per author (pull requests of unknown authors are left out), by author.
+    pub revert_rate_by_author: Vec<AuthorReverts>,
     pub hotfix_rate: Option<f64>,
     /// Share of merged pull requests with at least one review by someone else.
     pub review_coverage: Option<f64>,
@@ -427,6 +438,25 @@ pub fn summarize(
             .collect(),
     };
 
+    let mut by_author: std::collections::BTreeMap<&str, (usize, usize)> =
+        std::collections::BTreeMap::new();
+    for (r, _) in &merged {
+        if let Some(author) = r.author.as_deref() {
+            let entry = by_author.entry(author).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(r.reverted);
+        }
+    }
+    let revert_rate_by_author = by_author
+        .into_iter()
+        .map(|(author, (merged, reverted))| AuthorReverts {
+            author: author.to_owned(),
+            merged,
+            reverted,
+            revert_rate: rate(reverted, merged).unwrap_or(0.0),
+        })
+        .collect();
+
     Summary {
         repo: repo.map(str::to_owned),
         since: rfc3339(window.since),
@@ -448,6 +478,7 @@ pub fn summarize(
             0.0
         },
         revert_rate: rate(count(&|r| r.reverted), merged.len()),
+        revert_rate_by_author,
         hotfix_rate: rate(count(&|r| r.is_hotfix), merged.len()),
         review_coverage: rate(count(&|r| r.reviews > 0), merged.len()),
         author_match_rate: rate(count(&|r| r.author.is_some()), merged.len()),
@@ -585,6 +616,7 @@ mod tests {
         b.merged_at = Some(T0 + WEEK_MS + 4 * H);
         b.reverted = true;
         b.is_hotfix = true;
+        b.author = Some("bob".into());
         let mut c = pr(3);
         c.state = "closed".into();
         c.closed_at = Some(T0 + H);
@@ -617,6 +649,23 @@ mod tests {
         );
         assert_eq!(s.throughput_per_week, 1.0);
         assert_eq!(s.revert_rate, Some(0.5));
+        assert_eq!(
+            s.revert_rate_by_author,
+            [
+                AuthorReverts {
+                    author: "ann".into(),
+                    merged: 1,
+                    reverted: 0,
+                    revert_rate: 0.0
+                },
+                AuthorReverts {
+                    author: "bob".into(),
+                    merged: 1,
+                    reverted: 1,
+                    revert_rate: 1.0
+                },
+            ]
+        );
         assert_eq!(s.hotfix_rate, Some(0.5));
         assert_eq!(s.review_coverage, Some(0.5));
         assert_eq!(s.author_match_rate, Some(1.0));

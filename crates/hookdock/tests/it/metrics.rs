@@ -628,6 +628,15 @@ async fn drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics(backen
     );
     assert_eq!(s["throughput_per_week"], 2.0);
     assert_eq!(s["revert_rate"], 0.5);
+    // Per author: every merged pull request of a known author is counted once.
+    let by_author = s["revert_rate_by_author"].as_array().expect("list");
+    let sum = |key: &str| {
+        by_author
+            .iter()
+            .filter_map(|a| a[key].as_u64())
+            .sum::<u64>()
+    };
+    assert_eq!((sum("merged"), sum("reverted")), (4, 2), "{by_author:?}");
     assert_eq!(s["hotfix_rate"], 0.0);
     assert_eq!(s["review_coverage"], 0.25);
     assert_eq!(
