@@ -248,14 +248,18 @@ impl App {
 }
 
 async fn retention_loop(store: Store, days: u32, every: Duration, shutdown: CancellationToken) {
-    if days == 0 {
-        return;
-    }
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        // Expired sign-ins go whatever the event retention.
+        if let Err(error) = store.purge_sessions(now_ms()).await {
+            tracing::warn!(%error, "purging expired sessions failed; will retry");
+        }
+        if days == 0 {
+            continue;
         }
         let cutoff = now_ms() - i64::from(days) * 86_400_000;
         match store.purge_finished(cutoff).await {

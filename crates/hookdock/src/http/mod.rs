@@ -69,28 +69,28 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/metrics/pulls", get(metrics::pulls))
         .route("/api/v1/metrics/summary", get(metrics::summary))
         .route("/api/v1/repos", get(repos::list))
-        .route("/api/v1/repos/{owner}/{repo}", get(repos::show_repo))
+        .route("/api/v1/repos/{owner}/{repo}", get(repos::show))
+        .route("/api/v1/orgs/{org}", get(repos::show))
         .route(
             "/api/v1/repos/{owner}/{repo}/install",
-            post(repos::install_repo).delete(repos::uninstall_repo),
+            post(repos::install).delete(repos::uninstall),
+        )
+        .route(
+            "/api/v1/orgs/{org}/install",
+            post(repos::install).delete(repos::uninstall),
         )
         .route(
             "/api/v1/repos/{owner}/{repo}/rotate-secret",
-            post(repos::rotate_repo),
+            post(repos::rotate),
         )
-        .route("/api/v1/repos/{owner}/{repo}/ping", post(repos::ping_repo))
-        .route("/api/v1/orgs/{org}", get(repos::show_org))
-        .route(
-            "/api/v1/orgs/{org}/install",
-            post(repos::install_org).delete(repos::uninstall_org),
-        )
-        .route("/api/v1/orgs/{org}/rotate-secret", post(repos::rotate_org))
-        .route("/api/v1/orgs/{org}/ping", post(repos::ping_org))
+        .route("/api/v1/orgs/{org}/rotate-secret", post(repos::rotate))
+        .route("/api/v1/repos/{owner}/{repo}/ping", post(repos::ping))
+        .route("/api/v1/orgs/{org}/ping", post(repos::ping))
         .route("/api/v1/hooks/check", post(repos::check))
         .route("/api/v1/hooks/redeliver", post(repos::redeliver))
         .route_layer(from_fn_with_state(state.clone(), api::require_admin));
     Router::new()
-        .route("/api/v1/webhooks/github", post(webhook::receive))
+        .route(crate::hooks::WEBHOOK_PATH, post(webhook::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -1,9 +1,12 @@
 //! Routes for hookdock's webhooks on GitHub: install, remove, rotate, ping, status, check and
 //! redelivery. Each extracts the path, calls [`crate::hooks::HookManager`] and maps its error.
 
+use std::collections::HashMap;
+
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -11,40 +14,61 @@ use super::AppState;
 use super::api::Caller;
 use super::error::ApiError;
 use crate::github::{GithubError, HookScope};
-use crate::hooks::{HookError, InstallAction};
+use crate::hooks::{HookError, HookManager, InstallAction};
 
 type Answer = Result<Response, ApiError>;
 
-fn repo(Path((owner, repo)): Path<(String, String)>) -> HookScope {
-    HookScope::repository(&owner, &repo)
+/// The repository (`{owner}/{repo}`) or organization (`{org}`) a route names.
+pub struct Target(HookScope);
+
+impl<S: Send + Sync> FromRequestParts<S> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Target, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        match (params.get("owner"), params.get("repo"), params.get("org")) {
+            (Some(owner), Some(repo), _) => Ok(Target(HookScope::repository(owner, repo))),
+            (_, _, Some(org)) => Ok(Target(HookScope::organization(org))),
+            _ => Err(ApiError::bad_request(
+                "invalid_path",
+                "the path names neither owner/repo nor an organization",
+            )),
+        }
+    }
 }
 
-fn org(Path(org): Path<String>) -> HookScope {
-    HookScope::organization(&org)
+/// The hook manager acting for the caller: with a signed-in user's own GitHub token, else
+/// with the configured one.
+pub struct Hooks(HookManager);
+
+impl FromRequestParts<AppState> for Hooks {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Hooks, ApiError> {
+        let token = parts
+            .extensions
+            .get::<Caller>()
+            .and_then(Caller::github_token);
+        Ok(Hooks(state.hooks.acting_as(token)))
+    }
 }
 
 fn ok(value: impl serde::Serialize) -> Answer {
     Ok(Json(value).into_response())
 }
 
-pub async fn list(State(state): State<AppState>) -> Answer {
-    ok(serde_json::json!({ "items": state.hooks.list().await? }))
+pub async fn list(Hooks(hooks): Hooks) -> Answer {
+    ok(serde_json::json!({ "items": hooks.list().await? }))
 }
 
-pub async fn show_repo(State(state): State<AppState>, path: Path<(String, String)>) -> Answer {
-    ok(state.hooks.status(&repo(path)).await?)
+pub async fn show(Hooks(hooks): Hooks, Target(scope): Target) -> Answer {
+    ok(hooks.status(&scope).await?)
 }
 
-pub async fn show_org(State(state): State<AppState>, path: Path<String>) -> Answer {
-    ok(state.hooks.status(&org(path)).await?)
-}
-
-async fn install(state: AppState, caller: Caller, scope: HookScope) -> Answer {
-    let outcome = state
-        .hooks
-        .acting_as(caller.github_token())
-        .install(&scope)
-        .await?;
+pub async fn install(Hooks(hooks): Hooks, Target(scope): Target) -> Answer {
+    let outcome = hooks.install(&scope).await?;
     let status = match outcome.action {
         InstallAction::Created => StatusCode::CREATED,
         InstallAction::Adopted | InstallAction::Repaired => StatusCode::OK,
@@ -52,98 +76,20 @@ async fn install(state: AppState, caller: Caller, scope: HookScope) -> Answer {
     Ok((status, Json(outcome)).into_response())
 }
 
-pub async fn install_repo(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<(String, String)>,
-) -> Answer {
-    install(state, caller, repo(path)).await
+pub async fn uninstall(Hooks(hooks): Hooks, Target(scope): Target) -> Answer {
+    ok(hooks.uninstall(&scope).await?)
 }
 
-pub async fn install_org(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<String>,
-) -> Answer {
-    install(state, caller, org(path)).await
+pub async fn rotate(Hooks(hooks): Hooks, Target(scope): Target) -> Answer {
+    ok(hooks.rotate_secret(&scope).await?)
 }
 
-pub async fn uninstall_repo(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<(String, String)>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .uninstall(&repo(path))
-        .await?)
+pub async fn ping(Hooks(hooks): Hooks, Target(scope): Target) -> Answer {
+    ok(hooks.ping(&scope).await?)
 }
 
-pub async fn uninstall_org(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<String>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .uninstall(&org(path))
-        .await?)
-}
-
-pub async fn rotate_repo(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<(String, String)>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .rotate_secret(&repo(path))
-        .await?)
-}
-
-pub async fn rotate_org(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<String>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .rotate_secret(&org(path))
-        .await?)
-}
-
-pub async fn ping_repo(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<(String, String)>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .ping(&repo(path))
-        .await?)
-}
-
-pub async fn ping_org(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    path: Path<String>,
-) -> Answer {
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .ping(&org(path))
-        .await?)
-}
-
-pub async fn check(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Answer {
-    ok(
-        serde_json::json!({ "items": state.hooks.acting_as(caller.github_token()).check_all().await? }),
-    )
+pub async fn check(Hooks(hooks): Hooks) -> Answer {
+    ok(serde_json::json!({ "items": hooks.check_all().await? }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,11 +98,7 @@ pub struct RedeliverQuery {
     since: Option<String>,
 }
 
-pub async fn redeliver(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Query(q): Query<RedeliverQuery>,
-) -> Answer {
+pub async fn redeliver(Hooks(hooks): Hooks, Query(q): Query<RedeliverQuery>) -> Answer {
     let since = match q.since.as_deref() {
         None | Some("") => None,
         Some(text) => Some(
@@ -164,11 +106,7 @@ pub async fn redeliver(
                 .map_err(|e| ApiError::bad_request("invalid_parameter", format!("since: {e}")))?,
         ),
     };
-    ok(state
-        .hooks
-        .acting_as(caller.github_token())
-        .sweep(since)
-        .await?)
+    ok(hooks.sweep(since).await?)
 }
 
 impl From<HookError> for ApiError {

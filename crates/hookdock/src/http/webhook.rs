@@ -26,17 +26,15 @@ pub async fn receive(
             .forwarded_header()
             .and_then(|name| headers.get(name))
             .and_then(|v| v.to_str().ok());
-        let client = state.source.client_address(peer.ip(), forwarded);
-        if let Err(refusal) = state.source.check(client) {
-            let (status, code) = match refusal {
-                SourceRefusal::NotGithub(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
-                SourceRefusal::RangesUnknown => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "source_ranges_unknown")
-                }
+        if let Err(refusal) = state.source.admit(peer.ip(), forwarded) {
+            let status = match refusal {
+                SourceRefusal::NotGithub(_) => StatusCode::FORBIDDEN,
+                SourceRefusal::RangesUnknown => StatusCode::SERVICE_UNAVAILABLE,
             };
-            metrics::counter!("hookdock_webhook_rejected_total", "reason" => code).increment(1);
-            tracing::info!(%client, code, "delivery refused by the source check");
-            return Err(ApiError::new(status, code, refusal.to_string()));
+            metrics::counter!("hookdock_webhook_rejected_total", "reason" => refusal.code())
+                .increment(1);
+            tracing::info!(%refusal, "delivery refused by the source check");
+            return Err(ApiError::new(status, refusal.code(), refusal.to_string()));
         }
     }
     let declared = headers

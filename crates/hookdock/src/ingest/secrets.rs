@@ -139,13 +139,6 @@ impl WebhookSecrets {
         }
     }
 
-    /// Whether hookdock manages the hook with this id.
-    pub fn manages(&self, hook_id: u64) -> bool {
-        self.managed
-            .read()
-            .is_ok_and(|m| m.by_hook.contains_key(&hook_id))
-    }
-
     /// Checks `signature` over `body` against every secret that applies, in constant time per
     /// secret. `now` (Unix ms) decides which rotated-out secrets are still in their grace period.
     pub fn verify(
@@ -167,14 +160,7 @@ impl WebhookSecrets {
                 .then(|| secret.expose_secret().as_bytes())
         }
         if let Some(list) = hook_id.and_then(|h| managed.by_hook.get(&h)) {
-            let mut candidates = list.iter().filter_map(|e| live(e, now)).peekable();
-            if candidates.peek().is_none() {
-                return Err(Unverified::NoSecret);
-            }
-            return match signature.matches_any(body, candidates) {
-                true => Ok(()),
-                false => Err(Unverified::Mismatch),
-            };
+            return check(signature, body, list.iter().filter_map(|e| live(e, now)));
         }
         let scoped = hook_id
             .and_then(|h| self.scoped.get(&Scope::Hook(h)))
@@ -184,18 +170,28 @@ impl WebhookSecrets {
             (None, Some(global)) => std::slice::from_ref(global),
             (None, None) => &[],
         };
-        let mut candidates = configured
+        let candidates = configured
             .iter()
             .map(|s| s.expose_secret().as_bytes())
-            .chain(managed.pending.iter().filter_map(|e| live(e, now)))
-            .peekable();
-        if candidates.peek().is_none() {
-            return Err(Unverified::NoSecret);
-        }
-        match signature.matches_any(body, candidates) {
-            true => Ok(()),
-            false => Err(Unverified::Mismatch),
-        }
+            .chain(managed.pending.iter().filter_map(|e| live(e, now)));
+        check(signature, body, candidates)
+    }
+}
+
+/// `NoSecret` when there is nothing to try, else whether one of `candidates` signed `body`.
+fn check<'s>(
+    signature: &super::Signature,
+    body: &[u8],
+    candidates: impl Iterator<Item = &'s [u8]>,
+) -> Result<(), Unverified> {
+    let mut candidates = candidates.peekable();
+    if candidates.peek().is_none() {
+        return Err(Unverified::NoSecret);
+    }
+    if signature.matches_any(body, candidates) {
+        Ok(())
+    } else {
+        Err(Unverified::Mismatch)
     }
 }
 
@@ -284,7 +280,17 @@ mod tests {
             managed(Some(1), "m-old", Some(1_000)),
             managed(None, "pend", Some(5_000)),
         ]);
-        assert!(secrets.manages(1) && !secrets.manages(2));
+        // Hook 2 is not managed: its configured (repository) secrets still apply.
+        assert_eq!(
+            accepted(
+                &secrets,
+                Some(2),
+                Some((TargetType::Repository, 42)),
+                0,
+                ALL
+            ),
+            ["repo-old", "repo-new", "pend"]
+        );
         // The managed hook replaces the configured secret of hook 1; the old one has a grace.
         assert_eq!(
             accepted(&secrets, Some(1), None, 1_000, ALL),

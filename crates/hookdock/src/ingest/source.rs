@@ -24,6 +24,16 @@ pub enum SourceRefusal {
     RangesUnknown,
 }
 
+impl SourceRefusal {
+    /// The error code answered (and counted) for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SourceRefusal::NotGithub(_) => "source_not_allowed",
+            SourceRefusal::RangesUnknown => "source_ranges_unknown",
+        }
+    }
+}
+
 pub struct SourceGuard {
     enabled: bool,
     forwarded_header: Option<String>,
@@ -93,6 +103,15 @@ impl SourceGuard {
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a request from `peer` (with the forwarded-for header's value, if any) may
+    /// deliver.
+    pub fn admit(&self, peer: IpAddr, forwarded: Option<&str>) -> Result<(), SourceRefusal> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.check(self.client_address(peer, forwarded))
     }
 
     /// Whether a delivery from `client` is accepted.

@@ -25,10 +25,7 @@ async fn env() -> Env {
     github.add_token(PAT, "operator", &["admin:repo_hook", "repo"]);
     github.add_repo("octocat", "hello");
     github.oauth_app(CLIENT_ID, CLIENT_SECRET);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = crate::helpers::free_port();
     let api = github.url();
     let app = TestApp::spawn_with(
         &Backend::Sqlite,
@@ -194,6 +191,10 @@ async fn sign_in_starts_a_session_that_acts_with_the_users_token() {
         "only a hash of the session id is stored"
     );
 
+    // Retention keeps live sessions.
+    let now = hookdock::store::now_ms();
+    assert_eq!(env.app.store.purge_sessions(now).await.expect("purge"), 0);
+
     // Logout ends the session for good.
     let out = env
         .browser
@@ -211,6 +212,33 @@ async fn sign_in_starts_a_session_that_acts_with_the_users_token() {
     );
     let (status, body) = env.get_with_cookie("/api/v1/repos", &cookie).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // A session past its end (168 h) is purged and no longer signs anyone in.
+    let (_, answer) = env.sign_in().await;
+    let again = answer
+        .headers()
+        .get(SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a new session cookie")
+        .to_owned();
+    assert_eq!(
+        env.get_with_cookie("/auth/me", &again).await.0,
+        StatusCode::OK
+    );
+    let after_expiry = now + 169 * 3_600_000;
+    assert_eq!(
+        env.app
+            .store
+            .purge_sessions(after_expiry)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(
+        env.get_with_cookie("/auth/me", &again).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(env.github.contract_violations(), Vec::<String>::new());
     env.app.stop().await;
 }

@@ -95,10 +95,7 @@ impl Server {
     async fn start(scratch: &Scratch, name: &str, db_url: &str) -> Server {
         let client = reqwest::Client::new();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("find a free port")
-                .port();
+            let port = crate::helpers::free_port();
             let log = scratch.next_log(name);
             let file = std::fs::File::create(&log).expect("create the log file");
             let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookdock"));

@@ -431,6 +431,15 @@ pub fn unique_body(name: &str, seq: u64) -> Vec<u8> {
     serde_json::to_vec(&value).expect("serialize")
 }
 
+/// A port nothing listens on right now (for a server whose address must be known before it
+/// starts, e.g. to tell GitHub where to deliver).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub fn new_delivery_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::helpers::{Backend, TestApp, fixture, poll_until, unique_body};
+use crate::helpers::{Backend, TestApp, fixture, free_port, poll_until, unique_body};
 
 const GH_TOKEN: &str = "ghp_hookdock_test_token_0123456789";
 const OWNER: &str = "octo-org";
@@ -24,13 +24,6 @@ const KEY: &str = "4f1c9a0e7b2d3c5a8e6f0b1d2c3e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a
 struct Env {
     github: FakeGitHub,
     app: TestApp,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// hookdock and a fake GitHub that knows it: a token with the hook scopes, one repository.
@@ -586,7 +579,56 @@ async fn deliveries_missed_while_down_are_recovered_exactly_once(backend: Backen
     env.app.stop().await;
 }
 
+/// A guid is asked for again only when GitHub tried after the last request and failed again,
+/// and at most three times; every request is recorded.
+async fn redelivery_requests_are_recorded_and_capped(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let store = &app.store;
+    let events = vec!["issues".to_owned()];
+    let registration = store
+        .save_hook_registration(&hookdock::store::RegistrationUpdate {
+            scope: "repository",
+            name: "octo/hello",
+            target_id: None,
+            hook_id: Some(7),
+            url: "https://hooks.example.com/api/v1/webhooks/github",
+            events: &events,
+            status: "registered",
+            secret: None,
+            last_error: None,
+        })
+        .await
+        .expect("registration");
+    let claim = |failed_since: i64| {
+        store.claim_redelivery(registration.id, "guid-1", 11, "issues", failed_since, 3)
+    };
+    let later = hookdock::store::now_ms() + 60_000;
+    assert!(claim(0).await.expect("first"), "a new guid is asked for");
+    assert!(
+        !claim(0).await.expect("no new failure"),
+        "no failed attempt since the request: not asked again"
+    );
+    assert!(claim(later).await.expect("second"));
+    assert!(claim(later).await.expect("third"));
+    assert!(
+        !claim(later).await.expect("fourth"),
+        "at most three requests"
+    );
+    let recorded = store.redeliveries(registration.id).await.expect("list");
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        (
+            recorded[0].guid.as_str(),
+            recorded[0].event.as_str(),
+            recorded[0].attempts
+        ),
+        ("guid-1", "issues", 3)
+    );
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    redelivery_requests_are_recorded_and_capped,
     deliveries_missed_while_down_are_recovered_exactly_once,
     install_creates_a_verified_hook,
     install_adopts_the_hook_github_already_has,
@@ -649,16 +691,21 @@ async fn a_token_without_the_hook_scope_is_reported() {
     )
     .await;
     let (status, body) = app.api_post(&repo_path("install")).await;
-    assert!(
-        status.is_client_error() || status.is_server_error(),
-        "{status} {body}"
-    );
+    // GitHub hides the hooks of a repository the token may not administer behind a 404.
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "github_not_found");
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains("GitHub"), "{body}");
+    assert!(message.contains("`repo` scope"), "{body}");
     assert!(!body.to_string().contains(GH_TOKEN));
-    // Nothing half-installed is left registered.
+    // Nothing half-installed is left registered: the attempt is recorded as failed.
     let (_, list) = app.api_get("/api/v1/repos").await;
-    assert_ne!(list["items"][0]["status"], "registered", "{list}");
+    assert_eq!(list["items"][0]["status"], "failed", "{list}");
+    assert!(
+        list["items"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("404")),
+        "{list}"
+    );
     assert!(github.repo_hooks(OWNER, REPO).is_empty());
     app.stop().await;
 }
