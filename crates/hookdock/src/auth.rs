@@ -129,10 +129,7 @@ impl Auth {
                 session_ms: i64::try_from(settings.auth.session_hours)
                     .unwrap_or(24)
                     .saturating_mul(3_600_000),
-                secure_cookies: settings
-                    .public_url
-                    .as_deref()
-                    .is_some_and(|u| u.starts_with("https://")),
+                secure_cookies: served_over_https(settings),
             }),
         }
     }
@@ -259,6 +256,14 @@ impl Auth {
     }
 }
 
+/// Whether browsers reach hookdock over HTTPS (its `public_url`), so cookies can be `Secure`.
+fn served_over_https(settings: &Settings) -> bool {
+    settings
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"))
+}
+
 /// What a session's token is bound to when sealed.
 pub(crate) fn token_context(id_hash: &str) -> String {
     format!("github-token:session:{id_hash}")
@@ -278,6 +283,20 @@ fn digest(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_are_secure_when_hookdock_is_served_over_https() {
+        let served = |public_url: Option<&str>| {
+            let mut sources = crate::config::Sources::default();
+            if let Some(url) = public_url {
+                sources = sources.set("public_url", url);
+            }
+            served_over_https(&Settings::load(&sources).unwrap())
+        };
+        assert!(served(Some("https://hooks.example.com")));
+        assert!(!served(Some("http://127.0.0.1:3000")));
+        assert!(!served(None));
+    }
 
     #[test]
     fn session_user_debug_hides_the_token() {

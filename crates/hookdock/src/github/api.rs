@@ -397,8 +397,9 @@ impl GithubClient {
     ) -> Result<Vec<HookDelivery>, GithubError> {
         let what = format!("the deliveries of webhook {id} of {}", scope.name());
         let mut next = Some(format!(
-            "{}/hooks/{id}/deliveries?per_page=100",
-            scope.api_prefix()
+            "{}/hooks/{id}/deliveries?per_page={}",
+            scope.api_prefix(),
+            max.clamp(1, 100)
         ));
         let mut out = Vec::new();
         while let Some(url) = next.take() {

@@ -131,3 +131,23 @@ impl From<AuthError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_secure_only_over_https_and_always_http_only() {
+        let plain = session_cookie("abc", 60, false);
+        let https = session_cookie("abc", 60, true);
+        let plain = plain.to_str().unwrap();
+        let https = https.to_str().unwrap();
+        for cookie in [plain, https] {
+            assert!(cookie.starts_with("hookdock_session=abc; "), "{cookie}");
+            assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+            assert!(cookie.contains("Max-Age=60"));
+        }
+        assert!(!plain.contains("Secure"));
+        assert!(https.ends_with("; Secure"), "{https}");
+    }
+}
