@@ -7,7 +7,10 @@
 
 mod activity;
 pub mod backfill;
+pub mod commands;
+pub mod labels;
 pub mod metrics;
+pub mod review;
 
 use std::future::Future;
 use std::pin::Pin;

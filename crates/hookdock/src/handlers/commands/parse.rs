@@ -1,0 +1,1 @@
+//! The slash-command parser: one command per line starting with `/`, quoted arguments, code blocks ignored.

@@ -1,0 +1,1 @@
+//! The LLM reviewer: any OpenAI-compatible chat-completions endpoint, asked for JSON findings.

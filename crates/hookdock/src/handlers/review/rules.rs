@@ -1,0 +1,1 @@
+//! The built-in rule reviewer: checks on the added lines that need no network.
