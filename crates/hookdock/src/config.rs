@@ -103,6 +103,37 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub retention: RetentionSettings,
     pub handlers: HandlerSettings,
+    /// Server defaults for the automations (`[automations]`): the same keys as a repository's
+    /// `.github/hookdock.yml`, which is merged over them.
+    #[serde(default = "empty_table")]
+    pub automations: serde_json::Value,
+    /// The language model of the LLM reviewer (`HOOKDOCK_LLM_BASE_URL`, `HOOKDOCK_LLM_MODEL`,
+    /// `HOOKDOCK_LLM_API_KEY`, …).
+    pub llm: LlmSettings,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// An OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM, LiteLLM).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSettings {
+    /// e.g. `https://api.openai.com/v1` or `http://localhost:11434/v1`; unset disables the LLM
+    /// reviewer (repositories asking for it get the rule reviewer and a note saying why).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    pub model: String,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub api_key: Option<SecretString>,
+    pub timeout_secs: u64,
+    /// Further attempts after a timeout, 429 or 5xx.
+    pub max_retries: u32,
+    /// Prompt bytes at most; files beyond are left out and the review says so.
+    pub max_input_bytes: usize,
+    /// Findings kept from one answer (the most severe first).
+    pub max_findings: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +264,14 @@ pub struct RetentionSettings {
 pub struct HandlerSettings {
     pub activity: ActivitySettings,
     pub metrics: MetricsSettings,
+    /// Review, labels, slash commands and config simulation; they run only with a GitHub token.
+    pub automations: AutomationSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationSettings {
+    pub enabled: bool,
 }
 
 /// The pull request metrics handler (`handlers.metrics`).
@@ -280,7 +319,13 @@ impl Provider for EnvVars<'_> {
             if key.starts_with(TEST_ENV_PREFIX) || name.is_empty() {
                 continue;
             }
-            let path: Vec<String> = name.split("__").map(|p| p.to_lowercase()).collect();
+            let mut path: Vec<String> = name.split("__").map(|p| p.to_lowercase()).collect();
+            // The conventional names HOOKDOCK_LLM_BASE_URL, _MODEL, _API_KEY belong to `llm`.
+            if let [single] = path.as_slice()
+                && let Some(rest) = single.strip_prefix("llm_")
+            {
+                path = vec!["llm".to_owned(), rest.to_owned()];
+            }
             let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
             insert_path(&mut root, &path, value);
         }
@@ -406,7 +451,15 @@ fn defaults() -> serde_json::Value {
                 "hotfix_branch_prefixes": ["hotfix/", "hotfix-"],
                 "hotfix_labels": ["hotfix"],
                 "count_bot_reviews": false
-            }
+            },
+            "automations": { "enabled": true }
+        },
+        "llm": {
+            "model": "gpt-4o-mini",
+            "timeout_secs": 60,
+            "max_retries": 2,
+            "max_input_bytes": 120000,
+            "max_findings": 50
         }
     })
 }
@@ -576,6 +629,26 @@ impl Settings {
             crate::crypto::KeyRing::new(key, &self.secret_old_keys)
                 .map_err(|e| invalid("secret_key", e.to_string()))?;
         }
+        crate::handlers::repo_config::ConfigDefaults::new(&self.automations).map_err(|e| {
+            invalid(
+                &format!(
+                    "automations{}",
+                    e.key.map(|k| format!(".{k}")).unwrap_or_default()
+                ),
+                e.message,
+            )
+        })?;
+        if let Some(url) = &self.llm.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "llm.base_url",
+                format!("`{url}` is not an http(s) URL (e.g. http://localhost:11434/v1)"),
+            ));
+        }
+        if self.llm.timeout_secs == 0 {
+            return Err(invalid("llm.timeout_secs", "must be at least 1"));
+        }
         let metrics = &self.handlers.metrics;
         for (i, prefix) in metrics.hotfix_branch_prefixes.iter().enumerate() {
             if prefix.trim().is_empty() {
@@ -741,6 +814,47 @@ mod tests {
                 .map(|s| s.expose_secret().to_owned()),
             Some("s3cret".to_owned())
         );
+    }
+
+    #[test]
+    fn llm_variables_and_automation_defaults() {
+        let s = Settings::load(&no_file(&[
+            ("HOOKDOCK_LLM_BASE_URL", "http://localhost:11434/v1"),
+            ("HOOKDOCK_LLM_MODEL", "qwen2.5-coder"),
+            ("HOOKDOCK_LLM_API_KEY", "sk-123"),
+            ("HOOKDOCK_LLM__TIMEOUT_SECS", "5"),
+        ]))
+        .expect("loads");
+        assert_eq!(s.llm.base_url.as_deref(), Some("http://localhost:11434/v1"));
+        assert_eq!(s.llm.model, "qwen2.5-coder");
+        assert_eq!(
+            s.llm.api_key.as_ref().map(|k| k.expose_secret().to_owned()),
+            Some("sk-123".to_owned())
+        );
+        assert_eq!(s.llm.timeout_secs, 5);
+
+        let e = Settings::load(&no_file(&[]).set("llm.base_url", "localhost:11434"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`llm.base_url`"), "{e}");
+
+        let e = Settings::load(&no_file(&[]).set(
+            "automations",
+            serde_json::json!({"review": {"max_comments": "x"}}),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`automations"), "{e}");
+        let e = Settings::load(&no_file(&[]).set("automations", serde_json::json!({"reveiw": {}})))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reveiw"), "{e}");
+        let ok = Settings::load(&no_file(&[]).set(
+            "automations",
+            serde_json::json!({"review": {"max_comments": 3}}),
+        ))
+        .expect("valid defaults load");
+        assert_eq!(ok.automations["review"]["max_comments"], 3);
     }
 
     #[test]

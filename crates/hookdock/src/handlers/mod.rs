@@ -6,10 +6,12 @@
 //! job's completion; writes elsewhere must be idempotent.
 
 mod activity;
+pub mod automation;
 pub mod backfill;
 pub mod commands;
 pub mod labels;
 pub mod metrics;
+pub mod repo_config;
 pub mod review;
 
 use std::future::Future;

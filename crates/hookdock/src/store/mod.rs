@@ -10,6 +10,7 @@
 //! one fsync. On SQLite all writes share one connection, so writers queue in order instead of
 //! sleeping on the file lock.
 
+mod automation;
 mod backfill;
 mod dialect;
 mod events;
@@ -27,6 +28,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 
+pub use automation::{
+    ActionRecord, AutomationRecord, FindingRecord, LlmCallRecord, ReviewRunRecord, ReviewRunRow,
+    SimulatedEvent,
+};
 pub use backfill::BackfillProgress;
 pub use dialect::Dialect;
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
@@ -179,6 +184,8 @@ pub enum Effect {
     /// Record a review, review comment or issue comment on a pull request (first review time,
     /// review comment counts).
     RecordPrActivity(PrActivityRecord),
+    /// What an automation did or would have done on GitHub, its review run and model calls.
+    RecordAutomation(Box<AutomationRecord>),
 }
 
 /// One row of the activity table.
