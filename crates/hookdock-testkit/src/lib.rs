@@ -24,6 +24,7 @@ mod deliveries;
 mod faults;
 mod hooks;
 mod issues;
+mod llm;
 mod meta;
 mod oauth;
 mod pulls;
@@ -39,6 +40,7 @@ use time::OffsetDateTime;
 pub use contract::EXTRA_ENDPOINTS;
 pub use deliveries::{signature_256, signature_sha1};
 pub use faults::Fault;
+pub use llm::{FakeLlm, LlmReply};
 pub use state::{
     DEFAULT_META_HOOKS, FakeDelivery, FakeHook, FakeLabel, HookOwner, RecordedRequest,
 };

@@ -10,6 +10,7 @@ mod github;
 mod helpers;
 mod hooks;
 mod ingest;
+mod llm;
 mod metrics;
 mod queue;
 mod source;
