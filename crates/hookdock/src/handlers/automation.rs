@@ -401,13 +401,13 @@ impl<'a> Run<'a> {
             .await?)
     }
 
-    /// Adds the labels not there yet (defining them with `color` first so they get it);
-    /// returns the ones it added.
+    /// Adds the labels not there yet (defining them with `color` first so they get it;
+    /// without one GitHub defines missing labels in grey); returns the ones it added.
     pub async fn add_labels(
         &self,
         number: u64,
         labels: &[String],
-        color: &str,
+        color: Option<&str>,
     ) -> Result<Vec<String>, HandlerError> {
         let current = self.labels(number).await?;
         let missing: Vec<String> = labels
@@ -419,14 +419,14 @@ impl<'a> Run<'a> {
             return Ok(missing);
         }
         if !self.dry_run {
-            for name in &missing {
+            for name in missing.iter().filter(|_| color.is_some()) {
                 self.gh
                     .create_label(
                         self.owner(),
                         self.repo(),
                         &NewLabel {
                             name,
-                            color,
+                            color: color.unwrap_or("ededed"),
                             description: None,
                         },
                     )

@@ -4,14 +4,14 @@
 //! This module owns the pure label logic: size tiers ([`SizeTier`], [`size_label`],
 //! [`check_tiers`], [`counted_lines`]) and keyword rules ([`KeywordRule`], [`issue_labels`]).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::commands::parse::Fences;
 use super::review::ChangedFile;
 use super::review::diff::Classifier;
 
 /// A pull request changing fewer than `below` lines gets `name` (the first such tier).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SizeTier {
     pub name: String,
@@ -79,7 +79,7 @@ pub fn counted_lines(files: &[ChangedFile], classifier: &Classifier) -> u64 {
 }
 
 /// An issue gets `label` when any of `keywords` appears in its title or body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeywordRule {
     pub label: String,

@@ -9,6 +9,7 @@ mod activity;
 pub mod automation;
 pub mod backfill;
 pub mod commands;
+pub mod labeling;
 pub mod labels;
 pub mod metrics;
 pub mod repo_config;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hookdock::clock::ManualClock;
+use hookdock::handlers::review::diff::annotate;
 use hookdock::handlers::review::llm::{LlmConfig, LlmError, LlmOutcome, LlmReviewer};
 use hookdock::handlers::review::{
     ChangedFile, Finding, PullInfo, ReviewInput, Severity, SkippedFile,
@@ -245,9 +246,9 @@ async fn the_request_is_a_json_mode_chat_completion_with_the_patches_and_the_key
         "Base branch: main",
         "Reads the count instead of hard-coding it.",
         "### src/main.rs",
-        PATCH_A,
+        &annotate(PATCH_A),
         "### src/config.rs",
-        PATCH_B,
+        &annotate(PATCH_B),
         "- src/huge.rs (added, +5000 -0)",
         "- Cargo.lock: lock file",
     ] {
@@ -644,7 +645,7 @@ async fn max_input_bytes_leaves_whole_files_out_from_the_end() {
     let full = env.reviewer.review(&input).await;
     assert!(full.omitted.is_empty());
     let full_bytes = full.calls[0].prompt_bytes;
-    let one_patch = big("one").len();
+    let one_patch = annotate(&big("one")).len();
 
     // Room for about one and a half files fewer than all three.
     let budget = full_bytes - one_patch - one_patch / 2;
@@ -658,7 +659,10 @@ async fn max_input_bytes_leaves_whole_files_out_from_the_end() {
     assert_eq!(outcome.omitted, ["src/two.rs", "src/three.rs"]);
     assert!(outcome.calls[0].prompt_bytes <= budget);
     let user = env.user_message(0);
-    assert!(user.contains(&big("one")), "the first file whole");
+    assert!(
+        user.contains(&annotate(&big("one"))),
+        "the first file whole"
+    );
     assert!(!user.contains("two_0"), "no part of a left-out patch");
     assert!(!user.contains("three_0"));
     assert!(user.contains("- src/two.rs\n- src/three.rs\n"), "{user}");

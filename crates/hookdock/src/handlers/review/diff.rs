@@ -631,7 +631,7 @@ pub fn anchor(findings: Vec<Finding>, reviewed: &[ChangedFile]) -> Anchored {
 }
 
 /// A file's name and size, for files the reviewer did not see whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FileStat {
     pub path: String,
     pub additions: u64,
@@ -639,7 +639,7 @@ pub struct FileStat {
 }
 
 /// What was reviewed and what was not.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Coverage {
     pub files_reviewed: usize,
     pub hunks_reviewed: usize,

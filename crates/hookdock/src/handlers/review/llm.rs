@@ -156,7 +156,7 @@ Answer with one JSON object and nothing else, exactly of this shape:
 
 - "summary": one or two sentences on the change as a whole.
 - "path": the file's path exactly as given after "### ".
-- "line": the line number in the NEW version of the file (the right side of the diff, counted from the "+" numbers of the hunk header).
+- "line": the line number in the NEW version of the file. Each added or unchanged line of a patch is prefixed with that number; removed lines have none and cannot be commented on.
 - "severity": "error" for bugs and security problems, "warning" for likely problems, "info" for minor suggestions.
 - "findings": an empty array when there is nothing worth saying."####;
 
@@ -669,6 +669,7 @@ fn file_section(file: &ChangedFile) -> String {
     out.push_str(")\n");
     match &file.patch {
         Some(patch) => {
+            let patch = super::diff::annotate(patch);
             // A fence longer than any backtick run in the patch, so a Markdown file's own
             // fences do not end it.
             let mut fence = "```".to_owned();

@@ -6,6 +6,7 @@
 pub mod diff;
 pub mod llm;
 pub mod rules;
+pub mod run;
 
 use serde::{Deserialize, Serialize};
 
