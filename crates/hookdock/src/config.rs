@@ -233,6 +233,15 @@ pub struct RetentionSettings {
 pub struct HandlerSettings {
     pub activity: ActivitySettings,
     pub metrics: MetricsSettings,
+    pub records: RecordsSettings,
+}
+
+/// The repository records handler (`handlers.records`): pushes, releases, CI runs,
+/// deployment statuses, stars, forks and watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSettings {
+    pub enabled: bool,
 }
 
 /// The pull request metrics handler (`handlers.metrics`).
@@ -380,7 +389,11 @@ fn defaults() -> serde_json::Value {
         "auth": { "allowed_users": [], "session_hours": 168 },
         "source_check": { "enabled": false, "refresh_hours": 24, "trusted_proxies": [] },
         "hooks": {
-            "events": ["pull_request", "pull_request_review", "pull_request_review_comment", "issues", "issue_comment", "push"],
+            "events": [
+                "pull_request", "pull_request_review", "pull_request_review_comment", "issues",
+                "issue_comment", "push",
+                "release", "workflow_run", "check_run", "deployment_status", "star", "fork", "watch"
+            ],
             "rotation_grace_secs": 900,
             "rotation_interval_days": 90,
             "check_interval_secs": 3600,
@@ -406,7 +419,8 @@ fn defaults() -> serde_json::Value {
                 "hotfix_branch_prefixes": ["hotfix/", "hotfix-"],
                 "hotfix_labels": ["hotfix"],
                 "count_bot_reviews": false
-            }
+            },
+            "records": { "enabled": true }
         }
     })
 }

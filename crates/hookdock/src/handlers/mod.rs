@@ -10,6 +10,7 @@ pub mod backfill;
 pub mod commands;
 pub mod labels;
 pub mod metrics;
+pub mod records;
 pub mod review;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use activity::ActivityHandler;
 pub use metrics::MetricsHandler;
+pub use records::RecordsHandler;
 
 use crate::config::HandlerSettings;
 use crate::store::{ClaimedJob, Effect, Store, StoreError};
@@ -100,6 +102,9 @@ impl HandlerRegistry {
         }
         if settings.metrics.enabled {
             registry.register(Arc::new(MetricsHandler::new(settings.metrics.clone())));
+        }
+        if settings.records.enabled {
+            registry.register(Arc::new(RecordsHandler));
         }
         registry
     }

@@ -172,6 +172,7 @@ pub(super) async fn apply_effect(
         Effect::RecordPrActivity(activity) => {
             super::metrics::record_pr_activity(conn, activity).await?
         }
+        Effect::Record(record) => super::records::apply(conn, record).await?,
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod events;
 mod hooks;
 mod jobs;
 mod metrics;
+mod records;
 mod sessions;
 mod sql;
 mod writer;
@@ -35,6 +36,10 @@ pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 pub use metrics::{
     ActivityKind, MemberRecord, MemberRow, PrActivityRecord, PullFilter, PullRequestRecord,
     PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow, StoredEventRef,
+};
+pub use records::{
+    CI_KINDS, CiRunRecord, DeploymentStatusRecord, PushRecord, RecordEffect, RecordFilter,
+    RecordRow, ReleaseRecord, SocialCounts, SocialEventRecord,
 };
 pub use sessions::SessionRow;
 
@@ -179,6 +184,9 @@ pub enum Effect {
     /// Record a review, review comment or issue comment on a pull request (first review time,
     /// review comment counts).
     RecordPrActivity(PrActivityRecord),
+    /// Record a push, release, CI run, deployment status, or star/fork/watch (repository
+    /// records; see `store::records`).
+    Record(Box<RecordEffect>),
 }
 
 /// One row of the activity table.

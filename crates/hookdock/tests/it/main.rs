@@ -12,4 +12,5 @@ mod hooks;
 mod ingest;
 mod metrics;
 mod queue;
+mod records;
 mod source;
