@@ -266,11 +266,20 @@ pub struct HandlerSettings {
     pub metrics: MetricsSettings,
     /// Review, labels, slash commands and config simulation; they run only with a GitHub token.
     pub automations: AutomationSettings,
+    pub records: RecordsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutomationSettings {
+    pub enabled: bool,
+}
+
+/// The repository records handler (`handlers.records`): pushes, releases, CI runs,
+/// deployment statuses, stars, forks and watches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsSettings {
     pub enabled: bool,
 }
 
@@ -425,7 +434,11 @@ fn defaults() -> serde_json::Value {
         "auth": { "allowed_users": [], "session_hours": 168 },
         "source_check": { "enabled": false, "refresh_hours": 24, "trusted_proxies": [] },
         "hooks": {
-            "events": ["pull_request", "pull_request_review", "pull_request_review_comment", "issues", "issue_comment", "push"],
+            "events": [
+                "pull_request", "pull_request_review", "pull_request_review_comment", "issues",
+                "issue_comment", "push",
+                "release", "workflow_run", "check_run", "deployment_status", "star", "fork", "watch"
+            ],
             "rotation_grace_secs": 900,
             "rotation_interval_days": 90,
             "check_interval_secs": 3600,
@@ -452,7 +465,8 @@ fn defaults() -> serde_json::Value {
                 "hotfix_labels": ["hotfix"],
                 "count_bot_reviews": false
             },
-            "automations": { "enabled": true }
+            "automations": { "enabled": true },
+            "records": { "enabled": true }
         },
         "llm": {
             "model": "gpt-4o-mini",

@@ -13,6 +13,7 @@ pub mod labeling;
 pub mod labels;
 pub mod metrics;
 pub mod repo_config;
+pub mod records;
 pub mod review;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 pub use activity::ActivityHandler;
 pub use metrics::MetricsHandler;
+pub use records::RecordsHandler;
 
 use crate::config::HandlerSettings;
 use crate::store::{ClaimedJob, Effect, Store, StoreError};
@@ -103,6 +105,9 @@ impl HandlerRegistry {
         }
         if settings.metrics.enabled {
             registry.register(Arc::new(MetricsHandler::new(settings.metrics.clone())));
+        }
+        if settings.records.enabled {
+            registry.register(Arc::new(RecordsHandler));
         }
         registry
     }

@@ -6,6 +6,7 @@ mod error;
 mod health;
 mod login;
 mod metrics;
+mod records;
 mod repos;
 mod webhook;
 
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/activity", get(api::activity))
         .route("/api/v1/metrics/pulls", get(metrics::pulls))
         .route("/api/v1/metrics/summary", get(metrics::summary))
+        .route("/api/v1/records/{kind}", get(records::list))
         .route("/api/v1/repos", get(repos::list))
         .route("/api/v1/repos/{owner}/{repo}", get(repos::show))
         .route("/api/v1/orgs/{org}", get(repos::show))

@@ -173,6 +173,7 @@ pub(super) async fn apply_effect(
             super::metrics::record_pr_activity(conn, activity).await?
         }
         Effect::RecordAutomation(record) => super::automation::record(conn, record).await?,
+        Effect::Record(record) => super::records::apply(conn, record).await?,
     }
     Ok(())
 }

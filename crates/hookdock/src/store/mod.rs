@@ -17,6 +17,7 @@ mod events;
 mod hooks;
 mod jobs;
 mod metrics;
+mod records;
 mod sessions;
 mod sql;
 mod writer;
@@ -40,6 +41,10 @@ pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 pub use metrics::{
     ActivityKind, MemberRecord, MemberRow, PrActivityRecord, PullFilter, PullRequestRecord,
     PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow, StoredEventRef,
+};
+pub use records::{
+    CI_KINDS, CiRunRecord, DeploymentStatusRecord, PushRecord, RecordEffect, RecordFilter,
+    RecordRow, ReleaseRecord, SocialCounts, SocialEventRecord,
 };
 pub use sessions::SessionRow;
 
@@ -186,6 +191,9 @@ pub enum Effect {
     RecordPrActivity(PrActivityRecord),
     /// What an automation did or would have done on GitHub, its review run and model calls.
     RecordAutomation(Box<AutomationRecord>),
+    /// Record a push, release, CI run, deployment status, or star/fork/watch (repository
+    /// records; see `store::records`).
+    Record(Box<RecordEffect>),
 }
 
 /// One row of the activity table.

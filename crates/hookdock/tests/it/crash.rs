@@ -125,6 +125,7 @@ impl Server {
                 ("HOOKDOCK_SHUTDOWN_GRACE_SECS", "5"),
                 // The invariants below count `activity` jobs only.
                 ("HOOKDOCK_HANDLERS__METRICS__ENABLED", "false"),
+                ("HOOKDOCK_HANDLERS__RECORDS__ENABLED", "false"),
             ];
             command.envs(settings);
             let mut child = command.spawn().expect("start the hookdock binary");

@@ -466,7 +466,10 @@ async fn replayed_body_with_new_delivery_id_is_held_until_released(backend: Back
     assert_eq!(status, StatusCode::CONFLICT, "{refused}");
     let (status, released) = app.api_post(&format!("/api/v1/events/{id}/release")).await;
     assert_eq!(status, StatusCode::OK, "{released}");
-    assert_eq!(released["queued"], serde_json::json!(["activity"]));
+    assert_eq!(
+        released["queued"],
+        serde_json::json!(["activity", "records"])
+    );
     app.wait_until_idle().await;
     let (_, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
     assert_eq!(detail["status"], "done", "{detail}");

@@ -13,4 +13,5 @@ mod ingest;
 mod llm;
 mod metrics;
 mod queue;
+mod records;
 mod source;

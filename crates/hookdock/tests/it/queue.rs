@@ -336,7 +336,7 @@ async fn replay_of_a_done_event_runs_its_handlers_again(backend: Backend) {
     app.wait_until_idle().await;
     let (status, report) = app.api_post(&format!("/api/v1/events/{id}/replay")).await;
     assert_eq!(status, StatusCode::OK, "{report}");
-    assert_eq!(report["queued"], serde_json::json!(["activity"]));
+    assert_eq!(report["queued"], serde_json::json!(["activity", "records"]));
     app.wait_until_idle().await;
     let activity = app.store.activity().await.unwrap();
     assert_eq!(activity.iter().map(|a| a.events_handled).sum::<i64>(), 2);
