@@ -355,6 +355,19 @@ impl FakeGitHub {
         );
     }
 
+    /// A file for the contents API at one ref only (`?ref=`), e.g. a pull request's head
+    /// commit; other refs see the file given to [`FakeGitHub::put_file`], if any.
+    pub fn put_file_at(&self, owner: &str, repo: &str, path: &str, git_ref: &str, content: &[u8]) {
+        self.shared.lock().files_at.insert(
+            (
+                repo_key(owner, repo),
+                path.trim_matches('/').to_owned(),
+                git_ref.to_owned(),
+            ),
+            content.to_vec(),
+        );
+    }
+
     /// Comments on an issue or pull request, oldest first.
     pub fn issue_comments(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
         let key = repo_key(owner, repo);

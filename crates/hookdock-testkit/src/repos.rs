@@ -102,7 +102,17 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
         }
         "repos/get-content" => {
             let path = ctx.param("path").trim_matches('/').to_owned();
-            if let Some(content) = ctx.st.files.get(&(key.clone(), path.clone())).cloned() {
+            let at = ctx
+                .query("ref")
+                .and_then(|r| {
+                    ctx.st
+                        .files_at
+                        .get(&(key.clone(), path.clone(), r.to_owned()))
+                })
+                .cloned();
+            if let Some(content) =
+                at.or_else(|| ctx.st.files.get(&(key.clone(), path.clone())).cloned())
+            {
                 let accept = ctx
                     .headers
                     .get("accept")

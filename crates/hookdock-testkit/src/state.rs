@@ -209,6 +209,8 @@ pub(crate) struct State {
     pub review_comments: Vec<Item>,
     pub reviews: Vec<Item>,
     pub files: BTreeMap<(String, String), Vec<u8>>,
+    /// Files that differ at one ref (branch or commit): `(repo, path, ref)`.
+    pub files_at: BTreeMap<(String, String, String), Vec<u8>>,
     pub permissions: HashMap<(String, String), String>,
     /// The `hooks` list of `GET /meta`.
     pub meta_hooks: Vec<String>,
@@ -315,6 +317,7 @@ impl State {
             review_comments: Vec::new(),
             reviews: Vec::new(),
             files: BTreeMap::new(),
+            files_at: BTreeMap::new(),
             permissions: HashMap::new(),
             meta_hooks: DEFAULT_META_HOOKS.iter().map(|s| (*s).to_owned()).collect(),
             faults: Vec::new(),

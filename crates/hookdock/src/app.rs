@@ -18,6 +18,8 @@ use crate::config::Settings;
 use crate::crypto::{KeySource, load_key_ring};
 use crate::github::GithubClient;
 use crate::github::{Github, GithubConfig};
+use crate::handlers::automation::{AutomationSet, Automations, llm_reviewer};
+use crate::handlers::repo_config::ConfigDefaults;
 use crate::handlers::{Handler, HandlerRegistry};
 use crate::hooks::{HookError, HookManager};
 use crate::http::{AppState, Shared, router};
@@ -28,6 +30,10 @@ use crate::telemetry::metrics_handle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    #[error("invalid setting `llm.base_url`: {0}")]
+    Llm(#[from] crate::handlers::review::llm::LlmError),
+    #[error("invalid setting in [automations]: {0}")]
+    Automations(#[from] crate::handlers::repo_config::RepoConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -78,14 +84,20 @@ impl App {
             tracing::info!(applied, "database migrations applied");
         }
         let mut registry = HandlerRegistry::from_settings(&settings.handlers);
-        for handler in extra {
-            registry.register(handler);
-        }
         let jobs_ready = Arc::new(Notify::new());
         let secrets = Arc::new(WebhookSecrets::from_settings(&settings));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let github = Github::new(GithubConfig::from_settings(&settings), Arc::clone(&clock))
             .map_err(HookError::from)?;
+        let automations = automation_set(&settings, &github, &store, Arc::clone(&clock))?;
+        if let Some(set) = &automations {
+            for handler in set.handlers() {
+                registry.register(handler);
+            }
+        }
+        for handler in extra {
+            registry.register(handler);
+        }
         let keys = load_key_ring(&settings)
             .map_err(HookError::from)?
             .map(|(ring, source)| {
@@ -134,6 +146,7 @@ impl App {
             source: Arc::clone(&source),
             store: store.clone(),
             registry,
+            automations: automations.clone(),
             admin_token: settings.admin_token.clone(),
             metrics: metrics_handle(),
             jobs_ready,
@@ -187,6 +200,11 @@ impl App {
 
     pub fn registry(&self) -> &HandlerRegistry {
         &self.state.registry
+    }
+
+    /// The automations, when they are on.
+    pub fn automations(&self) -> Option<Arc<AutomationSet>> {
+        self.state.automations.clone()
     }
 
     pub fn hooks(&self) -> &HookManager {
@@ -245,6 +263,34 @@ impl App {
         tracing::info!("shutdown complete");
         served.map_err(AppError::Serve)
     }
+}
+
+/// The automations, when enabled and a GitHub token lets them act.
+fn automation_set(
+    settings: &Settings,
+    github: &Github,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Arc<AutomationSet>>, AppError> {
+    if !settings.handlers.automations.enabled {
+        return Ok(None);
+    }
+    if settings.github_token.is_none() {
+        tracing::info!(
+            "automations (review, labels, commands) are off: they need HOOKDOCK_GITHUB_TOKEN"
+        );
+        return Ok(None);
+    }
+    let defaults = ConfigDefaults::new(&settings.automations)?;
+    let llm = llm_reviewer(&settings.llm, clock)?;
+    let services = Arc::new(Automations::new(
+        github.clone(),
+        settings.github_token.clone(),
+        store.clone(),
+        defaults,
+        llm,
+    ));
+    Ok(Some(Arc::new(AutomationSet::new(services))))
 }
 
 async fn retention_loop(store: Store, days: u32, every: Duration, shutdown: CancellationToken) {

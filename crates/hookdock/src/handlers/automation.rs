@@ -654,14 +654,21 @@ impl Handler for AutomationJob {
     }
 }
 
-/// Runs every automation subscribed to a stored event in dry run, optionally under other
-/// settings; returns what each would have done. Nothing is written to GitHub or recorded.
+/// What one automation would have done with an event in dry run, or why it could not say.
+#[derive(Debug)]
+pub struct DryRun {
+    pub automation: &'static str,
+    pub result: Result<AutomationRecord, HandlerError>,
+}
+
+/// Runs every automation in `automations` subscribed to a stored event in dry run, optionally
+/// under other settings. Nothing is written to GitHub or to the database.
 pub async fn dry_run_event(
     services: &Automations,
     automations: &[Arc<dyn Automation>],
     event_id: i64,
     config: Option<&RepoConfig>,
-) -> Result<Vec<AutomationRecord>, HandlerError> {
+) -> Result<Vec<DryRun>, HandlerError> {
     let detail = services.store().event_summary(event_id).await?;
     let payload = stored_payload(services.store(), event_id).await?;
     let Some(view) = EventView::new(event_id, &detail.event, detail.action.as_deref(), payload)
@@ -673,7 +680,110 @@ pub async fn dry_run_event(
         if !automation.subscribes(&view.event, view.action.as_deref()) {
             continue;
         }
-        out.push(services.execute(&**automation, &view, true, config).await?);
+        out.push(DryRun {
+            automation: automation.name(),
+            result: services.execute(&**automation, &view, true, config).await,
+        });
     }
     Ok(out)
+}
+
+/// The reviewer the server's `llm` settings describe, if a base URL is set.
+pub fn llm_reviewer(
+    settings: &crate::config::LlmSettings,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> Result<Option<Arc<super::review::llm::LlmReviewer>>, super::review::llm::LlmError> {
+    let Some(base_url) = &settings.base_url else {
+        return Ok(None);
+    };
+    let config = super::review::llm::LlmConfig {
+        base_url: base_url.clone(),
+        model: settings.model.clone(),
+        api_key: settings.api_key.clone(),
+        timeout: Duration::from_secs(settings.timeout_secs),
+        max_retries: settings.max_retries,
+        max_input_bytes: settings.max_input_bytes,
+        max_findings: settings.max_findings,
+        ..super::review::llm::LlmConfig::default()
+    };
+    super::review::llm::LlmReviewer::new(config, clock).map(|r| Some(Arc::new(r)))
+}
+
+/// The enabled automations and the services they share.
+pub struct AutomationSet {
+    pub services: Arc<Automations>,
+    pub automations: Vec<Arc<dyn Automation>>,
+}
+
+impl AutomationSet {
+    /// Every built-in automation, the config simulation last (it replays the others).
+    pub fn new(services: Arc<Automations>) -> AutomationSet {
+        let mut automations: Vec<Arc<dyn Automation>> = Vec::new();
+        automations.extend(super::review::run::automations());
+        automations.extend(super::labeling::automations());
+        automations.extend(super::commands::automations());
+        let simulate: Arc<dyn Automation> =
+            Arc::new(super::simulate::Simulate::new(automations.clone()));
+        automations.push(simulate);
+        AutomationSet {
+            services,
+            automations,
+        }
+    }
+
+    /// The automations as queue handlers.
+    pub fn handlers(&self) -> Vec<Arc<dyn Handler>> {
+        self.automations
+            .iter()
+            .map(|a| {
+                Arc::new(AutomationJob::new(
+                    Arc::clone(a),
+                    Arc::clone(&self.services),
+                )) as Arc<dyn Handler>
+            })
+            .collect()
+    }
+
+    /// Replays a stored event in dry run under the repository's current settings, records what
+    /// each automation would have done (marked dry run) and returns it.
+    pub async fn dry_run(&self, event_id: i64) -> Result<Vec<DryRunReport>, HandlerError> {
+        let runs = dry_run_event(&self.services, &self.automations, event_id, None).await?;
+        let mut reports = Vec::new();
+        for run in runs {
+            match run.result {
+                Ok(record) => {
+                    let actions = record.actions.clone();
+                    if !actions.is_empty() {
+                        let record = AutomationRecord {
+                            actions: record.actions,
+                            ..AutomationRecord::default()
+                        };
+                        self.services
+                            .store()
+                            .apply_effects(&[Effect::RecordAutomation(Box::new(record))])
+                            .await?;
+                    }
+                    reports.push(DryRunReport {
+                        automation: run.automation,
+                        actions,
+                        error: None,
+                    });
+                }
+                Err(e) => reports.push(DryRunReport {
+                    automation: run.automation,
+                    actions: Vec::new(),
+                    error: Some(e.to_string()),
+                }),
+            }
+        }
+        Ok(reports)
+    }
+}
+
+/// What a dry-run replay reports per automation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DryRunReport {
+    pub automation: &'static str,
+    pub actions: Vec<ActionRecord>,
+    pub error: Option<String>,
 }

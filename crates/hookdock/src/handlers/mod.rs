@@ -12,9 +12,10 @@ pub mod commands;
 pub mod labeling;
 pub mod labels;
 pub mod metrics;
-pub mod repo_config;
 pub mod records;
+pub mod repo_config;
 pub mod review;
+pub mod simulate;
 
 use std::future::Future;
 use std::pin::Pin;

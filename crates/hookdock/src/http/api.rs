@@ -198,7 +198,10 @@ pub async fn show_event(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let detail = state.store.event_detail(id).await?;
-    Ok(Json(serde_json::to_value(detail).unwrap_or_default()))
+    let actions = state.store.event_actions(id).await?;
+    let mut value = serde_json::to_value(detail).unwrap_or_default();
+    value["actions"] = serde_json::to_value(actions).unwrap_or_default();
+    Ok(Json(value))
 }
 
 pub async fn event_payload(
@@ -218,6 +221,9 @@ pub async fn event_payload(
 pub struct ReplayQuery {
     #[serde(default)]
     dead_only: bool,
+    /// Run the automations in process and report what they would write, writing nothing.
+    #[serde(default)]
+    dry_run: bool,
 }
 
 pub async fn replay_event(
@@ -227,6 +233,23 @@ pub async fn replay_event(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
+    if query.dry_run {
+        let Some(automations) = &state.automations else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "automations_off",
+                "a dry run replays the automations, which are off: set HOOKDOCK_GITHUB_TOKEN (and leave handlers.automations.enabled on)",
+            ));
+        };
+        state.store.event_summary(id).await?;
+        let reports = automations
+            .dry_run(id)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "dry_run_failed", e.to_string()))?;
+        return Ok(Json(
+            serde_json::json!({ "event_id": id, "dry_run": true, "automations": reports }),
+        ));
+    }
     let mode = if query.dead_only {
         ReplayMode::DeadOnly
     } else {
@@ -265,6 +288,20 @@ pub async fn replay_dead(
     let reports = crate::events::replay_all_dead(&state.store, &state.registry).await?;
     state.jobs_ready.notify_one();
     Ok(Json(serde_json::json!({ "replayed": reports })))
+}
+
+/// Review runs of a pull request (reviewed, superseded) with their findings, and the calls
+/// made to the language model for it.
+pub async fn pull_reviews(
+    State(state): State<AppState>,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let repository = format!("{owner}/{repo}");
+    let reviews = state.store.review_runs(&repository, number).await?;
+    let llm_calls = state.store.llm_calls(&repository, number).await?;
+    Ok(Json(
+        serde_json::json!({ "repository": repository, "number": number, "reviews": reviews, "llm_calls": llm_calls }),
+    ))
 }
 
 pub async fn activity(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -40,6 +40,7 @@ pub struct Shared {
     pub source: Arc<SourceGuard>,
     pub store: Store,
     pub registry: HandlerRegistry,
+    pub automations: Option<Arc<crate::handlers::automation::AutomationSet>>,
     pub admin_token: Option<SecretString>,
     pub metrics: PrometheusHandle,
     pub jobs_ready: Arc<Notify>,
@@ -72,6 +73,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/records/{kind}", get(records::list))
         .route("/api/v1/repos", get(repos::list))
         .route("/api/v1/repos/{owner}/{repo}", get(repos::show))
+        .route(
+            "/api/v1/repos/{owner}/{repo}/pulls/{number}/reviews",
+            get(api::pull_reviews),
+        )
         .route("/api/v1/orgs/{org}", get(repos::show))
         .route(
             "/api/v1/repos/{owner}/{repo}/install",

@@ -186,6 +186,8 @@ pub fn test_sources(db_url: &str) -> Sources {
         .set("queue.poll_interval_ms", 20)
         .set("queue.retry_base_ms", 10)
         .set("queue.retry_cap_secs", 1)
+        // Tests of the automations turn them on; elsewhere their jobs would only add noise.
+        .set("handlers.automations.enabled", false)
 }
 
 /// An app that was stopped; [`StoppedApp::start`] brings it back on the same database and
