@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod automations;
 mod backfill;
 mod cli;
 mod crash;
