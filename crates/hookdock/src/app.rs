@@ -83,18 +83,13 @@ impl App {
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");
         }
-        let mut registry = HandlerRegistry::from_settings(&settings.handlers);
         let jobs_ready = Arc::new(Notify::new());
         let secrets = Arc::new(WebhookSecrets::from_settings(&settings));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let github = Github::new(GithubConfig::from_settings(&settings), Arc::clone(&clock))
             .map_err(HookError::from)?;
-        let automations = automation_set(&settings, &github, &store, Arc::clone(&clock))?;
-        if let Some(set) = &automations {
-            for handler in set.handlers() {
-                registry.register(handler);
-            }
-        }
+        let (mut registry, automations) =
+            handler_registry(&settings, &github, &store, Arc::clone(&clock))?;
         for handler in extra {
             registry.register(handler);
         }
@@ -263,6 +258,24 @@ impl App {
         tracing::info!("shutdown complete");
         served.map_err(AppError::Serve)
     }
+}
+
+/// The enabled handlers, the automations among them (when a GitHub token lets them act).
+/// The CLI builds the same registry, so a replay from it queues the same jobs.
+pub fn handler_registry(
+    settings: &Settings,
+    github: &Github,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+) -> Result<(HandlerRegistry, Option<Arc<AutomationSet>>), AppError> {
+    let mut registry = HandlerRegistry::from_settings(&settings.handlers);
+    let automations = automation_set(settings, github, store, clock)?;
+    if let Some(set) = &automations {
+        for handler in set.handlers() {
+            registry.register(handler);
+        }
+    }
+    Ok((registry, automations))
 }
 
 /// The automations, when enabled and a GitHub token lets them act.

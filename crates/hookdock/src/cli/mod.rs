@@ -4,10 +4,13 @@ mod hooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hookdock::clock::{Clock, SystemClock};
 use hookdock::config::{ConfigError, Settings, Sources};
+use hookdock::github::{Github, GithubConfig};
 use hookdock::ingest::ContentType;
 use hookdock::send::{Outgoing, embedded_payload, send};
 use hookdock::store::{
@@ -155,6 +158,9 @@ enum EventsCommand {
         /// Only re-run jobs that are dead.
         #[arg(long)]
         dead_only: bool,
+        /// Run the automations now and print what they would write to GitHub, writing nothing.
+        #[arg(long, conflicts_with_all = ["dead_only", "all_dead"])]
+        dry_run: bool,
         /// Replay the dead jobs of every event.
         #[arg(long, conflicts_with = "id")]
         all_dead: bool,
@@ -463,7 +469,11 @@ async fn events_command(
     settings: &Settings,
     store: &Store,
 ) -> Result<ExitCode, Failure> {
-    let registry = HandlerRegistry::from_settings(&settings.handlers);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let github = Github::new(GithubConfig::from_settings(settings), Arc::clone(&clock))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let (registry, automations) = hookdock::app::handler_registry(settings, &github, store, clock)
+        .map_err(|e| anyhow::anyhow!(e))?;
     match command {
         EventsCommand::List {
             status,
@@ -536,17 +546,46 @@ async fn events_command(
                     .context("writing to stdout")?;
             } else {
                 let detail = store.event_detail(*id).await?;
+                let mut value = serde_json::to_value(detail).unwrap_or_default();
+                value["actions"] =
+                    serde_json::to_value(store.event_actions(*id).await?).unwrap_or_default();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&detail).unwrap_or_default()
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        EventsCommand::Replay {
+            id: Some(id),
+            dry_run: true,
+            ..
+        } => {
+            let Some(automations) = automations else {
+                return Err(anyhow::anyhow!(
+                    "a dry run replays the automations, which are off: set HOOKDOCK_GITHUB_TOKEN (and leave handlers.automations.enabled on)"
+                )
+                .into());
+            };
+            store.event_summary(*id).await?;
+            let reports = automations
+                .dry_run(*id)
+                .await
+                .map_err(|e| anyhow::anyhow!("dry run of event {id} failed: {e}"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "event_id": id, "dry_run": true, "automations": reports })
+                )
+                .unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
         EventsCommand::Replay {
             id,
             dead_only,
             all_dead,
+            ..
         } => {
             let reports = if *all_dead {
                 events::replay_all_dead(store, &registry).await?
