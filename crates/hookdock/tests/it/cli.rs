@@ -200,3 +200,92 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     );
     app.stop().await;
 }
+
+/// `events replay ID --dry-run` runs the automations against GitHub's state, prints what they
+/// would write, and writes nothing; without a GitHub token it says what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_replay_dry_run_prints_the_writes_it_would_make() {
+    const GH_TOKEN: &str = "ghp_clidryrun0123456789abcdefghijklmnopq";
+    let github = hookdock_testkit::FakeGitHub::start().await;
+    github.add_token(GH_TOKEN, "hookdock-bot", &["repo"]);
+    github.add_repo("Codertocat", "Hello-World");
+    let api = github.url();
+    // No workers: the event stays as received, so only the dry run acts on it.
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        |s| {
+            s.set("queue.workers", 0)
+                .set("github_api_url", api.clone())
+                .set("github_token", GH_TOKEN)
+                .set("handlers.automations.enabled", true)
+        },
+        Vec::new(),
+    )
+    .await;
+    let mut issue: serde_json::Value =
+        serde_json::from_slice(&fixture("issues.opened.0")).expect("fixture");
+    issue["issue"]["title"] = serde_json::json!("App crashes on start");
+    // The fake GitHub knows issue 1 (as the issue of a pull request: it has no bare issues).
+    github.add_pull(
+        "Codertocat",
+        "Hello-World",
+        serde_json::json!({
+            "number": 1, "title": "App crashes on start", "user": issue["issue"]["user"].clone(),
+            "state": "open", "id": 444_000_001u64,
+        }),
+    );
+    let (status, answer) = app
+        .post(
+            "issues",
+            &serde_json::to_vec(&issue).unwrap(),
+            &new_delivery_id(),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["event_id"].as_i64().expect("event id").to_string();
+    let db = app.settings.database_url.clone();
+
+    let out = hookdock(
+        &["events", "replay", &id, "--dry-run"],
+        &[
+            ("HOOKDOCK_DATABASE_URL", &db),
+            ("HOOKDOCK_GITHUB_API_URL", &api),
+            ("HOOKDOCK_GITHUB_TOKEN", GH_TOKEN),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["dry_run"], true);
+    let labels = report["automations"]
+        .as_array()
+        .expect("automations")
+        .iter()
+        .find(|a| a["automation"] == "issue_labels")
+        .expect("issue labels ran");
+    assert_eq!(labels["actions"][0]["kind"], "add_labels", "{report}");
+    assert_eq!(
+        labels["actions"][0]["detail"]["labels"],
+        serde_json::json!(["bug"])
+    );
+    assert_eq!(labels["actions"][0]["dry_run"], true);
+    assert!(
+        github.labels("Codertocat", "Hello-World", 1).is_empty(),
+        "nothing written"
+    );
+    assert!(
+        github.requests().iter().all(|r| r.method == "GET"),
+        "a dry run only reads"
+    );
+
+    let out = hookdock(
+        &["events", "replay", &id, "--dry-run"],
+        &[("HOOKDOCK_DATABASE_URL", &db)],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("HOOKDOCK_GITHUB_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    app.stop().await;
+}
