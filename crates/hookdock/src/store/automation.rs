@@ -375,21 +375,30 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// The newest event after `event_id` whose `handler` job with the same ordering key is
-    /// still waiting or running: the job at `event_id` is then superseded by it.
+    /// The newest `event` delivery (with one of `actions`) after `event_id` whose `handler`
+    /// job with the same ordering key is still waiting or running: the job at `event_id` is
+    /// then superseded by it.
     pub async fn newer_waiting_job(
         &self,
         handler: &str,
         ordering_key: &str,
         event_id: i64,
+        event: &str,
+        actions: &[&str],
     ) -> Result<Option<i64>, StoreError> {
-        let mut sql = Sql::new("SELECT MAX(event_id) FROM jobs WHERE handler = ");
+        let mut sql = Sql::new(
+            "SELECT MAX(j.event_id) FROM jobs j JOIN events e ON e.id = j.event_id \
+             WHERE j.handler = ",
+        );
         sql.bind(handler)
-            .push(" AND ordering_key = ")
+            .push(" AND j.ordering_key = ")
             .bind(ordering_key)
-            .push(" AND event_id > ")
+            .push(" AND j.event_id > ")
             .bind(event_id)
-            .push(" AND status IN ('pending', 'failed', 'processing')");
+            .push(" AND j.status IN ('pending', 'failed', 'processing') AND e.event = ")
+            .bind(event)
+            .push(" AND e.action IN ")
+            .bind_list(actions.iter().copied());
         let row = sql.fetch_optional(&self.inner.read).await?;
         Ok(row.and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()))
     }

@@ -137,6 +137,7 @@ crate::backend_tests!(
     rule_review_posts_inline_comments_a_summary_and_a_size_label,
     replaying_a_finished_review_posts_nothing_new,
     a_burst_of_pushes_gets_one_review_of_the_newest_head,
+    a_plain_comment_does_not_supersede_a_waiting_review,
     llm_findings_outside_the_diff_go_to_the_review_body,
     unusable_llm_output_falls_back_to_the_rules_and_says_so,
     llm_timeout_retries_the_job_and_keeps_the_audit,
@@ -313,6 +314,37 @@ async fn a_burst_of_pushes_gets_one_review_of_the_newest_head(backend: Backend) 
     let summaries = env.hookdock_comments(9);
     assert_eq!(summaries.len(), 1);
     assert!(summaries[0].contains("Reviewed `3333333`"));
+    env.assert_contract_kept();
+    env.app.stop().await;
+}
+
+async fn a_plain_comment_does_not_supersede_a_waiting_review(backend: Backend) {
+    let env = env(&backend, |s| s.set("queue.workers", 0)).await;
+    let sha = "3434343aaaaaaa0000000000000000000000000a";
+    let event = pull_event("opened", 19, sha);
+    env.publish(&event, vec![file("src/lib.rs", Some(LIB_PATCH), 4, 0)]);
+    env.deliver("pull_request", &event).await;
+    // A comment on the same pull request (same ordering key) waits behind it.
+    let mut comment: Value =
+        serde_json::from_slice(&fixture("issue_comment.created.0")).expect("fixture is JSON");
+    comment["repository"] = event["repository"].clone();
+    comment["issue"]["number"] = json!(19);
+    comment["issue"]["pull_request"] =
+        json!({ "url": format!("https://api.github.com/repos/{OWNER}/{REPO}/pulls/19") });
+    comment["comment"]["body"] = json!("Looks fine to me.");
+    env.deliver("issue_comment", &comment).await;
+    let worker = env.app.manual_worker();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while env.app.store.unfinished_jobs().await.expect("count") > 0 {
+        assert!(std::time::Instant::now() < deadline, "jobs did not finish");
+        worker.run_once().await.expect("worker step");
+    }
+    let reviews = env.reviews(19);
+    assert_eq!(reviews.len(), 1, "the head is reviewed: {reviews:?}");
+    assert_eq!(reviews[0]["commit_id"], sha);
+    let runs = env.review_runs(19).await;
+    assert_eq!(runs["reviews"].as_array().map(Vec::len), Some(1));
+    assert_eq!(runs["reviews"][0]["status"], "reviewed");
     env.assert_contract_kept();
     env.app.stop().await;
 }

@@ -26,6 +26,9 @@ use crate::store::{
 
 pub const NAME: &str = "review";
 const SUMMARY_MARKER: &str = "review-summary";
+/// `pull_request` actions that bring a head to review. Only a newer one of these supersedes a
+/// waiting review (a plain comment, which also makes a review job, must not).
+const NEW_HEAD_ACTIONS: &[&str] = &["opened", "reopened", "synchronize", "ready_for_review"];
 
 pub struct Review;
 
@@ -45,10 +48,7 @@ impl Automation for Review {
 
     fn subscribes(&self, event: &str, action: Option<&str>) -> bool {
         match event {
-            "pull_request" => matches!(
-                action,
-                Some("opened" | "reopened" | "synchronize" | "ready_for_review")
-            ),
+            "pull_request" => action.is_some_and(|a| NEW_HEAD_ACTIONS.contains(&a)),
             "issue_comment" => action == Some("created"),
             _ => false,
         }
@@ -144,7 +144,13 @@ async fn review_head(
     if !run.dry_run {
         let store = run.services.store();
         if let Some(newer) = store
-            .newer_waiting_job(NAME, &format!("{repository}#{number}"), event.event_id)
+            .newer_waiting_job(
+                NAME,
+                &format!("{repository}#{number}"),
+                event.event_id,
+                "pull_request",
+                NEW_HEAD_ACTIONS,
+            )
             .await?
         {
             run.record(
