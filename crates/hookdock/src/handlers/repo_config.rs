@@ -16,7 +16,7 @@ use super::review::rules::RuleSet;
 pub const CONFIG_PATH: &str = ".github/hookdock.yml";
 
 /// The automation settings that apply to one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RepoConfig {
     /// Record what the automations would write to GitHub instead of writing it.
@@ -27,19 +27,6 @@ pub struct RepoConfig {
     pub labels: LabelsConfig,
     pub commands: CommandsConfig,
     pub simulate: SimulateConfig,
-}
-
-impl Default for RepoConfig {
-    fn default() -> Self {
-        RepoConfig {
-            dry_run: false,
-            bots: false,
-            review: ReviewConfig::default(),
-            labels: LabelsConfig::default(),
-            commands: CommandsConfig::default(),
-            simulate: SimulateConfig::default(),
-        }
-    }
 }
 
 /// Which reviewer writes the review.

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod backfill;
 mod cli;
+mod commands;
 mod crash;
 mod github;
 mod helpers;

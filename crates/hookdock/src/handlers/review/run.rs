@@ -261,7 +261,7 @@ async fn review_head(
             }
         }
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let Anchored {
         mut inline,
         mut summary,
