@@ -338,6 +338,12 @@ impl FakeGitHub {
         pulls::add_pull(&mut self.shared.lock(), owner, repo, pull);
     }
 
+    /// Adds an issue that is not a pull request (e.g. a webhook payload's `issue`), with its
+    /// labels and assignees.
+    pub fn add_issue(&self, owner: &str, repo: &str, issue: Value) {
+        issues::add_issue(&mut self.shared.lock(), owner, repo, issue);
+    }
+
     /// The files API answer of a pull request (objects with `filename`, `status`, `patch`, …);
     /// also what review comments are checked against.
     pub fn set_pull_files(&self, owner: &str, repo: &str, number: u64, files: Vec<Value>) {

@@ -272,6 +272,9 @@ impl Automations {
 
     /// Runs `automation` on `event`: skips events hookdock caused, loads the settings (or takes
     /// `config`), and returns what it did. `dry_run` forces recording instead of writing.
+    /// Under given settings (the config simulation) the run starts from a blank issue (see
+    /// [`Run::blank`]), so two settings are compared by what they decide, not by what is left
+    /// to do on GitHub today.
     pub async fn execute(
         &self,
         automation: &dyn Automation,
@@ -287,6 +290,7 @@ impl Automations {
         {
             return Ok(AutomationRecord::default());
         }
+        let given = config.is_some();
         let loaded;
         let config = match config {
             Some(c) => c,
@@ -319,7 +323,8 @@ impl Automations {
         if !automation.enabled(config) {
             return Ok(AutomationRecord::default());
         }
-        let run = Run::new(self, automation.name(), event, dry_run || config.dry_run);
+        let mut run = Run::new(self, automation.name(), event, dry_run || config.dry_run);
+        run.blank = given;
         let outcome = automation.run(&run, config).await?;
         Ok(AutomationRecord {
             actions: run.into_actions(),
@@ -343,6 +348,9 @@ pub struct Run<'a> {
     pub gh: GithubClient,
     pub event: &'a EventView,
     pub dry_run: bool,
+    /// Reads of the issue's state (labels, assignees, hookdock's comments) answer "none"; only
+    /// with `dry_run`, for comparing settings.
+    pub blank: bool,
     handler: &'static str,
     actions: Mutex<Vec<ActionRecord>>,
 }
@@ -359,6 +367,7 @@ impl<'a> Run<'a> {
             gh: services.client(),
             event,
             dry_run,
+            blank: false,
             handler,
             actions: Mutex::new(Vec::new()),
         }
@@ -395,6 +404,9 @@ impl<'a> Run<'a> {
 
     /// The labels on an issue or pull request now.
     pub async fn labels(&self, number: u64) -> Result<Vec<String>, HandlerError> {
+        if self.blank {
+            return Ok(Vec::new());
+        }
         Ok(self
             .gh
             .add_labels(self.owner(), self.repo(), number, &[])
@@ -483,17 +495,7 @@ impl<'a> Run<'a> {
         } else {
             format!("{marker}\n{body}")
         };
-        let me = self.services.identity().await?.to_owned();
-        let comments = self
-            .gh
-            .list_issue_comments(self.owner(), self.repo(), number)
-            .await?;
-        let existing = comments.iter().find(|c| {
-            c.body.as_deref().is_some_and(|b| b.contains(marker))
-                && c.user
-                    .as_ref()
-                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
-        });
+        let existing = self.owned_comment(number, marker).await?;
         match existing {
             Some(c) if c.body.as_deref() == Some(body.as_str()) => {}
             Some(c) => {
@@ -518,6 +520,28 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The comment hookdock owns under `marker` on an issue or pull request, if there is one.
+    pub async fn owned_comment(
+        &self,
+        number: u64,
+        marker: &str,
+    ) -> Result<Option<crate::github::IssueComment>, HandlerError> {
+        if self.blank {
+            return Ok(None);
+        }
+        let me = self.services.identity().await?.to_owned();
+        let comments = self
+            .gh
+            .list_issue_comments(self.owner(), self.repo(), number)
+            .await?;
+        Ok(comments.into_iter().find(|c| {
+            c.body.as_deref().is_some_and(|b| b.contains(marker))
+                && c.user
+                    .as_ref()
+                    .is_some_and(|u| u.login.eq_ignore_ascii_case(&me))
+        }))
     }
 
     /// Posts a review; returns GitHub's id (none in dry run).
@@ -552,13 +576,16 @@ impl<'a> Run<'a> {
         assign: bool,
     ) -> Result<Vec<String>, HandlerError> {
         let (owner, repo) = (self.owner(), self.repo());
-        let issue: Value = self
-            .gh
-            .get(
-                &format!("/repos/{owner}/{repo}/issues/{number}"),
-                &format!("issue {owner}/{repo}#{number}"),
-            )
-            .await?;
+        let issue: Value = if self.blank {
+            json!({ "assignees": [] })
+        } else {
+            self.gh
+                .get(
+                    &format!("/repos/{owner}/{repo}/issues/{number}"),
+                    &format!("issue {owner}/{repo}#{number}"),
+                )
+                .await?
+        };
         let current: Vec<String> = issue
             .get("assignees")
             .and_then(Value::as_array)

@@ -6,6 +6,7 @@ mod auth;
 mod automations;
 mod backfill;
 mod cli;
+mod commands;
 mod crash;
 mod github;
 mod helpers;

@@ -1,7 +1,8 @@
 //! Slash commands in issue and pull request comments (`/label`, `/unlabel`, `/assign`,
 //! `/unassign`, `/review`, `/size`, `/help`). Mutating commands need write, maintain or admin
-//! permission on the repository; every command comment gets one reply (edited in place on a
-//! retry) saying what was done or why not. Comments by bots are ignored.
+//! permission on the repository; every command comment gets one reply saying what was done or
+//! why not, and a comment already answered is not run again (a replay changes nothing).
+//! Comments by bots are ignored.
 
 pub mod parse;
 
@@ -65,6 +66,17 @@ impl Automation for Commands {
                 .get("id")
                 .and_then(Value::as_u64)
                 .unwrap_or_default();
+            let reply_marker = marker(&format!("command-reply:{comment_id}"));
+            // A comment is answered once: a replay finds the reply and leaves what was done,
+            // and what the reply says about it, as they are.
+            if let Some(reply) = run.owned_comment(number, &reply_marker).await? {
+                run.record(
+                    Some(number),
+                    "skipped",
+                    json!({ "reason": format!("comment {comment_id} was answered already (comment {})", reply.id) }),
+                );
+                return Ok(Outcome::default());
+            }
             let mut lines = Vec::new();
             for command in &commands {
                 lines.push(execute(run, config, number, &author, command).await?);
@@ -77,12 +89,7 @@ impl Automation for Commands {
                     .collect::<Vec<_>>()
                     .join("\n")
             );
-            run.upsert_comment(
-                number,
-                &marker(&format!("command-reply:{comment_id}")),
-                &reply,
-            )
-            .await?;
+            run.upsert_comment(number, &reply_marker, &reply).await?;
             Ok(Outcome::default())
         })
     }
