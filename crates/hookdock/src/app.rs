@@ -41,6 +41,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Hooks(#[from] HookError),
+    #[error(transparent)]
+    MetricsTeams(#[from] crate::metrics::CalendarError),
 }
 
 pub struct App {
@@ -136,6 +138,9 @@ impl App {
             registry,
             admin_token: settings.admin_token.clone(),
             metrics: metrics_handle(),
+            metrics_api: Arc::new(crate::http::metrics::MetricsApi::new(
+                &settings.handlers.metrics,
+            )?),
             jobs_ready,
         });
         let listener =

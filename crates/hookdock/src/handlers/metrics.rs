@@ -511,6 +511,17 @@ mod tests {
             hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
             hotfix_labels: vec!["hotfix".into()],
             count_bot_reviews: false,
+            timezone: "UTC".into(),
+            working_days: vec![
+                "mon".into(),
+                "tue".into(),
+                "wed".into(),
+                "thu".into(),
+                "fri".into(),
+            ],
+            working_hours: "09:00-17:00".into(),
+            holidays: vec![],
+            teams: vec![],
         }
     }
 

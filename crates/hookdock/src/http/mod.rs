@@ -5,7 +5,7 @@ mod api;
 mod error;
 mod health;
 mod login;
-mod metrics;
+pub(crate) mod metrics;
 mod repos;
 mod webhook;
 
@@ -41,6 +41,8 @@ pub struct Shared {
     pub registry: HandlerRegistry,
     pub admin_token: Option<SecretString>,
     pub metrics: PrometheusHandle,
+    /// What the metrics routes need beyond the store: teams, calendars, background backfills.
+    pub metrics_api: Arc<metrics::MetricsApi>,
     pub jobs_ready: Arc<Notify>,
 }
 
@@ -68,6 +70,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/activity", get(api::activity))
         .route("/api/v1/metrics/pulls", get(metrics::pulls))
         .route("/api/v1/metrics/summary", get(metrics::summary))
+        .route("/api/v1/metrics/backfill", post(metrics::start_backfill))
+        .route(
+            "/api/v1/metrics/backfill/{owner}/{name}",
+            get(metrics::backfill_status),
+        )
         .route("/api/v1/repos", get(repos::list))
         .route("/api/v1/repos/{owner}/{repo}", get(repos::show))
         .route("/api/v1/orgs/{org}", get(repos::show))

@@ -147,6 +147,19 @@ pub(crate) async fn upsert_member(
         min_known("members.first_seen", "excluded.first_seen"),
         max_known("members.updated", "excluded.updated"),
     ));
+    sql.execute(&mut *conn).await?;
+    // Every login a user was seen with: team members configured by login stay matched by id
+    // after a rename.
+    let mut sql = Sql::new("INSERT INTO member_logins (login_lower, github_id, seen) VALUES (");
+    sql.bind(m.login.to_lowercase())
+        .push(", ")
+        .bind(m.github_id)
+        .push(", ")
+        .bind(m.seen_at)
+        .push(&format!(
+            ") ON CONFLICT (login_lower, github_id) DO UPDATE SET seen = {}",
+            max_known("member_logins.seen", "excluded.seen")
+        ));
     sql.execute(conn).await?;
     Ok(())
 }
@@ -392,6 +405,8 @@ pub struct PullFilter {
     pub repo: Option<String>,
     /// Author login, compared case-insensitively.
     pub author: Option<String>,
+    /// Only these authors (GitHub user ids); an empty list matches nothing.
+    pub author_ids: Option<Vec<i64>>,
     /// Created at or after (Unix ms).
     pub created_from: Option<i64>,
     /// Created before (Unix ms).
@@ -409,6 +424,7 @@ pub struct PullRequestRow {
     pub github_id: i64,
     pub title: String,
     pub author: Option<String>,
+    pub author_id: Option<i64>,
     pub author_is_bot: bool,
     pub state: String,
     pub draft: bool,
@@ -459,7 +475,7 @@ pub struct MemberRow {
     pub updated: i64,
 }
 
-const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS author, \
+const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS author, p.author_id, \
     m.is_bot AS author_is_bot, p.state, p.draft, p.base_ref, p.head_ref, p.head_sha, \
     p.merge_commit_sha, p.created_at, p.ready_for_review_at, p.first_commit_at, \
     p.first_review_at, p.merged_at, p.closed_at, p.additions, p.deletions, p.changed_files, \
@@ -478,6 +494,7 @@ fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
         github_id: r.try_get("github_id")?,
         title: r.try_get("title")?,
         author: opt_text(r, "author")?,
+        author_id: r.try_get("author_id")?,
         author_is_bot: r.try_get::<Option<i64>, _>("author_is_bot")?.unwrap_or(0) != 0,
         state: r.try_get("state")?,
         draft: is("draft")?,
@@ -522,6 +539,13 @@ impl Store {
             sql.push(" AND LOWER(m.login) = ")
                 .bind(author.to_lowercase());
         }
+        if let Some(ids) = &filter.author_ids {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push(" AND p.author_id IN ")
+                .bind_list(ids.iter().copied());
+        }
         let created = |sql: &mut Sql| {
             sql.push("(1 = 1");
             if let Some(from) = filter.created_from {
@@ -558,9 +582,13 @@ impl Store {
     pub async fn reviews_per_reviewer(
         &self,
         repo: Option<&str>,
+        reviewer_ids: Option<&[i64]>,
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
+        if reviewer_ids.is_some_and(<[i64]>::is_empty) {
+            return Ok(Vec::new());
+        }
         let mut sql = Sql::new(
             "SELECT m.login, COUNT(*) AS n FROM reviews v \
              JOIN members m ON m.github_id = v.reviewer_id \
@@ -572,7 +600,29 @@ impl Store {
         if let Some(repo) = repo {
             sql.push(" AND v.repo = ").bind(repo);
         }
+        if let Some(ids) = reviewer_ids {
+            sql.push(" AND v.reviewer_id IN ")
+                .bind_list(ids.iter().copied());
+        }
         sql.push(" GROUP BY m.login ORDER BY n DESC, m.login");
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// (lowercase login, user id) for every user seen under one of `logins` (lowercase), now
+    /// or before a rename.
+    pub async fn known_logins(&self, logins: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        if logins.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            Sql::new("SELECT login_lower, github_id FROM member_logins WHERE login_lower IN ");
+        sql.bind_list(logins.iter().map(String::as_str))
+            .push(" ORDER BY login_lower, github_id");
         Ok(sql
             .fetch_all(&self.inner.read)
             .await?
@@ -655,7 +705,13 @@ impl Store {
     /// Empties the metrics tables (members, pull requests, reviews, activity) before a rebuild.
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
         let mut tx = self.inner.write.begin().await?;
-        for table in ["pr_activity", "reviews", "pull_requests", "members"] {
+        for table in [
+            "pr_activity",
+            "reviews",
+            "pull_requests",
+            "member_logins",
+            "members",
+        ] {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *tx)
                 .await?;
