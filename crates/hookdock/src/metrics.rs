@@ -84,15 +84,10 @@ pub struct Durations {
 }
 
 /// Whole minutes from `start` to `end`; `None` when either is unknown or time runs backwards.
+#[cfg(test)]
 fn minutes(start: Option<i64>, end: Option<i64>) -> Option<i64> {
     let (start, end) = (start?, end?);
     (end >= start).then(|| (end - start) / MINUTE_MS)
-}
-
-/// Whole working minutes from `start` to `end`; `None` as for [`minutes`].
-fn working_minutes(work: &WorkingTime, start: Option<i64>, end: Option<i64>) -> Option<i64> {
-    let (start, end) = (start?, end?);
-    (end >= start).then(|| work.between(start, end) / MINUTE_MS)
 }
 
 /// Minutes as hours, four decimals.
@@ -100,45 +95,58 @@ pub fn hours(minutes: f64) -> f64 {
     (minutes / 60.0 * 10_000.0).round() / 10_000.0
 }
 
-/// The (start, end) instants of each duration: coding, pickup, review, cycle, time to merge.
-type Spans = [(Option<i64>, Option<i64>); 5];
-
-fn spans(pr: &PullRequestRow) -> Spans {
-    // A review before the PR was marked ready (drafts can be reviewed) counts from creation.
-    let pickup_start = match (pr.ready_for_review_at, pr.first_review_at) {
-        (Some(ready), Some(review)) if ready <= review => ready,
-        _ => pr.created_at,
+/// The durations of `pr`, where `measure(a, b)` is the time counted in [a, b] (milliseconds):
+/// all of it, or its working time. Each is rounded down to whole minutes; `None` when a time
+/// is unknown or runs backwards.
+fn measured(pr: &PullRequestRow, measure: impl Fn(i64, i64) -> i64) -> Durations {
+    let span = |start: Option<i64>, end: Option<i64>| -> Option<i64> {
+        let (start, end) = (start?, end?);
+        (end >= start).then(|| measure(start, end) / MINUTE_MS)
     };
-    [
-        (pr.first_commit_at, Some(pr.created_at)),
-        (Some(pickup_start), pr.first_review_at),
-        (pr.first_review_at, pr.merged_at),
-        (
+    let pickup = if pr.draft_intervals.is_empty() {
+        // Only the first ready-for-review time is known: pickup starts there, unless the
+        // review came first (drafts can be reviewed), then at creation.
+        let start = match (pr.ready_for_review_at, pr.first_review_at) {
+            (Some(ready), Some(review)) if ready <= review => ready,
+            _ => pr.created_at,
+        };
+        span(Some(start), pr.first_review_at)
+    } else {
+        // Every draft interval is known: creation to first review, less the time in draft.
+        pr.first_review_at
+            .filter(|end| *end >= pr.created_at)
+            .map(|end| {
+                let start = pr.created_at;
+                let draft: i64 = pr
+                    .draft_intervals
+                    .iter()
+                    .map(|(a, b)| {
+                        let (a, b) = ((*a).max(start), b.unwrap_or(end).min(end));
+                        if b > a { measure(a, b) } else { 0 }
+                    })
+                    .sum();
+                (measure(start, end) - draft).max(0) / MINUTE_MS
+            })
+    };
+    Durations {
+        coding: span(pr.first_commit_at, Some(pr.created_at)),
+        pickup,
+        review: span(pr.first_review_at, pr.merged_at),
+        cycle: span(
             Some(pr.first_commit_at.unwrap_or(pr.created_at)),
             pr.merged_at,
         ),
-        (Some(pr.created_at), pr.merged_at),
-    ]
-}
-
-fn from_spans(spans: &Spans, f: impl Fn(Option<i64>, Option<i64>) -> Option<i64>) -> Durations {
-    let d = |i: usize| f(spans[i].0, spans[i].1);
-    Durations {
-        coding: d(0),
-        pickup: d(1),
-        review: d(2),
-        cycle: d(3),
-        time_to_merge: d(4),
+        time_to_merge: span(Some(pr.created_at), pr.merged_at),
     }
 }
 
 pub fn durations(pr: &PullRequestRow) -> Durations {
-    from_spans(&spans(pr), minutes)
+    measured(pr, |a, b| b - a)
 }
 
 /// The durations counting only the working time of `work`.
 pub fn working_durations(pr: &PullRequestRow, work: &WorkingTime) -> Durations {
-    from_spans(&spans(pr), |a, b| working_minutes(work, a, b))
+    measured(pr, |a, b| work.between(a, b))
 }
 
 /// Earliest and latest instant a pull request's durations touch.
@@ -773,6 +781,7 @@ mod tests {
             is_hotfix: false,
             labels: vec![],
             updated_at: T0,
+            draft_intervals: vec![],
             reviews: 0,
         }
     }
@@ -833,6 +842,32 @@ mod tests {
         assert_eq!(durations(&p).pickup, Some(60));
         p.first_review_at = Some(T0 + 30 * MINUTE_MS);
         assert_eq!(durations(&p).pickup, Some(30));
+    }
+
+    #[test]
+    fn every_draft_interval_is_left_out_of_pickup_time() {
+        let mut p = pr(1);
+        // Draft 0-1 h, ready 1-3 h, draft again 3-4 h (review at 3:30 does not end it), ready
+        // after 4 h; reviewed at 5 h: pickup 3 h of 5.
+        p.draft_intervals = vec![(T0, Some(T0 + H)), (T0 + 3 * H, Some(T0 + 4 * H))];
+        p.ready_for_review_at = Some(T0 + H);
+        p.first_review_at = Some(T0 + 5 * H);
+        assert_eq!(durations(&p).pickup, Some(180));
+        // Still a draft when reviewed: only the time before the draft counts.
+        p.draft_intervals = vec![(T0 + 2 * H, None)];
+        assert_eq!(durations(&p).pickup, Some(120));
+        // In working time (UTC 09:00-17:00): opened Monday 08:00, draft 10:00-12:00, reviewed
+        // 13:00: 1 h + 1 h.
+        let t = |h: i64| T0 + h * H;
+        p.created_at = t(8);
+        p.draft_intervals = vec![(t(10), Some(t(12)))];
+        p.first_review_at = Some(t(13));
+        let teams = teams(None);
+        let resolved = teams.resolve(&[]);
+        let clocks = Clocks::new(&resolved, [&p]);
+        let work = clocks.of(None).expect("built");
+        assert_eq!(working_durations(&p, work).pickup, Some(120));
+        assert_eq!(durations(&p).pickup, Some(180));
     }
 
     #[test]

@@ -11,3 +11,16 @@ CREATE TABLE member_logins (
 );
 INSERT INTO member_logins (login_lower, github_id, seen)
     SELECT LOWER(login), github_id, updated FROM members;
+
+-- When a pull request became a draft (opened as one, or converted: draft = 1) or was marked
+-- ready for review (draft = 0), from `pull_request` webhooks; pull_requests.draft_intervals is
+-- recomputed from these rows, so any arrival order gives the same intervals.
+CREATE TABLE pr_draft_changes (
+    repo      TEXT    NOT NULL,
+    pr_number INTEGER NOT NULL,
+    at        INTEGER NOT NULL,
+    draft     INTEGER NOT NULL,
+    PRIMARY KEY (repo, pr_number, at, draft)
+);
+-- Time in draft, as "start-end" pairs of Unix ms joined by commas (an open end: still a draft).
+ALTER TABLE pull_requests ADD COLUMN draft_intervals TEXT;

@@ -52,6 +52,9 @@ pub struct PullRequestRecord {
     pub created_at: i64,
     /// Set by a `ready_for_review` event: its time.
     pub ready_for_review_at: Option<i64>,
+    /// Set by `opened` (as a draft), `converted_to_draft` and `ready_for_review` events: when,
+    /// and whether the pull request became a draft (else it was marked ready).
+    pub draft_change: Option<(i64, bool)>,
     pub merged_at: Option<i64>,
     pub closed_at: Option<i64>,
     /// `None` for the reduced `pull_request` object of review and comment payloads.
@@ -272,7 +275,88 @@ pub(crate) async fn upsert_pull_request(
     sql.push(" ON CONFLICT (repo, number) DO UPDATE SET ")
         .push(&sets.join(", "));
     sql.execute(&mut *conn).await?;
+    if let Some((at, draft)) = pr.draft_change {
+        record_draft_change(conn, &pr.repo, pr.number, at, draft).await?;
+    }
     refresh_pull_request(conn, &pr.repo, pr.number).await
+}
+
+/// Stores one change of a pull request's draft state and recomputes its draft intervals from
+/// all of them, so the order changes arrive in does not matter.
+async fn record_draft_change(
+    conn: &mut AnyConnection,
+    repo: &str,
+    number: i64,
+    at: i64,
+    draft: bool,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new("INSERT INTO pr_draft_changes (repo, pr_number, at, draft) VALUES (");
+    sql.bind(repo).push(", ").bind(number).push(", ").bind(at);
+    sql.push(", ")
+        .bind(flag(draft))
+        .push(") ON CONFLICT (repo, pr_number, at, draft) DO NOTHING");
+    sql.execute(&mut *conn).await?;
+    let mut sql = Sql::new("SELECT at, draft FROM pr_draft_changes WHERE repo = ");
+    sql.bind(repo)
+        .push(" AND pr_number = ")
+        .bind(number)
+        .push(" ORDER BY at, draft");
+    let changes = sql
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)? != 0)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let text = draft_intervals_text(&changes);
+    let mut sql = Sql::new("UPDATE pull_requests SET draft_intervals = ");
+    sql.bind(text)
+        .push(" WHERE repo = ")
+        .bind(repo)
+        .push(" AND number = ")
+        .bind(number);
+    sql.execute(conn).await?;
+    Ok(())
+}
+
+/// Draft intervals from time-ordered changes: a draft begins at the first `true` after being
+/// ready and ends at the next `false`. As `start-end` pairs joined by commas; an interval
+/// still open has no end (`start-`).
+pub fn draft_intervals_text(changes: &[(i64, bool)]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut open: Option<i64> = None;
+    for &(at, draft) in changes {
+        match (draft, open) {
+            (true, None) => open = Some(at),
+            (false, Some(start)) => {
+                out.push(format!("{start}-{at}"));
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = open {
+        out.push(format!("{start}-"));
+    }
+    out.join(",")
+}
+
+/// The intervals of [`draft_intervals_text`]; `None` for an end still open.
+pub fn parse_draft_intervals(text: &str) -> Result<Vec<(i64, Option<i64>)>, String> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (start, end) = part
+                .split_once('-')
+                .ok_or_else(|| format!("{part:?} is not start-end"))?;
+            let start = start.parse::<i64>().map_err(|e| format!("{part:?}: {e}"))?;
+            let end = if end.is_empty() {
+                None
+            } else {
+                Some(end.parse::<i64>().map_err(|e| format!("{part:?}: {e}"))?)
+            };
+            Ok((start, end))
+        })
+        .collect()
 }
 
 /// Recomputes what is derived from other rows: the first review, revert links by commit, and
@@ -448,6 +532,8 @@ pub struct PullRequestRow {
     pub is_hotfix: bool,
     pub labels: Vec<String>,
     pub updated_at: i64,
+    /// Time spent as a draft, from `pull_request` webhooks (start, end; `None`: still a draft).
+    pub draft_intervals: Vec<(i64, Option<i64>)>,
     /// Reviews that count (not by the author; bots only when configured).
     pub reviews: i64,
 }
@@ -479,7 +565,7 @@ const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS a
     m.is_bot AS author_is_bot, p.state, p.draft, p.base_ref, p.head_ref, p.head_sha, \
     p.merge_commit_sha, p.created_at, p.ready_for_review_at, p.first_commit_at, \
     p.first_review_at, p.merged_at, p.closed_at, p.additions, p.deletions, p.changed_files, \
-    p.commits, p.is_revert, p.reverts_number, p.reverted, p.is_hotfix, p.labels, p.updated_at, \
+    p.commits, p.is_revert, p.reverts_number, p.reverted, p.is_hotfix, p.labels, p.updated_at, p.draft_intervals, \
     (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
      AND a.kind = 'review' AND a.counts = 1) AS reviews";
 
@@ -518,6 +604,11 @@ fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
         is_hotfix: is("is_hotfix")?,
         labels,
         updated_at: r.try_get("updated_at")?,
+        draft_intervals: match opt_text(r, "draft_intervals")? {
+            Some(text) => parse_draft_intervals(&text)
+                .map_err(|e| StoreError::Corrupt(format!("pull_requests.draft_intervals: {e}")))?,
+            None => Vec::new(),
+        },
         reviews: r.try_get("reviews")?,
     })
 }
@@ -707,6 +798,7 @@ impl Store {
         let mut tx = self.inner.write.begin().await?;
         for table in [
             "pr_activity",
+            "pr_draft_changes",
             "reviews",
             "pull_requests",
             "member_logins",

@@ -1285,6 +1285,57 @@ async fn teams_filter_and_working_hours_follow_the_calendars(backend: Backend) {
     app.stop().await;
 }
 
+/// Every draft interval recorded from `opened` (as a draft), `converted_to_draft` and
+/// `ready_for_review` webhooks is left out of pickup time, whatever order they arrive in.
+async fn every_draft_interval_is_left_out_of_pickup_time(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    // Monday 2024-01-01, default calendar UTC 09:00-17:00. Draft 08:00-09:30, ready, draft
+    // again 11:00-12:00, ready, first review 18:00.
+    let mut opened = Pr::new(70, T0 + 8 * HOUR);
+    opened.draft = true;
+    let mut ready = opened.at(T0 + 9 * HOUR + 30 * MIN);
+    ready.draft = false;
+    let mut again = opened.at(T0 + 11 * HOUR);
+    again.draft = true;
+    let mut ready_again = opened.at(T0 + 12 * HOUR);
+    ready_again.draft = false;
+    post_all(
+        &app,
+        &[
+            pr_event("ready_for_review", &ready_again),
+            pr_event("converted_to_draft", &again),
+            review_event(
+                "submitted",
+                &ready_again.at(T0 + 18 * HOUR),
+                7701,
+                BOB,
+                "approved",
+                T0 + 18 * HOUR,
+            ),
+            pr_event("opened", &opened),
+            pr_event("ready_for_review", &ready),
+        ],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    let pr = by_number(&rows, 70);
+    // 10 h less 2.5 h in draft; working: 09:00-17:00 less 09:00-09:30 and 11:00-12:00.
+    assert_eq!(
+        (
+            &pr["ready_for_review_at"],
+            &pr["pickup_hours"],
+            &pr["pickup_working_hours"]
+        ),
+        (&json!("2024-01-01T09:30:00.000Z"), &json!(7.5), &json!(6.5))
+    );
+    // A rebuild from the stored events gives the same.
+    hookdock::handlers::metrics::rebuild(&app.store, &app.settings.handlers.metrics)
+        .await
+        .expect("rebuild");
+    assert_eq!(pulls(&app, "").await, rows);
+    app.stop().await;
+}
+
 crate::backend_tests!(
     merged_pull_request_with_reviews_has_expected_metrics,
     drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics,
@@ -1294,4 +1345,5 @@ crate::backend_tests!(
     bad_parameters_are_refused_naming_the_parameter,
     any_order_of_a_pull_requests_events_gives_the_same_rows,
     teams_filter_and_working_hours_follow_the_calendars,
+    every_draft_interval_is_left_out_of_pickup_time,
 );
