@@ -722,7 +722,7 @@ pub async fn load_summary(
         ended_to: Some(window.until),
         ..PullFilter::default()
     };
-    let rows = store.pull_requests(&filter).await?;
+    let rows = store.pull_requests_for_summary(&filter).await?;
     let reviewer_ids = request.team.map(|t| resolved.member_ids(t));
     let reviewers = store
         .reviews_per_reviewer(

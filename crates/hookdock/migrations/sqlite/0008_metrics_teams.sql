@@ -24,3 +24,10 @@ CREATE TABLE pr_draft_changes (
 );
 -- Time in draft, as "start-end" pairs of Unix ms joined by commas (an open end: still a draft).
 ALTER TABLE pull_requests ADD COLUMN draft_intervals TEXT;
+
+-- The summary's reads: pull requests closed in a window (created and merged have theirs), the
+-- counted reviews of each pull request, and the counted reviews of a repository in a window,
+-- all answered from the index alone.
+CREATE INDEX pull_requests_repo_closed ON pull_requests (repo, closed_at);
+CREATE INDEX pr_activity_counted ON pr_activity (repo, pr_number, kind, counts);
+CREATE INDEX pr_activity_repo_at ON pr_activity (repo, at, kind, counts, actor_id);

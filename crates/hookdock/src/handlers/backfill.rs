@@ -322,6 +322,14 @@ pub struct BackfillJobs {
     jobs: std::sync::Mutex<std::collections::HashMap<String, BackfillStatus>>,
 }
 
+/// What [`BackfillJobs::start`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackfillStart {
+    Started(BackfillStatus),
+    /// A backfill of the repository is already running: its status.
+    AlreadyRunning(BackfillStatus),
+}
+
 /// What a background backfill runs with (owned, as it outlives the request).
 pub struct BackfillTask {
     pub store: Store,
@@ -352,15 +360,14 @@ impl BackfillJobs {
         self.with(|jobs| jobs.get(&key(repo)).cloned())
     }
 
-    /// Starts backfilling `repo` in the background; `Err` with the running one's status when
-    /// a backfill of it is already running.
+    /// Starts backfilling `repo` in the background, unless a backfill of it is running.
     pub fn start(
         self: &std::sync::Arc<Self>,
         task: BackfillTask,
         repo: &str,
         since_text: &str,
         since: Duration,
-    ) -> Result<BackfillStatus, BackfillStatus> {
+    ) -> BackfillStart {
         let status = BackfillStatus {
             repo: repo.to_owned(),
             since: since_text.to_owned(),
@@ -373,13 +380,16 @@ impl BackfillJobs {
             report: None,
             error: None,
         };
-        self.with(|jobs| {
+        let running = self.with(|jobs| {
             if let Some(running) = jobs.get(&key(repo)).filter(|j| j.state == "running") {
-                return Err(running.clone());
+                return Some(running.clone());
             }
             jobs.insert(key(repo), status.clone());
-            Ok(())
-        })?;
+            None
+        });
+        if let Some(running) = running {
+            return BackfillStart::AlreadyRunning(running);
+        }
         let jobs = std::sync::Arc::clone(self);
         let repo = repo.to_owned();
         tokio::spawn(async move {
@@ -427,7 +437,7 @@ impl BackfillJobs {
                 }
             });
         });
-        Ok(status)
+        BackfillStart::Started(status)
     }
 }
 

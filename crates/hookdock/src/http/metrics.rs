@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use crate::config::MetricsSettings;
-use crate::handlers::backfill::{BackfillJobs, BackfillStatus, BackfillTask};
+use crate::handlers::backfill::{BackfillJobs, BackfillStart, BackfillStatus, BackfillTask};
 use crate::metrics::{self, CalendarError, Clocks, SummaryRequest, Teams, Window};
 use crate::store::{PullFilter, now_ms};
 
@@ -276,7 +276,7 @@ pub async fn start_backfill(
         .backfills
         .start(task, &repo, &since_text, since)
     {
-        Ok(status) => {
+        BackfillStart::Started(status) => {
             let url = status_url(&status.repo);
             Ok((
                 StatusCode::ACCEPTED,
@@ -285,7 +285,9 @@ pub async fn start_backfill(
             )
                 .into_response())
         }
-        Err(running) => Ok((StatusCode::CONFLICT, Json(status_body(&running))).into_response()),
+        BackfillStart::AlreadyRunning(running) => {
+            Ok((StatusCode::CONFLICT, Json(status_body(&running))).into_response())
+        }
     }
 }
 

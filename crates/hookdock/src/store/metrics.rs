@@ -569,6 +569,18 @@ const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS a
     (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
      AND a.kind = 'review' AND a.counts = 1) AS reviews";
 
+/// What a summary reads: [`PULL_COLUMNS`] with the columns no summary uses (title, branches,
+/// commits, labels, …) left empty, as reading them is most of the cost on large windows.
+const SUMMARY_COLUMNS: &str = "'' AS repo, p.number, CAST(0 AS BIGINT) AS github_id, '' AS title, \
+    m.login AS author, p.author_id, m.is_bot AS author_is_bot, p.state, CAST(0 AS BIGINT) AS draft, \
+    NULL AS base_ref, NULL AS head_ref, NULL AS head_sha, NULL AS merge_commit_sha, \
+    p.created_at, p.ready_for_review_at, p.first_commit_at, p.first_review_at, p.merged_at, \
+    p.closed_at, p.additions, p.deletions, NULL AS changed_files, NULL AS commits, \
+    CAST(0 AS BIGINT) AS is_revert, NULL AS reverts_number, p.reverted, p.is_hotfix, '[]' AS labels, \
+    CAST(0 AS BIGINT) AS updated_at, p.draft_intervals, \
+    (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
+     AND a.kind = 'review' AND a.counts = 1) AS reviews";
+
 fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
     let labels: String = r.try_get("labels")?;
     let labels = serde_json::from_str(&labels)
@@ -619,8 +631,26 @@ impl Store {
         &self,
         filter: &PullFilter,
     ) -> Result<Vec<PullRequestRow>, StoreError> {
+        self.read_pull_requests(PULL_COLUMNS, filter).await
+    }
+
+    /// The same with only what [`crate::metrics::summarize`] uses: repository, title, branches,
+    /// commit shas, labels, revert links, file and commit counts and `updated_at` are left
+    /// empty, `draft` and `is_revert` false.
+    pub async fn pull_requests_for_summary(
+        &self,
+        filter: &PullFilter,
+    ) -> Result<Vec<PullRequestRow>, StoreError> {
+        self.read_pull_requests(SUMMARY_COLUMNS, filter).await
+    }
+
+    async fn read_pull_requests(
+        &self,
+        columns: &str,
+        filter: &PullFilter,
+    ) -> Result<Vec<PullRequestRow>, StoreError> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(PULL_COLUMNS).push(
+        sql.push(columns).push(
             " FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1",
         );
         if let Some(repo) = &filter.repo {
@@ -637,28 +667,35 @@ impl Store {
             sql.push(" AND p.author_id IN ")
                 .bind_list(ids.iter().copied());
         }
-        let created = |sql: &mut Sql| {
-            sql.push("(1 = 1");
-            if let Some(from) = filter.created_from {
-                sql.push(" AND p.created_at >= ").bind(from);
+        // Each branch is a range on its own index ((repo, created_at), (repo, merged_at),
+        // (repo, closed_at)); an OR over the three would walk every row of the repository.
+        // `COALESCE(merged_at, closed_at)` in range is "merged in range, or closed in range
+        // without a merge".
+        let range = |sql: &mut Sql, column: &str, from: Option<i64>, to: Option<i64>| {
+            sql.push("SELECT id FROM pull_requests WHERE 1 = 1");
+            if let Some(repo) = &filter.repo {
+                sql.push(" AND repo = ").bind(repo.as_str());
             }
-            if let Some(to) = filter.created_to {
-                sql.push(" AND p.created_at < ").bind(to);
+            if let Some(from) = from {
+                sql.push(&format!(" AND {column} >= ")).bind(from);
             }
-            sql.push(")");
+            if let Some(to) = to {
+                sql.push(&format!(" AND {column} < ")).bind(to);
+            }
         };
-        sql.push(" AND (");
-        created(&mut sql);
+        sql.push(" AND p.id IN (");
+        range(
+            &mut sql,
+            "created_at",
+            filter.created_from,
+            filter.created_to,
+        );
         if filter.ended_from.is_some() || filter.ended_to.is_some() {
-            let ended = "COALESCE(p.merged_at, p.closed_at)";
-            sql.push(" OR (").push(ended).push(" IS NOT NULL");
-            if let Some(from) = filter.ended_from {
-                sql.push(" AND ").push(ended).push(" >= ").bind(from);
-            }
-            if let Some(to) = filter.ended_to {
-                sql.push(" AND ").push(ended).push(" < ").bind(to);
-            }
-            sql.push(")");
+            sql.push(" UNION ");
+            range(&mut sql, "merged_at", filter.ended_from, filter.ended_to);
+            sql.push(" AND merged_at IS NOT NULL UNION ");
+            range(&mut sql, "closed_at", filter.ended_from, filter.ended_to);
+            sql.push(" AND merged_at IS NULL AND closed_at IS NOT NULL");
         }
         sql.push(") ORDER BY p.repo, p.created_at, p.number");
         sql.fetch_all(&self.inner.read)
@@ -680,21 +717,23 @@ impl Store {
         if reviewer_ids.is_some_and(<[i64]>::is_empty) {
             return Ok(Vec::new());
         }
+        // pr_activity's review rows say whether a review counts (not by the author, which is
+        // decided when it is recorded); grouped by user id before the members are joined.
         let mut sql = Sql::new(
-            "SELECT m.login, COUNT(*) AS n FROM reviews v \
-             JOIN members m ON m.github_id = v.reviewer_id \
-             LEFT JOIN pull_requests p ON p.repo = v.repo AND p.number = v.pr_number \
-             WHERE m.is_bot = 0 AND (p.author_id IS NULL OR p.author_id <> v.reviewer_id) \
-             AND v.submitted_at >= ",
+            "SELECT m.login, CAST(SUM(x.n) AS BIGINT) AS n FROM (SELECT a.actor_id, COUNT(*) AS n FROM pr_activity a \
+             WHERE a.kind = 'review' AND a.counts = 1 AND a.at >= ",
         );
-        sql.bind(from).push(" AND v.submitted_at < ").bind(to);
+        sql.bind(from).push(" AND a.at < ").bind(to);
         if let Some(repo) = repo {
-            sql.push(" AND v.repo = ").bind(repo);
+            sql.push(" AND a.repo = ").bind(repo);
         }
         if let Some(ids) = reviewer_ids {
-            sql.push(" AND v.reviewer_id IN ")
+            sql.push(" AND a.actor_id IN ")
                 .bind_list(ids.iter().copied());
         }
+        sql.push(
+            " GROUP BY a.actor_id) x JOIN members m ON m.github_id = x.actor_id WHERE m.is_bot = 0",
+        );
         sql.push(" GROUP BY m.login ORDER BY n DESC, m.login");
         Ok(sql
             .fetch_all(&self.inner.read)
