@@ -5,9 +5,13 @@
 //!
 //! Each server runs as a child process, fresh for each phase, so its CPU and memory are its
 //! own. The load generator is this process, on one thread.
+//!
+//! `cargo run --release -p hookdock-bench -- metrics` times the pull request metrics summary
+//! on a generated database instead (see `metrics.rs`).
 
 mod baseline;
 mod load;
+mod metrics;
 mod payload;
 mod procfs;
 mod report;
@@ -43,6 +47,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Internal {
+    /// Times the pull request metrics summary of one repository over 90 days on a generated
+    /// SQLite database (100,000 pull requests, 500,000 reviews), against a COUNT(*) baseline.
+    Metrics(metrics::MetricsArgs),
     /// Baseline receiver that keeps deliveries in memory only (started by the bench).
     #[command(hide = true)]
     BaselineMemory {
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         Some(Internal::BaselineDurable { listen, log }) => secret_from_env()
             .and_then(|secret| baseline::serve(listen, secret, Some(&log)))
             .map(|()| ExitCode::SUCCESS),
+        Some(Internal::Metrics(args)) => metrics::run(args),
         None => run_bench(cli.bench),
     };
     match result {

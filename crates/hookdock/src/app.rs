@@ -47,6 +47,8 @@ pub enum AppError {
     Serve(std::io::Error),
     #[error(transparent)]
     Hooks(#[from] HookError),
+    #[error(transparent)]
+    MetricsTeams(#[from] crate::metrics::CalendarError),
 }
 
 pub struct App {
@@ -144,6 +146,9 @@ impl App {
             automations: automations.clone(),
             admin_token: settings.admin_token.clone(),
             metrics: metrics_handle(),
+            metrics_api: Arc::new(crate::http::metrics::MetricsApi::new(
+                &settings.handlers.metrics,
+            )?),
             jobs_ready,
         });
         let listener =

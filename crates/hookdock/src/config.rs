@@ -294,6 +294,33 @@ pub struct MetricsSettings {
     pub hotfix_labels: Vec<String>,
     /// Whether a bot's review or comment can be a pull request's first review.
     pub count_bot_reviews: bool,
+    /// Default working-hours calendar: IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// `mon` … `sun`.
+    pub working_days: Vec<String>,
+    /// Local `HH:MM-HH:MM`, e.g. `09:00-17:00`.
+    pub working_hours: String,
+    /// Local dates without working hours, `YYYY-MM-DD`.
+    pub holidays: Vec<String>,
+    /// `[[handlers.metrics.teams]]`.
+    pub teams: Vec<TeamSettings>,
+}
+
+/// One team of `handlers.metrics.teams`; calendar keys left out take the global ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSettings {
+    pub name: String,
+    /// GitHub logins, matched case-insensitively (and by user id once seen).
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub working_days: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_hours: Option<String>,
+    #[serde(default)]
+    pub holidays: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -463,7 +490,12 @@ fn defaults() -> serde_json::Value {
                 "enabled": true,
                 "hotfix_branch_prefixes": ["hotfix/", "hotfix-"],
                 "hotfix_labels": ["hotfix"],
-                "count_bot_reviews": false
+                "count_bot_reviews": false,
+                "timezone": "UTC",
+                "working_days": ["mon", "tue", "wed", "thu", "fri"],
+                "working_hours": "09:00-17:00",
+                "holidays": [],
+                "teams": []
             },
             "automations": { "enabled": true },
             "records": { "enabled": true }
@@ -680,6 +712,7 @@ impl Settings {
                 ));
             }
         }
+        crate::metrics::Teams::from_settings(metrics).map_err(|e| invalid(&e.key, e.reason))?;
         if self.ingest.max_batch == 0 || self.ingest.max_batch > 1024 {
             return Err(invalid("ingest.max_batch", "must be between 1 and 1024"));
         }
@@ -908,6 +941,52 @@ mod tests {
         let err =
             Settings::load(&no_file(&[]).set("handlers.metrics.count_bots", true)).unwrap_err();
         assert!(err.to_string().contains("count_bots"), "{err}");
+        assert_eq!(m.timezone, "UTC");
+        assert_eq!(m.working_hours, "09:00-17:00");
+        assert!(m.teams.is_empty());
+        for (key, value, named) in [
+            (
+                "handlers.metrics.timezone",
+                serde_json::json!("Europe/Atlantis"),
+                "handlers.metrics.timezone",
+            ),
+            (
+                "handlers.metrics.working_hours",
+                serde_json::json!("9 to 5"),
+                "handlers.metrics.working_hours",
+            ),
+            (
+                "handlers.metrics.working_days",
+                serde_json::json!(["mon", "funday"]),
+                "handlers.metrics.working_days[1]",
+            ),
+            (
+                "handlers.metrics.holidays",
+                serde_json::json!(["25.12.2026"]),
+                "handlers.metrics.holidays[0]",
+            ),
+            (
+                "handlers.metrics.teams",
+                serde_json::json!([{"name": "core", "members": ["ann"], "timezone": "Nowhere/Else"}]),
+                "handlers.metrics.teams[0].timezone",
+            ),
+            (
+                "handlers.metrics.teams",
+                serde_json::json!([{"name": "a", "members": ["x"]}, {"name": "A", "members": ["y"]}]),
+                "handlers.metrics.teams[1].name",
+            ),
+            (
+                "handlers.metrics.teams",
+                serde_json::json!([{"name": "a", "members": []}]),
+                "handlers.metrics.teams[0].members",
+            ),
+        ] {
+            let err = Settings::load(&no_file(&[]).set(key, value)).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("`{named}`")),
+                "{key}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -2,14 +2,20 @@
 //! breakdown): coding, pickup, review and cycle time, time to merge, size, throughput, revert
 //! and hotfix rates, review coverage, reviews per reviewer, and a weekly series.
 //!
-//! Pure functions over [`PullRequestRow`]s: no SQL and no clock here. Durations are whole
+//! Pure functions over [`PullRequestRow`]s: no SQL and no clock here ([`load_summary`] only
+//! reads the rows through the store and hands them over). Durations are whole
 //! minutes (rounded down), reported as hours with four decimals; weeks start on Monday 00:00
 //! UTC. Percentiles interpolate linearly between the two nearest values (PostgreSQL's
 //! `percentile_cont`) and are then rounded to the minute.
 
+mod calendar;
+
 use serde::Serialize;
 
-use crate::store::{PullRequestRow, rfc3339};
+pub use self::calendar::{
+    Calendar, CalendarError, CalendarInfo, ResolvedTeams, Team, Teams, WorkingTime,
+};
+use crate::store::{PullFilter, PullRequestRow, Store, StoreError, rfc3339};
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 86_400_000;
@@ -23,6 +29,8 @@ pub struct PullMetrics {
     pub title: String,
     pub author: Option<String>,
     pub author_is_bot: bool,
+    /// The first configured team (in configuration order) the author belongs to.
+    pub team: Option<String>,
     pub state: String,
     pub draft: bool,
     pub base_ref: Option<String>,
@@ -35,14 +43,21 @@ pub struct PullMetrics {
     pub closed_at: Option<String>,
     /// First commit → created.
     pub coding_hours: Option<f64>,
+    /// The same, counting only working hours (of the author's team's calendar, else the
+    /// default one); likewise for the other `*_working_hours`.
+    pub coding_working_hours: Option<f64>,
     /// Created (or ready for review, for drafts) → first review.
     pub pickup_hours: Option<f64>,
+    pub pickup_working_hours: Option<f64>,
     /// First review → merged.
     pub review_hours: Option<f64>,
+    pub review_working_hours: Option<f64>,
     /// First commit (else created) → merged.
     pub cycle_hours: Option<f64>,
+    pub cycle_working_hours: Option<f64>,
     /// Created → merged.
     pub time_to_merge_hours: Option<f64>,
+    pub time_to_merge_working_hours: Option<f64>,
     pub additions: Option<i64>,
     pub deletions: Option<i64>,
     /// Additions + deletions.
@@ -69,6 +84,7 @@ pub struct Durations {
 }
 
 /// Whole minutes from `start` to `end`; `None` when either is unknown or time runs backwards.
+#[cfg(test)]
 fn minutes(start: Option<i64>, end: Option<i64>) -> Option<i64> {
     let (start, end) = (start?, end?);
     (end >= start).then(|| (end - start) / MINUTE_MS)
@@ -79,21 +95,122 @@ pub fn hours(minutes: f64) -> f64 {
     (minutes / 60.0 * 10_000.0).round() / 10_000.0
 }
 
-pub fn durations(pr: &PullRequestRow) -> Durations {
-    // A review before the PR was marked ready (drafts can be reviewed) counts from creation.
-    let pickup_start = match (pr.ready_for_review_at, pr.first_review_at) {
-        (Some(ready), Some(review)) if ready <= review => ready,
-        _ => pr.created_at,
+/// The durations of `pr`, where `measure(a, b)` is the time counted in [a, b] (milliseconds):
+/// all of it, or its working time. Each is rounded down to whole minutes; `None` when a time
+/// is unknown or runs backwards.
+fn measured(pr: &PullRequestRow, measure: impl Fn(i64, i64) -> i64) -> Durations {
+    let span = |start: Option<i64>, end: Option<i64>| -> Option<i64> {
+        let (start, end) = (start?, end?);
+        (end >= start).then(|| measure(start, end) / MINUTE_MS)
+    };
+    let pickup = if pr.draft_intervals.is_empty() {
+        // Only the first ready-for-review time is known: pickup starts there, unless the
+        // review came first (drafts can be reviewed), then at creation.
+        let start = match (pr.ready_for_review_at, pr.first_review_at) {
+            (Some(ready), Some(review)) if ready <= review => ready,
+            _ => pr.created_at,
+        };
+        span(Some(start), pr.first_review_at)
+    } else {
+        // Every draft interval is known: creation to first review, less the time in draft.
+        pr.first_review_at
+            .filter(|end| *end >= pr.created_at)
+            .map(|end| {
+                let start = pr.created_at;
+                let draft: i64 = pr
+                    .draft_intervals
+                    .iter()
+                    .map(|(a, b)| {
+                        let (a, b) = ((*a).max(start), b.unwrap_or(end).min(end));
+                        if b > a { measure(a, b) } else { 0 }
+                    })
+                    .sum();
+                (measure(start, end) - draft).max(0) / MINUTE_MS
+            })
     };
     Durations {
-        coding: minutes(pr.first_commit_at, Some(pr.created_at)),
-        pickup: minutes(Some(pickup_start), pr.first_review_at),
-        review: minutes(pr.first_review_at, pr.merged_at),
-        cycle: minutes(
+        coding: span(pr.first_commit_at, Some(pr.created_at)),
+        pickup,
+        review: span(pr.first_review_at, pr.merged_at),
+        cycle: span(
             Some(pr.first_commit_at.unwrap_or(pr.created_at)),
             pr.merged_at,
         ),
-        time_to_merge: minutes(Some(pr.created_at), pr.merged_at),
+        time_to_merge: span(Some(pr.created_at), pr.merged_at),
+    }
+}
+
+pub fn durations(pr: &PullRequestRow) -> Durations {
+    measured(pr, |a, b| b - a)
+}
+
+/// The durations counting only the working time of `work`.
+pub fn working_durations(pr: &PullRequestRow, work: &WorkingTime) -> Durations {
+    measured(pr, |a, b| work.between(a, b))
+}
+
+/// Earliest and latest instant a pull request's durations touch.
+fn time_range(pr: &PullRequestRow) -> (i64, i64) {
+    let times = [
+        Some(pr.created_at),
+        pr.ready_for_review_at,
+        pr.first_commit_at,
+        pr.first_review_at,
+        pr.merged_at,
+    ];
+    let known = times.iter().flatten().copied();
+    (
+        known.clone().min().unwrap_or(pr.created_at),
+        known.max().unwrap_or(pr.created_at),
+    )
+}
+
+/// Working intervals of the calendars pull requests use, built once for a set of rows.
+pub struct Clocks<'a> {
+    teams: &'a ResolvedTeams<'a>,
+    /// Index: team + 1; 0 is the default calendar.
+    built: Vec<Option<WorkingTime>>,
+}
+
+impl<'a> Clocks<'a> {
+    /// Intervals of every calendar in `teams` over the times of `rows`.
+    pub fn new<'r>(
+        teams: &'a ResolvedTeams<'a>,
+        rows: impl IntoIterator<Item = &'r PullRequestRow>,
+    ) -> Clocks<'a> {
+        let range = rows
+            .into_iter()
+            .map(time_range)
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
+        let built = (0..=teams.teams.teams.len())
+            .map(|i| {
+                let team = i.checked_sub(1);
+                // Teams sharing the default calendar share its intervals.
+                let shares_default = team.is_some_and(|t| {
+                    std::sync::Arc::ptr_eq(teams.calendar(Some(t)), teams.calendar(None))
+                });
+                match range {
+                    Some((from, to)) if !shares_default => {
+                        Some(teams.calendar(team).working_time(from, to))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        Clocks { teams, built }
+    }
+
+    /// The working time of team `team`'s calendar (or the default one).
+    pub fn of(&self, team: Option<usize>) -> Option<&WorkingTime> {
+        let i = team.map_or(0, |t| t + 1);
+        self.built
+            .get(i)
+            .and_then(Option::as_ref)
+            .or_else(|| self.built.first().and_then(Option::as_ref))
+    }
+
+    pub fn teams(&self) -> &ResolvedTeams<'a> {
+        self.teams
     }
 }
 
@@ -101,8 +218,15 @@ fn size(pr: &PullRequestRow) -> Option<i64> {
     Some(pr.additions? + pr.deletions?)
 }
 
-pub fn pull_metrics(pr: &PullRequestRow) -> PullMetrics {
+/// One row of `/api/v1/metrics/pulls`: working hours use the calendar of `team` when given
+/// (a team filter), else that of the author's first team, else the default.
+pub fn pull_metrics(pr: &PullRequestRow, clocks: &Clocks<'_>, team: Option<usize>) -> PullMetrics {
+    let author_team = clocks.teams().team_of(pr);
     let d = durations(pr);
+    let w = clocks
+        .of(team.or(author_team))
+        .map(|work| working_durations(pr, work))
+        .unwrap_or_default();
     let h = |m: Option<i64>| m.map(|m| hours(m as f64));
     PullMetrics {
         repo: pr.repo.clone(),
@@ -110,6 +234,9 @@ pub fn pull_metrics(pr: &PullRequestRow) -> PullMetrics {
         title: pr.title.clone(),
         author: pr.author.clone(),
         author_is_bot: pr.author_is_bot,
+        team: author_team
+            .and_then(|t| clocks.teams().teams.teams.get(t))
+            .map(|t| t.name.clone()),
         state: pr.state.clone(),
         draft: pr.draft,
         base_ref: pr.base_ref.clone(),
@@ -121,10 +248,15 @@ pub fn pull_metrics(pr: &PullRequestRow) -> PullMetrics {
         merged_at: pr.merged_at.map(rfc3339),
         closed_at: pr.closed_at.map(rfc3339),
         coding_hours: h(d.coding),
+        coding_working_hours: h(w.coding),
         pickup_hours: h(d.pickup),
+        pickup_working_hours: h(w.pickup),
         review_hours: h(d.review),
+        review_working_hours: h(w.review),
         cycle_hours: h(d.cycle),
+        cycle_working_hours: h(w.cycle),
         time_to_merge_hours: h(d.time_to_merge),
+        time_to_merge_working_hours: h(w.time_to_merge),
         additions: pr.additions,
         deletions: pr.deletions,
         size: size(pr),
@@ -146,6 +278,7 @@ pub const CSV_HEADER: &[&str] = &[
     "title",
     "author",
     "author_is_bot",
+    "team",
     "state",
     "draft",
     "base_ref",
@@ -157,10 +290,15 @@ pub const CSV_HEADER: &[&str] = &[
     "merged_at",
     "closed_at",
     "coding_hours",
+    "coding_working_hours",
     "pickup_hours",
+    "pickup_working_hours",
     "review_hours",
+    "review_working_hours",
     "cycle_hours",
+    "cycle_working_hours",
     "time_to_merge_hours",
+    "time_to_merge_working_hours",
     "additions",
     "deletions",
     "size",
@@ -198,6 +336,7 @@ pub fn to_csv(rows: &[PullMetrics]) -> String {
             r.title.clone(),
             opt(&r.author),
             r.author_is_bot.to_string(),
+            opt(&r.team),
             r.state.clone(),
             r.draft.to_string(),
             opt(&r.base_ref),
@@ -209,10 +348,15 @@ pub fn to_csv(rows: &[PullMetrics]) -> String {
             opt(&r.merged_at),
             opt(&r.closed_at),
             opt(&r.coding_hours),
+            opt(&r.coding_working_hours),
             opt(&r.pickup_hours),
+            opt(&r.pickup_working_hours),
             opt(&r.review_hours),
+            opt(&r.review_working_hours),
             opt(&r.cycle_hours),
+            opt(&r.cycle_working_hours),
             opt(&r.time_to_merge_hours),
+            opt(&r.time_to_merge_working_hours),
             opt(&r.additions),
             opt(&r.deletions),
             opt(&r.size),
@@ -291,6 +435,7 @@ pub struct Week {
     pub opened: usize,
     pub merged: usize,
     pub median_cycle_hours: Option<f64>,
+    pub median_cycle_working_hours: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -303,10 +448,25 @@ pub struct PullCounts {
     pub closed_without_merge: usize,
 }
 
+/// The duration statistics counting only working hours.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkingTimeStats {
+    /// The calendar used: the team's with `team=`; otherwise each pull request is measured
+    /// with its author's first team's calendar, and this is the default one for the rest.
+    pub calendar: CalendarInfo,
+    pub coding_time: DurationStats,
+    pub pickup_time: DurationStats,
+    pub review_time: DurationStats,
+    pub cycle_time: DurationStats,
+    pub time_to_merge: DurationStats,
+}
+
 /// `/api/v1/metrics/summary`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub repo: Option<String>,
+    /// Only pull requests authored by this team's members.
+    pub team: Option<String>,
     pub since: String,
     pub until: String,
     pub pull_requests: PullCounts,
@@ -315,6 +475,8 @@ pub struct Summary {
     pub review_time: DurationStats,
     pub cycle_time: DurationStats,
     pub time_to_merge: DurationStats,
+    /// The same five durations in working hours.
+    pub working_time: WorkingTimeStats,
     pub size: SizeStats,
     /// Merged pull requests per week of the window.
     pub throughput_per_week: f64,
@@ -325,7 +487,9 @@ pub struct Summary {
     pub hotfix_rate: Option<f64>,
     /// Share of merged pull requests with at least one review by someone else.
     pub review_coverage: Option<f64>,
-    /// Share of merged pull requests whose author is a known member.
+    /// Share of the merged pull requests of the repository (or all repositories) in the
+    /// window, before any team filter, whose author is a member of a configured team; `null`
+    /// when no team is configured or nothing was merged.
     pub author_match_rate: Option<f64>,
     pub reviews_per_reviewer: ReviewsPerReviewer,
     pub weekly: Vec<Week>,
@@ -372,18 +536,44 @@ pub fn week_start(t: i64) -> i64 {
     (day - (day + 3).rem_euclid(7)) * DAY_MS
 }
 
+/// The summary of `rows` (the pull requests created, merged or closed in the window) over
+/// `window`; with `team`, of those authored by that team's members.
 pub fn summarize(
     repo: Option<&str>,
+    team: Option<usize>,
     rows: &[PullRequestRow],
     reviewers: Vec<(String, i64)>,
     window: Window,
+    teams: &ResolvedTeams<'_>,
 ) -> Summary {
-    let merged: Vec<(&PullRequestRow, Durations)> = rows
+    let is_merged = |r: &PullRequestRow| r.state == "merged" && in_window(r.merged_at, window);
+    let merged_all = rows.iter().filter(|r| is_merged(r)).count();
+    let matched = rows
         .iter()
-        .filter(|r| r.state == "merged" && in_window(r.merged_at, window))
-        .map(|r| (r, durations(r)))
+        .filter(|r| is_merged(r) && teams.team_of(r).is_some())
+        .count();
+    let author_match_rate = if teams.teams.teams.is_empty() {
+        None
+    } else {
+        rate(matched, merged_all)
+    };
+    let rows: Vec<&PullRequestRow> = rows
+        .iter()
+        .filter(|r| team.is_none_or(|t| teams.is_member(t, r)))
         .collect();
-    let count = |f: &dyn Fn(&PullRequestRow) -> bool| merged.iter().filter(|(r, _)| f(r)).count();
+    let clocks = Clocks::new(teams, rows.iter().copied().filter(|r| is_merged(r)));
+    let merged: Vec<(&PullRequestRow, Durations, Durations)> = rows
+        .iter()
+        .copied()
+        .filter(|r| is_merged(r))
+        .map(|r| {
+            let work = clocks.of(team.or_else(|| teams.team_of(r)));
+            let working = work.map(|w| working_durations(r, w)).unwrap_or_default();
+            (r, durations(r), working)
+        })
+        .collect();
+    let count =
+        |f: &dyn Fn(&PullRequestRow) -> bool| merged.iter().filter(|(r, _, _)| f(r)).count();
     let counts = PullCounts {
         opened: rows
             .iter()
@@ -395,9 +585,13 @@ pub fn summarize(
             .filter(|r| r.state == "closed" && in_window(r.closed_at, window))
             .count(),
     };
-    let stat =
-        |f: fn(&Durations) -> Option<i64>| duration_stats(merged.iter().filter_map(|(_, d)| f(d)));
-    let sizes = sorted(merged.iter().filter_map(|(r, _)| size(r)));
+    let stat = |f: fn(&Durations) -> Option<i64>| {
+        duration_stats(merged.iter().filter_map(|(_, d, _)| f(d)))
+    };
+    let work_stat = |f: fn(&Durations) -> Option<i64>| {
+        duration_stats(merged.iter().filter_map(|(_, _, w)| f(w)))
+    };
+    let sizes = sorted(merged.iter().filter_map(|(r, _, _)| size(r)));
     let weeks = (window.until - window.since) as f64 / WEEK_MS as f64;
 
     let mut weekly = Vec::new();
@@ -407,11 +601,12 @@ pub fn summarize(
             since: start,
             until: start + WEEK_MS,
         };
-        let merged_in_week: Vec<&(&PullRequestRow, Durations)> = merged
+        let merged_in_week: Vec<&(&PullRequestRow, Durations, Durations)> = merged
             .iter()
-            .filter(|(r, _)| in_window(r.merged_at, week))
+            .filter(|(r, _, _)| in_window(r.merged_at, week))
             .collect();
-        let cycle = sorted(merged_in_week.iter().filter_map(|(_, d)| d.cycle));
+        let cycle = sorted(merged_in_week.iter().filter_map(|(_, d, _)| d.cycle));
+        let working_cycle = sorted(merged_in_week.iter().filter_map(|(_, _, w)| w.cycle));
         weekly.push(Week {
             week_start: rfc3339(start).get(..10).unwrap_or_default().to_owned(),
             opened: rows
@@ -422,6 +617,7 @@ pub fn summarize(
                 .count(),
             merged: merged_in_week.len(),
             median_cycle_hours: percentile(&cycle, 0.5).map(|m| hours(m.round())),
+            median_cycle_working_hours: percentile(&working_cycle, 0.5).map(|m| hours(m.round())),
         });
         start += WEEK_MS;
     }
@@ -440,7 +636,7 @@ pub fn summarize(
 
     let mut by_author: std::collections::BTreeMap<&str, (usize, usize)> =
         std::collections::BTreeMap::new();
-    for (r, _) in &merged {
+    for (r, _, _) in &merged {
         if let Some(author) = r.author.as_deref() {
             let entry = by_author.entry(author).or_default();
             entry.0 += 1;
@@ -459,6 +655,9 @@ pub fn summarize(
 
     Summary {
         repo: repo.map(str::to_owned),
+        team: team
+            .and_then(|t| teams.teams.teams.get(t))
+            .map(|t| t.name.clone()),
         since: rfc3339(window.since),
         until: rfc3339(window.until),
         coding_time: stat(|d| d.coding),
@@ -466,6 +665,14 @@ pub fn summarize(
         review_time: stat(|d| d.review),
         cycle_time: stat(|d| d.cycle),
         time_to_merge: stat(|d| d.time_to_merge),
+        working_time: WorkingTimeStats {
+            calendar: teams.calendar(team).info().clone(),
+            coding_time: work_stat(|d| d.coding),
+            pickup_time: work_stat(|d| d.pickup),
+            review_time: work_stat(|d| d.review),
+            cycle_time: work_stat(|d| d.cycle),
+            time_to_merge: work_stat(|d| d.time_to_merge),
+        },
         size: SizeStats {
             count: sizes.len(),
             median: percentile(&sizes, 0.5),
@@ -481,11 +688,58 @@ pub fn summarize(
         revert_rate_by_author,
         hotfix_rate: rate(count(&|r| r.is_hotfix), merged.len()),
         review_coverage: rate(count(&|r| r.reviews > 0), merged.len()),
-        author_match_rate: rate(count(&|r| r.author.is_some()), merged.len()),
+        author_match_rate,
         reviews_per_reviewer,
         weekly,
         pull_requests: counts,
     }
+}
+
+/// What a summary covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRequest {
+    pub repo: Option<String>,
+    /// Index into [`Teams::teams`].
+    pub team: Option<usize>,
+    pub window: Window,
+}
+
+/// Reads what a summary needs from the store and summarizes it: `/api/v1/metrics/summary`
+/// (and the benchmark) in one call.
+pub async fn load_summary(
+    store: &Store,
+    teams: &Teams,
+    request: &SummaryRequest,
+) -> Result<Summary, StoreError> {
+    let window = request.window;
+    let known = store.known_logins(&teams.all_logins()).await?;
+    let resolved = teams.resolve(&known);
+    let filter = PullFilter {
+        repo: request.repo.clone(),
+        created_from: Some(window.since),
+        created_to: Some(window.until),
+        ended_from: Some(window.since),
+        ended_to: Some(window.until),
+        ..PullFilter::default()
+    };
+    let rows = store.pull_requests_for_summary(&filter).await?;
+    let reviewer_ids = request.team.map(|t| resolved.member_ids(t));
+    let reviewers = store
+        .reviews_per_reviewer(
+            request.repo.as_deref(),
+            reviewer_ids.as_deref(),
+            window.since,
+            window.until,
+        )
+        .await?;
+    Ok(summarize(
+        request.repo.as_deref(),
+        request.team,
+        &rows,
+        reviewers,
+        window,
+        &resolved,
+    ))
 }
 
 #[cfg(test)]
@@ -503,6 +757,7 @@ mod tests {
             github_id: number,
             title: format!("PR {number}"),
             author: Some("ann".into()),
+            author_id: Some(1),
             author_is_bot: false,
             state: "open".into(),
             draft: false,
@@ -526,8 +781,36 @@ mod tests {
             is_hotfix: false,
             labels: vec![],
             updated_at: T0,
+            draft_intervals: vec![],
             reviews: 0,
         }
+    }
+
+    fn teams(team: Option<(&str, &[&str])>) -> Teams {
+        let weekdays: Vec<String> = ["mon", "tue", "wed", "thu", "fri"]
+            .iter()
+            .map(|d| (*d).to_owned())
+            .collect();
+        let default_calendar =
+            std::sync::Arc::new(Calendar::new("t", "UTC", &weekdays, "09:00-17:00", &[]).unwrap());
+        Teams {
+            teams: team
+                .map(|(name, logins)| Team {
+                    name: name.into(),
+                    logins: logins.iter().map(|l| (*l).to_owned()).collect(),
+                    calendar: std::sync::Arc::clone(&default_calendar),
+                })
+                .into_iter()
+                .collect(),
+            default_calendar,
+        }
+    }
+
+    fn one(p: &PullRequestRow) -> PullMetrics {
+        let teams = teams(None);
+        let resolved = teams.resolve(&[]);
+        let clocks = Clocks::new(&resolved, [p]);
+        pull_metrics(p, &clocks, None)
     }
 
     #[test]
@@ -543,8 +826,11 @@ mod tests {
         assert_eq!(d.review, Some(90));
         assert_eq!(d.cycle, Some(420));
         assert_eq!(d.time_to_merge, Some(300));
-        let m = pull_metrics(&p);
+        let m = one(&p);
         assert_eq!(m.pickup_hours, Some(3.5));
+        // UTC 09:00-17:00: Sunday 22:00 → Monday 05:00 holds no working time.
+        assert_eq!(m.pickup_working_hours, Some(0.0));
+        assert_eq!(m.cycle_working_hours, Some(0.0));
         assert_eq!(m.size, Some(12));
     }
 
@@ -556,6 +842,32 @@ mod tests {
         assert_eq!(durations(&p).pickup, Some(60));
         p.first_review_at = Some(T0 + 30 * MINUTE_MS);
         assert_eq!(durations(&p).pickup, Some(30));
+    }
+
+    #[test]
+    fn every_draft_interval_is_left_out_of_pickup_time() {
+        let mut p = pr(1);
+        // Draft 0-1 h, ready 1-3 h, draft again 3-4 h (review at 3:30 does not end it), ready
+        // after 4 h; reviewed at 5 h: pickup 3 h of 5.
+        p.draft_intervals = vec![(T0, Some(T0 + H)), (T0 + 3 * H, Some(T0 + 4 * H))];
+        p.ready_for_review_at = Some(T0 + H);
+        p.first_review_at = Some(T0 + 5 * H);
+        assert_eq!(durations(&p).pickup, Some(180));
+        // Still a draft when reviewed: only the time before the draft counts.
+        p.draft_intervals = vec![(T0 + 2 * H, None)];
+        assert_eq!(durations(&p).pickup, Some(120));
+        // In working time (UTC 09:00-17:00): opened Monday 08:00, draft 10:00-12:00, reviewed
+        // 13:00: 1 h + 1 h.
+        let t = |h: i64| T0 + h * H;
+        p.created_at = t(8);
+        p.draft_intervals = vec![(t(10), Some(t(12)))];
+        p.first_review_at = Some(t(13));
+        let teams = teams(None);
+        let resolved = teams.resolve(&[]);
+        let clocks = Clocks::new(&resolved, [&p]);
+        let work = clocks.of(None).expect("built");
+        assert_eq!(working_durations(&p, work).pickup, Some(120));
+        assert_eq!(durations(&p).pickup, Some(180));
     }
 
     #[test]
@@ -589,12 +901,12 @@ mod tests {
         let mut p = pr(1);
         p.title = "Fix \"a\", b".into();
         p.labels = vec!["x".into(), "y".into()];
-        let csv = to_csv(&[pull_metrics(&p)]);
+        let csv = to_csv(&[one(&p)]);
         let mut lines = csv.split("\r\n");
         assert_eq!(lines.next(), Some(CSV_HEADER.join(",").as_str()));
         let row = lines.next().unwrap();
         assert!(
-            row.starts_with("o/r,1,\"Fix \"\"a\"\", b\",ann,false,open,"),
+            row.starts_with("o/r,1,\"Fix \"\"a\"\", b\",ann,false,,open,"),
             "{row}"
         );
         assert!(row.ends_with(",false,,false,false,x;y"), "{row}");
@@ -624,11 +936,16 @@ mod tests {
         old.state = "merged".into();
         old.created_at = T0 - WEEK_MS;
         old.merged_at = Some(T0 - 1);
+        let teams = teams(Some(("core", &["bob"])));
+        let resolved = teams.resolve(&[]);
+        let rows = [a, b, c, old];
         let s = summarize(
             Some("o/r"),
-            &[a, b, c, old],
+            None,
+            &rows,
             vec![("bob".into(), 3), ("cy".into(), 1)],
             window,
+            &resolved,
         );
         assert_eq!(
             s.pull_requests,
@@ -668,7 +985,24 @@ mod tests {
         );
         assert_eq!(s.hotfix_rate, Some(0.5));
         assert_eq!(s.review_coverage, Some(0.5));
-        assert_eq!(s.author_match_rate, Some(1.0));
+        assert_eq!(s.author_match_rate, Some(0.5), "bob's one of two");
+        // b: Monday 00:00 → Monday 00:00 a week later: five days of 8 working hours.
+        assert_eq!(s.working_time.cycle_time.count, 2);
+        assert_eq!(s.working_time.cycle_time.p90_hours, Some(36.0));
+        assert_eq!(s.weekly[1].median_cycle_working_hours, Some(40.0));
+        assert_eq!(s.working_time.calendar.working_hours, "09:00-17:00");
+
+        let core = summarize(Some("o/r"), Some(0), &rows, vec![], window, &resolved);
+        assert_eq!(core.team.as_deref(), Some("core"));
+        assert_eq!(
+            core.pull_requests,
+            PullCounts {
+                opened: 1,
+                merged: 1,
+                closed_without_merge: 0
+            }
+        );
+        assert_eq!(core.author_match_rate, Some(0.5), "before the team filter");
         assert_eq!(s.reviews_per_reviewer.average, Some(2.0));
         assert_eq!(s.weekly.len(), 2);
         assert_eq!(
@@ -680,5 +1014,6 @@ mod tests {
             ("2024-01-01", 3, 1)
         );
         assert_eq!(s.weekly[1].median_cycle_hours, Some(172.0));
+        assert_eq!(s.weekly[0].median_cycle_working_hours, Some(0.0));
     }
 }

@@ -232,9 +232,16 @@ fn pull_request_event(
     settings: &MetricsSettings,
 ) -> Result<Vec<Effect>, HandlerError> {
     let mut pr = pull_request(p, settings)?;
-    if action == Some("ready_for_review") {
-        pr.ready_for_review_at = Some(pr.updated_at);
-    }
+    // Draft time is left out of pickup time: record each change of the draft state.
+    pr.draft_change = match action {
+        Some("ready_for_review") => {
+            pr.ready_for_review_at = Some(pr.updated_at);
+            Some((pr.updated_at, false))
+        }
+        Some("converted_to_draft") => Some((pr.updated_at, true)),
+        Some("opened") if pr.draft => Some((pr.created_at, true)),
+        _ => None,
+    };
     let mut effects = author(p, &pr)?;
     effects.push(Effect::UpsertPullRequest(Box::new(pr)));
     Ok(effects)
@@ -317,6 +324,7 @@ fn pull_request(
             .map(str::to_owned),
         created_at: p.time("pull_request.created_at")?,
         ready_for_review_at: None,
+        draft_change: None,
         merged_at,
         closed_at: p.opt_time("pull_request.closed_at")?,
         size,
@@ -511,6 +519,17 @@ mod tests {
             hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
             hotfix_labels: vec!["hotfix".into()],
             count_bot_reviews: false,
+            timezone: "UTC".into(),
+            working_days: vec![
+                "mon".into(),
+                "tue".into(),
+                "wed".into(),
+                "thu".into(),
+                "fri".into(),
+            ],
+            working_hours: "09:00-17:00".into(),
+            holidays: vec![],
+            teams: vec![],
         }
     }
 

@@ -269,13 +269,18 @@ impl HookManager {
         self.inner.keys.as_deref().ok_or(HookError::NoKey)
     }
 
-    fn client(&self) -> Result<GithubClient, HookError> {
+    /// A GitHub client acting with the signed-in user's token, else the configured one.
+    pub fn client(&self) -> Result<GithubClient, HookError> {
         let token = self
             .acting_as
             .clone()
             .or_else(|| self.inner.token.clone())
             .ok_or(HookError::NoToken)?;
         Ok(self.inner.github.client(Some(token)))
+    }
+
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.inner.clock)
     }
 
     fn now_ms(&self) -> i64 {

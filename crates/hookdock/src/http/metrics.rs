@@ -1,24 +1,46 @@
 //! Pull request metrics routes (behind the admin guard): per pull request rows as JSON or CSV,
-//! and a summary over a window. They parse parameters (400 naming the parameter), read from the
+//! a summary over a window, and backfills started in the background. They parse parameters (400 naming the parameter), read from the
 //! store and leave every computation to [`crate::metrics`].
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::header;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::metrics::{self, Window};
+use crate::config::MetricsSettings;
+use crate::handlers::backfill::{BackfillJobs, BackfillStart, BackfillStatus, BackfillTask};
+use crate::metrics::{self, CalendarError, Clocks, SummaryRequest, Teams, Window};
 use crate::store::{PullFilter, now_ms};
+
+/// What the metrics routes need beyond the store.
+pub struct MetricsApi {
+    pub teams: Teams,
+    pub settings: MetricsSettings,
+    pub backfills: Arc<BackfillJobs>,
+}
+
+impl MetricsApi {
+    pub fn new(settings: &MetricsSettings) -> Result<MetricsApi, CalendarError> {
+        Ok(MetricsApi {
+            teams: Teams::from_settings(settings)?,
+            settings: settings.clone(),
+            backfills: Arc::default(),
+        })
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullsQuery {
     repo: Option<String>,
     author: Option<String>,
+    team: Option<String>,
     since: Option<String>,
     until: Option<String>,
     format: Option<String>,
@@ -82,13 +104,36 @@ fn instant(parameter: &str, text: &str, now: i64) -> Result<i64, ApiError> {
     ))
 }
 
+/// The team named by `team=`; an unknown name is refused naming the configured ones.
+fn team_param(teams: &Teams, v: Option<String>) -> Result<Option<usize>, ApiError> {
+    let Some(name) = non_empty(v) else {
+        return Ok(None);
+    };
+    teams.find(&name).map(Some).ok_or_else(|| {
+        let known = teams.names();
+        invalid(
+            "team",
+            if known.is_empty() {
+                format!(
+                    "{name:?} is not a team: no team is configured; add [[handlers.metrics.teams]] to hookdock.toml"
+                )
+            } else {
+                format!(
+                    "{name:?} is not a team; use one of: {}",
+                    known.join(", ")
+                )
+            },
+        )
+    })
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
 }
 
-/// `GET /api/v1/metrics/pulls?repo=&author=&since=&until=&format=json|csv`: pull requests
-/// created in [since, until), with their durations.
+/// `GET /api/v1/metrics/pulls?repo=&author=&team=&since=&until=&format=json|csv`: pull
+/// requests created in [since, until), with their durations, raw and in working hours.
 pub async fn pulls(
     State(state): State<AppState>,
     q: Result<Query<PullsQuery>, QueryRejection>,
@@ -100,9 +145,14 @@ pub async fn pulls(
         Some("csv") => true,
         Some(other) => return Err(invalid("format", format!("{other:?} is not json or csv"))),
     };
+    let teams = &state.metrics_api.teams;
+    let team = team_param(teams, q.team)?;
+    let known = state.store.known_logins(&teams.all_logins()).await?;
+    let resolved = teams.resolve(&known);
     let filter = PullFilter {
         repo: repo_param(q.repo)?,
         author: non_empty(q.author),
+        author_ids: team.map(|t| resolved.member_ids(t)),
         created_from: non_empty(q.since)
             .map(|s| instant("since", &s, now))
             .transpose()?,
@@ -116,12 +166,11 @@ pub async fn pulls(
     {
         return Err(invalid("until", "must be later than since"));
     }
-    let rows: Vec<_> = state
-        .store
-        .pull_requests(&filter)
-        .await?
+    let rows = state.store.pull_requests(&filter).await?;
+    let clocks = Clocks::new(&resolved, &rows);
+    let rows: Vec<_> = rows
         .iter()
-        .map(metrics::pull_metrics)
+        .map(|r| metrics::pull_metrics(r, &clocks, team))
         .collect();
     if csv {
         Ok((
@@ -134,19 +183,14 @@ pub async fn pulls(
     }
 }
 
-/// `GET /api/v1/metrics/summary?repo=&window=30d&until=`: the flow metrics of pull requests
-/// merged in [until - window, until).
+/// `GET /api/v1/metrics/summary?repo=&team=&window=30d&until=`: the flow metrics of pull
+/// requests merged in [until - window, until), raw and in working hours.
 pub async fn summary(
     State(state): State<AppState>,
     q: Result<Query<SummaryQuery>, QueryRejection>,
 ) -> Result<Json<metrics::Summary>, ApiError> {
     let q = query(q)?;
-    if non_empty(q.team).is_some() {
-        return Err(invalid(
-            "team",
-            "teams are not modelled yet; filter by repo instead",
-        ));
-    }
+    let team = team_param(&state.metrics_api.teams, q.team)?;
     let now = now_ms();
     let repo = repo_param(q.repo)?;
     let window_text = non_empty(q.window).unwrap_or_else(|| DEFAULT_WINDOW.to_owned());
@@ -159,27 +203,113 @@ pub async fn summary(
         .map(|s| instant("until", &s, now))
         .transpose()?
         .unwrap_or(now);
-    let window = Window {
-        since: until.saturating_sub(span),
-        until,
+    let request = SummaryRequest {
+        repo,
+        team,
+        window: Window {
+            since: until.saturating_sub(span),
+            until,
+        },
     };
-    let filter = PullFilter {
-        repo: repo.clone(),
-        created_from: Some(window.since),
-        created_to: Some(window.until),
-        ended_from: Some(window.since),
-        ended_to: Some(window.until),
-        ..PullFilter::default()
+    Ok(Json(
+        metrics::load_summary(&state.store, &state.metrics_api.teams, &request).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    repo: Option<String>,
+    since: Option<String>,
+}
+
+const DEFAULT_BACKFILL_SPAN: &str = "90d";
+
+fn status_url(repo: &str) -> String {
+    format!("/api/v1/metrics/backfill/{repo}")
+}
+
+fn status_body(status: &BackfillStatus) -> serde_json::Value {
+    let mut body = serde_json::to_value(status).unwrap_or_default();
+    body["status_url"] = serde_json::Value::String(status_url(&status.repo));
+    body
+}
+
+/// `POST /api/v1/metrics/backfill` `{"repo": "owner/name", "since": "90d"}`: starts a backfill
+/// of the repository in the background (as `hookdock metrics backfill` does) and answers 202
+/// with the URL of its status; 409 while one of the same repository is running.
+pub async fn start_backfill(
+    State(state): State<AppState>,
+    body: Result<Json<BackfillRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "body: {}; send {{\"repo\": \"owner/name\", \"since\": \"90d\"}}",
+                e.body_text()
+            ),
+        )
+    })?;
+    let repo = repo_param(body.repo)?
+        .ok_or_else(|| invalid("repo", "is required: the repository as owner/name"))?;
+    let since_text = non_empty(body.since).unwrap_or_else(|| DEFAULT_BACKFILL_SPAN.to_owned());
+    let since = crate::config::parse_span(&since_text).map_err(|e| invalid("since", e))?;
+    if since.is_zero() {
+        return Err(invalid("since", "must be longer than zero, e.g. 90d"));
+    }
+    let github = state.hooks.client().map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_github_token",
+            format!("a backfill reads GitHub's API: {e}"),
+        )
+    })?;
+    let task = BackfillTask {
+        store: state.store.clone(),
+        github,
+        clock: state.hooks.clock(),
+        settings: state.metrics_api.settings.clone(),
     };
-    let rows = state.store.pull_requests(&filter).await?;
-    let reviewers = state
-        .store
-        .reviews_per_reviewer(repo.as_deref(), window.since, window.until)
-        .await?;
-    Ok(Json(metrics::summarize(
-        repo.as_deref(),
-        &rows,
-        reviewers,
-        window,
-    )))
+    match state
+        .metrics_api
+        .backfills
+        .start(task, &repo, &since_text, since)
+    {
+        BackfillStart::Started(status) => {
+            let url = status_url(&status.repo);
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, url)],
+                Json(status_body(&status)),
+            )
+                .into_response())
+        }
+        BackfillStart::AlreadyRunning(running) => {
+            Ok((StatusCode::CONFLICT, Json(status_body(&running))).into_response())
+        }
+    }
+}
+
+/// `GET /api/v1/metrics/backfill/{owner}/{name}`: the progress of the latest background
+/// backfill of the repository started by this instance.
+pub async fn backfill_status(
+    State(state): State<AppState>,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let repo = format!("{owner}/{name}");
+    state
+        .metrics_api
+        .backfills
+        .status(&repo)
+        .map(|s| Json(status_body(&s)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no backfill of {repo} was started on this instance; start one with POST /api/v1/metrics/backfill"
+                ),
+            )
+        })
 }

@@ -5,7 +5,7 @@ mod api;
 mod error;
 mod health;
 mod login;
-mod metrics;
+pub(crate) mod metrics;
 mod records;
 mod repos;
 mod webhook;
@@ -43,6 +43,8 @@ pub struct Shared {
     pub automations: Option<Arc<crate::handlers::automation::AutomationSet>>,
     pub admin_token: Option<SecretString>,
     pub metrics: PrometheusHandle,
+    /// What the metrics routes need beyond the store: teams, calendars, background backfills.
+    pub metrics_api: Arc<metrics::MetricsApi>,
     pub jobs_ready: Arc<Notify>,
 }
 
@@ -71,6 +73,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/metrics/pulls", get(metrics::pulls))
         .route("/api/v1/metrics/summary", get(metrics::summary))
         .route("/api/v1/records/{kind}", get(records::list))
+        .route("/api/v1/metrics/backfill", post(metrics::start_backfill))
+        .route(
+            "/api/v1/metrics/backfill/{owner}/{name}",
+            get(metrics::backfill_status),
+        )
         .route("/api/v1/repos", get(repos::list))
         .route("/api/v1/repos/{owner}/{repo}", get(repos::show))
         .route(

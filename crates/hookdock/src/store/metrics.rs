@@ -52,6 +52,9 @@ pub struct PullRequestRecord {
     pub created_at: i64,
     /// Set by a `ready_for_review` event: its time.
     pub ready_for_review_at: Option<i64>,
+    /// Set by `opened` (as a draft), `converted_to_draft` and `ready_for_review` events: when,
+    /// and whether the pull request became a draft (else it was marked ready).
+    pub draft_change: Option<(i64, bool)>,
     pub merged_at: Option<i64>,
     pub closed_at: Option<i64>,
     /// `None` for the reduced `pull_request` object of review and comment payloads.
@@ -147,6 +150,19 @@ pub(crate) async fn upsert_member(
         min_known("members.first_seen", "excluded.first_seen"),
         max_known("members.updated", "excluded.updated"),
     ));
+    sql.execute(&mut *conn).await?;
+    // Every login a user was seen with: team members configured by login stay matched by id
+    // after a rename.
+    let mut sql = Sql::new("INSERT INTO member_logins (login_lower, github_id, seen) VALUES (");
+    sql.bind(m.login.to_lowercase())
+        .push(", ")
+        .bind(m.github_id)
+        .push(", ")
+        .bind(m.seen_at)
+        .push(&format!(
+            ") ON CONFLICT (login_lower, github_id) DO UPDATE SET seen = {}",
+            max_known("member_logins.seen", "excluded.seen")
+        ));
     sql.execute(conn).await?;
     Ok(())
 }
@@ -259,7 +275,88 @@ pub(crate) async fn upsert_pull_request(
     sql.push(" ON CONFLICT (repo, number) DO UPDATE SET ")
         .push(&sets.join(", "));
     sql.execute(&mut *conn).await?;
+    if let Some((at, draft)) = pr.draft_change {
+        record_draft_change(conn, &pr.repo, pr.number, at, draft).await?;
+    }
     refresh_pull_request(conn, &pr.repo, pr.number).await
+}
+
+/// Stores one change of a pull request's draft state and recomputes its draft intervals from
+/// all of them, so the order changes arrive in does not matter.
+async fn record_draft_change(
+    conn: &mut AnyConnection,
+    repo: &str,
+    number: i64,
+    at: i64,
+    draft: bool,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new("INSERT INTO pr_draft_changes (repo, pr_number, at, draft) VALUES (");
+    sql.bind(repo).push(", ").bind(number).push(", ").bind(at);
+    sql.push(", ")
+        .bind(flag(draft))
+        .push(") ON CONFLICT (repo, pr_number, at, draft) DO NOTHING");
+    sql.execute(&mut *conn).await?;
+    let mut sql = Sql::new("SELECT at, draft FROM pr_draft_changes WHERE repo = ");
+    sql.bind(repo)
+        .push(" AND pr_number = ")
+        .bind(number)
+        .push(" ORDER BY at, draft");
+    let changes = sql
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)? != 0)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let text = draft_intervals_text(&changes);
+    let mut sql = Sql::new("UPDATE pull_requests SET draft_intervals = ");
+    sql.bind(text)
+        .push(" WHERE repo = ")
+        .bind(repo)
+        .push(" AND number = ")
+        .bind(number);
+    sql.execute(conn).await?;
+    Ok(())
+}
+
+/// Draft intervals from time-ordered changes: a draft begins at the first `true` after being
+/// ready and ends at the next `false`. As `start-end` pairs joined by commas; an interval
+/// still open has no end (`start-`).
+pub fn draft_intervals_text(changes: &[(i64, bool)]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut open: Option<i64> = None;
+    for &(at, draft) in changes {
+        match (draft, open) {
+            (true, None) => open = Some(at),
+            (false, Some(start)) => {
+                out.push(format!("{start}-{at}"));
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = open {
+        out.push(format!("{start}-"));
+    }
+    out.join(",")
+}
+
+/// The intervals of [`draft_intervals_text`]; `None` for an end still open.
+pub fn parse_draft_intervals(text: &str) -> Result<Vec<(i64, Option<i64>)>, String> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (start, end) = part
+                .split_once('-')
+                .ok_or_else(|| format!("{part:?} is not start-end"))?;
+            let start = start.parse::<i64>().map_err(|e| format!("{part:?}: {e}"))?;
+            let end = if end.is_empty() {
+                None
+            } else {
+                Some(end.parse::<i64>().map_err(|e| format!("{part:?}: {e}"))?)
+            };
+            Ok((start, end))
+        })
+        .collect()
 }
 
 /// Recomputes what is derived from other rows: the first review, revert links by commit, and
@@ -392,6 +489,8 @@ pub struct PullFilter {
     pub repo: Option<String>,
     /// Author login, compared case-insensitively.
     pub author: Option<String>,
+    /// Only these authors (GitHub user ids); an empty list matches nothing.
+    pub author_ids: Option<Vec<i64>>,
     /// Created at or after (Unix ms).
     pub created_from: Option<i64>,
     /// Created before (Unix ms).
@@ -409,6 +508,7 @@ pub struct PullRequestRow {
     pub github_id: i64,
     pub title: String,
     pub author: Option<String>,
+    pub author_id: Option<i64>,
     pub author_is_bot: bool,
     pub state: String,
     pub draft: bool,
@@ -432,6 +532,8 @@ pub struct PullRequestRow {
     pub is_hotfix: bool,
     pub labels: Vec<String>,
     pub updated_at: i64,
+    /// Time spent as a draft, from `pull_request` webhooks (start, end; `None`: still a draft).
+    pub draft_intervals: Vec<(i64, Option<i64>)>,
     /// Reviews that count (not by the author; bots only when configured).
     pub reviews: i64,
 }
@@ -459,11 +561,23 @@ pub struct MemberRow {
     pub updated: i64,
 }
 
-const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS author, \
+const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS author, p.author_id, \
     m.is_bot AS author_is_bot, p.state, p.draft, p.base_ref, p.head_ref, p.head_sha, \
     p.merge_commit_sha, p.created_at, p.ready_for_review_at, p.first_commit_at, \
     p.first_review_at, p.merged_at, p.closed_at, p.additions, p.deletions, p.changed_files, \
-    p.commits, p.is_revert, p.reverts_number, p.reverted, p.is_hotfix, p.labels, p.updated_at, \
+    p.commits, p.is_revert, p.reverts_number, p.reverted, p.is_hotfix, p.labels, p.updated_at, p.draft_intervals, \
+    (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
+     AND a.kind = 'review' AND a.counts = 1) AS reviews";
+
+/// What a summary reads: [`PULL_COLUMNS`] with the columns no summary uses (title, branches,
+/// commits, labels, …) left empty, as reading them is most of the cost on large windows.
+const SUMMARY_COLUMNS: &str = "'' AS repo, p.number, CAST(0 AS BIGINT) AS github_id, '' AS title, \
+    m.login AS author, p.author_id, m.is_bot AS author_is_bot, p.state, CAST(0 AS BIGINT) AS draft, \
+    NULL AS base_ref, NULL AS head_ref, NULL AS head_sha, NULL AS merge_commit_sha, \
+    p.created_at, p.ready_for_review_at, p.first_commit_at, p.first_review_at, p.merged_at, \
+    p.closed_at, p.additions, p.deletions, NULL AS changed_files, NULL AS commits, \
+    CAST(0 AS BIGINT) AS is_revert, NULL AS reverts_number, p.reverted, p.is_hotfix, '[]' AS labels, \
+    CAST(0 AS BIGINT) AS updated_at, p.draft_intervals, \
     (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
      AND a.kind = 'review' AND a.counts = 1) AS reviews";
 
@@ -478,6 +592,7 @@ fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
         github_id: r.try_get("github_id")?,
         title: r.try_get("title")?,
         author: opt_text(r, "author")?,
+        author_id: r.try_get("author_id")?,
         author_is_bot: r.try_get::<Option<i64>, _>("author_is_bot")?.unwrap_or(0) != 0,
         state: r.try_get("state")?,
         draft: is("draft")?,
@@ -501,6 +616,11 @@ fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
         is_hotfix: is("is_hotfix")?,
         labels,
         updated_at: r.try_get("updated_at")?,
+        draft_intervals: match opt_text(r, "draft_intervals")? {
+            Some(text) => parse_draft_intervals(&text)
+                .map_err(|e| StoreError::Corrupt(format!("pull_requests.draft_intervals: {e}")))?,
+            None => Vec::new(),
+        },
         reviews: r.try_get("reviews")?,
     })
 }
@@ -511,8 +631,26 @@ impl Store {
         &self,
         filter: &PullFilter,
     ) -> Result<Vec<PullRequestRow>, StoreError> {
+        self.read_pull_requests(PULL_COLUMNS, filter).await
+    }
+
+    /// The same with only what [`crate::metrics::summarize`] uses: repository, title, branches,
+    /// commit shas, labels, revert links, file and commit counts and `updated_at` are left
+    /// empty, `draft` and `is_revert` false.
+    pub async fn pull_requests_for_summary(
+        &self,
+        filter: &PullFilter,
+    ) -> Result<Vec<PullRequestRow>, StoreError> {
+        self.read_pull_requests(SUMMARY_COLUMNS, filter).await
+    }
+
+    async fn read_pull_requests(
+        &self,
+        columns: &str,
+        filter: &PullFilter,
+    ) -> Result<Vec<PullRequestRow>, StoreError> {
         let mut sql = Sql::new("SELECT ");
-        sql.push(PULL_COLUMNS).push(
+        sql.push(columns).push(
             " FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1",
         );
         if let Some(repo) = &filter.repo {
@@ -522,28 +660,42 @@ impl Store {
             sql.push(" AND LOWER(m.login) = ")
                 .bind(author.to_lowercase());
         }
-        let created = |sql: &mut Sql| {
-            sql.push("(1 = 1");
-            if let Some(from) = filter.created_from {
-                sql.push(" AND p.created_at >= ").bind(from);
+        if let Some(ids) = &filter.author_ids {
+            if ids.is_empty() {
+                return Ok(Vec::new());
             }
-            if let Some(to) = filter.created_to {
-                sql.push(" AND p.created_at < ").bind(to);
+            sql.push(" AND p.author_id IN ")
+                .bind_list(ids.iter().copied());
+        }
+        // Each branch is a range on its own index ((repo, created_at), (repo, merged_at),
+        // (repo, closed_at)); an OR over the three would walk every row of the repository.
+        // `COALESCE(merged_at, closed_at)` in range is "merged in range, or closed in range
+        // without a merge".
+        let range = |sql: &mut Sql, column: &str, from: Option<i64>, to: Option<i64>| {
+            sql.push("SELECT id FROM pull_requests WHERE 1 = 1");
+            if let Some(repo) = &filter.repo {
+                sql.push(" AND repo = ").bind(repo.as_str());
             }
-            sql.push(")");
+            if let Some(from) = from {
+                sql.push(&format!(" AND {column} >= ")).bind(from);
+            }
+            if let Some(to) = to {
+                sql.push(&format!(" AND {column} < ")).bind(to);
+            }
         };
-        sql.push(" AND (");
-        created(&mut sql);
+        sql.push(" AND p.id IN (");
+        range(
+            &mut sql,
+            "created_at",
+            filter.created_from,
+            filter.created_to,
+        );
         if filter.ended_from.is_some() || filter.ended_to.is_some() {
-            let ended = "COALESCE(p.merged_at, p.closed_at)";
-            sql.push(" OR (").push(ended).push(" IS NOT NULL");
-            if let Some(from) = filter.ended_from {
-                sql.push(" AND ").push(ended).push(" >= ").bind(from);
-            }
-            if let Some(to) = filter.ended_to {
-                sql.push(" AND ").push(ended).push(" < ").bind(to);
-            }
-            sql.push(")");
+            sql.push(" UNION ");
+            range(&mut sql, "merged_at", filter.ended_from, filter.ended_to);
+            sql.push(" AND merged_at IS NOT NULL UNION ");
+            range(&mut sql, "closed_at", filter.ended_from, filter.ended_to);
+            sql.push(" AND merged_at IS NULL AND closed_at IS NOT NULL");
         }
         sql.push(") ORDER BY p.repo, p.created_at, p.number");
         sql.fetch_all(&self.inner.read)
@@ -558,21 +710,49 @@ impl Store {
     pub async fn reviews_per_reviewer(
         &self,
         repo: Option<&str>,
+        reviewer_ids: Option<&[i64]>,
         from: i64,
         to: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut sql = Sql::new(
-            "SELECT m.login, COUNT(*) AS n FROM reviews v \
-             JOIN members m ON m.github_id = v.reviewer_id \
-             LEFT JOIN pull_requests p ON p.repo = v.repo AND p.number = v.pr_number \
-             WHERE m.is_bot = 0 AND (p.author_id IS NULL OR p.author_id <> v.reviewer_id) \
-             AND v.submitted_at >= ",
-        );
-        sql.bind(from).push(" AND v.submitted_at < ").bind(to);
-        if let Some(repo) = repo {
-            sql.push(" AND v.repo = ").bind(repo);
+        if reviewer_ids.is_some_and(<[i64]>::is_empty) {
+            return Ok(Vec::new());
         }
+        // pr_activity's review rows say whether a review counts (not by the author, which is
+        // decided when it is recorded); grouped by user id before the members are joined.
+        let mut sql = Sql::new(
+            "SELECT m.login, CAST(SUM(x.n) AS BIGINT) AS n FROM (SELECT a.actor_id, COUNT(*) AS n FROM pr_activity a \
+             WHERE a.kind = 'review' AND a.counts = 1 AND a.at >= ",
+        );
+        sql.bind(from).push(" AND a.at < ").bind(to);
+        if let Some(repo) = repo {
+            sql.push(" AND a.repo = ").bind(repo);
+        }
+        if let Some(ids) = reviewer_ids {
+            sql.push(" AND a.actor_id IN ")
+                .bind_list(ids.iter().copied());
+        }
+        sql.push(
+            " GROUP BY a.actor_id) x JOIN members m ON m.github_id = x.actor_id WHERE m.is_bot = 0",
+        );
         sql.push(" GROUP BY m.login ORDER BY n DESC, m.login");
+        Ok(sql
+            .fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// (lowercase login, user id) for every user seen under one of `logins` (lowercase), now
+    /// or before a rename.
+    pub async fn known_logins(&self, logins: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        if logins.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            Sql::new("SELECT login_lower, github_id FROM member_logins WHERE login_lower IN ");
+        sql.bind_list(logins.iter().map(String::as_str))
+            .push(" ORDER BY login_lower, github_id");
         Ok(sql
             .fetch_all(&self.inner.read)
             .await?
@@ -655,7 +835,14 @@ impl Store {
     /// Empties the metrics tables (members, pull requests, reviews, activity) before a rebuild.
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
         let mut tx = self.inner.write.begin().await?;
-        for table in ["pr_activity", "reviews", "pull_requests", "members"] {
+        for table in [
+            "pr_activity",
+            "pr_draft_changes",
+            "reviews",
+            "pull_requests",
+            "member_logins",
+            "members",
+        ] {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *tx)
                 .await?;

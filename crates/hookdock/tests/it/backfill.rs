@@ -161,6 +161,17 @@ fn settings() -> MetricsSettings {
         hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
         hotfix_labels: vec!["hotfix".into()],
         count_bot_reviews: false,
+        timezone: "UTC".into(),
+        working_days: vec![
+            "mon".into(),
+            "tue".into(),
+            "wed".into(),
+            "thu".into(),
+            "fri".into(),
+        ],
+        working_hours: "09:00-17:00".into(),
+        holidays: vec![],
+        teams: vec![],
     }
 }
 
@@ -582,6 +593,135 @@ async fn names_a_repository_github_does_not_have(backend: Backend) {
     env.assert_clean();
 }
 
+/// `POST /api/v1/metrics/backfill` runs the same backfill in the background: 202 with a status
+/// URL whose progress ends `done` with the run's report; the rows are those of a CLI run.
+async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
+    use crate::helpers::{TOKEN as ADMIN_TOKEN, TestApp, json_answer, poll_until};
+
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let api = env.fake.url();
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| s.set("github_api_url", api).set("github_token", TOKEN),
+        vec![],
+    )
+    .await;
+    let post = |body: Value| {
+        let request = app
+            .client
+            .post(format!("{}/api/v1/metrics/backfill", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move { json_answer(request.send().await.expect("request")).await }
+    };
+
+    for (body, named) in [
+        (json!({"since": "30d"}), "repo"),
+        (json!({"repo": "nope"}), "repo"),
+        (json!({"repo": REPO, "since": "soon"}), "since"),
+        (json!({"repo": REPO, "since": "0d"}), "since"),
+        (json!({"repo": REPO, "colour": "red"}), "colour"),
+    ] {
+        let (status, answer) = post(body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"], "invalid_parameter", "{answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{body}: {message}");
+    }
+    let (status, answer) = app
+        .api_get("/api/v1/metrics/backfill/Codertocat/Hello-World")
+        .await;
+    assert_eq!(status, 404, "nothing started yet: {answer}");
+
+    let (status, started) = post(json!({"repo": REPO, "since": "90d"})).await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        started["status_url"],
+        "/api/v1/metrics/backfill/Codertocat/Hello-World"
+    );
+    assert_eq!(
+        (&started["state"], &started["since"]),
+        (&json!("running"), &json!("90d"))
+    );
+    let last = std::cell::RefCell::new(Value::Null);
+    poll_until("the backfill to finish", Duration::from_secs(30), || {
+        let (app, last) = (&app, &last);
+        async move {
+            let (status, body) = app
+                .api_get("/api/v1/metrics/backfill/codertocat/hello-world")
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let finished = body["state"] != "running";
+            *last.borrow_mut() = body;
+            finished
+        }
+    })
+    .await;
+    let last = last.into_inner();
+    assert_eq!(last["state"], "done", "{last}");
+    assert_eq!(
+        (
+            &last["listed"],
+            &last["done"],
+            &last["total"],
+            &last["error"]
+        ),
+        (&json!(3), &json!(3), &json!(3), &Value::Null)
+    );
+    assert_eq!(
+        last["report"],
+        json!({"repo": REPO, "listed": 3, "fetched": 3, "resumed": 0, "reviews": 3,
+            "reviews_skipped": 1})
+    );
+    let pulls = app
+        .store
+        .pull_requests(&PullFilter {
+            repo: Some(REPO.into()),
+            ..PullFilter::default()
+        })
+        .await
+        .expect("pulls");
+    assert_eq!(
+        pulls.iter().map(|p| p.number).collect::<Vec<_>>(),
+        [10, 11, 12]
+    );
+    assert_eq!(
+        app.store.reviews_of(REPO, 12).await.expect("reviews").len(),
+        2
+    );
+
+    // A repository GitHub does not have: the run fails and says why.
+    let (status, _) = post(json!({"repo": "Codertocat/missing"})).await;
+    assert_eq!(status, 202);
+    let failed = std::cell::RefCell::new(Value::Null);
+    poll_until(
+        "the failing backfill to end",
+        Duration::from_secs(30),
+        || {
+            let (app, failed) = (&app, &failed);
+            async move {
+                let (_, body) = app
+                    .api_get("/api/v1/metrics/backfill/Codertocat/missing")
+                    .await;
+                let finished = body["state"] != "running";
+                *failed.borrow_mut() = body;
+                finished
+            }
+        },
+    )
+    .await;
+    let failed = failed.into_inner();
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["since"], "90d", "the default span");
+    assert!(
+        failed["error"].as_str().unwrap_or_default().contains("404"),
+        "{failed}"
+    );
+    app.stop().await;
+    env.assert_clean();
+}
+
 backend_tests!(
     stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
     agrees_with_the_webhook_data_whatever_comes_first,
@@ -589,4 +729,5 @@ backend_tests!(
     an_interrupted_run_resumes_where_it_stopped,
     a_resumed_run_fetches_again_what_changed_or_was_lost,
     names_a_repository_github_does_not_have,
+    the_api_starts_a_backfill_in_the_background,
 );

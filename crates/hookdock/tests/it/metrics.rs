@@ -321,8 +321,13 @@ async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend)
         "created_at": "2024-01-01T00:00:00.000Z", "ready_for_review_at": null,
         "first_commit_at": null, "first_review_at": "2024-01-01T01:30:00.000Z",
         "merged_at": "2024-01-01T05:00:00.000Z", "closed_at": "2024-01-01T05:00:00.000Z",
+        "team": null,
         "coding_hours": null, "pickup_hours": 1.5, "review_hours": 3.5, "cycle_hours": 5.0,
-        "time_to_merge_hours": 5.0, "additions": 12, "deletions": 4, "size": 16,
+        "time_to_merge_hours": 5.0,
+        // Monday 00:00-05:00 UTC is outside the default 09:00-17:00.
+        "coding_working_hours": null, "pickup_working_hours": 0.0,
+        "review_working_hours": 0.0, "cycle_working_hours": 0.0,
+        "time_to_merge_working_hours": 0.0, "additions": 12, "deletions": 4, "size": 16,
         "changed_files": 2, "commits": 2, "reviews": 2, "is_revert": false,
         "reverts_number": null, "reverted": false, "is_hotfix": false, "labels": []
     });
@@ -430,7 +435,8 @@ async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend)
     assert_eq!(s["revert_rate"], 0.0);
     assert_eq!(s["hotfix_rate"], 0.0);
     assert_eq!(s["review_coverage"], 1.0);
-    assert_eq!(s["author_match_rate"], 1.0);
+    assert_eq!(s["author_match_rate"], Value::Null, "no team configured");
+    assert_eq!(s["team"], Value::Null);
     assert_eq!(
         s["reviews_per_reviewer"],
         json!({"reviewers": 2, "reviews": 2, "average": 1.0, "by_reviewer": [
@@ -438,7 +444,8 @@ async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend)
     );
     assert_eq!(
         s["weekly"],
-        json!([{"week_start": "2024-01-01", "opened": 1, "merged": 1, "median_cycle_hours": 5.0}])
+        json!([{"week_start": "2024-01-01", "opened": 1, "merged": 1, "median_cycle_hours": 5.0,
+            "median_cycle_working_hours": 0.0}])
     );
 
     // Outside the window: nothing.
@@ -647,8 +654,10 @@ async fn drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics(backen
     assert_eq!(
         s["weekly"],
         json!([
-            {"week_start": "2024-01-01", "opened": 5, "merged": 4, "median_cycle_hours": 2.25},
-            {"week_start": "2024-01-08", "opened": 0, "merged": 0, "median_cycle_hours": null}
+            {"week_start": "2024-01-01", "opened": 5, "merged": 4, "median_cycle_hours": 2.25,
+                "median_cycle_working_hours": 0.0},
+            {"week_start": "2024-01-08", "opened": 0, "merged": 0, "median_cycle_hours": null,
+                "median_cycle_working_hours": null}
         ])
     );
     app.stop().await;
@@ -843,6 +852,7 @@ async fn bad_parameters_are_refused_naming_the_parameter(backend: Backend) {
         ("/api/v1/metrics/summary?window=0d", "window"),
         ("/api/v1/metrics/summary?window=month", "window"),
         ("/api/v1/metrics/summary?team=core", "team"),
+        ("/api/v1/metrics/pulls?team=core", "no team is configured"),
         ("/api/v1/metrics/summary?until=soon", "until"),
     ];
     for (path, parameter) in cases {
@@ -1018,6 +1028,314 @@ async fn any_order_of_a_pull_requests_events_gives_the_same_rows(backend: Backen
     app.stop().await;
 }
 
+const DAVE: User = User {
+    id: 9004,
+    login: "dave",
+    bot: false,
+};
+/// Carol after renaming her account: same user id.
+const CAROL_RENAMED: User = User {
+    id: 9002,
+    login: "Carol-Renamed",
+    bot: false,
+};
+
+fn ts(text: &str) -> i64 {
+    hookdock::handlers::metrics::parse_time(text).expect("RFC 3339")
+}
+
+/// Teams with their own calendars, hand-built timelines with known working-hours durations:
+/// across a weekend and the Berlin DST change, over a holiday, from a draft marked ready
+/// outside working hours, across the US DST change, and an author in no team (default UTC
+/// calendar) whose pull request was opened before working hours.
+async fn teams_filter_and_working_hours_follow_the_calendars(backend: Backend) {
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set(
+                "handlers.metrics.teams",
+                json!([
+                    {"name": "core", "members": ["codertocat", "BOB"],
+                     "timezone": "Europe/Berlin", "holidays": ["2026-12-25"]},
+                    {"name": "web", "members": ["carol"], "timezone": "America/New_York",
+                     "working_hours": "10:00-18:00"},
+                    {"name": "ghosts", "members": ["nobody"]}
+                ]),
+            )
+        },
+        vec![],
+    )
+    .await;
+
+    // #101 (core): Friday 16:00 CET → first review Monday 10:00 CEST → merged 15:00 CEST.
+    let p101 = Pr::new(101, ts("2026-03-27T15:00:00Z"));
+    // #102 (core): draft Wednesday 11:00 CET, ready Thursday 24th 21:00 (after hours), Friday
+    // 25th a holiday, reviewed Monday 28th 10:30, merged 13:00.
+    let mut p102 = Pr::new(102, ts("2026-12-23T10:00:00Z"));
+    p102.draft = true;
+    let mut p102_ready = p102.at(ts("2026-12-24T20:00:00Z"));
+    p102_ready.draft = false;
+    // #103 (web, New York 10:00-18:00): Friday 17:00 EST → Monday 11:00 EDT → 12:00 EDT.
+    let mut p103 = Pr::new(103, ts("2026-03-06T22:00:00Z"));
+    p103.author = CAROL;
+    // #104 (dave, no team: UTC 09:00-17:00): opened Monday 06:00, merged 10:00, no review.
+    let mut p104 = Pr::new(104, ts("2026-03-30T06:00:00Z"));
+    p104.author = DAVE;
+    post_all(
+        &app,
+        &[
+            pr_event("opened", &p101),
+            review_event(
+                "submitted",
+                &p101.at(ts("2026-03-30T08:00:00Z")),
+                9101,
+                CAROL,
+                "approved",
+                ts("2026-03-30T08:00:00Z"),
+            ),
+            pr_event(
+                "closed",
+                &p101.merged(ts("2026-03-30T13:00:00Z"), &"1".repeat(40)),
+            ),
+            pr_event("opened", &p102),
+            pr_event("ready_for_review", &p102_ready),
+            review_event(
+                "submitted",
+                &p102_ready.at(ts("2026-12-28T09:30:00Z")),
+                9102,
+                BOB,
+                "approved",
+                ts("2026-12-28T09:30:00Z"),
+            ),
+            pr_event(
+                "closed",
+                &p102_ready.merged(ts("2026-12-28T12:00:00Z"), &"2".repeat(40)),
+            ),
+            pr_event("opened", &p103),
+            review_event(
+                "submitted",
+                &p103.at(ts("2026-03-09T15:00:00Z")),
+                9103,
+                BOB,
+                "approved",
+                ts("2026-03-09T15:00:00Z"),
+            ),
+            pr_event(
+                "closed",
+                &p103.merged(ts("2026-03-09T16:00:00Z"), &"3".repeat(40)),
+            ),
+            pr_event("opened", &p104),
+            pr_event(
+                "closed",
+                &p104.merged(ts("2026-03-30T10:00:00Z"), &"4".repeat(40)),
+            ),
+            // Carol renames her account; she stays in `web` by user id.
+            issue_comment_event(&p101, 9201, CAROL_RENAMED, ts("2026-03-30T12:00:00Z")),
+        ],
+    )
+    .await;
+
+    let keys = [
+        "author",
+        "team",
+        "pickup_hours",
+        "pickup_working_hours",
+        "review_hours",
+        "review_working_hours",
+        "cycle_hours",
+        "cycle_working_hours",
+        "time_to_merge_hours",
+        "time_to_merge_working_hours",
+    ];
+    let pick = |row: &Value| -> Value {
+        Value::Object(
+            keys.iter()
+                .map(|k| (k.to_string(), row[*k].clone()))
+                .collect(),
+        )
+    };
+    let expect = |author: &str, team: Value, d: [f64; 8]| {
+        json!({"author": author, "team": team,
+            "pickup_hours": d[0], "pickup_working_hours": d[1],
+            "review_hours": d[2], "review_working_hours": d[3],
+            "cycle_hours": d[4], "cycle_working_hours": d[5],
+            "time_to_merge_hours": d[6], "time_to_merge_working_hours": d[7]})
+    };
+    let rows = pulls(&app, "").await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        pick(by_number(&rows, 101)),
+        expect(
+            "Codertocat",
+            json!("core"),
+            [65.0, 2.0, 5.0, 5.0, 70.0, 7.0, 70.0, 7.0]
+        )
+    );
+    assert_eq!(
+        pick(by_number(&rows, 102)),
+        expect(
+            "Codertocat",
+            json!("core"),
+            [85.5, 1.5, 2.5, 2.5, 122.0, 18.0, 122.0, 18.0]
+        )
+    );
+    assert_eq!(
+        pick(by_number(&rows, 103)),
+        expect(
+            "Carol-Renamed",
+            json!("web"),
+            [65.0, 2.0, 1.0, 1.0, 66.0, 3.0, 66.0, 3.0]
+        )
+    );
+    let p104_row = by_number(&rows, 104);
+    assert_eq!(
+        (
+            &p104_row["team"],
+            &p104_row["pickup_hours"],
+            &p104_row["time_to_merge_hours"],
+            &p104_row["time_to_merge_working_hours"]
+        ),
+        (&Value::Null, &Value::Null, &json!(4.0), &json!(1.0))
+    );
+
+    let numbers = |rows: Vec<Value>| -> Vec<i64> {
+        rows.iter().filter_map(|r| r["number"].as_i64()).collect()
+    };
+    assert_eq!(numbers(pulls(&app, "?team=CORE").await), [101, 102]);
+    assert_eq!(numbers(pulls(&app, "?team=web").await), [103]);
+    assert!(pulls(&app, "?team=ghosts").await.is_empty());
+    let (status, body) = app.api_get("/api/v1/metrics/pulls?team=mobile").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["message"],
+        "team: \"mobile\" is not a team; use one of: core, web, ghosts"
+    );
+
+    // Mar 1 2026 to Jan 1 2027.
+    let summary = |team: &str| {
+        let path =
+            format!("/api/v1/metrics/summary?repo={REPO}&window=306d&until=2027-01-01{team}");
+        let app = &app;
+        async move {
+            let (status, s) = app.api_get(&path).await;
+            assert_eq!(status, StatusCode::OK, "{s}");
+            s
+        }
+    };
+    let stats = |count: usize, median: f64, p75: f64, p90: f64| json!({"count": count, "median_hours": median, "p75_hours": p75, "p90_hours": p90});
+    let s = summary("&team=core").await;
+    assert_eq!(s["team"], "core");
+    assert_eq!(s["since"], "2026-03-01T00:00:00.000Z");
+    assert_eq!(
+        s["pull_requests"],
+        json!({"opened": 2, "merged": 2, "closed_without_merge": 0})
+    );
+    // Raw pickup 65 h and 85.5 h; working 2 h and 1.5 h. Percentiles round to the minute.
+    assert_eq!(s["pickup_time"], stats(2, 75.25, 80.3833, 83.45));
+    assert_eq!(
+        s["working_time"],
+        json!({
+            "calendar": {"timezone": "Europe/Berlin",
+                "working_days": ["mon", "tue", "wed", "thu", "fri"],
+                "working_hours": "09:00-17:00", "holidays": ["2026-12-25"]},
+            "coding_time": {"count": 0, "median_hours": null, "p75_hours": null, "p90_hours": null},
+            "pickup_time": stats(2, 1.75, 1.8833, 1.95),
+            "review_time": stats(2, 3.75, 4.3833, 4.75),
+            "cycle_time": stats(2, 12.5, 15.25, 16.9),
+            "time_to_merge": stats(2, 12.5, 15.25, 16.9),
+        })
+    );
+    assert_eq!(s["cycle_time"], stats(2, 96.0, 109.0, 116.8));
+    // Three of the four merged pull requests have an author in a team.
+    assert_eq!(s["author_match_rate"], 0.75);
+    // Reviews given by the team's members.
+    assert_eq!(
+        s["reviews_per_reviewer"],
+        json!({"reviewers": 1, "reviews": 2, "average": 2.0,
+            "by_reviewer": [{"login": "bob", "reviews": 2}]})
+    );
+
+    let s = summary("&team=web").await;
+    assert_eq!(s["pull_requests"]["merged"], 1);
+    assert_eq!(s["working_time"]["cycle_time"], stats(1, 3.0, 3.0, 3.0));
+    assert_eq!(
+        s["working_time"]["calendar"]["working_hours"],
+        "10:00-18:00"
+    );
+    assert_eq!(
+        s["reviews_per_reviewer"]["by_reviewer"],
+        json!([{"login": "Carol-Renamed", "reviews": 1}])
+    );
+
+    let s = summary("&team=ghosts").await;
+    assert_eq!(s["pull_requests"]["merged"], 0);
+    assert_eq!(s["reviews_per_reviewer"]["reviews"], 0);
+
+    // Every pull request, each in its author's team's calendar (dave's: the default).
+    let s = summary("").await;
+    assert_eq!(s["team"], Value::Null);
+    assert_eq!(s["author_match_rate"], 0.75);
+    // Raw 4, 66, 70, 122 h; working 1, 3, 7, 18 h.
+    assert_eq!(s["time_to_merge"], stats(4, 68.0, 83.0, 106.4));
+    assert_eq!(
+        s["working_time"]["time_to_merge"],
+        stats(4, 5.0, 9.75, 14.7)
+    );
+    assert_eq!(s["working_time"]["calendar"]["timezone"], "UTC");
+    app.stop().await;
+}
+
+/// Every draft interval recorded from `opened` (as a draft), `converted_to_draft` and
+/// `ready_for_review` webhooks is left out of pickup time, whatever order they arrive in.
+async fn every_draft_interval_is_left_out_of_pickup_time(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    // Monday 2024-01-01, default calendar UTC 09:00-17:00. Draft 08:00-09:30, ready, draft
+    // again 11:00-12:00, ready, first review 18:00.
+    let mut opened = Pr::new(70, T0 + 8 * HOUR);
+    opened.draft = true;
+    let mut ready = opened.at(T0 + 9 * HOUR + 30 * MIN);
+    ready.draft = false;
+    let mut again = opened.at(T0 + 11 * HOUR);
+    again.draft = true;
+    let mut ready_again = opened.at(T0 + 12 * HOUR);
+    ready_again.draft = false;
+    post_all(
+        &app,
+        &[
+            pr_event("ready_for_review", &ready_again),
+            pr_event("converted_to_draft", &again),
+            review_event(
+                "submitted",
+                &ready_again.at(T0 + 18 * HOUR),
+                7701,
+                BOB,
+                "approved",
+                T0 + 18 * HOUR,
+            ),
+            pr_event("opened", &opened),
+            pr_event("ready_for_review", &ready),
+        ],
+    )
+    .await;
+    let rows = pulls(&app, "").await;
+    let pr = by_number(&rows, 70);
+    // 10 h less 2.5 h in draft; working: 09:00-17:00 less 09:00-09:30 and 11:00-12:00.
+    assert_eq!(
+        (
+            &pr["ready_for_review_at"],
+            &pr["pickup_hours"],
+            &pr["pickup_working_hours"]
+        ),
+        (&json!("2024-01-01T09:30:00.000Z"), &json!(7.5), &json!(6.5))
+    );
+    // A rebuild from the stored events gives the same.
+    hookdock::handlers::metrics::rebuild(&app.store, &app.settings.handlers.metrics)
+        .await
+        .expect("rebuild");
+    assert_eq!(pulls(&app, "").await, rows);
+    app.stop().await;
+}
+
 crate::backend_tests!(
     merged_pull_request_with_reviews_has_expected_metrics,
     drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics,
@@ -1026,4 +1344,6 @@ crate::backend_tests!(
     rebuild_command_recomputes_rows_under_changed_settings,
     bad_parameters_are_refused_naming_the_parameter,
     any_order_of_a_pull_requests_events_gives_the_same_rows,
+    teams_filter_and_working_hours_follow_the_calendars,
+    every_draft_interval_is_left_out_of_pickup_time,
 );
