@@ -24,7 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use super::HandlerError;
-use super::metrics::{effects_for, parse_time};
+use super::metrics::effects_for;
+use super::payload::parse_time;
 use crate::clock::Clock;
 use crate::config::MetricsSettings;
 use crate::github::{Call, GithubClient, GithubError};

@@ -8,6 +8,9 @@
 
 use serde_json::Value;
 
+use super::payload::Payload;
+/// RFC 3339 text as Unix milliseconds (shared with the other payload readers).
+pub use super::payload::parse_time;
 use super::{Handler, HandlerError, HandlerFuture, JobContext};
 use crate::config::MetricsSettings;
 use crate::store::{
@@ -143,83 +146,17 @@ pub fn effects_for(
     }
 }
 
-/// A payload with its event label, for errors that name the missing field.
-struct Payload<'a> {
-    doc: &'a Value,
-    label: String,
-}
-
-impl Payload<'_> {
-    fn get(&self, path: &str) -> Option<&Value> {
-        path.split('.')
-            .try_fold(self.doc, |v, key| v.get(key))
-            .filter(|v| !v.is_null())
-    }
-
-    fn missing(&self, path: &str, what: &str) -> HandlerError {
-        HandlerError::Permanent(format!(
-            "{} payload: field `{path}` is missing or not {what}",
-            self.label
-        ))
-    }
-
-    fn i64(&self, path: &str) -> Result<i64, HandlerError> {
-        self.get(path)
-            .and_then(Value::as_i64)
-            .ok_or_else(|| self.missing(path, "an integer"))
-    }
-
-    fn str(&self, path: &str) -> Result<&str, HandlerError> {
-        self.get(path)
-            .and_then(Value::as_str)
-            .ok_or_else(|| self.missing(path, "a string"))
-    }
-
-    fn opt_str(&self, path: &str) -> Option<&str> {
-        self.get(path).and_then(Value::as_str)
-    }
-
-    fn opt_i64(&self, path: &str) -> Option<i64> {
-        self.get(path).and_then(Value::as_i64)
-    }
-
-    fn bool_or_false(&self, path: &str) -> bool {
-        self.get(path).and_then(Value::as_bool).unwrap_or(false)
-    }
-
-    fn time(&self, path: &str) -> Result<i64, HandlerError> {
-        let text = self.str(path)?;
-        parse_time(text).ok_or_else(|| self.missing(path, "an RFC 3339 time"))
-    }
-
-    fn opt_time(&self, path: &str) -> Result<Option<i64>, HandlerError> {
-        match self.opt_str(path) {
-            None => Ok(None),
-            Some(text) => parse_time(text)
-                .map(Some)
-                .ok_or_else(|| self.missing(path, "an RFC 3339 time")),
-        }
-    }
-
-    /// The user object at `path` as a member seen at `seen_at`.
-    fn member(&self, path: &str, seen_at: i64) -> Result<MemberRecord, HandlerError> {
-        let login = self.str(&format!("{path}.login"))?.to_owned();
-        let is_bot = self.opt_str(&format!("{path}.type")) == Some("Bot") || is_bot_login(&login);
-        Ok(MemberRecord {
-            github_id: self.i64(&format!("{path}.id"))?,
-            name: self.opt_str(&format!("{path}.name")).map(str::to_owned),
-            login,
-            is_bot,
-            seen_at,
-        })
-    }
-}
-
-/// RFC 3339 text as Unix milliseconds.
-pub fn parse_time(text: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+/// The user object at `path` of `p` as a member seen at `seen_at`.
+fn member(p: &Payload<'_>, path: &str, seen_at: i64) -> Result<MemberRecord, HandlerError> {
+    let login = p.str(&format!("{path}.login"))?.to_owned();
+    let is_bot = p.opt_str(&format!("{path}.type")) == Some("Bot") || is_bot_login(&login);
+    Ok(MemberRecord {
+        github_id: p.i64(&format!("{path}.id"))?,
+        name: p.opt_str(&format!("{path}.name")).map(str::to_owned),
+        login,
+        is_bot,
+        seen_at,
+    })
 }
 
 fn is_bot_login(login: &str) -> bool {
@@ -253,9 +190,11 @@ fn author(p: &Payload<'_>, pr: &PullRequestRecord) -> Result<Vec<Effect>, Handle
     if p.get("pull_request.user").is_none() {
         return Ok(Vec::new());
     }
-    Ok(vec![Effect::UpsertMember(
-        p.member("pull_request.user", pr.updated_at)?,
-    )])
+    Ok(vec![Effect::UpsertMember(member(
+        p,
+        "pull_request.user",
+        pr.updated_at,
+    )?)])
 }
 
 /// The `pull_request` object of any payload; review and comment payloads carry a reduced one
@@ -351,7 +290,7 @@ fn review_event(p: &Payload<'_>, settings: &MetricsSettings) -> Result<Vec<Effec
     if state == "pending" {
         return Ok(effects);
     }
-    let reviewer = p.member("review.user", submitted_at)?;
+    let reviewer = member(p, "review.user", submitted_at)?;
     let review_id = p.i64("review.id")?;
     let counts = counts_as_review(&reviewer, author_id, settings);
     let reviewer_id = reviewer.github_id;
@@ -386,7 +325,11 @@ fn review_comment_event(
     let pr = pull_request(p, settings)?;
     let mut effects = author(p, &pr)?;
     let at = p.time("comment.created_at")?;
-    let commenter = p.member("comment.user", p.time("comment.updated_at").unwrap_or(at))?;
+    let commenter = member(
+        p,
+        "comment.user",
+        p.time("comment.updated_at").unwrap_or(at),
+    )?;
     let activity = PrActivityRecord {
         kind: ActivityKind::ReviewComment,
         source_id: p.i64("comment.id")?,
@@ -414,7 +357,11 @@ fn issue_comment_event(
         return Ok(Vec::new());
     }
     let at = p.time("comment.created_at")?;
-    let commenter = p.member("comment.user", p.time("comment.updated_at").unwrap_or(at))?;
+    let commenter = member(
+        p,
+        "comment.user",
+        p.time("comment.updated_at").unwrap_or(at),
+    )?;
     let activity = PrActivityRecord {
         kind: ActivityKind::IssueComment,
         source_id: p.i64("comment.id")?,
@@ -714,8 +661,8 @@ mod tests {
             doc: &doc,
             label: "test".into(),
         };
-        assert!(p.member("u", 0).unwrap().is_bot);
-        assert!(p.member("v", 0).unwrap().is_bot);
-        assert!(!p.member("w", 0).unwrap().is_bot);
+        assert!(member(&p, "u", 0).unwrap().is_bot);
+        assert!(member(&p, "v", 0).unwrap().is_bot);
+        assert!(!member(&p, "w", 0).unwrap().is_bot);
     }
 }

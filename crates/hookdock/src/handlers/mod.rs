@@ -12,6 +12,7 @@ pub mod commands;
 pub mod labeling;
 pub mod labels;
 pub mod metrics;
+pub(crate) mod payload;
 pub mod records;
 pub mod repo_config;
 pub mod review;

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::metrics::parse_time;
+use super::payload::Payload;
 use super::{Handler, HandlerError, HandlerFuture, JobContext};
 use crate::store::{
     CiRunRecord, DeploymentStatusRecord, Effect, PushRecord, RecordEffect, ReleaseRecord,
@@ -88,82 +88,6 @@ pub fn effects_for(
         .into_iter()
         .map(|r| Effect::Record(Box::new(r)))
         .collect())
-}
-
-/// A payload with its event label, for errors that name the missing field.
-struct Payload<'a> {
-    doc: &'a Value,
-    label: String,
-}
-
-impl Payload<'_> {
-    fn get(&self, path: &str) -> Option<&Value> {
-        path.split('.')
-            .try_fold(self.doc, |v, key| v.get(key))
-            .filter(|v| !v.is_null())
-    }
-
-    fn missing(&self, path: &str, what: &str) -> HandlerError {
-        HandlerError::Permanent(format!(
-            "{} payload: field `{path}` is missing or not {what}",
-            self.label
-        ))
-    }
-
-    fn i64(&self, path: &str) -> Result<i64, HandlerError> {
-        self.opt_i64(path)
-            .ok_or_else(|| self.missing(path, "an integer"))
-    }
-
-    fn opt_i64(&self, path: &str) -> Option<i64> {
-        self.get(path).and_then(Value::as_i64)
-    }
-
-    fn str(&self, path: &str) -> Result<&str, HandlerError> {
-        self.opt_str(path)
-            .ok_or_else(|| self.missing(path, "a string"))
-    }
-
-    fn opt_str(&self, path: &str) -> Option<&str> {
-        self.get(path).and_then(Value::as_str)
-    }
-
-    fn string(&self, path: &str) -> Result<String, HandlerError> {
-        self.str(path).map(str::to_owned)
-    }
-
-    fn opt_string(&self, path: &str) -> Option<String> {
-        self.opt_str(path).map(str::to_owned)
-    }
-
-    fn bool_or_false(&self, path: &str) -> bool {
-        self.get(path).and_then(Value::as_bool).unwrap_or(false)
-    }
-
-    /// An RFC 3339 time; an integer is taken as Unix seconds (as some payloads write
-    /// `repository.pushed_at`).
-    fn opt_time(&self, path: &str) -> Result<Option<i64>, HandlerError> {
-        match self.get(path) {
-            None => Ok(None),
-            Some(Value::String(text)) => parse_time(text)
-                .map(Some)
-                .ok_or_else(|| self.missing(path, "an RFC 3339 time")),
-            Some(v) => v
-                .as_i64()
-                .and_then(|secs| secs.checked_mul(1000))
-                .map(Some)
-                .ok_or_else(|| self.missing(path, "a time")),
-        }
-    }
-
-    fn time(&self, path: &str) -> Result<i64, HandlerError> {
-        self.opt_time(path)?
-            .ok_or_else(|| self.missing(path, "an RFC 3339 time"))
-    }
-
-    fn repository(&self) -> Result<String, HandlerError> {
-        self.string("repository.full_name")
-    }
 }
 
 fn push(p: &Payload<'_>, source: Source) -> Result<RecordEffect, HandlerError> {

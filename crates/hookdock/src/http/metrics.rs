@@ -82,7 +82,7 @@ fn repo_param(v: Option<String>) -> Result<Option<String>, ApiError> {
 /// from now (`90d`, `12h`).
 fn instant(parameter: &str, text: &str, now: i64) -> Result<i64, ApiError> {
     let text = text.trim();
-    if let Some(ms) = crate::handlers::metrics::parse_time(text) {
+    if let Some(ms) = crate::handlers::payload::parse_time(text) {
         return Ok(ms);
     }
     let date_format = time::macros::format_description!("[year]-[month]-[day]");

@@ -457,7 +457,7 @@ mod tests {
     }
 
     fn ms(text: &str) -> i64 {
-        crate::handlers::metrics::parse_time(text).expect("RFC 3339")
+        crate::handlers::payload::parse_time(text).expect("RFC 3339")
     }
 
     fn hours(cal: &Calendar, from: &str, to: &str) -> f64 {
