@@ -49,25 +49,28 @@ impl Dialect {
         }
     }
 
-    /// Run on the write connection before a transaction. Only transactions that hold
-    /// deliveries GitHub is waiting for are `durable` (fsynced at commit); queue bookkeeping
-    /// (claims, finishes, releases) is not: losing its last commits to a power cut only means a
-    /// job runs again, and a job's effects commit with its finish, so they still apply once.
-    /// SQLite's sync level is per connection, so every write transaction sets it.
-    pub fn sync_before(self, durable: bool) -> Option<&'static str> {
+    /// How a write transaction starts. Only transactions that hold deliveries GitHub is
+    /// waiting for are `durable` (fsynced at commit); queue bookkeeping (claims, finishes,
+    /// releases) is not: losing its last commits to a power cut only means a job runs again,
+    /// and a job's effects commit with its finish, so they still apply once.
+    ///
+    /// SQLite's sync level is per connection, so every write transaction sets it; the PRAGMA
+    /// and the `BEGIN` go to the database in one call (one hand-off to sqlx's SQLite thread).
+    /// `None`: a plain `BEGIN`.
+    pub fn begin_write(self, durable: bool) -> Option<&'static str> {
         match (self, durable) {
-            (Dialect::Sqlite, true) => Some("PRAGMA synchronous = FULL"),
-            (Dialect::Sqlite, false) => Some("PRAGMA synchronous = NORMAL"),
-            (Dialect::Postgres, _) => None,
+            (Dialect::Sqlite, true) => Some("PRAGMA synchronous = FULL; BEGIN"),
+            (Dialect::Sqlite, false) => Some("PRAGMA synchronous = NORMAL; BEGIN"),
+            (Dialect::Postgres, true) => None,
+            (Dialect::Postgres, false) => Some("BEGIN; SET LOCAL synchronous_commit = off"),
         }
     }
 
-    /// Run first inside a write transaction (PostgreSQL's per-transaction commit mode).
-    pub fn sync_inside(self, durable: bool) -> Option<&'static str> {
-        match (self, durable) {
-            (Dialect::Postgres, false) => Some("SET LOCAL synchronous_commit = off"),
-            _ => None,
-        }
+    /// Whether queries built for this dialect use `?` placeholders rather than `$n`. sqlx binds
+    /// SQLite's `$n` parameters by looking each one up by name (a linear search per parameter,
+    /// so quadratic in a multi-row statement); `?` binds by position. PostgreSQL only takes `$n`.
+    pub fn positional_placeholders(self) -> bool {
+        self == Dialect::Sqlite
     }
 
     pub fn name(self) -> &'static str {

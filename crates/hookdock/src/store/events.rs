@@ -1,13 +1,13 @@
 //! Stored deliveries: the batched insert behind ingest, and the read side of the events API.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::sql::{Sql, pow2_chunks};
-use super::{EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
+use super::sql::{Sql, padded_chunks};
+use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
 
 /// Most rows in one multi-row statement (SQLite allows 32,766 parameters; rows have 21).
 const MAX_ROWS_PER_STATEMENT: usize = 64;
@@ -135,11 +135,21 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// Most job rows in one multi-row statement (8 parameters each).
+const MAX_JOBS_PER_STATEMENT: usize = 128;
+
 /// Writes a batch of deliveries in the caller's transaction. Duplicates (already stored, or
 /// repeated within the batch) change nothing; a new delivery id whose body hash is already
 /// known is stored as `replay_suspected` and gets no jobs.
+///
+/// One statement per 64 deliveries does it all: `ON CONFLICT (delivery_id) DO NOTHING` skips
+/// stored ids, the replay guard is a subquery in the status column, and `RETURNING` tells which
+/// rows went in with which status. Only ids missing from `RETURNING` (stored already, or just
+/// inserted by another instance) are looked up. Bodies repeated within the batch go in a later
+/// statement than their first occurrence, so its subquery sees the earlier row.
 pub(crate) async fn insert_deliveries(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     batch: &[&NewDelivery],
     now: i64,
 ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
@@ -147,124 +157,124 @@ pub(crate) async fn insert_deliveries(
     // Repeats of a delivery id inside the batch take the outcome of its first occurrence.
     let mut first_index: HashMap<&str, usize> = HashMap::new();
     let mut repeat_of: Vec<Option<usize>> = Vec::with_capacity(batch.len());
+    // Round of each first occurrence: 0, or how many earlier first occurrences share its body.
+    let mut hash_seen: HashMap<&[u8; 32], usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = vec![Vec::new()];
     for (i, d) in batch.iter().enumerate() {
         match first_index.get(d.delivery_id.as_str()) {
             Some(&first) => repeat_of.push(Some(first)),
             None => {
                 first_index.insert(d.delivery_id.as_str(), i);
                 repeat_of.push(None);
-            }
-        }
-    }
-    let unique: Vec<usize> = (0..batch.len())
-        .filter(|&i| repeat_of[i].is_none())
-        .collect();
-
-    // One lookup for both questions: which ids are stored already, which bodies are known.
-    let mut existing_ids: HashMap<String, i64> = HashMap::new();
-    let mut known_hashes: HashSet<Vec<u8>> = HashSet::new();
-    for chunk in unique.chunks(MAX_ROWS_PER_STATEMENT * 4) {
-        let mut sql =
-            Sql::new("SELECT id, delivery_id, body_sha256 FROM events WHERE delivery_id IN ");
-        sql.bind_list(chunk.iter().map(|&i| batch[i].delivery_id.as_str()));
-        sql.push(" OR body_sha256 IN ");
-        sql.bind_list(chunk.iter().map(|&i| batch[i].body_sha256.to_vec()));
-        for row in sql.fetch_all(&mut *conn).await? {
-            let id: i64 = row.try_get(0)?;
-            let delivery: String = row.try_get(1)?;
-            let hash: Vec<u8> = row.try_get(2)?;
-            existing_ids.insert(delivery, id);
-            known_hashes.insert(hash);
-        }
-    }
-
-    let mut to_insert: Vec<(usize, EventStatus)> = Vec::new();
-    for &i in &unique {
-        let d = &batch[i];
-        if let Some(&event_id) = existing_ids.get(&d.delivery_id) {
-            outcomes[i] = Some(IngestOutcome::Duplicate { event_id });
-            continue;
-        }
-        let status = if !known_hashes.insert(d.body_sha256.to_vec()) {
-            EventStatus::ReplaySuspected
-        } else if d.handlers.is_empty() {
-            EventStatus::Ignored
-        } else {
-            EventStatus::Pending
-        };
-        to_insert.push((i, status));
-    }
-
-    // Insert in power-of-two chunks; RETURNING tells which rows went in. A row missing from
-    // RETURNING lost a race with another instance inserting the same delivery id.
-    let mut inserted: HashMap<String, i64> = HashMap::new();
-    let mut start = 0;
-    for size in pow2_chunks(to_insert.len(), MAX_ROWS_PER_STATEMENT) {
-        let chunk = &to_insert[start..start + size];
-        start += size;
-        let mut sql = Sql::new(
-            "INSERT INTO events (delivery_id, event, action, status, repository, repository_id, \
-             organization, installation_id, hook_id, target_type, target_id, sender, ordering_key, \
-             content_type, headers, received_at, updated_at, body_size, body_sha256, body) VALUES ",
-        );
-        for (n, &(i, status)) in chunk.iter().enumerate() {
-            let d = &batch[i];
-            sql.push(if n == 0 { "(" } else { ", (" });
-            sql.bind(d.delivery_id.as_str()).push(", ");
-            sql.bind(d.event.as_str()).push(", ");
-            sql.bind(d.action.as_deref()).push(", ");
-            sql.bind(status.as_str()).push(", ");
-            sql.bind(d.repository.as_deref()).push(", ");
-            sql.bind(d.repository_id).push(", ");
-            sql.bind(d.organization.as_deref()).push(", ");
-            sql.bind(d.installation_id).push(", ");
-            sql.bind(d.hook_id).push(", ");
-            sql.bind(d.target_type).push(", ");
-            sql.bind(d.target_id).push(", ");
-            sql.bind(d.sender.as_deref()).push(", ");
-            sql.bind(d.ordering_key.as_str()).push(", ");
-            sql.bind(d.content_type).push(", ");
-            sql.bind(d.headers_json.as_str()).push(", ");
-            sql.bind(d.received_at).push(", ");
-            sql.bind(now).push(", ");
-            sql.bind(d.body_size).push(", ");
-            sql.bind(d.body_sha256.to_vec()).push(", ");
-            sql.bind(d.body_zstd.clone()).push(")");
-        }
-        sql.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id");
-        for row in sql.fetch_all(&mut *conn).await? {
-            inserted.insert(row.try_get(1)?, row.try_get(0)?);
-        }
-    }
-
-    let mut raced: Vec<usize> = Vec::new();
-    let mut jobs: Vec<(i64, &'static str, &str)> = Vec::new();
-    for &(i, status) in &to_insert {
-        let d = &batch[i];
-        match inserted.get(&d.delivery_id) {
-            Some(&event_id) => {
-                outcomes[i] = Some(IngestOutcome::Stored { event_id, status });
-                if status == EventStatus::Pending {
-                    jobs.extend(
-                        d.handlers
-                            .iter()
-                            .map(|h| (event_id, *h, d.ordering_key.as_str())),
-                    );
+                let seen = hash_seen.entry(&d.body_sha256).or_insert(0);
+                if rounds.len() <= *seen {
+                    rounds.push(Vec::new());
                 }
+                rounds[*seen].push(i);
+                *seen += 1;
             }
-            None => raced.push(i),
         }
     }
-    if !raced.is_empty() {
-        let mut sql = Sql::new("SELECT id, delivery_id FROM events WHERE delivery_id IN ");
-        sql.bind_list(raced.iter().map(|&i| batch[i].delivery_id.as_str()));
+
+    let mut inserted: HashMap<&str, (i64, EventStatus)> = HashMap::new();
+    for round in &rounds {
+        for (start, rows, slots) in padded_chunks(round.len(), MAX_ROWS_PER_STATEMENT) {
+            let chunk = &round[start..start + rows];
+            let mut sql = Sql::with(
+                dialect,
+                "INSERT INTO events (delivery_id, event, action, status, repository, \
+                 repository_id, organization, installation_id, hook_id, target_type, target_id, \
+                 sender, ordering_key, content_type, headers, received_at, updated_at, body_size, \
+                 body_sha256, body) VALUES ",
+            );
+            for n in 0..slots {
+                // Spare slots repeat the chunk's last delivery id, which the row before them
+                // has taken (or which conflicts already), with an empty body: skipped.
+                let spare = n >= rows;
+                let d = batch[chunk[n.min(rows - 1)]];
+                let status = if d.handlers.is_empty() {
+                    EventStatus::Ignored
+                } else {
+                    EventStatus::Pending
+                };
+                sql.push(if n == 0 { "(" } else { ", (" });
+                sql.bind(d.delivery_id.as_str()).push(", ");
+                sql.bind(d.event.as_str()).push(", ");
+                sql.bind(d.action.as_deref()).push(", ");
+                sql.push("CASE WHEN EXISTS (SELECT 1 FROM events WHERE body_sha256 = ")
+                    .bind(d.body_sha256.to_vec())
+                    .push(") THEN 'replay_suspected' ELSE ")
+                    .bind(status.as_str())
+                    .push(" END, ");
+                sql.bind(d.repository.as_deref()).push(", ");
+                sql.bind(d.repository_id).push(", ");
+                sql.bind(d.organization.as_deref()).push(", ");
+                sql.bind(d.installation_id).push(", ");
+                sql.bind(d.hook_id).push(", ");
+                sql.bind(d.target_type).push(", ");
+                sql.bind(d.target_id).push(", ");
+                sql.bind(d.sender.as_deref()).push(", ");
+                sql.bind(d.ordering_key.as_str()).push(", ");
+                sql.bind(d.content_type).push(", ");
+                sql.bind(if spare { "{}" } else { d.headers_json.as_str() })
+                    .push(", ");
+                sql.bind(d.received_at).push(", ");
+                sql.bind(now).push(", ");
+                sql.bind(d.body_size).push(", ");
+                sql.bind(d.body_sha256.to_vec()).push(", ");
+                sql.bind(if spare { vec![0] } else { d.body_zstd.clone() })
+                    .push(")");
+            }
+            sql.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id, status");
+            for row in sql.fetch_all(&mut *conn).await? {
+                let delivery: String = row.try_get(1)?;
+                let status: String = row.try_get(2)?;
+                let status = EventStatus::parse(&status).ok_or_else(|| {
+                    sqlx::Error::Protocol(format!("stored unknown status {status:?}"))
+                })?;
+                let Some(&i) = first_index.get(delivery.as_str()) else {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "inserted delivery {delivery} that is not in the batch"
+                    )));
+                };
+                inserted.insert(batch[i].delivery_id.as_str(), (row.try_get(0)?, status));
+            }
+        }
+    }
+
+    let mut stored_before: Vec<usize> = Vec::new();
+    let mut jobs: Vec<(i64, &'static str, &str)> = Vec::new();
+    for round in &rounds {
+        for &i in round {
+            let d = &batch[i];
+            match inserted.get(d.delivery_id.as_str()) {
+                Some(&(event_id, status)) => {
+                    outcomes[i] = Some(IngestOutcome::Stored { event_id, status });
+                    if status == EventStatus::Pending {
+                        jobs.extend(
+                            d.handlers
+                                .iter()
+                                .map(|h| (event_id, *h, d.ordering_key.as_str())),
+                        );
+                    }
+                }
+                None => stored_before.push(i),
+            }
+        }
+    }
+    if !stored_before.is_empty() {
+        let mut sql = Sql::with(
+            dialect,
+            "SELECT id, delivery_id FROM events WHERE delivery_id IN ",
+        );
+        sql.bind_list(stored_before.iter().map(|&i| batch[i].delivery_id.as_str()));
         let ids: HashMap<String, i64> = sql
             .fetch_all(&mut *conn)
             .await?
             .iter()
             .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        for i in raced {
+        for i in stored_before {
             let event_id = ids.get(&batch[i].delivery_id).copied().ok_or_else(|| {
                 sqlx::Error::Protocol(format!(
                     "delivery {} neither inserted nor found",
@@ -275,7 +285,7 @@ pub(crate) async fn insert_deliveries(
         }
     }
 
-    insert_jobs(conn, &jobs, now).await?;
+    insert_jobs(conn, dialect, &jobs, now).await?;
 
     for (i, rep) in repeat_of.iter().enumerate() {
         if let Some(first) = rep {
@@ -294,25 +304,29 @@ pub(crate) async fn insert_deliveries(
         .collect()
 }
 
-/// Creates pending jobs `(event_id, handler, ordering_key)`, runnable now.
+/// Creates pending jobs `(event_id, handler, ordering_key)`, runnable now. Jobs that exist
+/// already are left as they are.
 pub(crate) async fn insert_jobs(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     jobs: &[(i64, &'static str, &str)],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let mut start = 0;
-    for size in pow2_chunks(jobs.len(), MAX_ROWS_PER_STATEMENT) {
-        let mut sql = Sql::new(
+    for (start, rows, slots) in padded_chunks(jobs.len(), MAX_JOBS_PER_STATEMENT) {
+        let mut sql = Sql::with(
+            dialect,
             "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
              created_at, updated_at) VALUES ",
         );
-        for (n, (event_id, handler, key)) in jobs[start..start + size].iter().enumerate() {
+        for n in 0..slots {
+            // Spare slots repeat the last job, which `ON CONFLICT` then skips.
+            let (event_id, handler, key) = jobs[start + n.min(rows - 1)];
             sql.push(if n == 0 { "(" } else { ", (" });
-            sql.bind(*event_id)
+            sql.bind(event_id)
                 .push(", ")
-                .bind(*handler)
+                .bind(handler)
                 .push(", ")
-                .bind(*key);
+                .bind(key);
             sql.push(", 'pending', 0, ")
                 .bind(now)
                 .push(", ")
@@ -321,7 +335,6 @@ pub(crate) async fn insert_jobs(
                 .bind(now);
             sql.push(")");
         }
-        start += size;
         sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
         sql.execute(&mut *conn).await?;
     }
@@ -331,7 +344,10 @@ pub(crate) async fn insert_jobs(
 impl Store {
     /// Events newest first, filtered; at most `limit`.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1"));
+        let mut sql = Sql::with(
+            self.inner.dialect,
+            &format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1"),
+        );
         if let Some(v) = &filter.delivery_id {
             sql.push(" AND delivery_id = ").bind(v.as_str());
         }
@@ -360,7 +376,10 @@ impl Store {
     }
 
     pub async fn event_summary(&self, id: i64) -> Result<EventSummary, StoreError> {
-        let mut sql = Sql::new(&format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE id = "));
+        let mut sql = Sql::with(
+            self.inner.dialect,
+            &format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE id = "),
+        );
         sql.bind(id);
         let row = sql
             .fetch_optional(&self.inner.read)
@@ -483,5 +502,119 @@ impl Store {
                 return Ok(total);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+
+    fn delivery(id: &str, body: u8, handlers: Vec<&'static str>) -> NewDelivery {
+        NewDelivery {
+            delivery_id: id.to_owned(),
+            event: "issues".into(),
+            action: Some("opened".into()),
+            repository: Some("o/r".into()),
+            repository_id: Some(1),
+            organization: None,
+            installation_id: None,
+            hook_id: Some(7),
+            target_type: None,
+            target_id: None,
+            sender: Some("u".into()),
+            ordering_key: "o/r#1".into(),
+            content_type: "application/json",
+            headers_json: "{}".into(),
+            body_zstd: vec![body; 8],
+            body_size: 8,
+            body_sha256: [body; 32],
+            handlers,
+            received_at: 1,
+        }
+    }
+
+    async fn ingest(store: &Store, batch: &[NewDelivery]) -> Vec<IngestOutcome> {
+        use sqlx::Connection;
+        let mut conn = store.inner.write.acquire().await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let refs: Vec<&NewDelivery> = batch.iter().collect();
+        let out = insert_deliveries(&mut tx, store.dialect(), &refs, 2)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        out
+    }
+
+    fn stored(o: IngestOutcome) -> (i64, EventStatus) {
+        match o {
+            IngestOutcome::Stored { event_id, status } => (event_id, status),
+            other => panic!("expected a stored delivery, got {other:?}"),
+        }
+    }
+
+    /// Duplicates and replays inside one batch and across batches, as the writer groups them.
+    #[tokio::test]
+    async fn batch_dedup_and_replay_guard() {
+        let dir = std::env::temp_dir().join(format!("hookdock-batch-{}", std::process::id()));
+        let url = format!("sqlite://{}/db.sqlite", dir.display());
+        let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let h = vec!["activity", "metrics"];
+
+        let out = ingest(
+            &store,
+            &[
+                delivery("a", 1, h.clone()),
+                delivery("b", 1, h.clone()),
+                delivery("c", 2, h.clone()),
+                delivery("a", 1, h.clone()),
+                delivery("e", 3, Vec::new()),
+                delivery("f", 1, h.clone()),
+            ],
+        )
+        .await;
+        let (a, sa) = stored(out[0]);
+        assert_eq!(sa, EventStatus::Pending);
+        assert_eq!(stored(out[1]).1, EventStatus::ReplaySuspected);
+        assert_eq!(stored(out[2]).1, EventStatus::Pending);
+        assert_eq!(out[3], IngestOutcome::Duplicate { event_id: a });
+        assert_eq!(stored(out[4]).1, EventStatus::Ignored);
+        assert_eq!(stored(out[5]).1, EventStatus::ReplaySuspected);
+
+        // Across batches: a stored id is a duplicate whatever its body; a stored body is a
+        // replay; a body that comes only with a duplicate id is not known.
+        let out = ingest(
+            &store,
+            &[
+                delivery("g", 2, h.clone()),
+                delivery("a", 9, h.clone()),
+                delivery("i", 9, h.clone()),
+                delivery("c", 2, h.clone()),
+            ],
+        )
+        .await;
+        assert_eq!(stored(out[0]).1, EventStatus::ReplaySuspected);
+        assert_eq!(out[1], IngestOutcome::Duplicate { event_id: a });
+        assert_eq!(stored(out[2]).1, EventStatus::Pending);
+        assert!(matches!(out[3], IngestOutcome::Duplicate { .. }));
+
+        // Jobs only for pending events, one per handler; nothing stored from spare slots.
+        let jobs: i64 = sqlx::query("SELECT COUNT(*) FROM jobs")
+            .fetch_one(&store.inner.read)
+            .await
+            .unwrap()
+            .try_get(0)
+            .unwrap();
+        assert_eq!(jobs, 3 * 2);
+        let counts = store.count_events_by_status().await.unwrap();
+        assert_eq!(counts.values().sum::<i64>(), 7);
+        let body = store.event_body(a).await;
+        assert!(
+            matches!(body, Err(StoreError::CorruptBody { .. })),
+            "{body:?}"
+        );
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
     }
 }

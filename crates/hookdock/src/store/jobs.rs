@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::events::insert_jobs;
 use super::sql::Sql;
-use super::{Effect, EventStatus, JobStatus, Store, StoreError, opt_text};
+use super::{Dialect, Effect, EventStatus, JobStatus, Store, StoreError, opt_text};
 
 /// A job this worker now holds a lease on, with what its handler needs of the event.
 #[derive(Debug, Clone)]
@@ -90,6 +90,7 @@ const EVENT_STATUS_FROM_JOBS: &str = "status = CASE \
 /// Recomputes the status of events from their jobs.
 async fn refresh_events(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     event_ids: impl IntoIterator<Item = i64>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
@@ -97,7 +98,7 @@ async fn refresh_events(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut sql = Sql::new("UPDATE events SET updated_at = ");
+    let mut sql = Sql::with(dialect, "UPDATE events SET updated_at = ");
     sql.bind(now).push(", ").push(EVENT_STATUS_FROM_JOBS);
     sql.push(" WHERE id IN ").bind_list(ids);
     sql.execute(conn).await?;
@@ -106,11 +107,13 @@ async fn refresh_events(
 
 async fn record_history(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     entries: &[(i64, i64, &str, i64, Option<&str>)],
     now: i64,
 ) -> Result<(), sqlx::Error> {
     for chunk in entries.chunks(64) {
-        let mut sql = Sql::new(
+        let mut sql = Sql::with(
+            dialect,
             "INSERT INTO job_history (job_id, event_id, status, attempt, at, error) VALUES ",
         );
         for (n, (job, event, status, attempt, error)) in chunk.iter().enumerate() {
@@ -182,6 +185,7 @@ pub(super) async fn apply_effect(
 /// recorded (false: the lease had moved to another worker, nothing written for it).
 pub(crate) async fn finish_jobs(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     finishes: &[JobFinish],
     now: i64,
 ) -> Result<Vec<bool>, sqlx::Error> {
@@ -201,7 +205,8 @@ pub(crate) async fn finish_jobs(
     }
     for (owner, indexes) in done_by_owner {
         for chunk in indexes.chunks(256) {
-            let mut sql = Sql::new(
+            let mut sql = Sql::with(
+                dialect,
                 "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_until = NULL, \
                  last_error = NULL, updated_at = ",
             );
@@ -246,7 +251,7 @@ pub(crate) async fn finish_jobs(
             JobOutcome::Retry { error, run_at } => (JobStatus::Failed, *run_at, error.as_str()),
             JobOutcome::Dead { error } => (JobStatus::Dead, now, error.as_str()),
         };
-        let mut sql = Sql::new("UPDATE jobs SET status = ");
+        let mut sql = Sql::with(dialect, "UPDATE jobs SET status = ");
         sql.bind(status.as_str()).push(", run_at = ").bind(run_at);
         sql.push(", last_error = ")
             .bind(error)
@@ -269,8 +274,8 @@ pub(crate) async fn finish_jobs(
         }
     }
 
-    record_history(conn, &history, now).await?;
-    refresh_events(conn, touched_events, now).await?;
+    record_history(conn, dialect, &history, now).await?;
+    refresh_events(conn, dialect, touched_events, now).await?;
     Ok(recorded)
 }
 
@@ -288,7 +293,8 @@ impl Store {
         // Only the head of each (handler, ordering key) may run: the oldest job of the key that
         // is not finished. Heads come from a scan of the ordering index alone (one entry per
         // active job, no table reads), so a long backlog behind one key stays cheap to skip.
-        let mut sql = Sql::new(
+        let mut sql = Sql::with(
+            self.inner.dialect,
             "WITH heads AS (SELECT MIN(id) AS id FROM jobs WHERE status IN ('pending', 'failed', 'processing') \
              GROUP BY handler, ordering_key), \
              c AS (SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM heads) AND ((j.status = 'processing' AND j.lease_until < ",
@@ -320,8 +326,11 @@ impl Store {
             .iter()
             .map(|(job, event, _, attempt)| (*job, *event, "processing", *attempt, None))
             .collect();
-        record_history(&mut tx, &history, now).await?;
-        let mut sql = Sql::new("UPDATE events SET status = 'processing', updated_at = ");
+        record_history(&mut tx, self.inner.dialect, &history, now).await?;
+        let mut sql = Sql::with(
+            self.inner.dialect,
+            "UPDATE events SET status = 'processing', updated_at = ",
+        );
         sql.bind(now)
             .push(" WHERE status IN ('pending', 'failed') AND id IN ");
         sql.bind_list(claimed.iter().map(|c| c.1).collect::<BTreeSet<_>>());
@@ -329,7 +338,8 @@ impl Store {
         tx.commit().await?;
 
         // Event fields for the handlers, read after commit.
-        let mut sql = Sql::new(
+        let mut sql = Sql::with(
+            self.inner.dialect,
             "SELECT id, delivery_id, event, action, repository, organization, installation_id, \
              sender, ordering_key, received_at FROM events WHERE id IN ",
         );
@@ -373,7 +383,7 @@ impl Store {
         if job_ids.is_empty() {
             return Ok(0);
         }
-        let mut sql = Sql::new("UPDATE jobs SET lease_until = ");
+        let mut sql = Sql::with(self.inner.dialect, "UPDATE jobs SET lease_until = ");
         sql.bind(lease_until)
             .push(" WHERE status = 'processing' AND lease_owner = ")
             .bind(owner);
@@ -389,7 +399,8 @@ impl Store {
         }
         let now = super::now_ms();
         let mut tx = self.inner.write.begin().await?;
-        let mut sql = Sql::new(
+        let mut sql = Sql::with(
+            self.inner.dialect,
             "UPDATE jobs SET status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, \
              attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, run_at = ",
         );
@@ -416,8 +427,14 @@ impl Store {
                 )
             })
             .collect();
-        record_history(&mut tx, &history, now).await?;
-        refresh_events(&mut tx, released.iter().map(|r| r.1), now).await?;
+        record_history(&mut tx, self.inner.dialect, &history, now).await?;
+        refresh_events(
+            &mut tx,
+            self.inner.dialect,
+            released.iter().map(|r| r.1),
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(released.len() as u64)
     }
@@ -431,13 +448,19 @@ impl Store {
     ) -> Result<ReplayReport, StoreError> {
         let now = super::now_ms();
         let mut tx = self.inner.write.begin().await?;
-        let mut sql = Sql::new("SELECT ordering_key FROM events WHERE id = ");
+        let mut sql = Sql::with(
+            self.inner.dialect,
+            "SELECT ordering_key FROM events WHERE id = ",
+        );
         sql.bind(event_id);
         let key: String = match sql.fetch_optional(&mut *tx).await? {
             Some(r) => r.try_get(0)?,
             None => return Err(StoreError::EventNotFound(event_id)),
         };
-        let mut sql = Sql::new("SELECT id, handler, status, attempts FROM jobs WHERE event_id = ");
+        let mut sql = Sql::with(
+            self.inner.dialect,
+            "SELECT id, handler, status, attempts FROM jobs WHERE event_id = ",
+        );
         sql.bind(event_id);
         let existing: Vec<(i64, String, String, i64)> = sql
             .fetch_all(&mut *tx)
@@ -471,7 +494,8 @@ impl Store {
             history.push((*job_id, event_id, "pending", *attempts, Some("replayed")));
         }
         if !reset.is_empty() {
-            let mut sql = Sql::new(
+            let mut sql = Sql::with(
+                self.inner.dialect,
                 "UPDATE jobs SET status = 'pending', attempts = 0, lease_owner = NULL, \
                  lease_until = NULL, last_error = NULL, run_at = ",
             );
@@ -485,12 +509,12 @@ impl Store {
                 .filter(|h| !existing.iter().any(|e| e.1 == **h))
                 .map(|h| (event_id, *h, key.as_str()))
                 .collect();
-            insert_jobs(&mut tx, &missing, now).await?;
+            insert_jobs(&mut tx, self.inner.dialect, &missing, now).await?;
             report.queued.extend(missing.iter().map(|m| m.1.to_owned()));
         }
-        record_history(&mut tx, &history, now).await?;
-        refresh_events(&mut tx, [event_id], now).await?;
-        let mut sql = Sql::new("SELECT status FROM events WHERE id = ");
+        record_history(&mut tx, self.inner.dialect, &history, now).await?;
+        refresh_events(&mut tx, self.inner.dialect, [event_id], now).await?;
+        let mut sql = Sql::with(self.inner.dialect, "SELECT status FROM events WHERE id = ");
         sql.bind(event_id);
         report.status = match sql.fetch_optional(&mut *tx).await? {
             Some(r) => r.try_get(0)?,
@@ -502,7 +526,8 @@ impl Store {
 
     /// Ids of events with at least one dead job, oldest first.
     pub async fn dead_event_ids(&self, limit: u32) -> Result<Vec<i64>, StoreError> {
-        let mut sql = Sql::new(
+        let mut sql = Sql::with(
+            self.inner.dialect,
             "SELECT DISTINCT event_id FROM jobs WHERE status = 'dead' ORDER BY event_id LIMIT ",
         );
         sql.bind(i64::from(limit));

@@ -440,21 +440,17 @@ async fn checkpoints(read: AnyPool) {
 }
 
 /// Starts a write transaction on `conn` with the durability `durable` asks for
-/// (see [`Dialect::sync_before`]).
+/// (see [`Dialect::begin_write`]).
 pub(crate) async fn begin_write(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
     durable: bool,
 ) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
     use sqlx::Connection;
-    if let Some(statement) = dialect.sync_before(durable) {
-        sqlx::query(statement).execute(&mut *conn).await?;
+    match dialect.begin_write(durable) {
+        Some(statement) => conn.begin_with(statement).await,
+        None => conn.begin().await,
     }
-    let mut tx = conn.begin().await?;
-    if let Some(statement) = dialect.sync_inside(durable) {
-        sqlx::query(statement).execute(&mut *tx).await?;
-    }
-    Ok(tx)
 }
 
 /// Makes sure the SQLite file's directory exists and that the file is created on first use.

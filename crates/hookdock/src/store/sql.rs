@@ -1,9 +1,13 @@
-//! A small SQL text builder with `$n` placeholders, which both SQLite and PostgreSQL accept.
-//! sqlx's `QueryBuilder` for the `Any` driver writes `?`, which PostgreSQL rejects.
+//! A small SQL text builder. [`Sql::new`] writes `$n` placeholders, which both SQLite and
+//! PostgreSQL accept (sqlx's `QueryBuilder` for the `Any` driver writes `?`, which PostgreSQL
+//! rejects). [`Sql::with`] writes the placeholders the dialect binds fastest (see
+//! [`Dialect::positional_placeholders`]); the hot paths use it.
 
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Executor};
+
+use super::Dialect;
 
 /// One bound value.
 #[derive(Debug, Clone)]
@@ -53,13 +57,25 @@ impl From<Vec<u8>> for Arg {
 pub(crate) struct Sql {
     text: String,
     args: Vec<Arg>,
+    /// `?` instead of `$n`.
+    positional: bool,
 }
 
 impl Sql {
+    /// SQL with `$n` placeholders, valid on every dialect.
     pub fn new(text: &str) -> Sql {
         Sql {
             text: text.to_owned(),
             args: Vec::new(),
+            positional: false,
+        }
+    }
+
+    /// SQL for `dialect`, with the placeholders it binds fastest.
+    pub fn with(dialect: Dialect, text: &str) -> Sql {
+        Sql {
+            positional: dialect.positional_placeholders(),
+            ..Sql::new(text)
         }
     }
 
@@ -71,8 +87,12 @@ impl Sql {
     /// Appends a placeholder for `value`.
     pub fn bind(&mut self, value: impl Into<Arg>) -> &mut Sql {
         self.args.push(value.into());
-        self.text.push('$');
-        self.text.push_str(&self.args.len().to_string());
+        if self.positional {
+            self.text.push('?');
+        } else {
+            use std::fmt::Write;
+            let _ = write!(self.text, "${}", self.args.len());
+        }
         self
     }
 
@@ -123,17 +143,18 @@ impl Sql {
     }
 }
 
-/// Splits `n` items into chunks whose sizes are powers of two (largest first, at most `max`),
-/// so that multi-row statements come in few distinct shapes and stay in the statement cache.
-pub(crate) fn pow2_chunks(mut n: usize, max: usize) -> Vec<usize> {
+/// Splits `n` rows into statements of at most `max` rows, each given a power-of-two number of
+/// row slots: `(start, rows, slots)`. Multi-row statements thus come in few distinct shapes and
+/// stay in the statement cache, and a batch takes one statement per `max` rows, not one per
+/// set bit of its size. The caller fills the `slots - rows` spare slots with copies of a row
+/// that the statement's `ON CONFLICT … DO NOTHING` skips.
+pub(crate) fn padded_chunks(n: usize, max: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
-    while n > 0 {
-        let mut size = max.min(n).next_power_of_two();
-        if size > n || size > max {
-            size /= 2;
-        }
-        out.push(size);
-        n -= size;
+    let mut start = 0;
+    while start < n {
+        let rows = (n - start).min(max);
+        out.push((start, rows, rows.next_power_of_two().min(max.max(rows))));
+        start += rows;
     }
     out
 }
@@ -151,15 +172,30 @@ mod tests {
     }
 
     #[test]
-    fn chunks_are_powers_of_two_and_cover_n() {
+    fn sqlite_placeholders_are_positional() {
+        let mut sql = Sql::with(Dialect::Sqlite, "SELECT 1 WHERE a = ");
+        sql.bind(1i64).push(" AND b IN ").bind_list(["x", "y"]);
+        assert_eq!(sql.text, "SELECT 1 WHERE a = ? AND b IN (?, ?)");
+        let mut sql = Sql::with(Dialect::Postgres, "SELECT ");
+        sql.bind(1i64).push(", ").bind(2i64);
+        assert_eq!(sql.text, "SELECT $1, $2");
+    }
+
+    #[test]
+    fn chunks_cover_n_in_power_of_two_slots() {
         for n in 0..600 {
-            let chunks = pow2_chunks(n, 64);
-            assert_eq!(chunks.iter().sum::<usize>(), n);
-            assert!(
-                chunks.iter().all(|c| c.is_power_of_two() && *c <= 64),
-                "{n}: {chunks:?}"
-            );
+            let chunks = padded_chunks(n, 64);
+            assert_eq!(chunks.iter().map(|c| c.1).sum::<usize>(), n);
+            let mut next = 0;
+            for &(start, rows, slots) in &chunks {
+                assert_eq!(start, next);
+                next += rows;
+                assert!(rows >= 1 && rows <= slots && slots <= 64, "{n}: {chunks:?}");
+                assert!(slots.is_power_of_two(), "{n}: {chunks:?}");
+            }
+            assert_eq!(chunks.len(), n.div_ceil(64), "{n}: {chunks:?}");
         }
-        assert_eq!(pow2_chunks(13, 256), [8, 4, 1]);
+        assert_eq!(padded_chunks(13, 256), [(0, 13, 16)]);
+        assert_eq!(padded_chunks(70, 64), [(0, 64, 64), (64, 6, 8)]);
     }
 }

@@ -133,7 +133,7 @@ async fn commit_batch(
     let deliveries: Vec<&NewDelivery> = ingests.iter().map(|(d, _)| d).collect();
     let jobs: Vec<JobFinish> = finishes.iter().map(|(f, _)| f.clone()).collect();
     // Job completions go first in a transaction of their own that is not fsynced (see
-    // `Dialect::sync_before`), so a job's key is free again without waiting for the disk;
+    // `Dialect::begin_write`), so a job's key is free again without waiting for the disk;
     // the deliveries then commit durably.
     let result = if !deliveries.is_empty() && !jobs.is_empty() {
         match write(dialect, pool, &[], &jobs).await {
@@ -199,12 +199,12 @@ async fn write(
     let ingested = if deliveries.is_empty() {
         Vec::new()
     } else {
-        insert_deliveries(&mut tx, deliveries, now).await?
+        insert_deliveries(&mut tx, dialect, deliveries, now).await?
     };
     let finished = if finishes.is_empty() {
         Vec::new()
     } else {
-        finish_jobs(&mut tx, finishes, now).await?
+        finish_jobs(&mut tx, dialect, finishes, now).await?
     };
     tx.commit().await?;
     Ok((ingested, finished))
