@@ -29,7 +29,7 @@ use super::payload::parse_time;
 use crate::clock::Clock;
 use crate::config::MetricsSettings;
 use crate::github::{Call, GithubClient, GithubError};
-use crate::store::{Effect, Store, StoreError};
+use crate::store::{ApiSnapshot, Effect, Store, StoreError};
 
 /// Pull requests GitHub updated less than this before a run began are fetched again when it
 /// resumes, in case GitHub's clock and hookdock's disagree.
@@ -141,7 +141,7 @@ impl Backfill<'_> {
             if done_before {
                 report.resumed += 1;
             } else {
-                let effects = self
+                let (effects, snapshots) = self
                     .pull_effects(owner, name, &full_name, pull.number, &mut report)
                     .await?;
                 // The cursor only moves down the listing: pull requests updated after the run
@@ -149,7 +149,13 @@ impl Backfill<'_> {
                 let key = (pull.updated_at, pull.number);
                 let moved = cursor.is_none_or(|c| key < c).then_some(key);
                 self.store
-                    .apply_backfilled_pull(&full_name, &effects, moved, ms(self.clock.now()))
+                    .apply_backfilled_pull(
+                        &full_name,
+                        &effects,
+                        &snapshots,
+                        moved,
+                        ms(self.clock.now()),
+                    )
                     .await?;
                 if moved.is_some() {
                     cursor = moved;
@@ -223,7 +229,7 @@ impl Backfill<'_> {
         full_name: &str,
         number: i64,
         report: &mut BackfillReport,
-    ) -> Result<Vec<Effect>, BackfillError> {
+    ) -> Result<(Vec<Effect>, Vec<ApiSnapshot>), BackfillError> {
         let pull: Value = self
             .github
             .get(
@@ -245,6 +251,12 @@ impl Backfill<'_> {
         let payload = json!({ "pull_request": &pull, "repository": &repository });
         let mut effects =
             effects_for("pull_request", None, &payload, self.settings).map_err(parse_error)?;
+        let mut snapshots = vec![ApiSnapshot {
+            kind: "pull_request".to_owned(),
+            action: None,
+            key: i64::try_from(number).unwrap_or(i64::MAX),
+            payload,
+        }];
         for review in reviews {
             let submitted = review.get("submitted_at").is_some_and(|v| !v.is_null());
             let has_user = review.get("user").is_some_and(|v| !v.is_null());
@@ -265,6 +277,14 @@ impl Backfill<'_> {
                 self.settings,
             )
             .map_err(parse_error)?;
+            if let Some(id) = payload.pointer("/review/id").and_then(Value::as_i64) {
+                snapshots.push(ApiSnapshot {
+                    kind: "pull_request_review".to_owned(),
+                    action: Some("submitted".to_owned()),
+                    key: id,
+                    payload,
+                });
+            }
             // The pull request is already upserted from the same object.
             effects.extend(
                 more.into_iter()
@@ -272,7 +292,7 @@ impl Backfill<'_> {
             );
             report.reviews += 1;
         }
-        Ok(effects)
+        Ok((effects, snapshots))
     }
 }
 

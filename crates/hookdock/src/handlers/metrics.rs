@@ -63,13 +63,16 @@ impl Handler for MetricsHandler {
 pub struct RebuildReport {
     /// Events whose effects were applied.
     pub events: u64,
+    /// Backfilled REST API answers whose effects were applied.
+    pub snapshots: u64,
     /// Events that could not be parsed (the reason of the first is kept).
     pub skipped: u64,
     pub first_error: Option<String>,
 }
 
-/// Recomputes every metrics row from the stored events, oldest first: empties the tables,
-/// then applies each subscribed event's effects, one transaction per batch. Events already
+/// Recomputes every metrics row from the stored events, oldest first, and the API answers
+/// backfills kept: empties the tables, then applies each one's effects, one transaction per
+/// batch. Events already
 /// purged by retention are gone, and reads during the rebuild see partial rows.
 pub async fn rebuild(
     store: &Store,
@@ -105,6 +108,32 @@ pub async fn rebuild(
                     report
                         .first_error
                         .get_or_insert_with(|| format!("event {}: {reason}", e.id));
+                }
+                Err(retry) => return Err(retry),
+            }
+        }
+        store.apply_effects(&effects).await?;
+    }
+    // What backfills read from the REST API; the merge rules make the order irrelevant.
+    let mut after = 0;
+    loop {
+        let snapshots = store.api_snapshots(after, BATCH).await?;
+        let Some((last, _)) = snapshots.last() else {
+            break;
+        };
+        after = *last;
+        let mut effects = Vec::new();
+        for (id, s) in &snapshots {
+            match effects_for(&s.kind, s.action.as_deref(), &s.payload, settings) {
+                Ok(mut more) => {
+                    report.snapshots += 1;
+                    effects.append(&mut more);
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    report.skipped += 1;
+                    report
+                        .first_error
+                        .get_or_insert_with(|| format!("API snapshot {id}: {reason}"));
                 }
                 Err(retry) => return Err(retry),
             }

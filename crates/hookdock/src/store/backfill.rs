@@ -27,6 +27,17 @@ pub struct BackfillProgress {
     pub completed_at: Option<i64>,
 }
 
+/// A REST API answer as a payload of the event it stands for (see the migration
+/// `0009_api_snapshots`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiSnapshot {
+    pub kind: String,
+    pub action: Option<String>,
+    /// The pull request's number, or the review's id.
+    pub key: i64,
+    pub payload: serde_json::Value,
+}
+
 impl Store {
     /// The backfill progress of `repo` (GitHub's `owner/name`), if a run ever started.
     pub async fn backfill_progress(
@@ -79,18 +90,45 @@ impl Store {
         Ok(())
     }
 
-    /// Applies one pull request's effects and records the run's new cursor (`None` keeps
-    /// it) in one transaction, as [`Store::apply_effects`] does for a rebuild.
+    /// Applies one pull request's effects, keeps the API answers they came from (newest per
+    /// object) and records the run's new cursor (`None` keeps it), in one transaction.
     pub async fn apply_backfilled_pull(
         &self,
         repo: &str,
         effects: &[Effect],
+        snapshots: &[ApiSnapshot],
         cursor: Option<(i64, i64)>,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.inner.write.begin().await?;
         for effect in effects {
             super::jobs::apply_effect(&mut tx, effect).await?;
+        }
+        for snapshot in snapshots {
+            let json = serde_json::to_vec(&snapshot.payload)
+                .map_err(|e| StoreError::Corrupt(format!("API snapshot: {e}")))?;
+            let packed = zstd::encode_all(json.as_slice(), 3)
+                .map_err(|e| StoreError::Corrupt(format!("API snapshot: {e}")))?;
+            let mut sql = Sql::new(
+                "INSERT INTO api_snapshots (repo, kind, action, object_key, payload, fetched_at) \
+                 VALUES (",
+            );
+            sql.bind(repo)
+                .push(", ")
+                .bind(snapshot.kind.as_str())
+                .push(", ")
+                .bind(snapshot.action.clone())
+                .push(", ");
+            sql.bind(snapshot.key)
+                .push(", ")
+                .bind(packed)
+                .push(", ")
+                .bind(now)
+                .push(
+                    ") ON CONFLICT (repo, kind, object_key) DO UPDATE SET action = excluded.action, \
+                     payload = excluded.payload, fetched_at = excluded.fetched_at",
+                );
+            sql.execute(&mut *tx).await?;
         }
         let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
         if let Some((at, number)) = cursor {
@@ -131,5 +169,42 @@ impl Store {
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()?)
+    }
+}
+
+impl Store {
+    /// Kept API snapshots after `after` (an id), oldest first, with their ids.
+    pub async fn api_snapshots(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, ApiSnapshot)>, StoreError> {
+        let mut sql =
+            Sql::new("SELECT id, kind, action, object_key, payload FROM api_snapshots WHERE id > ");
+        sql.bind(after)
+            .push(" ORDER BY id LIMIT ")
+            .bind(i64::from(limit));
+        let rows = sql.fetch_all(&self.inner.read).await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get(0)?;
+                let packed: Vec<u8> = r.try_get(4)?;
+                let payload = zstd::decode_all(packed.as_slice())
+                    .ok()
+                    .and_then(|json| serde_json::from_slice(&json).ok())
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!("API snapshot {id} cannot be read back"))
+                    })?;
+                Ok((
+                    id,
+                    ApiSnapshot {
+                        kind: r.try_get(1)?,
+                        action: r.try_get(2)?,
+                        key: r.try_get(3)?,
+                        payload,
+                    },
+                ))
+            })
+            .collect()
     }
 }

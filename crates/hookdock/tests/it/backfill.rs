@@ -561,7 +561,23 @@ async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) 
         Some("Renamed after merge")
     );
 
-    // Rows lost since (a `metrics rebuild` empties the tables) are fetched again.
+    // A rebuild recomputes the backfilled rows from the API answers the runs kept.
+    let before = env.rows().await;
+    let rebuilt = hookdock::handlers::metrics::rebuild(&env.store, &settings())
+        .await
+        .expect("rebuild");
+    assert_eq!(rebuilt.events, 0, "no webhook events here");
+    assert_eq!(
+        rebuilt.snapshots as usize,
+        before.pulls.len() + before.reviews.len(),
+        "one snapshot per pull request and review"
+    );
+    let after = env.rows().await;
+    assert_eq!(after.pulls, before.pulls);
+    assert_eq!(after.reviews, before.reviews);
+    assert_eq!(after.members, before.members);
+
+    // Rows lost otherwise (the tables emptied by hand) are fetched again.
     env.store.clear_metrics().await.expect("clear");
     let (report, _) = env.backfill().await.expect("resumed backfill");
     assert_eq!((report.fetched, report.resumed), (3, 0));
