@@ -254,7 +254,7 @@ impl Backfill<'_> {
         let mut snapshots = vec![ApiSnapshot {
             kind: "pull_request".to_owned(),
             action: None,
-            key: i64::try_from(number).unwrap_or(i64::MAX),
+            key: number,
             payload,
         }];
         for review in reviews {
