@@ -73,6 +73,18 @@ impl Dialect {
         self == Dialect::Sqlite
     }
 
+    /// Wraps `columns` (a list of column names of the subquery `t` that follows) so that the
+    /// whole result arrives as one JSON text, an array of row arrays (`[]` for no rows). A
+    /// large read then costs one row through the driver instead of one per row.
+    pub fn json_rows(self, columns: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("SELECT json_group_array(json_array({columns})) FROM ("),
+            Dialect::Postgres => format!(
+                "SELECT COALESCE(json_agg(json_build_array({columns})), '[]'::json)::text FROM ("
+            ),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Sqlite => "sqlite",

@@ -8,6 +8,7 @@
 //! write. So any order of a pull request's events leaves the same rows. This module computes no
 //! metric; that is [`crate::metrics`].
 
+use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
@@ -571,15 +572,70 @@ const PULL_COLUMNS: &str = "p.repo, p.number, p.github_id, p.title, m.login AS a
 
 /// What a summary reads: [`PULL_COLUMNS`] with the columns no summary uses (title, branches,
 /// commits, labels, …) left empty, as reading them is most of the cost on large windows.
-const SUMMARY_COLUMNS: &str = "'' AS repo, p.number, CAST(0 AS BIGINT) AS github_id, '' AS title, \
-    m.login AS author, p.author_id, m.is_bot AS author_is_bot, p.state, CAST(0 AS BIGINT) AS draft, \
-    NULL AS base_ref, NULL AS head_ref, NULL AS head_sha, NULL AS merge_commit_sha, \
-    p.created_at, p.ready_for_review_at, p.first_commit_at, p.first_review_at, p.merged_at, \
-    p.closed_at, p.additions, p.deletions, NULL AS changed_files, NULL AS commits, \
-    CAST(0 AS BIGINT) AS is_revert, NULL AS reverts_number, p.reverted, p.is_hotfix, '[]' AS labels, \
-    CAST(0 AS BIGINT) AS updated_at, p.draft_intervals, \
+/// The columns a summary uses, and nothing else, aliased `c0`… for [`Dialect::json_rows`];
+/// [`summary_row`] reads them by position.
+const SUMMARY_COLUMNS: &str = "p.number AS c0, m.login AS c1, p.author_id AS c2, \
+    m.is_bot AS c3, p.state AS c4, p.created_at AS c5, p.ready_for_review_at AS c6, \
+    p.first_commit_at AS c7, p.first_review_at AS c8, p.merged_at AS c9, p.closed_at AS c10, \
+    p.additions AS c11, p.deletions AS c12, p.reverted AS c13, p.is_hotfix AS c14, \
+    p.draft_intervals AS c15, \
     (SELECT COUNT(*) FROM pr_activity a WHERE a.repo = p.repo AND a.pr_number = p.number \
-     AND a.kind = 'review' AND a.counts = 1) AS reviews";
+     AND a.kind = 'review' AND a.counts = 1) AS c16";
+const SUMMARY_ALIASES: &str =
+    "c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16";
+
+/// A row of [`SUMMARY_COLUMNS`] as a JSON array; the fields a summary does not use are left
+/// empty.
+fn summary_row(v: &Value) -> Result<PullRequestRow, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("pull request summary row: {what}"));
+    let cell = |i: usize| v.get(i).filter(|c| !c.is_null());
+    let int = |i: usize| cell(i).and_then(Value::as_i64);
+    let flag = |i: usize| {
+        cell(i)
+            .map(|c| c.as_i64().map(|n| n != 0).or(c.as_bool()).unwrap_or(false))
+            .unwrap_or(false)
+    };
+    Ok(PullRequestRow {
+        repo: String::new(),
+        number: int(0).ok_or_else(|| bad("number"))?,
+        github_id: 0,
+        title: String::new(),
+        author: cell(1).and_then(Value::as_str).map(str::to_owned),
+        author_id: int(2),
+        author_is_bot: flag(3),
+        state: cell(4)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("state"))?
+            .to_owned(),
+        draft: false,
+        base_ref: None,
+        head_ref: None,
+        head_sha: None,
+        merge_commit_sha: None,
+        created_at: int(5).ok_or_else(|| bad("created_at"))?,
+        ready_for_review_at: int(6),
+        first_commit_at: int(7),
+        first_review_at: int(8),
+        merged_at: int(9),
+        closed_at: int(10),
+        additions: int(11),
+        deletions: int(12),
+        changed_files: None,
+        commits: None,
+        is_revert: false,
+        reverts_number: None,
+        reverted: flag(13),
+        is_hotfix: flag(14),
+        labels: Vec::new(),
+        updated_at: 0,
+        draft_intervals: match cell(15).and_then(Value::as_str) {
+            Some(text) => parse_draft_intervals(text)
+                .map_err(|e| StoreError::Corrupt(format!("pull_requests.draft_intervals: {e}")))?,
+            None => Vec::new(),
+        },
+        reviews: int(16).unwrap_or(0),
+    })
+}
 
 fn pull_row(r: &AnyRow) -> Result<PullRequestRow, StoreError> {
     let labels: String = r.try_get("labels")?;
@@ -631,7 +687,17 @@ impl Store {
         &self,
         filter: &PullFilter,
     ) -> Result<Vec<PullRequestRow>, StoreError> {
-        self.read_pull_requests(PULL_COLUMNS, filter).await
+        if filter.author_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new("");
+        push_pull_query(&mut sql, PULL_COLUMNS, filter);
+        sql.push(" ORDER BY p.repo, p.created_at, p.number");
+        sql.fetch_all(&self.inner.read)
+            .await?
+            .iter()
+            .map(pull_row)
+            .collect()
     }
 
     /// The same with only what [`crate::metrics::summarize`] uses: repository, title, branches,
@@ -641,68 +707,24 @@ impl Store {
         &self,
         filter: &PullFilter,
     ) -> Result<Vec<PullRequestRow>, StoreError> {
-        self.read_pull_requests(SUMMARY_COLUMNS, filter).await
-    }
-
-    async fn read_pull_requests(
-        &self,
-        columns: &str,
-        filter: &PullFilter,
-    ) -> Result<Vec<PullRequestRow>, StoreError> {
-        let mut sql = Sql::new("SELECT ");
-        sql.push(columns).push(
-            " FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1",
-        );
-        if let Some(repo) = &filter.repo {
-            sql.push(" AND p.repo = ").bind(repo.as_str());
+        if filter.author_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
         }
-        if let Some(author) = &filter.author {
-            sql.push(" AND LOWER(m.login) = ")
-                .bind(author.to_lowercase());
-        }
-        if let Some(ids) = &filter.author_ids {
-            if ids.is_empty() {
-                return Ok(Vec::new());
-            }
-            sql.push(" AND p.author_id IN ")
-                .bind_list(ids.iter().copied());
-        }
-        // Each branch is a range on its own index ((repo, created_at), (repo, merged_at),
-        // (repo, closed_at)); an OR over the three would walk every row of the repository.
-        // `COALESCE(merged_at, closed_at)` in range is "merged in range, or closed in range
-        // without a merge".
-        let range = |sql: &mut Sql, column: &str, from: Option<i64>, to: Option<i64>| {
-            sql.push("SELECT id FROM pull_requests WHERE 1 = 1");
-            if let Some(repo) = &filter.repo {
-                sql.push(" AND repo = ").bind(repo.as_str());
-            }
-            if let Some(from) = from {
-                sql.push(&format!(" AND {column} >= ")).bind(from);
-            }
-            if let Some(to) = to {
-                sql.push(&format!(" AND {column} < ")).bind(to);
-            }
+        let mut sql = Sql::new(&self.inner.dialect.json_rows(SUMMARY_ALIASES));
+        push_pull_query(&mut sql, SUMMARY_COLUMNS, filter);
+        sql.push(") t");
+        let text: Option<String> = match sql.fetch_optional(&self.inner.read).await? {
+            Some(row) => row.try_get(0)?,
+            None => None,
         };
-        sql.push(" AND p.id IN (");
-        range(
-            &mut sql,
-            "created_at",
-            filter.created_from,
-            filter.created_to,
-        );
-        if filter.ended_from.is_some() || filter.ended_to.is_some() {
-            sql.push(" UNION ");
-            range(&mut sql, "merged_at", filter.ended_from, filter.ended_to);
-            sql.push(" AND merged_at IS NOT NULL UNION ");
-            range(&mut sql, "closed_at", filter.ended_from, filter.ended_to);
-            sql.push(" AND merged_at IS NULL AND closed_at IS NOT NULL");
-        }
-        sql.push(") ORDER BY p.repo, p.created_at, p.number");
-        sql.fetch_all(&self.inner.read)
-            .await?
+        let rows: Vec<Value> = serde_json::from_str(text.as_deref().unwrap_or("[]"))
+            .map_err(|e| StoreError::Corrupt(format!("pull request summary rows: {e}")))?;
+        let mut rows = rows
             .iter()
-            .map(pull_row)
-            .collect()
+            .map(summary_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|r| (r.created_at, r.number));
+        Ok(rows)
     }
 
     /// Reviews submitted in [from, to) by people other than the pull request's author, per
@@ -879,4 +901,49 @@ impl Store {
             })
             .collect::<Result<_, sqlx::Error>>()?)
     }
+}
+
+/// `SELECT columns FROM pull_requests p …` for `filter`, unordered (an empty `author_ids`
+/// is the caller's to answer).
+fn push_pull_query(sql: &mut Sql, columns: &str, filter: &PullFilter) {
+    sql.push("SELECT ");
+    sql.push(columns)
+        .push(" FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1");
+    if let Some(repo) = &filter.repo {
+        sql.push(" AND p.repo = ").bind(repo.as_str());
+    }
+    if let Some(author) = &filter.author {
+        sql.push(" AND LOWER(m.login) = ")
+            .bind(author.to_lowercase());
+    }
+    if let Some(ids) = &filter.author_ids {
+        sql.push(" AND p.author_id IN ")
+            .bind_list(ids.iter().copied());
+    }
+    // Each branch is a range on its own index ((repo, created_at), (repo, merged_at),
+    // (repo, closed_at)); an OR over the three would walk every row of the repository.
+    // `COALESCE(merged_at, closed_at)` in range is "merged in range, or closed in range
+    // without a merge".
+    let range = |sql: &mut Sql, column: &str, from: Option<i64>, to: Option<i64>| {
+        sql.push("SELECT id FROM pull_requests WHERE 1 = 1");
+        if let Some(repo) = &filter.repo {
+            sql.push(" AND repo = ").bind(repo.as_str());
+        }
+        if let Some(from) = from {
+            sql.push(&format!(" AND {column} >= ")).bind(from);
+        }
+        if let Some(to) = to {
+            sql.push(&format!(" AND {column} < ")).bind(to);
+        }
+    };
+    sql.push(" AND p.id IN (");
+    range(sql, "created_at", filter.created_from, filter.created_to);
+    if filter.ended_from.is_some() || filter.ended_to.is_some() {
+        sql.push(" UNION ");
+        range(sql, "merged_at", filter.ended_from, filter.ended_to);
+        sql.push(" AND merged_at IS NOT NULL UNION ");
+        range(sql, "closed_at", filter.ended_from, filter.ended_to);
+        sql.push(" AND merged_at IS NULL AND closed_at IS NOT NULL");
+    }
+    sql.push(")");
 }
