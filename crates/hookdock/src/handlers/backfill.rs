@@ -73,6 +73,9 @@ pub struct BackfillReport {
     pub reviews: usize,
     /// Reviews left out: pending, or by a deleted account.
     pub reviews_skipped: usize,
+    /// Review comments and conversation comments stored (they can be a pull request's first
+    /// review).
+    pub comments: usize,
 }
 
 /// A backfill's dependencies: the store, a GitHub client acting with a token (its clock
@@ -291,6 +294,59 @@ impl Backfill<'_> {
                     .filter(|e| !matches!(e, Effect::UpsertPullRequest(_))),
             );
             report.reviews += 1;
+        }
+        // Comments on lines of the diff and in the conversation, read as the webhooks that
+        // announce them.
+        let review_comments: Vec<Value> = self
+            .github
+            .get_all(
+                &format!("/repos/{owner}/{name}/pulls/{number}/comments?per_page=100"),
+                &format!("the review comments of {full_name}#{number}"),
+                MAX_REVIEWS,
+            )
+            .await?;
+        let issue_comments: Vec<Value> = self
+            .github
+            .get_all(
+                &format!("/repos/{owner}/{name}/issues/{number}/comments?per_page=100"),
+                &format!("the comments of {full_name}#{number}"),
+                MAX_REVIEWS,
+            )
+            .await?;
+        let issue = json!({
+            "number": number,
+            "user": pull.get("user"),
+            "pull_request": { "url": pull.get("url") },
+        });
+        let comments = review_comments
+            .into_iter()
+            .map(|c| ("pull_request_review_comment", json!({
+                "action": "created", "comment": c, "pull_request": &pull, "repository": &repository,
+            })))
+            .chain(issue_comments.into_iter().map(|c| ("issue_comment", json!({
+                "action": "created", "comment": c, "issue": &issue, "repository": &repository,
+            }))));
+        for (kind, payload) in comments {
+            let id = payload.pointer("/comment/id").and_then(Value::as_i64);
+            let has_user = payload
+                .pointer("/comment/user")
+                .is_some_and(|v| !v.is_null());
+            let Some(id) = id.filter(|_| has_user) else {
+                continue;
+            };
+            let more =
+                effects_for(kind, Some("created"), &payload, self.settings).map_err(parse_error)?;
+            effects.extend(
+                more.into_iter()
+                    .filter(|e| !matches!(e, Effect::UpsertPullRequest(_))),
+            );
+            snapshots.push(ApiSnapshot {
+                kind: kind.to_owned(),
+                action: Some("created".to_owned()),
+                key: id,
+                payload,
+            });
+            report.comments += 1;
         }
         Ok((effects, snapshots))
     }

@@ -117,6 +117,23 @@ impl Env {
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
     }
 
+    /// Comments in the conversation of pull request `number` as the token's user.
+    async fn comment(&self, token: &str, number: i64, body: &str) {
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{}/repos/{OWNER}/{NAME}/issues/{number}/comments",
+                self.fake.url()
+            ))
+            .bearer_auth(token)
+            .header("accept", "application/vnd.github+json")
+            .header("user-agent", "hookdock-test")
+            .json(&json!({ "body": body }))
+            .send()
+            .await
+            .expect("comment request");
+        assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    }
+
     async fn rows(&self) -> Rows {
         let pulls = self
             .store
@@ -254,6 +271,8 @@ async fn seed(env: &Env) -> Vec<Value> {
         .await;
     env.review(CAROL_TOKEN, 11, json!({"body": "draft thoughts"}))
         .await;
+    // The open pull request has no review, only bob's question in the conversation.
+    env.comment(BOB_TOKEN, 10, "Is this still needed?").await;
     pulls
 }
 
@@ -321,7 +340,16 @@ async fn check_rows(env: &Env) {
 
     let open = &rows.pulls[0];
     assert_eq!(open.state, "open");
-    assert_eq!((open.reviews, open.first_review_at), (0, None));
+    let commented = env.fake.issue_comments(OWNER, NAME, 10);
+    let commented_at = commented[0]["created_at"]
+        .as_str()
+        .and_then(hookdock::handlers::metrics::parse_time);
+    assert!(commented_at.is_some(), "{commented:?}");
+    assert_eq!(
+        (open.reviews, open.first_review_at),
+        (0, commented_at),
+        "a comment by someone else is the first review, not a review"
+    );
     assert_eq!(open.created_at, secs(now - 20 * DAY));
 
     let states: Vec<(i64, &str, i64)> = rows
@@ -371,6 +399,7 @@ async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backe
             resumed: 0,
             reviews: 3,
             reviews_skipped: 1,
+            comments: 1,
         }
     );
     assert_eq!(
@@ -688,7 +717,7 @@ async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     assert_eq!(
         last["report"],
         json!({"repo": REPO, "listed": 3, "fetched": 3, "resumed": 0, "reviews": 3,
-            "reviews_skipped": 1})
+            "reviews_skipped": 1, "comments": 1})
     );
     let pulls = app
         .store
