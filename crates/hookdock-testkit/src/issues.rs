@@ -133,60 +133,98 @@ fn label_names(body: &Value) -> Vec<String> {
 /// Stores an issue that is not a pull request (e.g. a webhook payload's `issue`), with its
 /// labels.
 pub(crate) fn add_issue(st: &mut State, owner: &str, repo: &str, given: Value) {
-    let key = crate::state::repo_key(owner, repo);
-    let number = given["number"]
-        .as_u64()
-        .expect("issue object needs a `number`");
-    let labels: Vec<String> = given["labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["name"].as_str().map(str::to_owned))
-        .collect();
-    let full = st
-        .repos
-        .get(&key)
-        .map(|r| format!("{}/{}", r.owner, r.name))
-        .unwrap_or_else(|| format!("{owner}/{repo}"));
-    let base = st.base_url.clone();
-    let mut issue = crate::state::example("issues/get", 200);
-    crate::state::localize(&mut issue, &base, Some(&full));
-    for field in [
-        "id",
-        "node_id",
-        "title",
-        "body",
-        "state",
-        "user",
-        "created_at",
-        "updated_at",
-        "closed_at",
-        "locked",
-        "assignee",
-        "assignees",
-        "milestone",
-        "author_association",
-    ] {
-        if let Some(v) = given.get(field) {
-            issue[field] = v.clone();
+    let mut new = NewIssue::build(st, owner, repo, &given, &["id", "node_id"]);
+    let NewIssue { full, number, .. } = &new;
+    new.issue["html_url"] = json!(format!("https://github.com/{full}/issues/{number}"));
+    if let Some(map) = new.issue.as_object_mut() {
+        map.remove("pull_request");
+    }
+    new.store(st);
+}
+
+/// An issue being added: GitHub's example issue with the given object's fields, and the
+/// names of its labels. Shared by plain issues and the issue side of pull requests.
+pub(crate) struct NewIssue {
+    pub key: String,
+    pub full: String,
+    pub number: u64,
+    pub labels: Vec<String>,
+    pub issue: Value,
+}
+
+impl NewIssue {
+    /// From `given` (an issue or a pull request): the common fields, plus `extra` ones.
+    pub(crate) fn build(
+        st: &State,
+        owner: &str,
+        repo: &str,
+        given: &Value,
+        extra: &[&str],
+    ) -> NewIssue {
+        let key = crate::state::repo_key(owner, repo);
+        let number = given["number"]
+            .as_u64()
+            .expect("the object needs a `number`");
+        let labels: Vec<String> = given["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str().map(str::to_owned))
+            .collect();
+        let full = st
+            .repos
+            .get(&key)
+            .map(|r| format!("{}/{}", r.owner, r.name))
+            .unwrap_or_else(|| format!("{owner}/{repo}"));
+        let base = st.base_url.clone();
+        let mut issue = example("issues/get", 200);
+        localize(&mut issue, &base, Some(&full));
+        let common = [
+            "title",
+            "body",
+            "state",
+            "user",
+            "created_at",
+            "updated_at",
+            "closed_at",
+            "locked",
+            "assignee",
+            "assignees",
+            "milestone",
+            "author_association",
+        ];
+        for field in extra.iter().chain(common.iter()) {
+            if let Some(v) = given.get(*field) {
+                issue[*field] = v.clone();
+            }
+        }
+        issue["number"] = json!(number);
+        let issue_url = format!("{base}/repos/{full}/issues/{number}");
+        issue["url"] = json!(issue_url);
+        issue["repository_url"] = json!(format!("{base}/repos/{full}"));
+        issue["labels_url"] = json!(format!("{issue_url}/labels{{/name}}"));
+        issue["comments_url"] = json!(format!("{issue_url}/comments"));
+        issue["events_url"] = json!(format!("{issue_url}/events"));
+        issue["comments"] = json!(0);
+        if let Some(map) = issue.as_object_mut() {
+            map.remove("closed_by");
+        }
+        NewIssue {
+            key,
+            full,
+            number,
+            labels,
+            issue,
         }
     }
-    issue["number"] = json!(number);
-    let issue_url = format!("{base}/repos/{full}/issues/{number}");
-    issue["url"] = json!(issue_url);
-    issue["repository_url"] = json!(format!("{base}/repos/{full}"));
-    issue["labels_url"] = json!(format!("{issue_url}/labels{{/name}}"));
-    issue["comments_url"] = json!(format!("{issue_url}/comments"));
-    issue["events_url"] = json!(format!("{issue_url}/events"));
-    issue["html_url"] = json!(format!("https://github.com/{full}/issues/{number}"));
-    issue["comments"] = json!(0);
-    if let Some(map) = issue.as_object_mut() {
-        map.remove("pull_request");
-        map.remove("closed_by");
+
+    /// Completes the issue to GitHub's schema and stores it with its labels.
+    pub(crate) fn store(mut self, st: &mut State) {
+        crate::state::complete("issues/get", 200, &mut self.issue);
+        st.labels
+            .insert((self.key.clone(), self.number), self.labels);
+        st.issues.insert((self.key, self.number), self.issue);
     }
-    crate::state::complete("issues/get", 200, &mut issue);
-    st.labels.insert((key.clone(), number), labels);
-    st.issues.insert((key, number), issue);
 }
 
 /// The issue JSON with its current labels.

