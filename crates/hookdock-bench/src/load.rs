@@ -249,6 +249,7 @@ fn phase_result(
         kind: kind.into(),
         sent: 0,
         group_commit: None,
+        flush: None,
         setting,
         seconds: secs,
         ok: tally.ok,

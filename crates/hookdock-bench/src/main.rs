@@ -261,8 +261,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 phase.sent = deliveries.sent();
                 if target.is_hookdock() {
                     let metrics = load::get(addr, "/metrics").await;
-                    phase.group_commit = metrics
-                        .and_then(|m| report::group_commit_stats(&String::from_utf8_lossy(&m)));
+                    let text = metrics.map(|m| String::from_utf8_lossy(&m).into_owned());
+                    phase.group_commit = text.as_deref().and_then(report::group_commit_stats);
+                    phase.flush = text.as_deref().and_then(report::flush_stats);
                 }
                 anyhow::Ok(phase)
             });

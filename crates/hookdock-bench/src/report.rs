@@ -45,6 +45,9 @@ pub struct Phase {
     /// hookdock only: mean deliveries per group commit and mean commit time (ms), from its
     /// `/metrics` at the end of the phase.
     pub group_commit: Option<(f64, f64)>,
+    /// hookdock on SQLite only: mean commits' callers answered per WAL flush and mean flush
+    /// time (ms), from `hookdock_store_sync_waiters` and `hookdock_store_sync_seconds`.
+    pub flush: Option<(f64, f64)>,
     /// Connections (closed loop) or target rate (open loop), for the label.
     pub setting: u64,
     pub seconds: f64,
@@ -79,22 +82,34 @@ impl TargetResult {
     }
 }
 
-/// Mean batch size and mean seconds per batch from hookdock's Prometheus text
-/// (`hookdock_store_batch_size` and `hookdock_store_batch_seconds` summaries).
-pub fn group_commit_stats(metrics: &str) -> Option<(f64, f64)> {
-    let value = |name: &str| {
+/// `(count, sum)` of a summary in Prometheus text, whatever its labels.
+fn summary(metrics: &str, name: &str) -> Option<(f64, f64)> {
+    let value = |suffix: &str| {
+        let name = format!("{name}{suffix}");
         metrics.lines().find_map(|line| {
-            let rest = line.strip_prefix(name)?;
+            let rest = line.strip_prefix(name.as_str())?;
             let rest = rest
                 .strip_prefix('{')
                 .map_or(Some(rest), |r| r.split_once('}').map(|(_, v)| v))?;
             rest.trim().parse::<f64>().ok()
         })
     };
-    let batches = value("hookdock_store_batch_size_count")?;
-    let ops = value("hookdock_store_batch_size_sum")?;
-    let secs = value("hookdock_store_batch_seconds_sum")?;
+    Some((value("_count")?, value("_sum")?))
+}
+
+/// Mean batch size and mean milliseconds per batch from hookdock's Prometheus text
+/// (`hookdock_store_batch_size` and `hookdock_store_batch_seconds` summaries).
+pub fn group_commit_stats(metrics: &str) -> Option<(f64, f64)> {
+    let (batches, ops) = summary(metrics, "hookdock_store_batch_size")?;
+    let (_, secs) = summary(metrics, "hookdock_store_batch_seconds")?;
     (batches > 0.0).then(|| (ops / batches, secs * 1000.0 / batches))
+}
+
+/// Mean waiters per WAL flush and mean milliseconds per flush (`hookdock_store_sync_*`).
+pub fn flush_stats(metrics: &str) -> Option<(f64, f64)> {
+    let (flushes, waiters) = summary(metrics, "hookdock_store_sync_waiters")?;
+    let (_, secs) = summary(metrics, "hookdock_store_sync_seconds")?;
+    (flushes > 0.0).then(|| (waiters / flushes, secs * 1000.0 / flushes))
 }
 
 /// `a / b`, or NaN when there is nothing to divide by.
@@ -213,8 +228,14 @@ pub fn table(results: &[TargetResult]) -> String {
             .chain(&r.open)
             .filter_map(|p| {
                 let (size, ms) = p.group_commit?;
+                let flush = p
+                    .flush
+                    .map(|(waiters, ms)| {
+                        format!(", {waiters:.1} answers per WAL flush, {ms:.2} ms per flush")
+                    })
+                    .unwrap_or_default();
                 Some(format!(
-                    "; {}: {size:.1} deliveries per commit, {ms:.2} ms per commit",
+                    "; {}: {size:.1} operations per commit, {ms:.2} ms per commit{flush}",
                     p.kind
                 ))
             })
@@ -238,6 +259,7 @@ mod tests {
             kind: kind.into(),
             sent: 0,
             group_commit: None,
+            flush: None,
             setting: if kind == "open" { 1000 } else { 64 },
             seconds: 10.0,
             ok: 1,
@@ -295,6 +317,11 @@ mod tests {
         assert!((size - 32.06).abs() < 0.01, "{size}");
         assert!((ms - 14.18).abs() < 0.01, "{ms}");
         assert_eq!(group_commit_stats("nothing"), None);
+        let text = "hookdock_store_sync_waiters_sum 300\nhookdock_store_sync_waiters_count 10\n\
+            hookdock_store_sync_seconds_sum 0.02\nhookdock_store_sync_seconds_count 10\n";
+        let (waiters, ms) = flush_stats(text).unwrap();
+        assert!((waiters - 30.0).abs() < 1e-9 && (ms - 2.0).abs() < 1e-9);
+        assert_eq!(flush_stats("nothing"), None);
     }
 
     #[test]

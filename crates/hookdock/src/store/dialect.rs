@@ -29,11 +29,14 @@ impl Dialect {
     /// Statements run on every new connection.
     pub fn connection_setup(self, writer: bool) -> &'static [&'static str] {
         match (self, writer) {
-            // WAL lets readers run beside the writer; synchronous=FULL fsyncs the WAL at each
-            // commit, so a committed delivery survives power loss, not just a crash.
+            // WAL lets readers run beside the writer. Commits do not fsync
+            // (synchronous=NORMAL): the store's syncer fdatasyncs the WAL file after a commit
+            // and only then are the writes that must be durable answered (see
+            // `store::syncer`), so the next transaction runs while the disk flushes the last.
+            // Checkpoints still sync in NORMAL mode.
             (Dialect::Sqlite, true) => &[
                 "PRAGMA journal_mode = WAL",
-                "PRAGMA synchronous = FULL",
+                "PRAGMA synchronous = NORMAL",
                 "PRAGMA busy_timeout = 10000",
                 "PRAGMA foreign_keys = ON",
                 // Multi-row statements keep their statement journal in memory, not /var/tmp.
@@ -49,21 +52,42 @@ impl Dialect {
         }
     }
 
-    /// How a write transaction starts. Only transactions that hold deliveries GitHub is
-    /// waiting for are `durable` (fsynced at commit); queue bookkeeping (claims, finishes,
-    /// releases) is not: losing its last commits to a power cut only means a job runs again,
-    /// and a job's effects commit with its finish, so they still apply once.
-    ///
-    /// SQLite's sync level is per connection, so every write transaction sets it; the PRAGMA
-    /// and the `BEGIN` go to the database in one call (one hand-off to sqlx's SQLite thread).
-    /// `None`: a plain `BEGIN`.
+    /// How a write transaction starts. On PostgreSQL only transactions that hold deliveries
+    /// GitHub is waiting for are `durable` (flushed at commit); queue bookkeeping (claims,
+    /// finishes, releases) is not: losing its last commits to a power cut only means a job
+    /// runs again, and a job's effects commit with its finish, so they still apply once.
+    /// SQLite commits never fsync; durability comes from the syncer. `None`: a plain `BEGIN`.
     pub fn begin_write(self, durable: bool) -> Option<&'static str> {
         match (self, durable) {
-            (Dialect::Sqlite, true) => Some("PRAGMA synchronous = FULL; BEGIN"),
-            (Dialect::Sqlite, false) => Some("PRAGMA synchronous = NORMAL; BEGIN"),
-            (Dialect::Postgres, true) => None,
+            (Dialect::Sqlite, _) | (Dialect::Postgres, true) => None,
             (Dialect::Postgres, false) => Some("BEGIN; SET LOCAL synchronous_commit = off"),
         }
+    }
+
+    /// Whether commits reach the disk only through the store's syncer (an `fdatasync` of the
+    /// WAL file after the commit) rather than by themselves.
+    pub fn syncs_separately(self) -> bool {
+        self == Dialect::Sqlite
+    }
+
+    /// Whether job claims go through the group-commit writer. SQLite has one write connection,
+    /// so a claim joins the writer's next transaction instead of waiting for the connection;
+    /// on PostgreSQL claims run on their own connections beside the writer.
+    pub fn claims_through_writer(self) -> bool {
+        self == Dialect::Sqlite
+    }
+
+    /// Whether the group-commit writer runs on a thread of its own. SQLite's connections live
+    /// on their own threads and use no I/O of the runtime, so the writer can too; PostgreSQL's
+    /// sockets belong to the shared runtime.
+    pub fn writer_thread(self) -> bool {
+        self == Dialect::Sqlite
+    }
+
+    /// Whether transactions that decide a key's head job take advisory locks on the keys
+    /// (PostgreSQL: several instances write at once; SQLite has a single writer).
+    pub fn needs_key_locks(self) -> bool {
+        self == Dialect::Postgres
     }
 
     /// Whether queries built for this dialect use `?` placeholders rather than `$n`. sqlx binds

@@ -6,6 +6,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::jobs::insert_jobs;
 use super::sql::{Sql, padded_chunks};
 use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
 
@@ -134,9 +135,6 @@ pub struct EventFilter {
     pub before_id: Option<i64>,
     pub limit: u32,
 }
-
-/// Most job rows in one multi-row statement (8 parameters each).
-const MAX_JOBS_PER_STATEMENT: usize = 128;
 
 /// Writes a batch of deliveries in the caller's transaction. Duplicates (already stored, or
 /// repeated within the batch) change nothing; a new delivery id whose body hash is already
@@ -302,43 +300,6 @@ pub(crate) async fn insert_deliveries(
         .into_iter()
         .map(|o| o.ok_or_else(|| sqlx::Error::Protocol("delivery without outcome".into())))
         .collect()
-}
-
-/// Creates pending jobs `(event_id, handler, ordering_key)`, runnable now. Jobs that exist
-/// already are left as they are.
-pub(crate) async fn insert_jobs(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    jobs: &[(i64, &'static str, &str)],
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    for (start, rows, slots) in padded_chunks(jobs.len(), MAX_JOBS_PER_STATEMENT) {
-        let mut sql = Sql::with(
-            dialect,
-            "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
-             created_at, updated_at) VALUES ",
-        );
-        for n in 0..slots {
-            // Spare slots repeat the last job, which `ON CONFLICT` then skips.
-            let (event_id, handler, key) = jobs[start + n.min(rows - 1)];
-            sql.push(if n == 0 { "(" } else { ", (" });
-            sql.bind(event_id)
-                .push(", ")
-                .bind(handler)
-                .push(", ")
-                .bind(key);
-            sql.push(", 'pending', 0, ")
-                .bind(now)
-                .push(", ")
-                .bind(now)
-                .push(", ")
-                .bind(now);
-            sql.push(")");
-        }
-        sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
-        sql.execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 impl Store {

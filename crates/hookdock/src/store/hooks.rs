@@ -196,6 +196,8 @@ impl Store {
             .fetch_optional(&self.inner.write)
             .await?
             .ok_or_else(|| StoreError::Corrupt("upsert returned no row".into()))?;
+        // GitHub is given this secret next: it must survive a power cut.
+        self.sync().await?;
         registration(&row)
     }
 
@@ -221,7 +223,7 @@ impl Store {
         sql.push(", updated_at = ").bind(now);
         sql.push(" WHERE id = ").bind(id);
         sql.execute(&self.inner.write).await?;
-        Ok(())
+        self.sync().await
     }
 
     /// Records the outcome of a check; `last_delivery` is kept when `None`.
@@ -259,7 +261,7 @@ impl Store {
         let mut sql = Sql::new("DELETE FROM hook_registrations WHERE id = ");
         sql.bind(id);
         sql.execute(&self.inner.write).await?;
-        Ok(())
+        self.sync().await
     }
 
     /// Claims the right to ask GitHub to redeliver `guid`: true for a guid never asked for, or
@@ -369,6 +371,8 @@ impl Store {
                 changed += 1;
             }
         }
+        // The old key is forgotten after this returns.
+        self.sync().await?;
         Ok(changed)
     }
 }

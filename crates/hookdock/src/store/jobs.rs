@@ -4,13 +4,18 @@
 //! A job may be claimed when it is due (pending, or failed with its retry time reached, or
 //! processing with an expired lease) and no earlier job of the same handler and ordering key is
 //! still unfinished (pending, processing or failed). Done and dead jobs never hold a key back.
+//!
+//! That rule is kept as a flag: the one unfinished job of a key that may run is its head, the
+//! others are `blocked`. A job inserted behind an unfinished one starts blocked; when a head is
+//! done or dead, the oldest unfinished job of its key becomes the head. Claims then only look
+//! at heads.
 
 use std::collections::{BTreeSet, HashMap};
 
+use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 
-use super::events::insert_jobs;
-use super::sql::Sql;
+use super::sql::{Sql, padded_chunks};
 use super::{Dialect, Effect, EventStatus, JobStatus, Store, StoreError, opt_text};
 
 /// A job this worker now holds a lease on, with what its handler needs of the event.
@@ -77,17 +82,20 @@ pub struct ReplayReport {
     pub status: String,
 }
 
-const EVENT_STATUS_FROM_JOBS: &str = "status = CASE \
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.status = 'dead') THEN 'dead' \
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.status = 'failed') THEN 'failed' \
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.status = 'processing') THEN 'processing' \
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id AND jobs.status = 'pending') THEN 'pending' \
-    WHEN EXISTS (SELECT 1 FROM jobs WHERE jobs.event_id = events.id) THEN 'done' \
-    ELSE 'ignored' END, \
-    last_error = (SELECT jobs.last_error FROM jobs WHERE jobs.event_id = events.id \
-        AND jobs.last_error IS NOT NULL ORDER BY jobs.updated_at DESC LIMIT 1)";
+/// Statuses of a job that is not finished: it holds its key.
+const ACTIVE: &str = "('pending', 'failed', 'processing')";
 
-/// Recomputes the status of events from their jobs.
+/// An event's status from its jobs (the worst of them), and its last error.
+const EVENT_STATUS_FROM_JOBS: &str = "(SELECT CASE COALESCE(MAX(CASE jobs.status \
+        WHEN 'dead' THEN 5 WHEN 'failed' THEN 4 WHEN 'processing' THEN 3 WHEN 'pending' THEN 2 \
+        ELSE 1 END), 0) \
+    WHEN 5 THEN 'dead' WHEN 4 THEN 'failed' WHEN 3 THEN 'processing' WHEN 2 THEN 'pending' \
+    WHEN 1 THEN 'done' ELSE 'ignored' END FROM jobs WHERE jobs.event_id = events.id)";
+const EVENT_ERROR_FROM_JOBS: &str = "(SELECT jobs.last_error FROM jobs WHERE jobs.event_id = events.id \
+    AND jobs.last_error IS NOT NULL ORDER BY jobs.updated_at DESC LIMIT 1)";
+
+/// Recomputes the status and last error of events from their jobs. Rows whose status and error
+/// are unchanged are not written (most job transitions leave their event as it was).
 async fn refresh_events(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -99,9 +107,160 @@ async fn refresh_events(
         return Ok(());
     }
     let mut sql = Sql::with(dialect, "UPDATE events SET updated_at = ");
-    sql.bind(now).push(", ").push(EVENT_STATUS_FROM_JOBS);
-    sql.push(" WHERE id IN ").bind_list(ids);
+    sql.bind(now);
+    sql.push(&format!(
+        ", status = {EVENT_STATUS_FROM_JOBS}, last_error = {EVENT_ERROR_FROM_JOBS} WHERE id IN "
+    ));
+    sql.bind_list(ids);
+    sql.push(&format!(
+        " AND (status <> {EVENT_STATUS_FROM_JOBS} OR last_error IS DISTINCT FROM {EVENT_ERROR_FROM_JOBS})"
+    ));
     sql.execute(conn).await?;
+    Ok(())
+}
+
+/// A stable 64-bit number for a (handler, ordering key), for PostgreSQL's advisory locks.
+fn key_lock_id(handler: &str, key: &str) -> i64 {
+    let digest = Sha256::new()
+        .chain_update(handler.as_bytes())
+        .chain_update([0u8])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Serializes, across instances, the transactions that decide which job heads a key: inserting
+/// jobs (blocked or not), finishing a head (promoting the next) and replaying. Without it, on
+/// PostgreSQL, a job inserted while its key's head is being finished by another instance could
+/// stay blocked with no head left to promote it. The locks are taken in one sorted order, so
+/// two transactions never wait for each other in a cycle, and held until commit. SQLite has
+/// one writer, so nothing is taken there.
+pub(super) async fn lock_keys<'k>(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    keys: impl IntoIterator<Item = (&'k str, &'k str)>,
+) -> Result<(), sqlx::Error> {
+    if !dialect.needs_key_locks() {
+        return Ok(());
+    }
+    let ids: BTreeSet<i64> = keys.into_iter().map(|(h, k)| key_lock_id(h, k)).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut sql = Sql::with(
+        dialect,
+        "SELECT pg_advisory_xact_lock(t.column1) FROM (VALUES ",
+    );
+    for (n, id) in ids.into_iter().enumerate() {
+        sql.push(if n == 0 { "(CAST(" } else { ", (CAST(" });
+        sql.bind(id)
+            .push(" AS BIGINT), ")
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .push(")");
+    }
+    sql.push(") AS t ORDER BY t.column2");
+    sql.fetch_all(conn).await?;
+    Ok(())
+}
+
+/// Most job rows in one multi-row statement (10 parameters each).
+const MAX_JOBS_PER_STATEMENT: usize = 128;
+
+/// Creates pending jobs `(event_id, handler, ordering_key)`, runnable now unless an earlier
+/// unfinished job of their key exists (then they start blocked). Jobs that exist already are
+/// left as they are.
+pub(crate) async fn insert_jobs(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    jobs: &[(i64, &'static str, &str)],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    lock_keys(&mut *conn, dialect, jobs.iter().map(|(_, h, k)| (*h, *k))).await?;
+    // A job behind another of the same key in this batch is blocked by it; the first of each
+    // key asks the table (a statement does not see its own rows on PostgreSQL).
+    let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let first: Vec<bool> = jobs.iter().map(|(_, h, k)| seen.insert((*h, *k))).collect();
+    for (start, rows, slots) in padded_chunks(jobs.len(), MAX_JOBS_PER_STATEMENT) {
+        let mut sql = Sql::with(
+            dialect,
+            "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
+             created_at, updated_at, blocked) VALUES ",
+        );
+        for n in 0..slots {
+            // Spare slots repeat the last job, which `ON CONFLICT` then skips.
+            let i = start + n.min(rows - 1);
+            let (event_id, handler, key) = jobs[i];
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.bind(event_id)
+                .push(", ")
+                .bind(handler)
+                .push(", ")
+                .bind(key);
+            sql.push(", 'pending', 0, ")
+                .bind(now)
+                .push(", ")
+                .bind(now)
+                .push(", ")
+                .bind(now);
+            // The same text for every row, so that the statement stays in the cache.
+            sql.push(", CASE WHEN ")
+                .bind(i64::from(!first[i]))
+                .push(" <> 0 OR EXISTS (SELECT 1 FROM jobs e WHERE e.handler = ")
+                .bind(handler)
+                .push(" AND e.ordering_key = ")
+                .bind(key);
+            sql.push(&format!(" AND e.status IN {ACTIVE}) THEN 1 ELSE 0 END)"));
+        }
+        sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
+        sql.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Lets the oldest unfinished job of each key run once its head is done or dead. A key that
+/// still has a head (or no unfinished job) is left as it is.
+async fn promote_heads(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    keys: &BTreeSet<(String, String)>,
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    lock_keys(
+        &mut *conn,
+        dialect,
+        keys.iter().map(|(h, k)| (h.as_str(), k.as_str())),
+    )
+    .await?;
+    let keys: Vec<&(String, String)> = keys.iter().collect();
+    for chunk in keys.chunks(128) {
+        let mut sql = Sql::with(
+            dialect,
+            &format!(
+                "UPDATE jobs SET blocked = 0 WHERE blocked = 1 AND id IN (SELECT \
+                 (SELECT MIN(j.id) FROM jobs j WHERE j.handler = k.column1 \
+                 AND j.ordering_key = k.column2 AND j.status IN {ACTIVE}) FROM (VALUES "
+            ),
+        );
+        for (n, (handler, key)) in chunk.iter().enumerate() {
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.bind(handler.as_str())
+                .push(", ")
+                .bind(key.as_str())
+                .push(")");
+        }
+        sql.push(&format!(
+            ") AS k WHERE NOT EXISTS (SELECT 1 FROM jobs h WHERE h.handler = k.column1 \
+             AND h.ordering_key = k.column2 AND h.blocked = 0 AND h.status IN {ACTIVE}))"
+        ));
+        sql.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -182,7 +341,8 @@ pub(super) async fn apply_effect(
 }
 
 /// Records job results in the caller's transaction. Returns, per finish, whether it was
-/// recorded (false: the lease had moved to another worker, nothing written for it).
+/// recorded (false: the lease had moved to another worker, nothing written for it). A job that
+/// is done or dead frees its key: the next job of the key becomes its head.
 pub(crate) async fn finish_jobs(
     conn: &mut AnyConnection,
     dialect: Dialect,
@@ -192,6 +352,7 @@ pub(crate) async fn finish_jobs(
     let mut recorded = vec![false; finishes.len()];
     let mut history: Vec<(i64, i64, &str, i64, Option<&str>)> = Vec::new();
     let mut touched_events = Vec::new();
+    let mut freed: BTreeSet<(String, String)> = BTreeSet::new();
 
     // Successful jobs of one lease owner are marked done in one statement.
     let mut done_by_owner: HashMap<&str, Vec<usize>> = HashMap::new();
@@ -215,13 +376,12 @@ pub(crate) async fn finish_jobs(
                 .bind(owner);
             sql.push(" AND id IN ")
                 .bind_list(chunk.iter().map(|&i| finishes[i].job_id));
-            sql.push(" RETURNING id");
-            let confirmed: BTreeSet<i64> = sql
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()?;
+            sql.push(" RETURNING id, handler, ordering_key");
+            let mut confirmed = BTreeSet::new();
+            for row in sql.fetch_all(&mut *conn).await? {
+                confirmed.insert(row.try_get::<i64, _>(0)?);
+                freed.insert((row.try_get(1)?, row.try_get(2)?));
+            }
             for &i in chunk {
                 let f = &finishes[i];
                 if !confirmed.contains(&f.job_id) {
@@ -261,7 +421,11 @@ pub(crate) async fn finish_jobs(
             .bind(f.job_id);
         sql.push(" AND status = 'processing' AND lease_owner = ")
             .bind(f.lease_owner.as_str());
-        if sql.execute(&mut *conn).await?.rows_affected() == 1 {
+        sql.push(" RETURNING handler, ordering_key");
+        if let Some(row) = sql.fetch_optional(&mut *conn).await? {
+            if status == JobStatus::Dead {
+                freed.insert((row.try_get(0)?, row.try_get(1)?));
+            }
             recorded[i] = true;
             history.push((
                 f.job_id,
@@ -274,9 +438,76 @@ pub(crate) async fn finish_jobs(
         }
     }
 
+    promote_heads(conn, dialect, &freed).await?;
     record_history(conn, dialect, &history, now).await?;
     refresh_events(conn, dialect, touched_events, now).await?;
     Ok(recorded)
+}
+
+/// What a claim asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRequest {
+    pub owner: String,
+    pub limit: u32,
+    pub lease_until: i64,
+    pub now: i64,
+}
+
+/// A job just claimed: `(job_id, event_id, handler, attempts)`.
+pub(crate) type ClaimedRow = (i64, i64, String, i64);
+
+/// Claims due jobs in the caller's transaction: heads of their key (pending, failed with the
+/// retry time reached, or processing with an expired lease), oldest first.
+pub(crate) async fn claim_in(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    request: &ClaimRequest,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    let now = request.now;
+    let mut sql = Sql::with(
+        dialect,
+        "UPDATE jobs SET status = 'processing', lease_owner = ",
+    );
+    sql.bind(request.owner.as_str());
+    sql.push(", lease_until = ").bind(request.lease_until);
+    sql.push(", attempts = attempts + 1, updated_at = ")
+        .bind(now);
+    sql.push(&format!(
+        " WHERE id IN (SELECT j.id FROM jobs j WHERE j.blocked = 0 AND j.status IN {ACTIVE} \
+         AND ((j.status = 'processing' AND j.lease_until < "
+    ));
+    sql.bind(now)
+        .push(") OR (j.status <> 'processing' AND j.run_at <= ")
+        .bind(now);
+    sql.push(")) ORDER BY j.id LIMIT ")
+        .bind(i64::from(request.limit))
+        .push(" ")
+        .push(dialect.claim_lock());
+    sql.push(") RETURNING id, event_id, handler, attempts");
+    let mut claimed: Vec<ClaimedRow> = sql
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    if claimed.is_empty() {
+        return Ok(claimed);
+    }
+    claimed.sort_by_key(|c| c.0);
+    let history: Vec<_> = claimed
+        .iter()
+        .map(|(job, event, _, attempt)| (*job, *event, "processing", *attempt, None))
+        .collect();
+    record_history(&mut *conn, dialect, &history, now).await?;
+    let mut sql = Sql::with(
+        dialect,
+        "UPDATE events SET status = 'processing', updated_at = ",
+    );
+    sql.bind(now)
+        .push(" WHERE status IN ('pending', 'failed') AND id IN ");
+    sql.bind_list(claimed.iter().map(|c| c.1).collect::<BTreeSet<_>>());
+    sql.execute(&mut *conn).await?;
+    Ok(claimed)
 }
 
 impl Store {
@@ -288,54 +519,26 @@ impl Store {
         lease_until: i64,
         now: i64,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let mut conn = self.inner.write.acquire().await?;
-        let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
-        // Only the head of each (handler, ordering key) may run: the oldest job of the key that
-        // is not finished. Heads come from a scan of the ordering index alone (one entry per
-        // active job, no table reads), so a long backlog behind one key stays cheap to skip.
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "WITH heads AS (SELECT MIN(id) AS id FROM jobs WHERE status IN ('pending', 'failed', 'processing') \
-             GROUP BY handler, ordering_key), \
-             c AS (SELECT j.id FROM jobs j WHERE j.id IN (SELECT id FROM heads) AND ((j.status = 'processing' AND j.lease_until < ",
-        );
-        sql.bind(now)
-            .push(") OR (j.status <> 'processing' AND j.run_at <= ")
-            .bind(now);
-        sql.push(")) ORDER BY j.id LIMIT ");
-        sql.bind(i64::from(limit))
-            .push(" ")
-            .push(self.inner.dialect.claim_lock());
-        sql.push(") UPDATE jobs SET status = 'processing', lease_owner = ")
-            .bind(owner);
-        sql.push(", lease_until = ").bind(lease_until);
-        sql.push(", attempts = attempts + 1, updated_at = ")
-            .bind(now);
-        sql.push(" WHERE id IN (SELECT id FROM c) RETURNING id, event_id, handler, attempts");
-        let claimed: Vec<(i64, i64, String, i64)> = sql
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        if claimed.is_empty() {
+        let request = ClaimRequest {
+            owner: owner.to_owned(),
+            limit,
+            lease_until,
+            now,
+        };
+        // On SQLite the claim joins the writer's next transaction (one write connection, one
+        // commit for everything queued); on PostgreSQL claims run beside the writer.
+        let claimed = if self.inner.dialect.claims_through_writer() {
+            self.inner.writer.claim(request).await?
+        } else {
+            let mut conn = self.inner.write.acquire().await?;
+            let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
+            let claimed = claim_in(&mut tx, self.inner.dialect, &request).await?;
             tx.commit().await?;
+            claimed
+        };
+        if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let history: Vec<_> = claimed
-            .iter()
-            .map(|(job, event, _, attempt)| (*job, *event, "processing", *attempt, None))
-            .collect();
-        record_history(&mut tx, self.inner.dialect, &history, now).await?;
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "UPDATE events SET status = 'processing', updated_at = ",
-        );
-        sql.bind(now)
-            .push(" WHERE status IN ('pending', 'failed') AND id IN ");
-        sql.bind_list(claimed.iter().map(|c| c.1).collect::<BTreeSet<_>>());
-        sql.execute(&mut *tx).await?;
-        tx.commit().await?;
 
         // Event fields for the handlers, read after commit.
         let mut sql = Sql::with(
@@ -436,6 +639,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.sync().await?;
         Ok(released.len() as u64)
     }
 
@@ -493,11 +697,25 @@ impl Store {
             report.queued.push(handler.clone());
             history.push((*job_id, event_id, "pending", *attempts, Some("replayed")));
         }
+        let keys: Vec<(&str, &str)> = existing
+            .iter()
+            .map(|e| (e.1.as_str(), key.as_str()))
+            .chain(subscribed.iter().map(|h| (*h, key.as_str())))
+            .collect();
+        lock_keys(&mut tx, self.inner.dialect, keys).await?;
         if !reset.is_empty() {
+            // A finished job queued again waits behind any unfinished job of its key; one that
+            // is still unfinished keeps its place.
             let mut sql = Sql::with(
                 self.inner.dialect,
-                "UPDATE jobs SET status = 'pending', attempts = 0, lease_owner = NULL, \
-                 lease_until = NULL, last_error = NULL, run_at = ",
+                &format!(
+                    "UPDATE jobs SET blocked = CASE WHEN status IN {ACTIVE} THEN blocked \
+                     WHEN EXISTS (SELECT 1 FROM jobs e WHERE e.handler = jobs.handler \
+                     AND e.ordering_key = jobs.ordering_key AND e.status IN {ACTIVE} \
+                     AND e.id <> jobs.id) THEN 1 ELSE 0 END, \
+                     status = 'pending', attempts = 0, lease_owner = NULL, \
+                     lease_until = NULL, last_error = NULL, run_at = "
+                ),
             );
             sql.bind(now).push(", updated_at = ").bind(now);
             sql.push(" WHERE id IN ").bind_list(reset.iter().copied());
@@ -521,6 +739,7 @@ impl Store {
             None => EventStatus::Ignored.as_str().to_owned(),
         };
         tx.commit().await?;
+        self.sync().await?;
         Ok(report)
     }
 

@@ -20,6 +20,7 @@ mod metrics;
 mod records;
 mod sessions;
 mod sql;
+mod syncer;
 mod writer;
 
 use std::sync::{Arc, Once};
@@ -68,6 +69,8 @@ pub enum StoreError {
     EventNotFound(i64),
     #[error("stored data cannot be read back: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Durability(String),
 }
 
 /// Status of a stored delivery, derived from its jobs once it has any.
@@ -235,6 +238,8 @@ struct Inner {
     /// Used by every write; a single connection on SQLite.
     write: AnyPool,
     writer: writer::WriterHandle,
+    /// SQLite: flushes the WAL after commits (see [`syncer`]).
+    syncer: Option<syncer::Syncer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -301,19 +306,19 @@ impl Store {
         let dialect = Dialect::from_url(url).ok_or_else(|| {
             open_error("unsupported scheme; use sqlite:// or postgres://".to_owned())
         })?;
-        let (read, write) = match dialect {
+        let (read, write, syncer) = match dialect {
             Dialect::Sqlite => {
-                let url = prepare_sqlite_url(url).map_err(open_error)?;
+                let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
                 let write = pool(dialect, true, 1, &url).await?;
                 let read = pool(dialect, false, options.max_connections.max(2), &url).await?;
-                (read, write)
+                (read, write, Some(syncer::Syncer::spawn(path)?))
             }
             Dialect::Postgres => {
                 let pool = pool(dialect, true, options.max_connections.max(4), url).await?;
-                (pool.clone(), pool)
+                (pool.clone(), pool, None)
             }
         };
-        let writer = writer::spawn(dialect, write.clone(), options.max_batch);
+        let writer = writer::spawn(dialect, write.clone(), options.max_batch, syncer.clone());
         if dialect == Dialect::Sqlite {
             tokio::spawn(checkpoints(read.clone()));
         }
@@ -323,6 +328,7 @@ impl Store {
                 read,
                 write,
                 writer,
+                syncer,
             }),
         })
     }
@@ -377,6 +383,21 @@ impl Store {
     /// when the job's lease had passed to another worker, in which case nothing was written.
     pub async fn finish_job(&self, finish: JobFinish) -> Result<bool, StoreError> {
         self.inner.writer.finish(finish).await
+    }
+
+    /// Returns once every write committed before the call is on disk. Writes outside the
+    /// group-commit writer that must survive a power cut call this after committing (SQLite
+    /// commits do not wait for the disk; PostgreSQL's do, so this is a no-op there).
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        match &self.inner.syncer {
+            Some(syncer) => syncer.barrier().await,
+            None => Ok(()),
+        }
+    }
+
+    /// False once flushing to disk has failed (SQLite): the store then refuses deliveries.
+    pub fn durable(&self) -> bool {
+        self.inner.syncer.as_ref().is_none_or(|s| !s.failed())
     }
 
     /// Stops the writer after it has committed everything already handed to it, then closes
@@ -454,7 +475,7 @@ pub(crate) async fn begin_write(
 }
 
 /// Makes sure the SQLite file's directory exists and that the file is created on first use.
-fn prepare_sqlite_url(url: &str) -> Result<String, String> {
+fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -481,15 +502,24 @@ fn prepare_sqlite_url(url: &str) -> Result<String, String> {
         (Some(q), false) => out.push_str(&format!("?{q}&mode=rwc")),
         (None, _) => out.push_str("?mode=rwc"),
     }
-    Ok(out)
+    Ok((out, std::path::PathBuf::from(path)))
 }
 
 async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, StoreError> {
     let setup = dialect.connection_setup(writer);
-    AnyPoolOptions::new()
+    let mut options = AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(if writer { 1 } else { 0 })
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10));
+    if dialect == Dialect::Sqlite {
+        // A local file does not drop connections: no ping (a round trip to the connection's
+        // thread) before each use, and the write connection is kept for the life of the store.
+        options = options.test_before_acquire(false);
+        if writer {
+            options = options.max_lifetime(None).idle_timeout(None);
+        }
+    }
+    options
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 for statement in setup {
@@ -529,10 +559,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hookdock-url-{}", std::process::id()));
         let file = dir.join("a/b.db");
         let url = format!("sqlite://{}", file.display());
-        assert_eq!(prepare_sqlite_url(&url).unwrap(), format!("{url}?mode=rwc"));
+        assert_eq!(
+            prepare_sqlite_url(&url).unwrap(),
+            (format!("{url}?mode=rwc"), file.clone())
+        );
         assert!(dir.join("a").is_dir());
         assert_eq!(
-            prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap(),
+            prepare_sqlite_url(&format!("{url}?mode=ro")).unwrap().0,
             format!("{url}?mode=ro")
         );
         assert!(prepare_sqlite_url("sqlite::memory:").is_err());

@@ -115,6 +115,8 @@ impl Store {
             sql.execute(&self.inner.write).await?;
             changed += 1;
         }
+        // The old key is forgotten after this returns.
+        self.sync().await?;
         Ok(changed)
     }
 }

@@ -369,7 +369,170 @@ async fn retention_purges_only_old_finished_events(backend: Backend) {
     app.stop().await;
 }
 
+async fn a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order(backend: Backend) {
+    let recorder = Recorder::new(vec![4], true);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let first = post_issue(&app, 4, 0).await;
+    let worker = app.manual_worker();
+    assert_eq!(worker.run_once().await.unwrap(), 1);
+    assert_eq!(store_status(&app.store, first).await, "dead");
+    // Two more deliveries for the same issue; the first of them is the key's head now.
+    let second = post_issue(&app, 4, 1).await;
+    let third = post_issue(&app, 4, 2).await;
+    recorder.failing.lock().unwrap().clear();
+    let (status, report) = app
+        .api_post(&format!("/api/v1/events/{first}/replay"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "pending");
+    // One job of the key at a time: the head (the second delivery) first; then the replayed
+    // job takes its place in delivery order, before the third.
+    for _ in 0..3 {
+        assert_eq!(worker.run_once().await.unwrap(), 1);
+    }
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    let seqs: Vec<i64> = recorder.seen().iter().map(|s| s.2).collect();
+    assert_eq!(seqs, [0, 1, 0, 2]);
+    for id in [first, second, third] {
+        assert_eq!(store_status(&app.store, id).await, "done");
+    }
+    app.stop().await;
+}
+
+async fn a_long_backlog_behind_one_key_is_claimed_one_job_at_a_time(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    for seq in 0..40 {
+        post_issue(&app, 11, seq).await;
+    }
+    post_issue(&app, 12, 40).await;
+    let worker = app.manual_worker();
+    // The first step takes the head of each key; after that only issue 11 has jobs left.
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    for _ in 0..39 {
+        assert_eq!(worker.run_once().await.unwrap(), 1);
+    }
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    let of_11: Vec<i64> = recorder
+        .seen()
+        .iter()
+        .filter(|s| s.1 == 11)
+        .map(|s| s.2)
+        .collect();
+    assert_eq!(of_11, (0..40).collect::<Vec<i64>>());
+    assert_eq!(app.store.unfinished_jobs().await.unwrap(), 0);
+    app.stop().await;
+}
+
+/// Migration 0011 gives jobs queued before it their place: only the oldest unfinished job of
+/// each key may run, whatever state the others are in.
+async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
+    use sqlx::Row;
+    let db = TestDb::create(&backend).await;
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "postgres",
+    };
+    // The schema as it was before 0011, from a copy of the earlier migration files.
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let before = std::env::temp_dir().join(format!("hookdock-mig-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&before).unwrap();
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0011" {
+            std::fs::copy(&path, before.join(&name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let url = if dialect == "sqlite" {
+        format!("{}?mode=rwc", db.url)
+    } else {
+        db.url.clone()
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&before).ok();
+    // Jobs of handler h on key a (done, failed, pending, pending), on key b (done, pending),
+    // and of handler g on key a (processing with a live lease, pending); one event each.
+    let jobs = [
+        ("h", "a", "done"),
+        ("h", "a", "failed"),
+        ("h", "a", "pending"),
+        ("h", "a", "pending"),
+        ("h", "b", "done"),
+        ("h", "b", "pending"),
+        ("g", "a", "processing"),
+        ("g", "a", "pending"),
+    ];
+    let far = now_ms() + 3_600_000;
+    let mut ids = Vec::new();
+    for (n, (handler, key, status)) in jobs.into_iter().enumerate() {
+        sqlx::query(&format!(
+            "INSERT INTO events (delivery_id, event, status, ordering_key, content_type, \
+             headers, received_at, updated_at, body_size, body_sha256, body) VALUES \
+             ('d{n}', 'issues', 'pending', '{key}', 'application/json', '{{}}', 1, 1, 0, \
+             '{n}', '')"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let lease = if status == "processing" {
+            format!("'w0', {far}")
+        } else {
+            "NULL, NULL".to_owned()
+        };
+        let id: i64 = sqlx::query(&format!(
+            "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
+             lease_owner, lease_until, created_at, updated_at) SELECT id, '{handler}', '{key}', \
+             '{status}', 1, 0, {lease}, 0, 0 FROM events WHERE delivery_id = 'd{n}' RETURNING id"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+        ids.push(id);
+    }
+    pool.close().await;
+    let store = hookdock::store::Store::connect(&db.url, Default::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.migrations_current().await.unwrap());
+    let now = now_ms();
+    let mut claimed: Vec<i64> = store
+        .claim_jobs("w", 10, now + 60_000, now)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.job_id)
+        .collect();
+    claimed.sort();
+    // h/a: the failed job (due) is its key's head; h/b: its pending job. g/a is held by the
+    // processing job's live lease, and everything else waits behind a head.
+    assert_eq!(claimed, [ids[1], ids[5]]);
+    assert_eq!(
+        store
+            .claim_jobs("w", 10, now + 60_000, now)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+    store.close().await;
+}
+
 crate::backend_tests!(
+    jobs_queued_before_the_head_flag_keep_their_order,
+    a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order,
+    a_long_backlog_behind_one_key_is_claimed_one_job_at_a_time,
     jobs_of_one_key_run_in_delivery_order_one_at_a_time,
     failing_job_retries_then_dies_and_holds_back_only_its_key_while_retrying,
     permanent_errors_go_straight_to_dead_and_replay_dead_requeues_all,
