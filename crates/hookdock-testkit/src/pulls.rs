@@ -95,10 +95,9 @@ pub(crate) fn add_pull(st: &mut State, owner: &str, repo: &str, mut pull: Value)
     }
     crate::state::complete("pulls/get", 200, &mut pull);
     new.store(st);
-    if !st.pull_commits.contains_key(&(key.clone(), number)) {
-        let commits = default_commits(&key, number, &pull);
-        st.pull_commits.insert((key.clone(), number), commits);
-    }
+    st.pull_commits
+        .entry((key.clone(), number))
+        .or_insert_with(|| default_commits(&key, number, &pull));
     st.pulls.insert((key, number), pull);
 }
 

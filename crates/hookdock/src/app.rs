@@ -20,7 +20,7 @@ use crate::github::GithubClient;
 use crate::github::{Github, GithubConfig};
 use crate::handlers::automation::{AutomationSet, Automations, llm_reviewer};
 use crate::handlers::repo_config::ConfigDefaults;
-use crate::handlers::{Handler, HandlerRegistry};
+use crate::handlers::{Handler, HandlerRegistry, PullCommitsHandler};
 use crate::hooks::{HookError, HookManager};
 use crate::http::{AppState, Shared, router};
 use crate::ingest::{Ingestor, SourceGuard, WebhookSecrets};
@@ -265,7 +265,8 @@ impl App {
     }
 }
 
-/// The enabled handlers, the automations among them (when a GitHub token lets them act).
+/// The enabled handlers, the commits job and the automations among them (when a GitHub token
+/// lets them act).
 /// The CLI builds the same registry, so a replay from it queues the same jobs.
 pub fn handler_registry(
     settings: &Settings,
@@ -274,6 +275,9 @@ pub fn handler_registry(
     clock: Arc<dyn Clock>,
 ) -> Result<(HandlerRegistry, Option<Arc<AutomationSet>>), AppError> {
     let mut registry = HandlerRegistry::from_settings(&settings.handlers);
+    if let Some(commits) = commits_handler(settings, github, Arc::clone(&clock)) {
+        registry.register(commits);
+    }
     let automations = automation_set(settings, github, store, clock)?;
     if let Some(set) = &automations {
         for handler in set.handlers() {
@@ -281,6 +285,33 @@ pub fn handler_registry(
         }
     }
     Ok((registry, automations))
+}
+
+/// The job that reads pull requests' commits (first commits), when metrics are on and a GitHub
+/// token lets it read them. Its rate-limit waits stay within half the job timeout: a longer
+/// one becomes a retry at GitHub's reset time.
+fn commits_handler(
+    settings: &Settings,
+    github: &Github,
+    clock: Arc<dyn Clock>,
+) -> Option<Arc<dyn Handler>> {
+    let metrics = &settings.handlers.metrics;
+    if !metrics.enabled || !metrics.fetch_commits {
+        return None;
+    }
+    let Some(token) = settings.github_token.clone() else {
+        tracing::info!(
+            "first commits of pull requests come only from backfills: reading them after webhooks needs HOOKDOCK_GITHUB_TOKEN"
+        );
+        return None;
+    };
+    let patience = Duration::from_secs(settings.queue.job_timeout_secs) / 2;
+    let client = github.client(Some(token)).with_max_rate_wait(patience);
+    Some(Arc::new(PullCommitsHandler::new(
+        client,
+        clock,
+        metrics.clone(),
+    )))
 }
 
 /// The automations, when enabled and a GitHub token lets them act.

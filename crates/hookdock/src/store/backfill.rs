@@ -1,10 +1,11 @@
 //! SQL for `hookdock metrics backfill`: the per-repository progress row that makes a run
-//! resumable, and the transaction that applies one pull request's effects together with the
-//! progress it represents (so the recorded progress never runs ahead of the stored rows).
+//! resumable, the transaction that applies one pull request's effects together with the
+//! progress it represents (so the recorded progress never runs ahead of the stored rows), and
+//! the REST API answers kept for `metrics rebuild`.
 
 use std::collections::HashMap;
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::sql::Sql;
 use super::{Effect, Store, StoreError};
@@ -27,15 +28,51 @@ pub struct BackfillProgress {
     pub completed_at: Option<i64>,
 }
 
-/// A REST API answer as a payload of the event it stands for (see the migration
-/// `0009_api_snapshots`).
-#[derive(Debug, Clone, PartialEq)]
+/// A REST API answer as a payload of the event it stands for (see the migrations
+/// `0009_api_snapshots` and `0010_first_commits_and_backfill_runs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSnapshot {
+    /// GitHub's `owner/name`.
+    pub repo: String,
     pub kind: String,
     pub action: Option<String>,
-    /// The pull request's number, or the review's id.
+    /// The pull request's number, or the review's or comment's id.
     pub key: i64,
     pub payload: serde_json::Value,
+    /// When hookdock read it (Unix ms): a snapshot never replaces a newer one.
+    pub fetched_at: i64,
+}
+
+/// Keeps `snapshot`, unless a newer answer for the same object is kept.
+pub(crate) async fn keep_snapshot(
+    conn: &mut AnyConnection,
+    snapshot: &ApiSnapshot,
+) -> Result<(), sqlx::Error> {
+    let corrupt = |e: std::io::Error| sqlx::Error::Encode(format!("API snapshot: {e}").into());
+    let json = serde_json::to_vec(&snapshot.payload)
+        .map_err(|e| sqlx::Error::Encode(format!("API snapshot: {e}").into()))?;
+    let packed = zstd::encode_all(json.as_slice(), 3).map_err(corrupt)?;
+    let mut sql = Sql::new(
+        "INSERT INTO api_snapshots (repo, kind, action, object_key, payload, fetched_at) VALUES (",
+    );
+    sql.bind(snapshot.repo.as_str())
+        .push(", ")
+        .bind(snapshot.kind.as_str())
+        .push(", ")
+        .bind(snapshot.action.clone())
+        .push(", ");
+    sql.bind(snapshot.key)
+        .push(", ")
+        .bind(packed)
+        .push(", ")
+        .bind(snapshot.fetched_at)
+        .push(
+            ") ON CONFLICT (repo, kind, object_key) DO UPDATE SET action = excluded.action, \
+             payload = excluded.payload, fetched_at = excluded.fetched_at \
+             WHERE excluded.fetched_at >= api_snapshots.fetched_at",
+        );
+    sql.execute(conn).await?;
+    Ok(())
 }
 
 impl Store {
@@ -90,45 +127,19 @@ impl Store {
         Ok(())
     }
 
-    /// Applies one pull request's effects, keeps the API answers they came from (newest per
-    /// object) and records the run's new cursor (`None` keeps it), in one transaction.
+    /// Applies one pull request's effects (among them the API answers they came from, kept
+    /// newest per object) and records the run's new cursor (`None` keeps it), in one
+    /// transaction.
     pub async fn apply_backfilled_pull(
         &self,
         repo: &str,
         effects: &[Effect],
-        snapshots: &[ApiSnapshot],
         cursor: Option<(i64, i64)>,
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.inner.write.begin().await?;
         for effect in effects {
             super::jobs::apply_effect(&mut tx, effect).await?;
-        }
-        for snapshot in snapshots {
-            let json = serde_json::to_vec(&snapshot.payload)
-                .map_err(|e| StoreError::Corrupt(format!("API snapshot: {e}")))?;
-            let packed = zstd::encode_all(json.as_slice(), 3)
-                .map_err(|e| StoreError::Corrupt(format!("API snapshot: {e}")))?;
-            let mut sql = Sql::new(
-                "INSERT INTO api_snapshots (repo, kind, action, object_key, payload, fetched_at) \
-                 VALUES (",
-            );
-            sql.bind(repo)
-                .push(", ")
-                .bind(snapshot.kind.as_str())
-                .push(", ")
-                .bind(snapshot.action.clone())
-                .push(", ");
-            sql.bind(snapshot.key)
-                .push(", ")
-                .bind(packed)
-                .push(", ")
-                .bind(now)
-                .push(
-                    ") ON CONFLICT (repo, kind, object_key) DO UPDATE SET action = excluded.action, \
-                     payload = excluded.payload, fetched_at = excluded.fetched_at",
-                );
-            sql.execute(&mut *tx).await?;
         }
         let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
         if let Some((at, number)) = cursor {
@@ -179,8 +190,10 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<(i64, ApiSnapshot)>, StoreError> {
-        let mut sql =
-            Sql::new("SELECT id, kind, action, object_key, payload FROM api_snapshots WHERE id > ");
+        let mut sql = Sql::new(
+            "SELECT id, kind, action, object_key, payload, repo, fetched_at FROM api_snapshots \
+             WHERE id > ",
+        );
         sql.bind(after)
             .push(" ORDER BY id LIMIT ")
             .bind(i64::from(limit));
@@ -198,10 +211,12 @@ impl Store {
                 Ok((
                     id,
                     ApiSnapshot {
+                        repo: r.try_get(5)?,
                         kind: r.try_get(1)?,
                         action: r.try_get(2)?,
                         key: r.try_get(3)?,
                         payload,
+                        fetched_at: r.try_get(6)?,
                     },
                 ))
             })

@@ -18,7 +18,7 @@ use hookdock::handlers::metrics::effects_for;
 use hookdock::store::{
     MemberRow, PullFilter, PullRequestRow, ReviewRow, Store, StoreOptions, rfc3339,
 };
-use hookdock_testkit::{FakeGitHub, Fault};
+use hookdock_testkit::{FakeCommit, FakeGitHub, Fault};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
@@ -31,7 +31,8 @@ const REPO: &str = "Codertocat/Hello-World";
 const TOKEN: &str = "ghp_hookdock_backfill_it_0123456789abcdef";
 const BOB_TOKEN: &str = "ghp_hookdock_backfill_bob_0123456789abcd";
 const CAROL_TOKEN: &str = "ghp_hookdock_backfill_carol_0123456789ab";
-const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
 const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
 
 struct Env {
@@ -178,6 +179,7 @@ fn settings() -> MetricsSettings {
         hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
         hotfix_labels: vec!["hotfix".into()],
         count_bot_reviews: false,
+        fetch_commits: true,
         timezone: "UTC".into(),
         working_days: vec![
             "mon".into(),
@@ -327,7 +329,12 @@ async fn check_rows(env: &Env) {
         reviews_12.iter().map(|r| r.1).min(),
         "the earliest review by someone else"
     );
-    assert_eq!(merged.first_commit_at, None, "the commits API is not used");
+    // The fake's commits: #12 has two, written 2 h and 1 h before it was opened.
+    assert_eq!(
+        merged.first_commit_at,
+        Some(secs(now - 5 * DAY) - 2 * HOUR),
+        "the earliest written of its commits"
+    );
     assert!(merged.labels.is_empty());
 
     let closed = &rows.pulls[1];
@@ -337,6 +344,7 @@ async fn check_rows(env: &Env) {
     assert_eq!(closed.labels, ["bug"]);
     assert_eq!(closed.reviews, 1, "the pending review is not one");
     assert_eq!((closed.additions, closed.deletions), (Some(1), Some(1)));
+    assert_eq!(closed.first_commit_at, Some(secs(now - 15 * DAY) - HOUR));
 
     let open = &rows.pulls[0];
     assert_eq!(open.state, "open");
@@ -351,6 +359,15 @@ async fn check_rows(env: &Env) {
         "a comment by someone else is the first review, not a review"
     );
     assert_eq!(open.created_at, secs(now - 20 * DAY));
+    assert_eq!(open.first_commit_at, Some(secs(now - 20 * DAY) - HOUR));
+    for p in &rows.pulls {
+        assert_eq!(
+            (p.draft_intervals.as_slice(), p.ready_for_review_at),
+            (&[][..], None),
+            "#{} was never a draft",
+            p.number
+        );
+    }
 
     let states: Vec<(i64, &str, i64)> = rows
         .reviews
@@ -400,6 +417,8 @@ async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backe
             reviews: 3,
             reviews_skipped: 1,
             comments: 1,
+            commits: 4,
+            draft_changes: 0,
         }
     );
     assert_eq!(
@@ -448,6 +467,21 @@ async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backe
         "a finished run starts afresh"
     );
     assert_eq!(env.rows().await, before, "a second run changes nothing");
+    // The second run asked with the ETags of the first (a 304 costs no rate limit).
+    for path in [
+        "/repos/Codertocat/Hello-World/pulls/12",
+        "/repos/Codertocat/Hello-World/pulls/12/commits",
+        "/repos/Codertocat/Hello-World/issues/12/events",
+    ] {
+        let asked: Vec<bool> = env
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .map(|r| r.header("if-none-match").is_some())
+            .collect();
+        assert_eq!(asked, [false, true], "{path}");
+    }
     env.assert_clean();
 }
 
@@ -480,6 +514,13 @@ async fn agrees_with_the_webhook_data_whatever_comes_first(backend: Backend) {
 async fn waits_out_a_secondary_rate_limit(backend: Backend) {
     let env = Env::new(&backend).await;
     seed(&env).await;
+    // The quota is spent when #12's issue events are asked for (reset in two minutes), and a
+    // secondary limit hits #11.
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/issues/12/events",
+        Fault::primary_rate_limit(env.now / 1000 + 120),
+    );
     env.fake.fail_next(
         "GET",
         "/repos/Codertocat/Hello-World/pulls/11",
@@ -487,10 +528,18 @@ async fn waits_out_a_secondary_rate_limit(backend: Backend) {
     );
     let started = env.clock.now();
     env.backfill().await.expect("backfill");
-    assert_eq!(env.clock.sleeps(), [Duration::from_secs(90)]);
+    assert_eq!(
+        env.clock.sleeps(),
+        [Duration::from_secs(121), Duration::from_secs(90)],
+        "until a second after the reset, then retry-after"
+    );
     assert_eq!(
         env.clock.now().duration_since(started).expect("forward"),
-        Duration::from_secs(90)
+        Duration::from_secs(211)
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/issues/12/events"),
+        2
     );
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
     check_rows(&env).await;
@@ -541,6 +590,17 @@ async fn an_interrupted_run_resumes_where_it_stopped(backend: Backend) {
     );
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/10"), 1);
+    for n in [12, 11, 10] {
+        assert_eq!(
+            env.gets(&format!("/repos/Codertocat/Hello-World/pulls/{n}/commits")),
+            1,
+            "#{n}: the stopped run had not reached #11's commits"
+        );
+        assert_eq!(
+            env.gets(&format!("/repos/Codertocat/Hello-World/issues/{n}/events")),
+            1
+        );
+    }
     check_rows(&env).await;
     let done = env
         .store
@@ -598,8 +658,8 @@ async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) 
     assert_eq!(rebuilt.events, 0, "no webhook events here");
     assert_eq!(
         rebuilt.snapshots as usize,
-        before.pulls.len() + before.reviews.len(),
-        "one snapshot per pull request and review"
+        3 * before.pulls.len() + before.reviews.len(),
+        "per pull request its own, its commits and its issue events; one per review"
     );
     let after = env.rows().await;
     assert_eq!(after.pulls, before.pulls);
@@ -614,6 +674,142 @@ async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) 
     assert_eq!(rows.pulls.len(), 3);
     assert_eq!(rows.reviews.len(), 3);
     env.assert_clean();
+}
+
+fn at(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).expect("a time")
+}
+
+/// #20, opened as a draft ten days ago: marked ready 2 h later, turned back into a draft at
+/// +5 h, ready again at +6 h. Its 130 commits (two pages) were rebased: the earliest written is
+/// the 41st listed. The same pull request as its webhooks describe it, in another database.
+async fn first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_them(
+    backend: Backend,
+) {
+    let env = Env::new(&backend).await;
+    let created = secs(env.now - 10 * DAY);
+    let mut opened = pull("pull_request.opened.0", 20, created, created);
+    opened["draft"] = json!(true);
+    let commits: Vec<FakeCommit> = (0..130i64)
+        .map(|i| {
+            let written = if i == 40 {
+                created - 3 * DAY
+            } else {
+                created - 2 * DAY + i * 60_000
+            };
+            let mut c = FakeCommit::new(&format!("{:040x}", 0xc000 + i), "Codertocat", at(written));
+            c.committed_at = at(created - 10 * 60_000);
+            c
+        })
+        .collect();
+    opened["head"]["sha"] = json!(commits[129].sha);
+    opened["commits"] = json!(130);
+    env.fake.add_pull(OWNER, NAME, opened.clone());
+    env.fake.set_pull_commits(OWNER, NAME, 20, &commits);
+    let changes = [(2, false), (5, true), (6, false)];
+    for (hours, draft) in changes {
+        let t = at(created + hours * HOUR);
+        if draft {
+            env.fake.convert_to_draft(OWNER, NAME, 20, "Codertocat", t);
+        } else {
+            env.fake
+                .mark_ready_for_review(OWNER, NAME, 20, "Codertocat", t);
+        }
+    }
+
+    let (report, _) = env.backfill().await.expect("backfill");
+    assert_eq!(
+        (report.fetched, report.commits, report.draft_changes),
+        (1, 130, 3)
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/pulls/20/commits"),
+        2,
+        "two pages of commits"
+    );
+    let backfilled = env.rows().await;
+    let pr = &backfilled.pulls[0];
+    assert_eq!(
+        pr.first_commit_at,
+        Some(created - 3 * DAY),
+        "the 41st listed"
+    );
+    assert_eq!(pr.ready_for_review_at, Some(created + 2 * HOUR));
+    assert_eq!(
+        pr.draft_intervals,
+        [
+            (created, Some(created + 2 * HOUR)),
+            (created + 5 * HOUR, Some(created + 6 * HOUR))
+        ]
+    );
+    assert!(!pr.draft);
+    let d = hookdock::metrics::durations(pr);
+    assert_eq!(
+        d.coding,
+        Some(3 * 24 * 60),
+        "first commit to opened: 3 days"
+    );
+
+    // The webhooks of the same changes give the same draft intervals; the backfill after them
+    // changes nothing but adds the first commit.
+    let hooks = Env::new(&backend).await;
+    let mut effects = Vec::new();
+    let mut state = opened.clone();
+    let mut events = vec![("opened", state.clone())];
+    for (hours, draft) in changes {
+        state["draft"] = json!(draft);
+        state["updated_at"] = json!(time(created + hours * HOUR));
+        let action = if draft {
+            "converted_to_draft"
+        } else {
+            "ready_for_review"
+        };
+        events.push((action, state.clone()));
+    }
+    for (action, pr) in &events {
+        let payload =
+            json!({"action": action, "pull_request": pr, "repository": {"full_name": REPO}});
+        effects.extend(
+            effects_for("pull_request", Some(action), &payload, &settings()).expect("parses"),
+        );
+    }
+    hooks.store.apply_effects(&effects).await.expect("webhooks");
+    let from_hooks = hooks.rows().await;
+    assert_eq!(from_hooks.pulls[0].draft_intervals, pr.draft_intervals);
+    assert_eq!(
+        from_hooks.pulls[0].ready_for_review_at,
+        pr.ready_for_review_at
+    );
+    assert_eq!(
+        from_hooks.pulls[0].first_commit_at, None,
+        "webhooks carry no commit times"
+    );
+    hooks.fake.add_repo(OWNER, NAME);
+    hooks.fake.add_pull(OWNER, NAME, opened.clone());
+    hooks.fake.set_pull_commits(OWNER, NAME, 20, &commits);
+    for (hours, draft) in changes {
+        let t = at(created + hours * HOUR);
+        if draft {
+            hooks
+                .fake
+                .convert_to_draft(OWNER, NAME, 20, "Codertocat", t);
+        } else {
+            hooks
+                .fake
+                .mark_ready_for_review(OWNER, NAME, 20, "Codertocat", t);
+        }
+    }
+    hooks.backfill().await.expect("backfill after the webhooks");
+    assert_eq!(hooks.rows().await.pulls, backfilled.pulls);
+
+    // A rebuild recomputes both from the kept answers.
+    let rebuilt = hookdock::handlers::metrics::rebuild(&env.store, &settings())
+        .await
+        .expect("rebuild");
+    assert_eq!((rebuilt.snapshots, rebuilt.skipped), (3, 0));
+    assert_eq!(env.rows().await, backfilled);
+    env.assert_clean();
+    hooks.assert_clean();
 }
 
 async fn names_a_repository_github_does_not_have(backend: Backend) {
@@ -717,7 +913,7 @@ async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     assert_eq!(
         last["report"],
         json!({"repo": REPO, "listed": 3, "fetched": 3, "resumed": 0, "reviews": 3,
-            "reviews_skipped": 1, "comments": 1})
+            "reviews_skipped": 1, "comments": 1, "commits": 4, "draft_changes": 0})
     );
     let pulls = app
         .store
@@ -773,6 +969,7 @@ backend_tests!(
     waits_out_a_secondary_rate_limit,
     an_interrupted_run_resumes_where_it_stopped,
     a_resumed_run_fetches_again_what_changed_or_was_lost,
+    first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_them,
     names_a_repository_github_does_not_have,
     the_api_starts_a_backfill_in_the_background,
 );

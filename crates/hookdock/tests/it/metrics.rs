@@ -277,6 +277,10 @@ fn by_number(rows: &[Value], number: i64) -> &Value {
 
 async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
+    assert!(
+        !app.registry.names().contains(&"metrics_commits"),
+        "without a GitHub token no commits are read: coding time stays empty"
+    );
     let opened = Pr::new(20, T0);
     let mut pushed = opened.at(T0 + 2 * HOUR);
     pushed.size = (12, 4, 2, 2);
@@ -876,11 +880,50 @@ async fn bad_parameters_are_refused_naming_the_parameter(backend: Backend) {
     app.stop().await;
 }
 
-/// One pull request's events, from real payloads, for `repo`; review and comment ids are
-/// shifted by `ids` so that several timelines can share a database.
+/// An answer of GitHub's commits API for `pr`, read at `fetched_at`, with commits written at
+/// `written` (as the commits job and backfills keep it).
+fn commits_answer(pr: &Pr, fetched_at: i64, written: &[i64]) -> Delivery {
+    let commits: Vec<Value> = written
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            json!({"sha": format!("{:040x}", 0xc0 + i), "commit": {"author": {"date": time(*at)},
+                "committer": {"date": time(fetched_at)}}})
+        })
+        .collect();
+    Delivery {
+        event: hookdock::handlers::metrics::COMMITS_ANSWER,
+        action: "",
+        doc: json!({"repository": {"full_name": pr.repo}, "pull_request": {"number": pr.number},
+            "fetched_at": time(fetched_at), "commits": commits}),
+    }
+}
+
+/// The draft issue events of `pr` as a backfill keeps them.
+fn draft_events_answer(pr: &Pr, fetched_at: i64, events: &[(&str, i64)]) -> Delivery {
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(event, at)| json!({"event": event, "created_at": time(*at)}))
+        .collect();
+    Delivery {
+        event: hookdock::handlers::metrics::DRAFT_EVENTS_ANSWER,
+        action: "",
+        doc: json!({"repository": {"full_name": pr.repo},
+            "pull_request": {"number": pr.number, "created_at": time(pr.created_at), "draft": false},
+            "fetched_at": time(fetched_at), "events": events}),
+    }
+}
+
+/// One pull request's events, from real payloads, for `repo`, and the API answers read about
+/// it; review and comment ids are shifted by `ids` so that several timelines can share a
+/// database.
 fn timeline(repo: &str, ids: i64) -> Vec<Delivery> {
     let mut opened = Pr::new(2, T0);
     opened.repo = repo.to_owned();
+    // Turned into a draft for ten minutes: the webhook of the conversion arrived, the one of
+    // the ready-for-review was missed and a backfill read both from the issue events.
+    let mut drafted = opened.at(T0 + 10 * MIN);
+    drafted.draft = true;
     let mut pushed = opened.at(T0 + HOUR);
     pushed.size = (20, 5, 3, 2);
     pushed.head_sha = "9".repeat(40);
@@ -893,8 +936,21 @@ fn timeline(repo: &str, ids: i64) -> Vec<Delivery> {
     };
     vec![
         pr_event("opened", &opened),
+        // Read after `opened`: one commit. After the force-push of `synchronize`: two, the
+        // first written later than the one they replace; the newer answer wins.
+        commits_answer(&opened, T0 + MIN, &[T0 - 3 * HOUR]),
+        pr_event("converted_to_draft", &drafted),
+        draft_events_answer(
+            &opened,
+            T0 + 4 * HOUR,
+            &[
+                ("convert_to_draft", T0 + 10 * MIN),
+                ("ready_for_review", T0 + 20 * MIN),
+            ],
+        ),
         issue_comment_event(&opened, 8201 + ids, CAROL, T0 + 30 * MIN),
         pr_event("synchronize", &pushed),
+        commits_answer(&pushed, T0 + HOUR + MIN, &[T0 - 2 * HOUR, T0 + 50 * MIN]),
         review_comment_event(
             &pushed.at(T0 + 110 * MIN),
             6201 + ids,
@@ -961,7 +1017,8 @@ async fn apply_in_order(
 ) {
     for &i in order {
         let e = &events[i];
-        let effects = effects_for(e.event, Some(e.action), &e.doc, settings).expect("parses");
+        let action = (!e.action.is_empty()).then_some(e.action);
+        let effects = effects_for(e.event, action, &e.doc, settings).expect("parses");
         store.apply_effects(&effects).await.expect("applied");
     }
 }
@@ -989,6 +1046,13 @@ async fn any_order_of_a_pull_requests_events_gives_the_same_rows(backend: Backen
     );
     assert_eq!(pr.first_review_at, Some(T0 + 30 * MIN));
     assert_eq!(pr.reviews, 1, "bob's; the bot's does not count");
+    assert_eq!(
+        pr.first_commit_at,
+        Some(T0 - 2 * HOUR),
+        "from the newest commits answer"
+    );
+    assert_eq!(pr.draft_intervals, [(T0 + 10 * MIN, Some(T0 + 20 * MIN))]);
+    assert_eq!(pr.ready_for_review_at, Some(T0 + 20 * MIN));
     let reviews = app
         .store
         .reviews_of("prop/canonical", 2)
@@ -1336,7 +1400,152 @@ async fn every_draft_interval_is_left_out_of_pickup_time(backend: Backend) {
     app.stop().await;
 }
 
+const GITHUB_TOKEN: &str = "ghp_hookdock_metrics_it_0123456789abcdef";
+
+fn at(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).expect("a time")
+}
+
+/// Posts one delivery and waits until its jobs (and every other) are finished; its event id.
+async fn post_one(app: &TestApp, d: &Delivery) -> i64 {
+    let body = serde_json::to_vec(&d.doc).expect("serialize");
+    let (status, answer) = app.post(d.event, &body, &new_delivery_id()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    app.wait_until_idle().await;
+    answer["event_id"].as_i64().expect("event id")
+}
+
+/// The `handler` job of an event, as the events API shows it.
+async fn job(app: &TestApp, event_id: i64, handler: &str) -> Value {
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
+    detail["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["handler"] == handler)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {handler} job in {detail}"))
+}
+
+/// With a GitHub token, `opened`, `synchronize` and `closed` webhooks each queue a job that
+/// reads the pull request's commits: its first commit fills coding time and starts cycle time.
+/// A rate-limited read is retried at GitHub's `retry-after`; other actions read nothing; a
+/// rebuild keeps what was read.
+async fn first_commits_are_read_after_webhooks_with_a_token(backend: Backend) {
+    use hookdock_testkit::{FakeCommit, FakeGitHub, Fault};
+
+    let fake = FakeGitHub::start().await;
+    fake.add_token(GITHUB_TOKEN, "hookdock-bot", &["repo"]);
+    fake.add_repo("Codertocat", "Hello-World");
+    let api = fake.url();
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set("github_api_url", api)
+                .set("github_token", GITHUB_TOKEN)
+                // Any rate limit becomes a retry of the job rather than a wait inside it.
+                .set("github.max_rate_wait_secs", 0)
+        },
+        vec![],
+    )
+    .await;
+    let opened = Pr::new(80, T0);
+    let opened_event = pr_event("opened", &opened);
+    fake.add_pull(
+        "Codertocat",
+        "Hello-World",
+        opened_event.doc["pull_request"].clone(),
+    );
+    fake.set_pull_commits(
+        "Codertocat",
+        "Hello-World",
+        80,
+        &[
+            FakeCommit::new(&"1".repeat(40), "Codertocat", at(T0 - 3 * HOUR)),
+            FakeCommit::new(&opened.head_sha, "Codertocat", at(T0 - HOUR)),
+        ],
+    );
+    let commits_path = "/repos/Codertocat/Hello-World/pulls/80/commits";
+    fake.fail_next("GET", commits_path, Fault::secondary_rate_limit(1));
+
+    let event_id = post_one(&app, &opened_event).await;
+    let read = job(&app, event_id, "metrics_commits").await;
+    assert_eq!(
+        (&read["status"], &read["attempts"]),
+        (&json!("done"), &json!(2))
+    );
+    let rows = pulls(&app, "").await;
+    assert_eq!(rows[0]["first_commit_at"], "2023-12-31T21:00:00.000Z");
+    assert_eq!(rows[0]["coding_hours"], 3.0);
+
+    // A force-push rewrote the history: the earliest written commit is now 2 h old.
+    let mut pushed = opened.at(T0 + 2 * HOUR);
+    pushed.head_sha = "2".repeat(40);
+    fake.set_pull_commits(
+        "Codertocat",
+        "Hello-World",
+        80,
+        &[
+            FakeCommit::new(&"3".repeat(40), "Codertocat", at(T0 - 2 * HOUR)),
+            FakeCommit::new(&pushed.head_sha, "Codertocat", at(T0 + 90 * MIN)),
+        ],
+    );
+    post_one(&app, &pr_event("synchronize", &pushed)).await;
+    // Labels and edits read nothing.
+    let mut labeled = pushed.at(T0 + 3 * HOUR);
+    labeled.labels = vec!["bug"];
+    let labeled_id = post_one(&app, &pr_event("labeled", &labeled)).await;
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{labeled_id}")).await;
+    assert!(
+        detail["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .all(|j| j["handler"] != "metrics_commits"),
+        "{detail}"
+    );
+    post_one(
+        &app,
+        &pr_event("closed", &labeled.merged(T0 + 5 * HOUR, &"4".repeat(40))),
+    )
+    .await;
+
+    let rows = pulls(&app, "").await;
+    let pr = &rows[0];
+    assert_eq!(
+        (
+            &pr["first_commit_at"],
+            &pr["coding_hours"],
+            &pr["cycle_hours"],
+            &pr["time_to_merge_hours"]
+        ),
+        (
+            &json!("2023-12-31T22:00:00.000Z"),
+            &json!(2.0),
+            &json!(7.0),
+            &json!(5.0)
+        )
+    );
+    let reads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == commits_path)
+        .count();
+    assert_eq!(reads, 4, "opened (twice), synchronize, closed");
+
+    // The newest answer is kept: a rebuild gives the same rows.
+    let report = hookdock::handlers::metrics::rebuild(&app.store, &app.settings.handlers.metrics)
+        .await
+        .expect("rebuild");
+    assert_eq!((report.events, report.snapshots), (4, 1));
+    assert_eq!(pulls(&app, "").await, rows);
+    app.stop().await;
+    assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    assert_eq!(fake.fake_bugs(), Vec::<String>::new());
+}
+
 crate::backend_tests!(
+    first_commits_are_read_after_webhooks_with_a_token,
     merged_pull_request_with_reviews_has_expected_metrics,
     drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics,
     bot_reviews_count_when_configured,
