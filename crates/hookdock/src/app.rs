@@ -1,8 +1,8 @@
 //! Start-up: the one place that picks concrete implementations and wires them together.
 //! `App::build` connects, migrates and binds (port 0 in tests); `run_until_stopped` serves until
 //! the token is cancelled, then shuts down in the order that loses nothing: stop accepting and
-//! finish in-flight requests, let running jobs finish (or release them), commit what the writer
-//! holds, close the database.
+//! finish in-flight requests, let running jobs finish (or release them), stop background
+//! backfills (recorded as interrupted), commit what the writer holds, close the database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,6 +241,7 @@ impl App {
                 shutdown.clone(),
             ))
         });
+        let backfills = Arc::clone(&self.state.metrics_api.backfills);
         let server_stop = shutdown.clone();
         let served = axum::serve(
             self.listener,
@@ -254,6 +255,9 @@ impl App {
         {
             tracing::error!(error = %e, "worker task ended abnormally");
         }
+        // Background backfills stop and record that they were interrupted (they resume when
+        // started again).
+        backfills.shutdown().await;
         retention.abort();
         upkeep.abort();
         if let Some(ranges) = ranges {

@@ -345,14 +345,15 @@ async fn store_command(
 }
 
 /// `metrics backfill`: progress on stderr (one line per 10 pull requests, or a line redrawn in
-/// place on a terminal), the summary on stdout.
+/// place on a terminal), the summary on stdout. Refused while a backfill of the repository runs
+/// elsewhere; Ctrl-C stops it, recorded as interrupted.
 async fn backfill_command(
     repo: &str,
     since: &str,
     settings: Settings,
     store: &Store,
 ) -> Result<ExitCode, Failure> {
-    use hookdock::handlers::backfill::{Backfill, BackfillProgress};
+    use hookdock::handlers::backfill::{Backfill, BackfillProgress, claim};
     use std::io::{IsTerminal, Write};
 
     let span = hookdock::config::parse_span(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
@@ -399,19 +400,36 @@ async fn backfill_command(
             let _ = writeln!(err, "{line}");
         }
     };
-    let result = backfill.run(repo, span, &mut progress).await;
+    // One run per repository, whoever starts it: the API of any instance shows this one.
+    let claimed = claim(store, clock.as_ref(), repo, since, "cli")
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
+    let cancel = CancellationToken::new();
+    let ctrl_c = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        })
+    };
+    let result = claimed.run(&backfill, span, &cancel, &mut progress).await;
+    ctrl_c.abort();
     if terminal {
         eprintln!();
     }
     let report = result.map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
     println!(
-        "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out",
+        "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out; {} comment(s), {} commit(s), {} draft change(s) read",
         report.repo,
         report.listed,
         report.fetched,
         report.resumed,
         report.reviews,
-        report.reviews_skipped
+        report.reviews_skipped,
+        report.comments,
+        report.commits,
+        report.draft_changes
     );
     Ok(ExitCode::SUCCESS)
 }

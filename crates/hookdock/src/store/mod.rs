@@ -33,7 +33,9 @@ pub use automation::{
     ActionRecord, AutomationRecord, FindingRecord, LlmCallRecord, ReviewRunRecord, ReviewRunRow,
     SimulatedEvent,
 };
-pub use backfill::{ApiSnapshot, BackfillProgress};
+pub use backfill::{
+    ApiSnapshot, BackfillProgress, BackfillRunRow, NewBackfillRun, RunEnd, RunProgress,
+};
 pub use dialect::Dialect;
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};

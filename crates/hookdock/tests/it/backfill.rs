@@ -23,7 +23,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestDb, fixture};
+use crate::helpers::{
+    Backend, TOKEN as ADMIN_TOKEN, TestApp, TestDb, fixture, json_answer, poll_until,
+};
 
 const OWNER: &str = "Codertocat";
 const NAME: &str = "Hello-World";
@@ -837,8 +839,6 @@ async fn names_a_repository_github_does_not_have(backend: Backend) {
 /// `POST /api/v1/metrics/backfill` runs the same backfill in the background: 202 with a status
 /// URL whose progress ends `done` with the run's report; the rows are those of a CLI run.
 async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
-    use crate::helpers::{TOKEN as ADMIN_TOKEN, TestApp, json_answer, poll_until};
-
     let env = Env::new(&backend).await;
     seed(&env).await;
     let api = env.fake.url();
@@ -963,7 +963,289 @@ async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     env.assert_clean();
 }
 
+/// Polls `path` on `app` until `done(body)` holds; the last body.
+async fn status_until(
+    app: &TestApp,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let last = std::cell::RefCell::new(Value::Null);
+    poll_until(what, Duration::from_secs(30), || {
+        let last = &last;
+        let done = &done;
+        async move {
+            let (status, body) = app.api_get(path).await;
+            assert!(status == 200 || status == 404, "{status}: {body}");
+            let reached = done(&body);
+            *last.borrow_mut() = body;
+            reached
+        }
+    })
+    .await;
+    last.into_inner()
+}
+
+async fn post_backfill(app: &TestApp, body: Value) -> (reqwest::StatusCode, Value) {
+    let request = app
+        .client
+        .post(format!("{}/api/v1/metrics/backfill", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body);
+    json_answer(request.send().await.expect("request")).await
+}
+
+const STATUS: &str = "/api/v1/metrics/backfill/Codertocat/Hello-World";
+
+/// Two instances share one database: a backfill started on one is refused (409) on the other
+/// and by the CLI while it runs, and both answer its status. The instance running it shuts down
+/// mid-way: once restarted it shows the run interrupted, and a new start resumes it.
+async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted(
+    backend: Backend,
+) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let api = env.fake.url();
+    let a = TestApp::spawn_with(
+        &backend,
+        |s| s.set("github_api_url", api).set("github_token", TOKEN),
+        vec![],
+    )
+    .await;
+    let b = a.spawn_beside().await;
+    // GitHub holds #11 back: the run stops there, with #12 done.
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11",
+        Fault::slow(Duration::from_secs(600)),
+    );
+    let (status, started) = post_backfill(&a, json!({"repo": REPO})).await;
+    assert_eq!(status, 202, "{started}");
+    let running = status_until(&b, STATUS, "#12 done, seen from the other instance", |s| {
+        s["done"] == 1
+    })
+    .await;
+    assert_eq!(
+        (
+            &running["state"],
+            &running["started_by"],
+            &running["listed"],
+            &running["total"]
+        ),
+        (&json!("running"), &json!("api"), &json!(3), &json!(3))
+    );
+    assert_eq!(running["started_at"], started["started_at"]);
+
+    let (status, refused) = post_backfill(&b, json!({"repo": "codertocat/hello-world"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        (&refused["state"], &refused["started_at"]),
+        (&json!("running"), &started["started_at"])
+    );
+    let url = a.settings.database_url.clone();
+    let fake_url = env.fake.url();
+    let cli = tokio::task::spawn_blocking(move || cli_backfill(&url, &fake_url))
+        .await
+        .expect("join");
+    assert!(!cli.status.success());
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        stderr.contains(
+            "a backfill of Codertocat/Hello-World is already running (started by the api"
+        ),
+        "{stderr}"
+    );
+
+    b.stop().await;
+    let stopped = a.stop_keeping_data().await;
+    let a = stopped.start().await;
+    let (_, interrupted) = a.api_get(STATUS).await;
+    assert_eq!(
+        (&interrupted["state"], &interrupted["done"]),
+        (&json!("interrupted"), &json!(1)),
+        "{interrupted}"
+    );
+    assert!(
+        interrupted["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped before the end")),
+        "{interrupted}"
+    );
+    assert!(interrupted["finished_at"].is_string(), "{interrupted}");
+
+    let (status, again) = post_backfill(&a, json!({"repo": REPO})).await;
+    assert_eq!(status, 202, "{again}");
+    let done = status_until(&a, STATUS, "the resumed run to end", |s| {
+        s["state"] != "running"
+    })
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (&done["report"]["fetched"], &done["report"]["resumed"]),
+        (&json!(2), &json!(1)),
+        "{done}"
+    );
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/12"), 1);
+    let pulls = a
+        .store
+        .pull_requests(&PullFilter::default())
+        .await
+        .expect("pulls");
+    assert_eq!(pulls.len(), 3);
+    a.stop().await;
+    env.assert_clean();
+}
+
+/// `hookdock metrics backfill` on the configured database, against the fake GitHub.
+fn cli_backfill(database_url: &str, api_url: &str) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookdock"));
+    command
+        .args(["metrics", "backfill", REPO, "--since", "90d"])
+        .env_clear()
+        .env("HOOKDOCK_DATABASE_URL", database_url)
+        .env("HOOKDOCK_GITHUB_API_URL", api_url)
+        .env("HOOKDOCK_GITHUB_TOKEN", TOKEN)
+        .current_dir(std::env::temp_dir());
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    command.output().expect("run hookdock")
+}
+
+/// The CLI reports its progress on stderr and its summary on stdout, and its run is the
+/// repository's run any instance shows.
+async fn the_cli_backfills_with_progress_and_its_run_shows_in_the_api(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let app = TestApp::spawn(&backend).await;
+    let url = app.settings.database_url.clone();
+    let fake_url = env.fake.url();
+    let out = tokio::task::spawn_blocking(move || cli_backfill(&url, &fake_url))
+        .await
+        .expect("join");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("backfill "))
+            .collect::<Vec<_>>(),
+        ["backfill Codertocat/Hello-World: 3/3 pull requests"],
+        "not a terminal: a line per 10 pull requests and the last; {stderr}"
+    );
+    assert!(
+        stdout.contains(
+            "backfilled Codertocat/Hello-World: 3 pull request(s) updated in the last 90d: 3 fetched, 0 done by an earlier run; 3 review(s) stored, 1 pending or by deleted accounts left out; 1 comment(s), 4 commit(s), 0 draft change(s) read"
+        ),
+        "{stdout}"
+    );
+    let (status, body) = app.api_get(STATUS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["state"],
+            &body["started_by"],
+            &body["done"],
+            &body["report"]["fetched"]
+        ),
+        (&json!("done"), &json!("cli"), &json!(3), &json!(3))
+    );
+    app.stop().await;
+    env.assert_clean();
+}
+
+/// A run whose process died shows as running while its lease holds, then as interrupted; a new
+/// start takes over, and the old run, were it still alive, stops at its next renewal.
+async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend) {
+    use hookdock::handlers::backfill::{backfill_status, claim};
+    use tokio_util::sync::CancellationToken;
+
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let dead = claim(&env.store, &env.clock, REPO, "90d", "cli")
+        .await
+        .expect("claimed");
+    let status = backfill_status(&env.store, &env.clock, REPO)
+        .await
+        .expect("status")
+        .expect("a run");
+    assert_eq!(
+        (status.state.as_str(), status.started_by.as_str()),
+        ("running", "cli")
+    );
+    let err = claim(&env.store, &env.clock, REPO, "30d", "api")
+        .await
+        .expect_err("the lease holds");
+    assert!(
+        matches!(&err, BackfillError::AlreadyRunning(s) if s.since == "90d"),
+        "{err}"
+    );
+
+    env.clock.advance(Duration::from_secs(61));
+    let status = backfill_status(&env.store, &env.clock, REPO)
+        .await
+        .expect("status")
+        .expect("a run");
+    assert_eq!(status.state, "interrupted");
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("stopped without finishing")),
+        "{status:?}"
+    );
+    let fresh = claim(&env.store, &env.clock, REPO, "30d", "api")
+        .await
+        .expect("a lapsed lease is taken over");
+
+    let settings = settings();
+    let backfill = Backfill {
+        store: &env.store,
+        github: &env.client,
+        clock: &env.clock,
+        settings: &settings,
+    };
+    let never = CancellationToken::new();
+    let err = dead
+        .run(&backfill, NINETY_DAYS, &never, &mut |_| {})
+        .await
+        .expect_err("taken over");
+    assert!(
+        err.to_string()
+            .contains("another run of the repository took over"),
+        "{err}"
+    );
+    let report = fresh
+        .run(&backfill, NINETY_DAYS, &never, &mut |_| {})
+        .await
+        .expect("the new run");
+    let status = backfill_status(&env.store, &env.clock, REPO)
+        .await
+        .expect("status")
+        .expect("a run");
+    assert_eq!(
+        (
+            status.state.as_str(),
+            status.since.as_str(),
+            status.started_by.as_str()
+        ),
+        ("done", "30d", "api")
+    );
+    assert_eq!(
+        status.report,
+        Some(serde_json::to_value(&report).expect("JSON"))
+    );
+    assert_eq!((status.done, status.total), (3, 3));
+    env.assert_clean();
+}
+
 backend_tests!(
+    a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted,
+    the_cli_backfills_with_progress_and_its_run_shows_in_the_api,
+    a_dead_run_shows_as_interrupted_once_its_lease_lapses,
     stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
     agrees_with_the_webhook_data_whatever_comes_first,
     waits_out_a_secondary_rate_limit,

@@ -251,6 +251,12 @@ impl TestApp {
         }
     }
 
+    /// A second instance on the same database and settings (its own port), as a scaled-out
+    /// deployment runs; stop it before this one, which owns the database.
+    pub async fn spawn_beside(&self) -> TestApp {
+        TestApp::start(self.settings.clone(), Vec::new(), TestDb::none()).await
+    }
+
     /// Stops the app and returns what it needs to start again on the same database.
     pub async fn stop_keeping_data(mut self) -> StoppedApp {
         self.shutdown.cancel();

@@ -15,9 +15,9 @@
 //! again: pull requests before the cursor that GitHub has not updated since the run began,
 //! and whose stored row is that recent, are not fetched again.
 //!
-//! Not loaded: first commit times (the commits API is not used yet, so `first_commit_at` stays
-//! as it is) and the ready-for-review time of drafts (only the `ready_for_review` webhook
-//! carries it).
+//! Besides the pull request, its reviews and comments, a run reads its commits (first commit,
+//! shared with [`super::pull_commits`]) and its issue events (draft changes). [`runs`] makes a
+//! run exclusive per repository across instances and keeps its status in the database.
 
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ use crate::config::MetricsSettings;
 use crate::github::{Call, GithubClient, GithubError};
 use crate::store::{ApiSnapshot, Effect, Store, StoreError, rfc3339};
 
+mod runs;
+
+pub use runs::{BackfillRuns, BackfillStatus, BackfillTask, RunClaim, backfill_status, claim};
+
 /// Pull requests GitHub updated less than this before a run began are fetched again when it
 /// resumes, in case GitHub's clock and hookdock's disagree.
 const CLOCK_MARGIN_MS: i64 = 10 * 60 * 1000;
@@ -43,6 +47,13 @@ const MAX_EVENTS: usize = 10_000;
 pub enum BackfillError {
     #[error("{0:?} is not a repository: use owner/repo")]
     BadRepo(String),
+    #[error(
+        "a backfill of {} is already running (started by the {} at {}, {} of {} pull requests done); wait for it to end: its status is at GET /api/v1/metrics/backfill/{}",
+        .0.repo, .0.started_by, .0.started_at, .0.done, .0.total, .0.repo
+    )]
+    AlreadyRunning(Box<BackfillStatus>),
+    #[error("{0}; the progress is saved: run the same backfill again to resume")]
+    Interrupted(String),
     #[error("{0}; the progress is saved: run the same backfill again to resume")]
     Github(#[from] GithubError),
     #[error("{0}; the progress is saved: run the same backfill again to resume")]
@@ -386,151 +397,6 @@ impl Backfill<'_> {
 /// `owner/repo` as its two parts, refusing anything that would change the request path.
 fn split_repo(repo: &str) -> Result<(&str, &str), BackfillError> {
     super::payload::owner_and_name(repo).ok_or_else(|| BackfillError::BadRepo(repo.to_owned()))
-}
-
-/// Where a background backfill (`POST /api/v1/metrics/backfill`) stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct BackfillStatus {
-    /// As requested (`owner/name`).
-    pub repo: String,
-    /// The span asked for, e.g. `90d`.
-    pub since: String,
-    /// `running`, `done` or `failed`.
-    pub state: &'static str,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    /// Pull requests listed so far.
-    pub listed: usize,
-    /// Pull requests done out of `total` (known once listing ended).
-    pub done: usize,
-    pub total: usize,
-    pub report: Option<BackfillReport>,
-    pub error: Option<String>,
-}
-
-/// The background backfills of this process, one per repository at a time.
-#[derive(Debug, Default)]
-pub struct BackfillJobs {
-    jobs: std::sync::Mutex<std::collections::HashMap<String, BackfillStatus>>,
-}
-
-/// What [`BackfillJobs::start`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackfillStart {
-    Started(BackfillStatus),
-    /// A backfill of the repository is already running: its status.
-    AlreadyRunning(BackfillStatus),
-}
-
-/// What a background backfill runs with (owned, as it outlives the request).
-pub struct BackfillTask {
-    pub store: Store,
-    pub github: GithubClient,
-    pub clock: std::sync::Arc<dyn Clock>,
-    pub settings: MetricsSettings,
-}
-
-fn key(repo: &str) -> String {
-    repo.to_ascii_lowercase()
-}
-
-impl BackfillJobs {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut std::collections::HashMap<String, BackfillStatus>) -> T,
-    ) -> T {
-        // A panic while holding the lock leaves plain data behind: keep using it.
-        let mut jobs = self
-            .jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut jobs)
-    }
-
-    /// The latest backfill of `repo` started by this process.
-    pub fn status(&self, repo: &str) -> Option<BackfillStatus> {
-        self.with(|jobs| jobs.get(&key(repo)).cloned())
-    }
-
-    /// Starts backfilling `repo` in the background, unless a backfill of it is running.
-    pub fn start(
-        self: &std::sync::Arc<Self>,
-        task: BackfillTask,
-        repo: &str,
-        since_text: &str,
-        since: Duration,
-    ) -> BackfillStart {
-        let status = BackfillStatus {
-            repo: repo.to_owned(),
-            since: since_text.to_owned(),
-            state: "running",
-            started_at: crate::store::rfc3339(ms(task.clock.now())),
-            finished_at: None,
-            listed: 0,
-            done: 0,
-            total: 0,
-            report: None,
-            error: None,
-        };
-        let running = self.with(|jobs| {
-            if let Some(running) = jobs.get(&key(repo)).filter(|j| j.state == "running") {
-                return Some(running.clone());
-            }
-            jobs.insert(key(repo), status.clone());
-            None
-        });
-        if let Some(running) = running {
-            return BackfillStart::AlreadyRunning(running);
-        }
-        let jobs = std::sync::Arc::clone(self);
-        let repo = repo.to_owned();
-        tokio::spawn(async move {
-            let backfill = Backfill {
-                store: &task.store,
-                github: &task.github,
-                clock: task.clock.as_ref(),
-                settings: &task.settings,
-            };
-            let update = |f: &mut dyn FnMut(&mut BackfillStatus)| {
-                jobs.with(|all| {
-                    if let Some(s) = all.get_mut(&key(&repo)) {
-                        f(s);
-                    }
-                });
-            };
-            let mut progress = |p: BackfillProgress| {
-                update(&mut |s| match p {
-                    BackfillProgress::Listed { pulls } => s.listed = pulls,
-                    BackfillProgress::Pulls { done, total } => {
-                        s.done = done;
-                        s.total = total;
-                    }
-                });
-            };
-            let result = backfill.run(&repo, since, &mut progress).await;
-            let finished = crate::store::rfc3339(ms(task.clock.now()));
-            match &result {
-                Ok(report) => {
-                    tracing::info!(repo = %report.repo, fetched = report.fetched, "backfill done")
-                }
-                Err(e) => tracing::warn!(%repo, error = %e, "backfill failed"),
-            }
-            update(&mut |s| {
-                s.finished_at = Some(finished.clone());
-                match &result {
-                    Ok(report) => {
-                        s.state = "done";
-                        s.report = Some(report.clone());
-                    }
-                    Err(e) => {
-                        s.state = "failed";
-                        s.error = Some(e.to_string());
-                    }
-                }
-            });
-        });
-        BackfillStart::Started(status)
-    }
 }
 
 #[cfg(test)]
