@@ -48,6 +48,16 @@ pub use state::{
 use server::Shared;
 use state::{Org, Repo, Token, repo_key};
 
+/// The values of `items` that belong to issue or pull request `number`, oldest first.
+fn items_of(items: &[state::Item], owner: &str, repo: &str, number: u64) -> Vec<Value> {
+    let key = repo_key(owner, repo);
+    items
+        .iter()
+        .filter(|i| i.repo == key && i.number == number)
+        .map(|i| i.value.clone())
+        .collect()
+}
+
 /// A fake GitHub (REST API and OAuth web flow) on `127.0.0.1`, stopped when dropped.
 pub struct FakeGitHub {
     shared: Arc<Shared>,
@@ -361,35 +371,11 @@ impl FakeGitHub {
             .unwrap_or_default()
     }
 
-    /// Turns an open pull request into a draft as `actor` does on GitHub at `at`: `draft` is
-    /// set, `updated_at` becomes `at`, and a `convert_to_draft` issue event is recorded (and
-    /// returned). Panics when there is no such pull request.
-    pub fn convert_to_draft(
-        &self,
-        owner: &str,
-        repo: &str,
-        number: u64,
-        actor: &str,
-        at: OffsetDateTime,
-    ) -> Value {
-        self.set_draft(owner, repo, number, actor, at, true)
-    }
-
-    /// Marks a draft pull request ready for review as `actor` does on GitHub at `at`: `draft` is
-    /// cleared, `updated_at` becomes `at`, and a `ready_for_review` issue event is recorded (and
-    /// returned). Panics when there is no such pull request.
-    pub fn mark_ready_for_review(
-        &self,
-        owner: &str,
-        repo: &str,
-        number: u64,
-        actor: &str,
-        at: OffsetDateTime,
-    ) -> Value {
-        self.set_draft(owner, repo, number, actor, at, false)
-    }
-
-    fn set_draft(
+    /// Turns an open pull request into a draft (`draft`) or marks it ready for review, as
+    /// `actor` does on GitHub at `at`: `draft` changes, `updated_at` becomes `at`, and a
+    /// `convert_to_draft` or `ready_for_review` issue event is recorded (and returned). Panics
+    /// when there is no such pull request.
+    pub fn set_draft(
         &self,
         owner: &str,
         repo: &str,
@@ -419,13 +405,7 @@ impl FakeGitHub {
 
     /// The events of an issue or pull request, oldest first (as the events API lists them).
     pub fn issue_events(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.issue_events
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().issue_events, owner, repo, number)
     }
 
     /// Adds an issue that is not a pull request (e.g. a webhook payload's `issue`), with its
@@ -466,35 +446,17 @@ impl FakeGitHub {
 
     /// Comments on an issue or pull request, oldest first.
     pub fn issue_comments(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.issue_comments
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().issue_comments, owner, repo, number)
     }
 
     /// Reviews of a pull request, oldest first.
     pub fn reviews(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.reviews
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().reviews, owner, repo, number)
     }
 
     /// Review comments of a pull request, oldest first.
     pub fn review_comments(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.review_comments
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().review_comments, owner, repo, number)
     }
 
     /// The `hooks` CIDR ranges `GET /meta` lists (default [`DEFAULT_META_HOOKS`], GitHub's).

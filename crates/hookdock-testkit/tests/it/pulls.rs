@@ -512,7 +512,7 @@ async fn draft_changes_and_labels_are_listed_as_issue_events() {
 
     let (github, _) = github_with_pull().await;
     let at = |t: &str| OffsetDateTime::parse(t, &Rfc3339).unwrap();
-    github.convert_to_draft("octo", "hello", 2, "octo", at("2024-03-01T10:00:00Z"));
+    github.set_draft("octo", "hello", 2, "octo", at("2024-03-01T10:00:00Z"), true);
     let (_, _, pr) = call(&github, Method::GET, "/repos/octo/hello/pulls/2", None).await;
     assert_eq!(
         (&pr["draft"], &pr["updated_at"]),
@@ -525,7 +525,14 @@ async fn draft_changes_and_labels_are_listed_as_issue_events() {
         Some(json!({"labels": ["bug"]})),
     )
     .await;
-    github.mark_ready_for_review("octo", "hello", 2, "octo", at("2024-03-01T12:30:00Z"));
+    github.set_draft(
+        "octo",
+        "hello",
+        2,
+        "octo",
+        at("2024-03-01T12:30:00Z"),
+        false,
+    );
     let (_, _, pr) = call(&github, Method::GET, "/repos/octo/hello/pulls/2", None).await;
     assert_eq!(pr["draft"], false);
 

@@ -72,6 +72,8 @@ enum Command {
     /// Pull request metrics.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// The same as `metrics backfill`.
+    Backfill(BackfillArgs),
     /// Reseal every stored secret under the current key (after changing secret_key, or with a
     /// newly generated key for an embedded install).
     RotateKey,
@@ -82,15 +84,19 @@ enum MetricsCommand {
     /// Recompute members, pull requests and reviews from the stored events, oldest first
     /// (after a change of definitions or of handlers.metrics settings).
     Rebuild,
-    /// Load a repository's pull requests and reviews through GitHub's REST API (with
-    /// HOOKDOCK_GITHUB_TOKEN); running it again after an interruption resumes where it stopped.
-    Backfill {
-        /// owner/repo
-        repo: String,
-        /// Pull requests updated in this span, e.g. 90d, 12h.
-        #[arg(long, default_value = "90d")]
-        since: String,
-    },
+    /// Load a repository's pull requests with their reviews, comments, commits and draft
+    /// changes through GitHub's REST API (with HOOKDOCK_GITHUB_TOKEN); running it again after
+    /// an interruption resumes where it stopped.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// owner/repo
+    repo: String,
+    /// Pull requests updated in this span, e.g. 90d, 12h.
+    #[arg(long, default_value = "90d")]
+    since: String,
 }
 
 #[derive(Debug, Args)]
@@ -327,16 +333,16 @@ async fn store_command(
                 .await
                 .map_err(|e| anyhow::anyhow!("metrics rebuild failed: {e}"))?;
             println!(
-                "metrics rebuilt from {} event(s); {} skipped",
-                report.events, report.skipped
+                "metrics rebuilt from {} event(s) and {} API answer(s); {} skipped",
+                report.events, report.snapshots, report.skipped
             );
             if let Some(error) = &report.first_error {
                 println!("first skipped: {error}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Metrics(MetricsCommand::Backfill { repo, since }) => {
-            backfill_command(repo, since, settings, store).await
+        Command::Metrics(MetricsCommand::Backfill(args)) | Command::Backfill(args) => {
+            backfill_command(&args.repo, &args.since, settings, store).await
         }
         Command::Serve { .. } | Command::Migrate | Command::CheckConfig | Command::Send(_) => {
             Err(anyhow::anyhow!("this command does not run on an open database").into())

@@ -95,6 +95,25 @@ impl Env {
         Ok((report, seen))
     }
 
+    /// A hookdock instance on a database of its own that acts on the fake with [`TOKEN`].
+    async fn app(&self, backend: &Backend) -> TestApp {
+        let api = self.fake.url();
+        TestApp::spawn_with(
+            backend,
+            |s| s.set("github_api_url", api).set("github_token", TOKEN),
+            vec![],
+        )
+        .await
+    }
+
+    /// The repository's latest backfill run, as of the manual clock.
+    async fn run_status(&self) -> hookdock::handlers::backfill::BackfillStatus {
+        hookdock::handlers::backfill::backfill_status(&self.store, &self.clock, REPO)
+            .await
+            .expect("status")
+            .expect("a run")
+    }
+
     /// GETs of exactly this path.
     fn gets(&self, path: &str) -> usize {
         self.fake
@@ -682,6 +701,20 @@ fn at(ms: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).expect("a time")
 }
 
+/// Turns #20 into a draft (`true`) or marks it ready on GitHub, `hours` after `created`.
+fn change_drafts(fake: &FakeGitHub, created: i64, changes: &[(i64, bool)]) {
+    for &(hours, draft) in changes {
+        fake.set_draft(
+            OWNER,
+            NAME,
+            20,
+            "Codertocat",
+            at(created + hours * HOUR),
+            draft,
+        );
+    }
+}
+
 /// #20, opened as a draft ten days ago: marked ready 2 h later, turned back into a draft at
 /// +5 h, ready again at +6 h. Its 130 commits (two pages) were rebased: the earliest written is
 /// the 41st listed. The same pull request as its webhooks describe it, in another database.
@@ -709,15 +742,7 @@ async fn first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_t
     env.fake.add_pull(OWNER, NAME, opened.clone());
     env.fake.set_pull_commits(OWNER, NAME, 20, &commits);
     let changes = [(2, false), (5, true), (6, false)];
-    for (hours, draft) in changes {
-        let t = at(created + hours * HOUR);
-        if draft {
-            env.fake.convert_to_draft(OWNER, NAME, 20, "Codertocat", t);
-        } else {
-            env.fake
-                .mark_ready_for_review(OWNER, NAME, 20, "Codertocat", t);
-        }
-    }
+    change_drafts(&env.fake, created, &changes);
 
     let (report, _) = env.backfill().await.expect("backfill");
     assert_eq!(
@@ -789,18 +814,7 @@ async fn first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_t
     hooks.fake.add_repo(OWNER, NAME);
     hooks.fake.add_pull(OWNER, NAME, opened.clone());
     hooks.fake.set_pull_commits(OWNER, NAME, 20, &commits);
-    for (hours, draft) in changes {
-        let t = at(created + hours * HOUR);
-        if draft {
-            hooks
-                .fake
-                .convert_to_draft(OWNER, NAME, 20, "Codertocat", t);
-        } else {
-            hooks
-                .fake
-                .mark_ready_for_review(OWNER, NAME, 20, "Codertocat", t);
-        }
-    }
+    change_drafts(&hooks.fake, created, &changes);
     hooks.backfill().await.expect("backfill after the webhooks");
     assert_eq!(hooks.rows().await.pulls, backfilled.pulls);
 
@@ -841,21 +855,8 @@ async fn names_a_repository_github_does_not_have(backend: Backend) {
 async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     let env = Env::new(&backend).await;
     seed(&env).await;
-    let api = env.fake.url();
-    let app = TestApp::spawn_with(
-        &backend,
-        |s| s.set("github_api_url", api).set("github_token", TOKEN),
-        vec![],
-    )
-    .await;
-    let post = |body: Value| {
-        let request = app
-            .client
-            .post(format!("{}/api/v1/metrics/backfill", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body);
-        async move { json_answer(request.send().await.expect("request")).await }
-    };
+    let app = env.app(&backend).await;
+    let post = |body: Value| post_backfill(&app, body);
 
     for (body, named) in [
         (json!({"since": "30d"}), "repo"),
@@ -1005,13 +1006,7 @@ async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interru
 ) {
     let env = Env::new(&backend).await;
     seed(&env).await;
-    let api = env.fake.url();
-    let a = TestApp::spawn_with(
-        &backend,
-        |s| s.set("github_api_url", api).set("github_token", TOKEN),
-        vec![],
-    )
-    .await;
+    let a = env.app(&backend).await;
     let b = a.spawn_beside().await;
     // GitHub holds #11 back: the run stops there, with #12 done.
     env.fake.fail_next(
@@ -1044,7 +1039,7 @@ async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interru
     );
     let url = a.settings.database_url.clone();
     let fake_url = env.fake.url();
-    let cli = tokio::task::spawn_blocking(move || cli_backfill(&url, &fake_url))
+    let cli = tokio::task::spawn_blocking(move || cli_backfill(&["backfill"], &url, &fake_url))
         .await
         .expect("join");
     assert!(!cli.status.success());
@@ -1096,11 +1091,13 @@ async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interru
     env.assert_clean();
 }
 
-/// `hookdock metrics backfill` on the configured database, against the fake GitHub.
-fn cli_backfill(database_url: &str, api_url: &str) -> std::process::Output {
+/// `hookdock metrics backfill` (`args`: its words before the repository) on the configured
+/// database, against the fake GitHub.
+fn cli_command(args: &[&str], database_url: &str, api_url: &str) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookdock"));
     command
-        .args(["metrics", "backfill", REPO, "--since", "90d"])
+        .args(args)
+        .args([REPO, "--since", "90d"])
         .env_clear()
         .env("HOOKDOCK_DATABASE_URL", database_url)
         .env("HOOKDOCK_GITHUB_API_URL", api_url)
@@ -1109,7 +1106,75 @@ fn cli_backfill(database_url: &str, api_url: &str) -> std::process::Output {
     if let Ok(path) = std::env::var("PATH") {
         command.env("PATH", path);
     }
-    command.output().expect("run hookdock")
+    command
+}
+
+fn cli_backfill(args: &[&str], database_url: &str, api_url: &str) -> std::process::Output {
+    cli_command(args, database_url, api_url)
+        .output()
+        .expect("run hookdock")
+}
+
+/// Ctrl-C stops the CLI's backfill, which records it as interrupted; the next run resumes it.
+async fn a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11",
+        Fault::slow(Duration::from_secs(600)),
+    );
+    let app = TestApp::spawn(&backend).await;
+    let url = app.settings.database_url.clone();
+    let child = cli_command(&["metrics", "backfill"], &url, &env.fake.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hookdock");
+    let running = status_until(&app, STATUS, "the CLI's run with #12 done", |s| {
+        s["done"] == 1
+    })
+    .await;
+    assert_eq!(
+        (&running["state"], &running["started_by"]),
+        (&json!("running"), &json!("cli"))
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("hookdock ends");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stopped before the end (shutdown or Ctrl-C); the progress is saved"),
+        "{stderr}"
+    );
+    let (_, stopped) = app.api_get(STATUS).await;
+    assert_eq!(
+        (&stopped["state"], &stopped["done"]),
+        (&json!("interrupted"), &json!(1)),
+        "{stopped}"
+    );
+
+    let fake_url = env.fake.url();
+    let out = tokio::task::spawn_blocking(move || cli_backfill(&["backfill"], &url, &fake_url))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("2 fetched, 1 done by an earlier run"),
+        "{stdout}"
+    );
+    let (_, done) = app.api_get(STATUS).await;
+    assert_eq!(done["state"], "done", "{done}");
+    app.stop().await;
+    env.assert_clean();
 }
 
 /// The CLI reports its progress on stderr and its summary on stdout, and its run is the
@@ -1120,9 +1185,11 @@ async fn the_cli_backfills_with_progress_and_its_run_shows_in_the_api(backend: B
     let app = TestApp::spawn(&backend).await;
     let url = app.settings.database_url.clone();
     let fake_url = env.fake.url();
-    let out = tokio::task::spawn_blocking(move || cli_backfill(&url, &fake_url))
-        .await
-        .expect("join");
+    let out = tokio::task::spawn_blocking(move || {
+        cli_backfill(&["metrics", "backfill"], &url, &fake_url)
+    })
+    .await
+    .expect("join");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -1160,7 +1227,7 @@ async fn the_cli_backfills_with_progress_and_its_run_shows_in_the_api(backend: B
 /// A run whose process died shows as running while its lease holds, then as interrupted; a new
 /// start takes over, and the old run, were it still alive, stops at its next renewal.
 async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend) {
-    use hookdock::handlers::backfill::{backfill_status, claim};
+    use hookdock::handlers::backfill::claim;
     use tokio_util::sync::CancellationToken;
 
     let env = Env::new(&backend).await;
@@ -1168,10 +1235,7 @@ async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend)
     let dead = claim(&env.store, &env.clock, REPO, "90d", "cli")
         .await
         .expect("claimed");
-    let status = backfill_status(&env.store, &env.clock, REPO)
-        .await
-        .expect("status")
-        .expect("a run");
+    let status = env.run_status().await;
     assert_eq!(
         (status.state.as_str(), status.started_by.as_str()),
         ("running", "cli")
@@ -1185,10 +1249,7 @@ async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend)
     );
 
     env.clock.advance(Duration::from_secs(61));
-    let status = backfill_status(&env.store, &env.clock, REPO)
-        .await
-        .expect("status")
-        .expect("a run");
+    let status = env.run_status().await;
     assert_eq!(status.state, "interrupted");
     assert!(
         status
@@ -1222,10 +1283,7 @@ async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend)
         .run(&backfill, NINETY_DAYS, &never, &mut |_| {})
         .await
         .expect("the new run");
-    let status = backfill_status(&env.store, &env.clock, REPO)
-        .await
-        .expect("status")
-        .expect("a run");
+    let status = env.run_status().await;
     assert_eq!(
         (
             status.state.as_str(),
@@ -1245,6 +1303,7 @@ async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend)
 backend_tests!(
     a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted,
     the_cli_backfills_with_progress_and_its_run_shows_in_the_api,
+    a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted,
     a_dead_run_shows_as_interrupted_once_its_lease_lapses,
     stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
     agrees_with_the_webhook_data_whatever_comes_first,

@@ -365,6 +365,18 @@ impl TestApp {
         ))
     }
 
+    /// The `handler` job of an event, as the events API shows it.
+    pub async fn job(&self, event_id: i64, handler: &str) -> Value {
+        let (_, detail) = self.api_get(&format!("/api/v1/events/{event_id}")).await;
+        detail["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["handler"] == handler)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {handler} job in {detail}"))
+    }
+
     pub async fn count_events(&self) -> i64 {
         self.store
             .count_events_by_status()

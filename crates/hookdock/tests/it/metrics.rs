@@ -269,6 +269,42 @@ async fn pulls(app: &TestApp, query: &str) -> Vec<Value> {
     body["pulls"].as_array().expect("pulls array").clone()
 }
 
+/// `/api/v1/metrics/pulls{query}` as CSV (`text/csv`, CRLF lines, a header row): each row by
+/// column name. Only for values without commas or quotes.
+async fn csv_rows(app: &TestApp, query: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let sep = if query.is_empty() { "?" } else { "&" };
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/metrics/pulls{query}{sep}format=csv",
+            app.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let csv = response.text().await.expect("body");
+    let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<&str> = lines.next().expect("a header row").split(',').collect();
+    lines
+        .map(|line| {
+            let values: Vec<&str> = line.split(',').collect();
+            assert_eq!(values.len(), header.len(), "{line}");
+            header
+                .iter()
+                .zip(values)
+                .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
 fn by_number(rows: &[Value], number: i64) -> &Value {
     rows.iter()
         .find(|r| r["number"] == number)
@@ -374,30 +410,9 @@ async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend)
     );
 
     // CSV: a header row, then the same values.
-    let response = app
-        .client
-        .get(format!(
-            "{}/api/v1/metrics/pulls?repo={REPO}&format=csv",
-            app.base
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
-    let csv = response.text().await.expect("body");
-    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 2, "{csv}");
-    let header: Vec<&str> = lines[0].split(',').collect();
-    let values: Vec<&str> = lines[1].split(',').collect();
-    assert_eq!(header.len(), values.len());
-    let cell = |name: &str| values[header.iter().position(|h| *h == name).expect(name)];
+    let csv = csv_rows(&app, &format!("?repo={REPO}")).await;
+    assert_eq!(csv.len(), 1);
+    let cell = |name: &str| csv[0][name].as_str();
     assert_eq!(cell("repo"), REPO);
     assert_eq!(cell("number"), "20");
     assert_eq!(cell("state"), "merged");
@@ -830,7 +845,7 @@ async fn rebuild_command_recomputes_rows_under_changed_settings(backend: Backend
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("metrics rebuilt from 3 event(s); 0 skipped"),
+        stdout.contains("metrics rebuilt from 3 event(s) and 0 API answer(s); 0 skipped"),
         "{stdout}"
     );
     let rows = pulls(&app, "").await;
@@ -1415,22 +1430,10 @@ async fn post_one(app: &TestApp, d: &Delivery) -> i64 {
     answer["event_id"].as_i64().expect("event id")
 }
 
-/// The `handler` job of an event, as the events API shows it.
-async fn job(app: &TestApp, event_id: i64, handler: &str) -> Value {
-    let (_, detail) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
-    detail["jobs"]
-        .as_array()
-        .expect("jobs")
-        .iter()
-        .find(|j| j["handler"] == handler)
-        .cloned()
-        .unwrap_or_else(|| panic!("no {handler} job in {detail}"))
-}
-
 /// With a GitHub token, `opened`, `synchronize` and `closed` webhooks each queue a job that
-/// reads the pull request's commits: its first commit fills coding time and starts cycle time.
-/// A rate-limited read is retried at GitHub's `retry-after`; other actions read nothing; a
-/// rebuild keeps what was read.
+/// reads the pull request's commits: its first commit fills coding time and starts cycle time
+/// (JSON, CSV and summary checked value by value). A rate-limited read is retried at GitHub's
+/// `retry-after`; other actions read nothing; a rebuild keeps what was read.
 async fn first_commits_are_read_after_webhooks_with_a_token(backend: Backend) {
     use hookdock_testkit::{FakeCommit, FakeGitHub, Fault};
 
@@ -1449,83 +1452,120 @@ async fn first_commits_are_read_after_webhooks_with_a_token(backend: Backend) {
         vec![],
     )
     .await;
-    let opened = Pr::new(80, T0);
+    // Opened Monday 10:00 UTC with commits written at 07:00 and 09:00.
+    let mut opened = Pr::new(80, T0 + 10 * HOUR);
+    opened.size = (10, 4, 2, 2);
     let opened_event = pr_event("opened", &opened);
     fake.add_pull(
         "Codertocat",
         "Hello-World",
         opened_event.doc["pull_request"].clone(),
     );
+    let commit = |sha: &str, written: i64| FakeCommit::new(sha, "Codertocat", at(written));
     fake.set_pull_commits(
         "Codertocat",
         "Hello-World",
         80,
         &[
-            FakeCommit::new(&"1".repeat(40), "Codertocat", at(T0 - 3 * HOUR)),
-            FakeCommit::new(&opened.head_sha, "Codertocat", at(T0 - HOUR)),
+            commit(&"1".repeat(40), T0 + 7 * HOUR),
+            commit(&opened.head_sha, T0 + 9 * HOUR),
         ],
     );
     let commits_path = "/repos/Codertocat/Hello-World/pulls/80/commits";
     fake.fail_next("GET", commits_path, Fault::secondary_rate_limit(1));
 
     let event_id = post_one(&app, &opened_event).await;
-    let read = job(&app, event_id, "metrics_commits").await;
+    let read = app.job(event_id, "metrics_commits").await;
     assert_eq!(
         (&read["status"], &read["attempts"]),
         (&json!("done"), &json!(2))
     );
     let rows = pulls(&app, "").await;
-    assert_eq!(rows[0]["first_commit_at"], "2023-12-31T21:00:00.000Z");
-    assert_eq!(rows[0]["coding_hours"], 3.0);
+    assert_eq!(
+        (
+            &rows[0]["first_commit_at"],
+            &rows[0]["coding_hours"],
+            &rows[0]["coding_working_hours"]
+        ),
+        (&json!("2024-01-01T07:00:00.000Z"), &json!(3.0), &json!(1.0))
+    );
 
-    // A force-push rewrote the history: the earliest written commit is now 2 h old.
-    let mut pushed = opened.at(T0 + 2 * HOUR);
+    // At 12:00 a force-push rewrote the history: the earliest written commit is now 08:00.
+    let mut pushed = opened.at(T0 + 12 * HOUR);
     pushed.head_sha = "2".repeat(40);
     fake.set_pull_commits(
         "Codertocat",
         "Hello-World",
         80,
         &[
-            FakeCommit::new(&"3".repeat(40), "Codertocat", at(T0 - 2 * HOUR)),
-            FakeCommit::new(&pushed.head_sha, "Codertocat", at(T0 + 90 * MIN)),
+            commit(&"3".repeat(40), T0 + 8 * HOUR),
+            commit(&pushed.head_sha, T0 + 11 * HOUR + 30 * MIN),
         ],
     );
     post_one(&app, &pr_event("synchronize", &pushed)).await;
-    // Labels and edits read nothing.
-    let mut labeled = pushed.at(T0 + 3 * HOUR);
+    // A label reads nothing.
+    let mut labeled = pushed.at(T0 + 13 * HOUR);
     labeled.labels = vec!["bug"];
     let labeled_id = post_one(&app, &pr_event("labeled", &labeled)).await;
     let (_, detail) = app.api_get(&format!("/api/v1/events/{labeled_id}")).await;
-    assert!(
-        detail["jobs"]
-            .as_array()
-            .expect("jobs")
-            .iter()
-            .all(|j| j["handler"] != "metrics_commits"),
-        "{detail}"
-    );
+    let handlers: Vec<&str> = detail["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["handler"].as_str())
+        .collect();
+    assert!(!handlers.contains(&"metrics_commits"), "{handlers:?}");
     post_one(
         &app,
-        &pr_event("closed", &labeled.merged(T0 + 5 * HOUR, &"4".repeat(40))),
+        &pr_event("closed", &labeled.merged(T0 + 15 * HOUR, &"4".repeat(40))),
     )
     .await;
 
     let rows = pulls(&app, "").await;
-    let pr = &rows[0];
-    assert_eq!(
-        (
-            &pr["first_commit_at"],
-            &pr["coding_hours"],
-            &pr["cycle_hours"],
-            &pr["time_to_merge_hours"]
-        ),
-        (
-            &json!("2023-12-31T22:00:00.000Z"),
-            &json!(2.0),
-            &json!(7.0),
-            &json!(5.0)
-        )
-    );
+    let expected = json!({
+        "repo": REPO, "number": 80, "title": "Change 80", "author": "Codertocat",
+        "author_is_bot": false, "team": null, "state": "merged", "draft": false,
+        "base_ref": "master", "head_ref": "feature-80",
+        "created_at": "2024-01-01T10:00:00.000Z", "ready_for_review_at": null,
+        "first_commit_at": "2024-01-01T08:00:00.000Z", "first_review_at": null,
+        "merged_at": "2024-01-01T15:00:00.000Z", "closed_at": "2024-01-01T15:00:00.000Z",
+        // 08:00 → 10:00, of which 09:00-10:00 is working time.
+        "coding_hours": 2.0, "coding_working_hours": 1.0,
+        "pickup_hours": null, "pickup_working_hours": null,
+        "review_hours": null, "review_working_hours": null,
+        // 08:00 → 15:00, working from 09:00.
+        "cycle_hours": 7.0, "cycle_working_hours": 6.0,
+        "time_to_merge_hours": 5.0, "time_to_merge_working_hours": 5.0,
+        "additions": 10, "deletions": 4, "size": 14, "changed_files": 2, "commits": 2,
+        "reviews": 0, "is_revert": false, "reverts_number": null, "reverted": false,
+        "is_hotfix": false, "labels": ["bug"]
+    });
+    assert_eq!(rows, [expected]);
+
+    let csv = csv_rows(&app, "").await;
+    let cell = |name: &str| csv[0][name].as_str();
+    for (name, value) in [
+        ("first_commit_at", "2024-01-01T08:00:00.000Z"),
+        ("coding_hours", "2"),
+        ("coding_working_hours", "1"),
+        ("cycle_hours", "7"),
+        ("cycle_working_hours", "6"),
+        ("time_to_merge_hours", "5"),
+    ] {
+        assert_eq!(cell(name), value, "{name}");
+    }
+
+    let (_, s) = app
+        .api_get(&format!(
+            "/api/v1/metrics/summary?repo={REPO}&window=7d&until=2024-01-08"
+        ))
+        .await;
+    let one = |h: f64| json!({"count": 1, "median_hours": h, "p75_hours": h, "p90_hours": h});
+    assert_eq!(s["coding_time"], one(2.0), "{s}");
+    assert_eq!(s["cycle_time"], one(7.0));
+    assert_eq!(s["working_time"]["coding_time"], one(1.0));
+    assert_eq!(s["working_time"]["cycle_time"], one(6.0));
+
     let reads = fake
         .requests()
         .iter()
