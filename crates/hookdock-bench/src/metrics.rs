@@ -330,6 +330,7 @@ fn teams() -> anyhow::Result<Teams> {
         hotfix_branch_prefixes: vec![],
         hotfix_labels: vec![],
         count_bot_reviews: false,
+        fetch_commits: true,
         timezone: "UTC".to_owned(),
         working_days: weekdays,
         working_hours: "09:00-17:00".to_owned(),

@@ -1,11 +1,17 @@
-//! Issues: get, update, list, comments (list, create, update), labels of an issue (list, add,
-//! remove), labels of a repository (create, get, list) and assignees. It owns those endpoints and
-//! the JSON of issues, comments and labels, built from GitHub's examples.
+//! Issues: get, update, list, comments (list, create, update), events (list; recorded for
+//! labels added or removed and for pull requests turned into drafts or marked ready), labels of
+//! an issue (list, add, remove), labels of a repository (create, get, list) and assignees. It
+//! owns those endpoints and the JSON of issues, comments, events and labels, built from
+//! GitHub's examples.
 
 use serde_json::{Value, json};
 
 use crate::server::{Ctx, Reply, Scope, paginate};
 use crate::state::{FakeLabel, Item, State, encode_path, example, localize};
+
+fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
 
 /// The label JSON of the repository label `name` (defined on first use, as GitHub does).
 fn label_json(st: &mut State, repo: &str, name: &str) -> Value {
@@ -128,6 +134,46 @@ fn label_names(body: &Value) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Records an issue event (`event` by `actor` at `at`, with `extra` fields such as `label`) on
+/// issue or pull request `number`, as GitHub's `issue-event` object; returns it.
+pub(crate) fn record_event(
+    st: &mut State,
+    key: &str,
+    number: u64,
+    actor: &str,
+    event: &str,
+    at: time::OffsetDateTime,
+    extra: Value,
+) -> Value {
+    let id = st.next_id();
+    let base = st.base_url.clone();
+    let full = st
+        .repos
+        .get(key)
+        .map(|r| format!("{}/{}", r.owner, r.name))
+        .unwrap_or_else(|| key.to_owned());
+    let mut e = json!({
+        "id": id,
+        "node_id": format!("IE_fake{id}"),
+        "url": format!("{base}/repos/{full}/issues/events/{id}"),
+        "actor": st.user_json(actor),
+        "event": event,
+        "commit_id": null,
+        "commit_url": null,
+        "created_at": crate::state::timestamp(at),
+        "performed_via_github_app": null,
+    });
+    if let (Some(e), Value::Object(extra)) = (e.as_object_mut(), extra) {
+        e.extend(extra);
+    }
+    st.issue_events.push(Item {
+        repo: key.to_owned(),
+        number,
+        value: e.clone(),
+    });
+    e
 }
 
 /// Stores an issue that is not a pull request (e.g. a webhook payload's `issue`), with its
@@ -413,12 +459,20 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
             }
             let names = label_names(&ctx.body);
             let labels = ctx.st.labels.entry((key.clone(), number)).or_default();
+            let mut added = Vec::new();
             for n in names {
                 if !labels.iter().any(|l| l.eq_ignore_ascii_case(&n)) {
-                    labels.push(n);
+                    labels.push(n.clone());
+                    added.push(n);
                 }
             }
             let labels = labels.clone();
+            let login = ctx.login.clone();
+            for name in added {
+                let label = ctx.st.repo_label(&key, &name);
+                let label = json!({"label": {"name": label.name, "color": label.color}});
+                record_event(ctx.st, &key, number, &login, "labeled", now_utc(), label);
+            }
             Reply::json(
                 200,
                 Value::Array(labels.iter().map(|l| label_json(ctx.st, &key, l)).collect()),
@@ -436,6 +490,10 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
                 return Some(Reply::message(404, "Label does not exist"));
             }
             let labels = labels.clone();
+            let login = ctx.login.clone();
+            let label = ctx.st.repo_label(&key, &name);
+            let label = json!({"label": {"name": label.name, "color": label.color}});
+            record_event(ctx.st, &key, number, &login, "unlabeled", now_utc(), label);
             Reply::json(
                 200,
                 Value::Array(labels.iter().map(|l| label_json(ctx.st, &key, l)).collect()),
@@ -455,6 +513,26 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
                 per_page,
                 page,
                 |st, l| repo_label_json(st, &key, &l),
+            )
+        }
+        "issues/list-events" => {
+            if !ctx.st.issues.contains_key(&(key.clone(), number)) {
+                return Some(Reply::not_found());
+            }
+            let events: Vec<Value> = ctx
+                .st
+                .issue_events
+                .iter()
+                .filter(|i| i.repo == key && i.number == number)
+                .map(|i| i.value.clone())
+                .collect();
+            paginate(
+                ctx,
+                &format!("/repos/{full}/issues/{number}/events"),
+                events,
+                per_page,
+                page,
+                |_, e| e,
             )
         }
         "issues/list-for-repo" => {

@@ -1,8 +1,8 @@
 //! Test support for hookdock: a fake GitHub server held to GitHub's REST contract.
 //!
 //! [`FakeGitHub::start`] serves, on `127.0.0.1` and a port of its own, the REST endpoints hookdock
-//! uses (webhooks, deliveries, pull requests, issues, labels, contents, `/meta`, …) and GitHub's
-//! OAuth web flow.
+//! uses (webhooks, deliveries, pull requests and their commits, issues and their events, labels,
+//! contents, `/meta`, …) and GitHub's OAuth web flow.
 //! Every request is checked against GitHub's OpenAPI description (`shared/fixtures/
 //! github-rest-openapi.json`, or the file named by `HOOKDOCK_GITHUB_OPENAPI`): what does not fit
 //! is answered as GitHub would (404/422/…) *and* listed by [`FakeGitHub::contract_violations`],
@@ -34,7 +34,7 @@ mod state;
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 pub use contract::EXTRA_ENDPOINTS;
@@ -42,11 +42,21 @@ pub use deliveries::{signature_256, signature_sha1};
 pub use faults::Fault;
 pub use llm::{FakeLlm, LlmReply};
 pub use state::{
-    DEFAULT_META_HOOKS, FakeDelivery, FakeHook, FakeLabel, HookOwner, RecordedRequest,
+    DEFAULT_META_HOOKS, FakeCommit, FakeDelivery, FakeHook, FakeLabel, HookOwner, RecordedRequest,
 };
 
 use server::Shared;
 use state::{Org, Repo, Token, repo_key};
+
+/// The values of `items` that belong to issue or pull request `number`, oldest first.
+fn items_of(items: &[state::Item], owner: &str, repo: &str, number: u64) -> Vec<Value> {
+    let key = repo_key(owner, repo);
+    items
+        .iter()
+        .filter(|i| i.repo == key && i.number == number)
+        .map(|i| i.value.clone())
+        .collect()
+}
 
 /// A fake GitHub (REST API and OAuth web flow) on `127.0.0.1`, stopped when dropped.
 pub struct FakeGitHub {
@@ -334,8 +344,68 @@ impl FakeGitHub {
     }
 
     /// Adds a pull request (e.g. a webhook payload's `pull_request`), with its issue and labels.
+    /// Added for the first time, it gets as many commits as its `commits` says (at least one),
+    /// by its author, written one hour apart, the last one an hour before its `created_at` and
+    /// being its `head.sha`; [`FakeGitHub::set_pull_commits`] replaces them. Adding it again
+    /// keeps its commits.
     pub fn add_pull(&self, owner: &str, repo: &str, pull: Value) {
         pulls::add_pull(&mut self.shared.lock(), owner, repo, pull);
+    }
+
+    /// Replaces the commits of a pull request (oldest first), as a push or force-push does: its
+    /// `commits` count and `head.sha` follow (its `updated_at` is the test's to set). Panics
+    /// when there is no such pull request.
+    pub fn set_pull_commits(&self, owner: &str, repo: &str, number: u64, commits: &[FakeCommit]) {
+        let key = repo_key(owner, repo);
+        let set = pulls::set_commits(&mut self.shared.lock(), &key, number, commits.to_vec());
+        assert!(set, "set_pull_commits: no pull request {key}#{number}");
+    }
+
+    /// The commits of a pull request, oldest first.
+    pub fn pull_commits(&self, owner: &str, repo: &str, number: u64) -> Vec<FakeCommit> {
+        self.shared
+            .lock()
+            .pull_commits
+            .get(&(repo_key(owner, repo), number))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Turns an open pull request into a draft (`draft`) or marks it ready for review, as
+    /// `actor` does on GitHub at `at`: `draft` changes, `updated_at` becomes `at`, and a
+    /// `convert_to_draft` or `ready_for_review` issue event is recorded (and returned). Panics
+    /// when there is no such pull request.
+    pub fn set_draft(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        actor: &str,
+        at: OffsetDateTime,
+        draft: bool,
+    ) -> Value {
+        let key = repo_key(owner, repo);
+        let mut st = self.shared.lock();
+        let updated = json!(state::timestamp(at));
+        let Some(pull) = st.pulls.get_mut(&(key.clone(), number)) else {
+            panic!("no pull request {key}#{number}");
+        };
+        pull["draft"] = json!(draft);
+        pull["updated_at"] = updated.clone();
+        if let Some(issue) = st.issues.get_mut(&(key.clone(), number)) {
+            issue["updated_at"] = updated;
+        }
+        let event = if draft {
+            "convert_to_draft"
+        } else {
+            "ready_for_review"
+        };
+        issues::record_event(&mut st, &key, number, actor, event, at, json!({}))
+    }
+
+    /// The events of an issue or pull request, oldest first (as the events API lists them).
+    pub fn issue_events(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
+        items_of(&self.shared.lock().issue_events, owner, repo, number)
     }
 
     /// Adds an issue that is not a pull request (e.g. a webhook payload's `issue`), with its
@@ -376,35 +446,17 @@ impl FakeGitHub {
 
     /// Comments on an issue or pull request, oldest first.
     pub fn issue_comments(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.issue_comments
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().issue_comments, owner, repo, number)
     }
 
     /// Reviews of a pull request, oldest first.
     pub fn reviews(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.reviews
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().reviews, owner, repo, number)
     }
 
     /// Review comments of a pull request, oldest first.
     pub fn review_comments(&self, owner: &str, repo: &str, number: u64) -> Vec<Value> {
-        let key = repo_key(owner, repo);
-        let st = self.shared.lock();
-        st.review_comments
-            .iter()
-            .filter(|i| i.repo == key && i.number == number)
-            .map(|i| i.value.clone())
-            .collect()
+        items_of(&self.shared.lock().review_comments, owner, repo, number)
     }
 
     /// The `hooks` CIDR ranges `GET /meta` lists (default [`DEFAULT_META_HOOKS`], GitHub's).

@@ -1,19 +1,26 @@
-//! Pull requests: get (also as a diff), list, files, reviews and review comments, with the
-//! check that review comments sit on lines of the diff. It owns those endpoints and the storing
-//! of a pull request with its issue ([`add_pull`]); issue comments, labels and the like belong
-//! to [`crate::issues`] (only the listing of issue comments shares the listing code here).
+//! Pull requests: get (also as a diff), list, files, commits, reviews and review comments, with
+//! the check that review comments sit on lines of the diff. It owns those endpoints, the storing
+//! of a pull request with its issue ([`add_pull`]) and its commits ([`set_commits`]); issue
+//! comments, events, labels and the like belong to [`crate::issues`] (only the listing of issue
+//! comments shares the listing code here).
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
+use sha1::{Digest, Sha1};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::issues::{NewIssue, issue_json};
 use crate::server::{Body, Ctx, Reply, Scope, paginate};
-use crate::state::{Item, State, example, localize, timestamp};
+use crate::state::{FakeCommit, Item, State, example, localize, timestamp};
 
 /// Most files the files API lists for one pull request.
 const MAX_FILES: usize = 3000;
+/// Most commits the commits API lists for one pull request (GitHub's limit).
+const MAX_COMMITS: usize = 250;
+/// Most commits made up for a pull request added without any.
+const MAX_DEFAULT_COMMITS: u64 = 300;
 
 /// Lines a review comment may be placed on, from a unified-diff `patch`: `(RIGHT, LEFT)` sets.
 pub(crate) fn commentable_lines(patch: &str) -> (BTreeSet<u64>, BTreeSet<u64>) {
@@ -88,7 +95,101 @@ pub(crate) fn add_pull(st: &mut State, owner: &str, repo: &str, mut pull: Value)
     }
     crate::state::complete("pulls/get", 200, &mut pull);
     new.store(st);
+    st.pull_commits
+        .entry((key.clone(), number))
+        .or_insert_with(|| default_commits(&key, number, &pull));
     st.pulls.insert((key, number), pull);
+}
+
+/// The commits of a pull request added without any: as many as its `commits` says (at least
+/// one), by its author, written one hour apart, the last one an hour before the pull request
+/// was opened and being its head.
+fn default_commits(key: &str, number: u64, pull: &Value) -> Vec<FakeCommit> {
+    let n = pull["commits"]
+        .as_u64()
+        .unwrap_or(1)
+        .clamp(1, MAX_DEFAULT_COMMITS);
+    let created = pull["created_at"]
+        .as_str()
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let author = pull["user"]["login"].as_str().unwrap_or("octocat");
+    let head = pull["head"]["sha"].as_str().map(str::to_owned);
+    (0..n)
+        .map(|i| {
+            let sha = match (&head, i + 1 == n) {
+                (Some(head), true) => head.clone(),
+                _ => hex::encode(Sha1::digest(format!("{key}#{number}/{i}"))),
+            };
+            let hours_before = i64::try_from(n - i).unwrap_or(i64::MAX);
+            FakeCommit::new(&sha, author, created - time::Duration::hours(hours_before))
+        })
+        .collect()
+}
+
+/// Replaces a pull request's commits (oldest first), as a push does: its `commits` count and
+/// head follow. `false` when there is no such pull request.
+pub(crate) fn set_commits(
+    st: &mut State,
+    key: &str,
+    number: u64,
+    commits: Vec<FakeCommit>,
+) -> bool {
+    let Some(pull) = st.pulls.get_mut(&(key.to_owned(), number)) else {
+        return false;
+    };
+    pull["commits"] = json!(commits.len());
+    if let Some(last) = commits.last() {
+        pull["head"]["sha"] = json!(last.sha);
+    }
+    st.pull_commits.insert((key.to_owned(), number), commits);
+    true
+}
+
+/// GitHub's `commit` object as the commits API of a pull request lists it.
+fn commit_json(st: &mut State, full: &str, commit: &FakeCommit, parent: Option<&str>) -> Value {
+    let base = st.base_url.clone();
+    let sha = &commit.sha;
+    let user = st.user_json(&commit.author);
+    let person = |at: OffsetDateTime| {
+        json!({
+            "name": commit.author,
+            "email": format!("{}@users.noreply.github.com", commit.author),
+            "date": timestamp(at),
+        })
+    };
+    let tree = hex::encode(Sha1::digest(format!("tree {sha}")));
+    json!({
+        "url": format!("{base}/repos/{full}/commits/{sha}"),
+        "sha": sha,
+        "node_id": format!("C_fake{}", &sha[..sha.len().min(12)]),
+        "html_url": format!("https://github.com/{full}/commit/{sha}"),
+        "comments_url": format!("{base}/repos/{full}/commits/{sha}/comments"),
+        "commit": {
+            "url": format!("{base}/repos/{full}/git/commits/{sha}"),
+            "author": person(commit.authored_at),
+            "committer": person(commit.committed_at),
+            "message": commit.message,
+            "tree": {"url": format!("{base}/repos/{full}/git/trees/{tree}"), "sha": tree},
+            "comment_count": 0,
+            "verification": {
+                "verified": false,
+                "reason": "unsigned",
+                "signature": null,
+                "payload": null,
+                "verified_at": null,
+            },
+        },
+        "author": user,
+        "committer": user,
+        "parents": parent
+            .map(|p| vec![json!({
+                "url": format!("{base}/repos/{full}/commits/{p}"),
+                "html_url": format!("https://github.com/{full}/commit/{p}"),
+                "sha": p,
+            })])
+            .unwrap_or_default(),
+    })
 }
 
 /// Answers the pull request operations; `None` for others.
@@ -200,6 +301,31 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
                 per_page,
                 page,
                 |_, f| f,
+            )
+        }
+        "pulls/list-commits" => {
+            if !ctx.st.pulls.contains_key(&(key.clone(), number)) {
+                return Some(Reply::not_found());
+            }
+            let mut commits = ctx
+                .st
+                .pull_commits
+                .get(&(key, number))
+                .cloned()
+                .unwrap_or_default();
+            commits.truncate(MAX_COMMITS);
+            let parents: Vec<Option<String>> = std::iter::once(None)
+                .chain(commits.iter().map(|c| Some(c.sha.clone())))
+                .collect();
+            let numbered: Vec<(FakeCommit, Option<String>)> =
+                commits.into_iter().zip(parents).collect();
+            paginate(
+                ctx,
+                &format!("/repos/{full}/pulls/{number}/commits"),
+                numbered,
+                per_page,
+                page,
+                |st, (c, parent)| commit_json(st, &full, &c, parent.as_deref()),
             )
         }
         "pulls/list-reviews" | "pulls/list-review-comments" | "issues/list-comments" => {

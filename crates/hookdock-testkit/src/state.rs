@@ -1,5 +1,5 @@
 //! What the fake GitHub knows: tokens, repositories, organizations, hooks, deliveries, pull
-//! requests, issues, files, rate limit, and the record of every request, contract violation and
+//! requests with their commits, issues with their events, files, rate limit, and the record of every request, contract violation and
 //! fake bug. Plain data behind one mutex; the other modules read and change it, this one only
 //! defines it and offers small look-ups and the JSON templates built from GitHub's examples.
 
@@ -135,6 +135,34 @@ pub struct FakeLabel {
     pub description: Option<String>,
 }
 
+/// A commit of a pull request, as a test describes it; the fake serves it as GitHub's
+/// `commit` object of `GET /repos/{owner}/{repo}/pulls/{pull_number}/commits`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeCommit {
+    /// 40 hex digits.
+    pub sha: String,
+    /// Login of the GitHub user who wrote it (also its committer).
+    pub author: String,
+    /// `commit.author.date`: when it was written; a rebase keeps it.
+    pub authored_at: OffsetDateTime,
+    /// `commit.committer.date`: when it was last applied; a rebase moves it.
+    pub committed_at: OffsetDateTime,
+    pub message: String,
+}
+
+impl FakeCommit {
+    /// A commit written and committed at `at` by `author`.
+    pub fn new(sha: &str, author: &str, at: OffsetDateTime) -> FakeCommit {
+        FakeCommit {
+            sha: sha.to_owned(),
+            author: author.to_owned(),
+            authored_at: at,
+            committed_at: at,
+            message: format!("Change {}", &sha[..sha.len().min(7)]),
+        }
+    }
+}
+
 /// GitHub's `hooks` ranges of `GET /meta`: where webhook deliveries come from.
 pub const DEFAULT_META_HOOKS: &[&str] = &[
     "192.30.252.0/22",
@@ -201,6 +229,8 @@ pub(crate) struct State {
     pub redelivery_requests: Vec<(u64, u64)>,
     pub pulls: BTreeMap<(String, u64), Value>,
     pub pull_files: HashMap<(String, u64), Vec<Value>>,
+    /// The commits of each pull request, oldest first.
+    pub pull_commits: HashMap<(String, u64), Vec<FakeCommit>>,
     pub issues: BTreeMap<(String, u64), Value>,
     pub labels: HashMap<(String, u64), Vec<String>>,
     /// Labels defined in each repository (key: lowercase `owner/name`), oldest first.
@@ -208,6 +238,8 @@ pub(crate) struct State {
     pub issue_comments: Vec<Item>,
     pub review_comments: Vec<Item>,
     pub reviews: Vec<Item>,
+    /// Issue events (`labeled`, `convert_to_draft`, `ready_for_review`, …), oldest first.
+    pub issue_events: Vec<Item>,
     pub files: BTreeMap<(String, String), Vec<u8>>,
     /// Files that differ at one ref (branch or commit): `(repo, path, ref)`.
     pub files_at: BTreeMap<(String, String, String), Vec<u8>>,
@@ -310,12 +342,14 @@ impl State {
             redelivery_requests: Vec::new(),
             pulls: BTreeMap::new(),
             pull_files: HashMap::new(),
+            pull_commits: HashMap::new(),
             issues: BTreeMap::new(),
             labels: HashMap::new(),
             repo_labels: HashMap::new(),
             issue_comments: Vec::new(),
             review_comments: Vec::new(),
             reviews: Vec::new(),
+            issue_events: Vec::new(),
             files: BTreeMap::new(),
             files_at: BTreeMap::new(),
             permissions: HashMap::new(),

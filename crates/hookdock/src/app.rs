@@ -1,8 +1,8 @@
 //! Start-up: the one place that picks concrete implementations and wires them together.
 //! `App::build` connects, migrates and binds (port 0 in tests); `run_until_stopped` serves until
 //! the token is cancelled, then shuts down in the order that loses nothing: stop accepting and
-//! finish in-flight requests, let running jobs finish (or release them), commit what the writer
-//! holds, close the database.
+//! finish in-flight requests, let running jobs finish (or release them), stop background
+//! backfills (recorded as interrupted), commit what the writer holds, close the database.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crate::github::GithubClient;
 use crate::github::{Github, GithubConfig};
 use crate::handlers::automation::{AutomationSet, Automations, llm_reviewer};
 use crate::handlers::repo_config::ConfigDefaults;
-use crate::handlers::{Handler, HandlerRegistry};
+use crate::handlers::{Handler, HandlerRegistry, PullCommitsHandler};
 use crate::hooks::{HookError, HookManager};
 use crate::http::{AppState, Shared, router};
 use crate::ingest::{Ingestor, SourceGuard, WebhookSecrets};
@@ -241,6 +241,7 @@ impl App {
                 shutdown.clone(),
             ))
         });
+        let backfills = Arc::clone(&self.state.metrics_api.backfills);
         let server_stop = shutdown.clone();
         let served = axum::serve(
             self.listener,
@@ -254,6 +255,9 @@ impl App {
         {
             tracing::error!(error = %e, "worker task ended abnormally");
         }
+        // Background backfills stop and record that they were interrupted (they resume when
+        // started again).
+        backfills.shutdown().await;
         retention.abort();
         upkeep.abort();
         if let Some(ranges) = ranges {
@@ -265,7 +269,8 @@ impl App {
     }
 }
 
-/// The enabled handlers, the automations among them (when a GitHub token lets them act).
+/// The enabled handlers, the commits job and the automations among them (when a GitHub token
+/// lets them act).
 /// The CLI builds the same registry, so a replay from it queues the same jobs.
 pub fn handler_registry(
     settings: &Settings,
@@ -274,6 +279,9 @@ pub fn handler_registry(
     clock: Arc<dyn Clock>,
 ) -> Result<(HandlerRegistry, Option<Arc<AutomationSet>>), AppError> {
     let mut registry = HandlerRegistry::from_settings(&settings.handlers);
+    if let Some(commits) = commits_handler(settings, github, Arc::clone(&clock)) {
+        registry.register(commits);
+    }
     let automations = automation_set(settings, github, store, clock)?;
     if let Some(set) = &automations {
         for handler in set.handlers() {
@@ -281,6 +289,33 @@ pub fn handler_registry(
         }
     }
     Ok((registry, automations))
+}
+
+/// The job that reads pull requests' commits (first commits), when metrics are on and a GitHub
+/// token lets it read them. Its rate-limit waits stay within half the job timeout: a longer
+/// one becomes a retry at GitHub's reset time.
+fn commits_handler(
+    settings: &Settings,
+    github: &Github,
+    clock: Arc<dyn Clock>,
+) -> Option<Arc<dyn Handler>> {
+    let metrics = &settings.handlers.metrics;
+    if !metrics.enabled || !metrics.fetch_commits {
+        return None;
+    }
+    let Some(token) = settings.github_token.clone() else {
+        tracing::info!(
+            "first commits of pull requests come only from backfills: reading them after webhooks needs HOOKDOCK_GITHUB_TOKEN"
+        );
+        return None;
+    };
+    let patience = Duration::from_secs(settings.queue.job_timeout_secs) / 2;
+    let client = github.client(Some(token)).with_max_rate_wait(patience);
+    Some(Arc::new(PullCommitsHandler::new(
+        client,
+        clock,
+        metrics.clone(),
+    )))
 }
 
 /// The automations, when enabled and a GitHub token lets them act.

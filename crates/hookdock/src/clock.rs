@@ -13,6 +13,13 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> SleepFuture;
 }
 
+/// `t` as Unix milliseconds (0 before 1970).
+pub fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// The system clock and tokio's timer.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

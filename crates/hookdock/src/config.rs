@@ -294,6 +294,9 @@ pub struct MetricsSettings {
     pub hotfix_labels: Vec<String>,
     /// Whether a bot's review or comment can be a pull request's first review.
     pub count_bot_reviews: bool,
+    /// Whether, with a GitHub token, each pull request's commits are read from GitHub's API
+    /// after its `opened`, `synchronize`, `reopened` and `closed` webhooks (its first commit).
+    pub fetch_commits: bool,
     /// Default working-hours calendar: IANA time zone, e.g. `Europe/Berlin`.
     pub timezone: String,
     /// `mon` … `sun`.
@@ -491,6 +494,7 @@ fn defaults() -> serde_json::Value {
                 "hotfix_branch_prefixes": ["hotfix/", "hotfix-"],
                 "hotfix_labels": ["hotfix"],
                 "count_bot_reviews": false,
+                "fetch_commits": true,
                 "timezone": "UTC",
                 "working_days": ["mon", "tue", "wed", "thu", "fri"],
                 "working_hours": "09:00-17:00",
@@ -925,7 +929,7 @@ mod tests {
     fn metrics_settings_default_and_validate() {
         let s = Settings::load(&no_file(&[])).expect("loads");
         let m = &s.handlers.metrics;
-        assert!(m.enabled && !m.count_bot_reviews);
+        assert!(m.enabled && !m.count_bot_reviews && m.fetch_commits);
         assert_eq!(m.hotfix_branch_prefixes, ["hotfix/", "hotfix-"]);
         assert_eq!(m.hotfix_labels, ["hotfix"]);
         let err = Settings::load(&no_file(&[]).set(

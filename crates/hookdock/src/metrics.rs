@@ -52,7 +52,7 @@ pub struct PullMetrics {
     /// First review → merged.
     pub review_hours: Option<f64>,
     pub review_working_hours: Option<f64>,
-    /// First commit (else created) → merged.
+    /// First commit (or created, when that is earlier or the first commit unknown) → merged.
     pub cycle_hours: Option<f64>,
     pub cycle_working_hours: Option<f64>,
     /// Created → merged.
@@ -132,8 +132,14 @@ fn measured(pr: &PullRequestRow, measure: impl Fn(i64, i64) -> i64) -> Durations
         coding: span(pr.first_commit_at, Some(pr.created_at)),
         pickup,
         review: span(pr.first_review_at, pr.merged_at),
+        // A first commit written after the pull request was opened (history rewritten with
+        // new dates) gives no coding time, and the cycle starts at creation (as DevLake's,
+        // which adds coding time only when it is positive).
         cycle: span(
-            Some(pr.first_commit_at.unwrap_or(pr.created_at)),
+            Some(
+                pr.first_commit_at
+                    .map_or(pr.created_at, |c| c.min(pr.created_at)),
+            ),
             pr.merged_at,
         ),
         time_to_merge: span(Some(pr.created_at), pr.merged_at),
@@ -832,6 +838,17 @@ mod tests {
         assert_eq!(m.pickup_working_hours, Some(0.0));
         assert_eq!(m.cycle_working_hours, Some(0.0));
         assert_eq!(m.size, Some(12));
+    }
+
+    #[test]
+    fn a_first_commit_after_creation_gives_no_coding_time_and_cycle_from_creation() {
+        let mut p = pr(1);
+        p.first_commit_at = Some(T0 + H);
+        p.merged_at = Some(T0 + 3 * H);
+        let d = durations(&p);
+        assert_eq!(d.coding, None);
+        assert_eq!(d.cycle, Some(180));
+        assert_eq!(d.cycle, d.time_to_merge);
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub const OPENAPI_ENV: &str = "HOOKDOCK_GITHUB_OPENAPI";
 
 /// Real GitHub endpoints that the trimmed description does not contain but the fake serves:
 /// `(method, path template, operation id)`. Requests to them are checked only for the shape of
-/// their path (parameters named `*_id` must be integers); they are not contract violations.
+/// their path (parameters named `*_id` or `*_number` must be integers); they are not contract
+/// violations.
 pub const EXTRA_ENDPOINTS: &[(&str, &str, &str)] = &[
     ("GET", "/orgs/{org}/hooks/{hook_id}", "orgs/get-webhook"),
     (
@@ -72,6 +73,17 @@ pub const EXTRA_ENDPOINTS: &[(&str, &str, &str)] = &[
         "GET",
         "/repos/{owner}/{repo}/labels/{name}",
         "issues/get-label",
+    ),
+    // At most 250 commits, oldest first; `per_page` (≤ 100) and `page`, with `Link` headers.
+    (
+        "GET",
+        "/repos/{owner}/{repo}/pulls/{pull_number}/commits",
+        "pulls/list-commits",
+    ),
+    (
+        "GET",
+        "/repos/{owner}/{repo}/issues/{issue_number}/events",
+        "issues/list-events",
     ),
 ];
 
@@ -226,7 +238,7 @@ impl Contract {
                         name: name.clone(),
                         location: "path".into(),
                         required: true,
-                        schema: if name.ends_with("_id") {
+                        schema: if name.ends_with("_id") || name.ends_with("_number") {
                             serde_json::json!({"type": "integer"})
                         } else {
                             serde_json::json!({"type": "string"})

@@ -409,3 +409,166 @@ async fn an_answer_breaking_the_response_schema_is_reported_as_a_fake_bug() {
     );
     assert!(github.contract_violations().is_empty());
 }
+
+/// Commits the fake made up for a pull request added without any, then ones a test pushed:
+/// GitHub's `commit` objects, oldest first, paged with `Link` headers, at most 250.
+#[tokio::test]
+async fn pull_request_commits_are_listed_oldest_first_in_pages_of_at_most_250() {
+    use hookdock_testkit::FakeCommit;
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    let (github, pull) = github_with_pull().await;
+    // The fixture's pull request: one commit, its head, written an hour before it was opened.
+    let (status, _, page) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/pulls/2/commits",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let commits = page.as_array().unwrap();
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0]["sha"], pull["head"]["sha"]);
+    assert_eq!(
+        commits[0]["commit"]["author"]["date"],
+        "2019-05-15T14:20:33Z"
+    );
+    assert_eq!(
+        commits[0]["commit"]["committer"]["date"],
+        "2019-05-15T14:20:33Z"
+    );
+    assert_eq!(commits[0]["author"]["login"], pull["user"]["login"]);
+    assert_eq!(commits[0]["parents"], json!([]));
+
+    let t0 = OffsetDateTime::parse("2024-03-01T10:00:00Z", &Rfc3339).unwrap();
+    let pushed: Vec<FakeCommit> = (0..260u32)
+        .map(|i| {
+            let mut c = FakeCommit::new(
+                &format!("{i:040x}"),
+                "monalisa",
+                t0 + time::Duration::minutes(i64::from(i)),
+            );
+            // Rebased: written earlier than committed.
+            c.committed_at = t0 + time::Duration::days(1);
+            c
+        })
+        .collect();
+    github.set_pull_commits("octo", "hello", 2, &pushed);
+    let (_, _, pr) = call(&github, Method::GET, "/repos/octo/hello/pulls/2", None).await;
+    assert_eq!(pr["commits"], 260, "the count follows the push");
+    assert_eq!(pr["head"]["sha"], format!("{:040x}", 259));
+
+    let (status, headers, first) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/pulls/2/commits?per_page=100",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let first = first.as_array().unwrap().clone();
+    assert_eq!(first.len(), 100);
+    assert_eq!(first[0]["sha"], format!("{:040x}", 0));
+    assert_eq!(first[0]["commit"]["author"]["date"], "2024-03-01T10:00:00Z");
+    assert_eq!(
+        first[0]["commit"]["committer"]["date"],
+        "2024-03-02T10:00:00Z"
+    );
+    assert_eq!(first[1]["parents"][0]["sha"], format!("{:040x}", 0));
+    let link = header(&headers, "link");
+    assert!(link.contains("page=2>; rel=\"next\""), "{link}");
+    assert!(link.contains("page=3>; rel=\"last\""), "{link}");
+    let (_, headers, last) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/pulls/2/commits?per_page=100&page=3",
+        None,
+    )
+    .await;
+    let last = last.as_array().unwrap();
+    assert_eq!(last.len(), 50, "GitHub lists at most 250 commits");
+    assert_eq!(last[49]["sha"], format!("{:040x}", 249));
+    assert!(!header(&headers, "link").contains("rel=\"next\""));
+
+    let (status, _, _) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/pulls/99/commits",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_clean(&github);
+}
+
+/// Draft changes and label changes are issue events, oldest first, and change the pull
+/// request as GitHub does.
+#[tokio::test]
+async fn draft_changes_and_labels_are_listed_as_issue_events() {
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    let (github, _) = github_with_pull().await;
+    let at = |t: &str| OffsetDateTime::parse(t, &Rfc3339).unwrap();
+    github.set_draft("octo", "hello", 2, "octo", at("2024-03-01T10:00:00Z"), true);
+    let (_, _, pr) = call(&github, Method::GET, "/repos/octo/hello/pulls/2", None).await;
+    assert_eq!(
+        (&pr["draft"], &pr["updated_at"]),
+        (&json!(true), &json!("2024-03-01T10:00:00Z"))
+    );
+    call(
+        &github,
+        Method::POST,
+        "/repos/octo/hello/issues/2/labels",
+        Some(json!({"labels": ["bug"]})),
+    )
+    .await;
+    github.set_draft(
+        "octo",
+        "hello",
+        2,
+        "octo",
+        at("2024-03-01T12:30:00Z"),
+        false,
+    );
+    let (_, _, pr) = call(&github, Method::GET, "/repos/octo/hello/pulls/2", None).await;
+    assert_eq!(pr["draft"], false);
+
+    let (status, _, events) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/issues/2/events?per_page=2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["event"], "convert_to_draft");
+    assert_eq!(events[0]["created_at"], "2024-03-01T10:00:00Z");
+    assert_eq!(events[0]["actor"]["login"], "octo");
+    assert_eq!(events[1]["event"], "labeled");
+    assert_eq!(events[1]["label"]["name"], "bug");
+    let (_, _, rest) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/issues/2/events?per_page=2&page=2",
+        None,
+    )
+    .await;
+    assert_eq!(rest[0]["event"], "ready_for_review");
+    assert_eq!(rest[0]["created_at"], "2024-03-01T12:30:00Z");
+    assert_eq!(github.issue_events("octo", "hello", 2).len(), 3);
+
+    let (status, _, _) = call(
+        &github,
+        Method::GET,
+        "/repos/octo/hello/issues/99/events",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_clean(&github);
+}

@@ -72,6 +72,8 @@ enum Command {
     /// Pull request metrics.
     #[command(subcommand)]
     Metrics(MetricsCommand),
+    /// The same as `metrics backfill`.
+    Backfill(BackfillArgs),
     /// Reseal every stored secret under the current key (after changing secret_key, or with a
     /// newly generated key for an embedded install).
     RotateKey,
@@ -82,15 +84,19 @@ enum MetricsCommand {
     /// Recompute members, pull requests and reviews from the stored events, oldest first
     /// (after a change of definitions or of handlers.metrics settings).
     Rebuild,
-    /// Load a repository's pull requests and reviews through GitHub's REST API (with
-    /// HOOKDOCK_GITHUB_TOKEN); running it again after an interruption resumes where it stopped.
-    Backfill {
-        /// owner/repo
-        repo: String,
-        /// Pull requests updated in this span, e.g. 90d, 12h.
-        #[arg(long, default_value = "90d")]
-        since: String,
-    },
+    /// Load a repository's pull requests with their reviews, comments, commits and draft
+    /// changes through GitHub's REST API (with HOOKDOCK_GITHUB_TOKEN); running it again after
+    /// an interruption resumes where it stopped.
+    Backfill(BackfillArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// owner/repo
+    repo: String,
+    /// Pull requests updated in this span, e.g. 90d, 12h.
+    #[arg(long, default_value = "90d")]
+    since: String,
 }
 
 #[derive(Debug, Args)]
@@ -327,16 +333,16 @@ async fn store_command(
                 .await
                 .map_err(|e| anyhow::anyhow!("metrics rebuild failed: {e}"))?;
             println!(
-                "metrics rebuilt from {} event(s); {} skipped",
-                report.events, report.skipped
+                "metrics rebuilt from {} event(s) and {} API answer(s); {} skipped",
+                report.events, report.snapshots, report.skipped
             );
             if let Some(error) = &report.first_error {
                 println!("first skipped: {error}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Metrics(MetricsCommand::Backfill { repo, since }) => {
-            backfill_command(repo, since, settings, store).await
+        Command::Metrics(MetricsCommand::Backfill(args)) | Command::Backfill(args) => {
+            backfill_command(&args.repo, &args.since, settings, store).await
         }
         Command::Serve { .. } | Command::Migrate | Command::CheckConfig | Command::Send(_) => {
             Err(anyhow::anyhow!("this command does not run on an open database").into())
@@ -345,14 +351,15 @@ async fn store_command(
 }
 
 /// `metrics backfill`: progress on stderr (one line per 10 pull requests, or a line redrawn in
-/// place on a terminal), the summary on stdout.
+/// place on a terminal), the summary on stdout. Refused while a backfill of the repository runs
+/// elsewhere; Ctrl-C stops it, recorded as interrupted.
 async fn backfill_command(
     repo: &str,
     since: &str,
     settings: Settings,
     store: &Store,
 ) -> Result<ExitCode, Failure> {
-    use hookdock::handlers::backfill::{Backfill, BackfillProgress};
+    use hookdock::handlers::backfill::{Backfill, BackfillProgress, claim};
     use std::io::{IsTerminal, Write};
 
     let span = hookdock::config::parse_span(since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
@@ -399,19 +406,36 @@ async fn backfill_command(
             let _ = writeln!(err, "{line}");
         }
     };
-    let result = backfill.run(repo, span, &mut progress).await;
+    // One run per repository, whoever starts it: the API of any instance shows this one.
+    let claimed = claim(store, clock.as_ref(), repo, since, "cli")
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
+    let cancel = CancellationToken::new();
+    let ctrl_c = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        })
+    };
+    let result = claimed.run(&backfill, span, &cancel, &mut progress).await;
+    ctrl_c.abort();
     if terminal {
         eprintln!();
     }
     let report = result.map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
     println!(
-        "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out",
+        "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out; {} comment(s), {} commit(s), {} draft change(s) read",
         report.repo,
         report.listed,
         report.fetched,
         report.resumed,
         report.reviews,
-        report.reviews_skipped
+        report.reviews_skipped,
+        report.comments,
+        report.commits,
+        report.draft_changes
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -136,6 +136,7 @@ impl Github {
             Err(_) => Arc::new(TokenState::default()),
         };
         GithubClient {
+            max_rate_wait: self.shared.config.max_rate_wait,
             shared: Arc::clone(&self.shared),
             token,
             cache_prefix: hex::encode(&key[..8]),
@@ -151,6 +152,8 @@ pub struct GithubClient {
     token: Option<SecretString>,
     cache_prefix: String,
     state: Arc<TokenState>,
+    /// Longest rate-limit wait taken inline (the configured one unless lowered).
+    max_rate_wait: Duration,
 }
 
 impl std::fmt::Debug for GithubClient {
@@ -234,6 +237,14 @@ impl<'a> Call<'a> {
 impl GithubClient {
     pub fn is_authenticated(&self) -> bool {
         self.token.is_some()
+    }
+
+    /// The same client, waiting out rate limits inline for at most `max` (never longer than
+    /// configured); beyond it calls fail with `RateLimited`, for callers that can come back
+    /// later (queue jobs with a timeout of their own).
+    pub fn with_max_rate_wait(mut self, max: Duration) -> GithubClient {
+        self.max_rate_wait = self.max_rate_wait.min(max);
+        self
     }
 
     pub fn api_url(&self) -> &str {
@@ -360,9 +371,7 @@ impl GithubClient {
             let message = error_message(&body);
             if let Some(wait) = self.rate_limit_wait(status, &headers, &message, attempt) {
                 let until = self.shared.clock.now() + wait;
-                if attempt >= self.shared.config.max_retries
-                    || wait > self.shared.config.max_rate_wait
-                {
+                if attempt >= self.shared.config.max_retries || wait > self.max_rate_wait {
                     return Err(GithubError::RateLimited { until });
                 }
                 tracing::warn!(
@@ -433,7 +442,7 @@ impl GithubClient {
         let Ok(wait) = reset.duration_since(self.shared.clock.now()) else {
             return Ok(());
         };
-        if wait > self.shared.config.max_rate_wait {
+        if wait > self.max_rate_wait {
             return Err(GithubError::RateLimited { until: reset });
         }
         tracing::warn!(

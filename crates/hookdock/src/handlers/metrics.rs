@@ -1,10 +1,14 @@
 //! Built-in handler for pull request metrics: turns `pull_request`, `pull_request_review`,
 //! `pull_request_review_comment` and `issue_comment` (on pull requests) payloads into
-//! [`Effect`]s that upsert members, pull requests, reviews and review activity.
+//! [`Effect`]s that upsert members, pull requests, reviews and review activity. The REST API
+//! answers that backfills and [`super::pull_commits`] keep are read the same way: as the
+//! events they stand for, or, for a pull request's commits ([`COMMITS_ANSWER`]) and draft
+//! issue events ([`DRAFT_EVENTS_ANSWER`]), as payloads of their own.
 //!
 //! Parsing is a pure function of the payload and the settings ([`effects_for`]), so a rebuild
-//! from stored events gives the same rows. It classifies (bot, by the author, revert, hotfix)
-//! but leaves merging and ordering to the store, and computes no metric.
+//! from stored events and answers gives the same rows. It classifies (bot, by the author,
+//! revert, hotfix, first commit, draft changes) but leaves merging and ordering to the store,
+//! makes no network call and computes no metric.
 
 use serde_json::Value;
 
@@ -14,9 +18,18 @@ pub use super::payload::parse_time;
 use super::{Handler, HandlerError, HandlerFuture, JobContext};
 use crate::config::MetricsSettings;
 use crate::store::{
-    ActivityKind, Effect, MemberRecord, PrActivityRecord, PullRequestRecord, PullRequestSize,
-    ReviewRecord, Store,
+    ActivityKind, DraftChangesRecord, Effect, MemberRecord, PrActivityRecord, PrCommitsRecord,
+    PullRequestRecord, PullRequestSize, ReviewRecord, Store,
 };
+
+/// The payload kind of GitHub's commits of a pull request, as kept by backfills and
+/// [`super::pull_commits`]: `{repository.full_name, pull_request.number, fetched_at, commits}`
+/// where `commits` is the commits API's list (oldest first).
+pub const COMMITS_ANSWER: &str = "pull_request_commits";
+/// The payload kind of a pull request's draft changes read from its issue events by a
+/// backfill: `{repository.full_name, pull_request {number, created_at, draft}, fetched_at,
+/// events}` where `events` are its `convert_to_draft` and `ready_for_review` issue events.
+pub const DRAFT_EVENTS_ANSWER: &str = "pull_request_draft_events";
 
 pub struct MetricsHandler {
     settings: MetricsSettings,
@@ -171,8 +184,80 @@ pub fn effects_for(
         "pull_request_review" => review_event(&p, settings),
         "pull_request_review_comment" => review_comment_event(&p, action, settings),
         "issue_comment" => issue_comment_event(&p, action, settings),
+        COMMITS_ANSWER => commits_answer(&p),
+        DRAFT_EVENTS_ANSWER => draft_events_answer(&p),
         _ => Ok(Vec::new()),
     }
+}
+
+/// The first commit of a pull request: the earliest `commit.author.date` of its commits (as
+/// DevLake), which a rebase keeps while it moves the committer date; the first listed wins a
+/// tie.
+fn commits_answer(p: &Payload<'_>) -> Result<Vec<Effect>, HandlerError> {
+    let commits = p
+        .get("commits")
+        .and_then(Value::as_array)
+        .ok_or_else(|| p.missing("commits", "an array"))?;
+    let mut first: Option<(i64, String)> = None;
+    for (i, doc) in commits.iter().enumerate() {
+        let commit = Payload {
+            doc,
+            label: format!("{} commits[{i}]", p.label),
+        };
+        let at = commit.time("commit.author.date")?;
+        if first.as_ref().is_none_or(|(earliest, _)| at < *earliest) {
+            first = Some((at, commit.string("sha")?));
+        }
+    }
+    let (first_commit_at, first_commit_sha) = first.unzip();
+    Ok(vec![Effect::RecordPrCommits(PrCommitsRecord {
+        repo: p.repository()?,
+        pr_number: p.i64("pull_request.number")?,
+        as_of: p.time("fetched_at")?,
+        first_commit_at,
+        first_commit_sha,
+        commits: i64::try_from(commits.len()).unwrap_or(i64::MAX),
+    })])
+}
+
+/// A pull request's draft changes from its issue events, as the webhooks would have given
+/// them: `convert_to_draft` starts a draft interval and `ready_for_review` ends one. No event
+/// says a pull request was opened as a draft; it was when its first change is a
+/// `ready_for_review`, or, without any, when it is a draft now.
+fn draft_events_answer(p: &Payload<'_>) -> Result<Vec<Effect>, HandlerError> {
+    let events = p
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| p.missing("events", "an array"))?;
+    let mut changes = Vec::new();
+    for (i, doc) in events.iter().enumerate() {
+        let event = Payload {
+            doc,
+            label: format!("{} events[{i}]", p.label),
+        };
+        let draft = match event.str("event")? {
+            "convert_to_draft" => true,
+            "ready_for_review" => false,
+            _ => continue,
+        };
+        changes.push((event.time("created_at")?, draft));
+    }
+    changes.sort_by_key(|&(at, draft)| (at, draft));
+    let opened_as_draft = match changes.first() {
+        Some(&(_, draft)) => !draft,
+        None => p.bool_or_false("pull_request.draft"),
+    };
+    if opened_as_draft {
+        changes.insert(0, (p.time("pull_request.created_at")?, true));
+    }
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Effect::RecordDraftChanges(DraftChangesRecord {
+        repo: p.repository()?,
+        pr_number: p.i64("pull_request.number")?,
+        changes,
+    })])
 }
 
 /// The user object at `path` of `p` as a member seen at `seen_at`.
@@ -495,6 +580,7 @@ mod tests {
             hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
             hotfix_labels: vec!["hotfix".into()],
             count_bot_reviews: false,
+            fetch_commits: true,
             timezone: "UTC".into(),
             working_days: vec![
                 "mon".into(),
@@ -670,6 +756,101 @@ mod tests {
         assert!(other.is_revert && other.number.is_none());
         assert!(!detect_revert("Revert the revert plan", "Reverts nothing", repo).is_revert);
         assert!(!detect_revert("Fix", "", repo).is_revert);
+    }
+
+    fn commit(sha: &str, authored: &str, committed: &str) -> Value {
+        serde_json::json!({"sha": sha, "commit": {"author": {"date": authored},
+            "committer": {"date": committed}}})
+    }
+
+    #[test]
+    fn the_first_commit_is_the_earliest_written_not_the_first_listed() {
+        let answer = serde_json::json!({
+            "repository": {"full_name": "o/r"},
+            "pull_request": {"number": 7},
+            "fetched_at": "2024-01-03T00:00:00.000Z",
+            "commits": [
+                commit("a1", "2024-01-02T10:00:00Z", "2024-01-02T12:00:00Z"),
+                // Rebased onto the first: written earlier, committed later.
+                commit("b2", "2024-01-01T09:00:00Z", "2024-01-02T12:00:01Z"),
+                commit("c3", "2024-01-01T09:00:00Z", "2024-01-02T12:00:02Z"),
+            ],
+        });
+        let effects = effects_for(COMMITS_ANSWER, None, &answer, &settings()).expect("parses");
+        assert_eq!(
+            effects,
+            [Effect::RecordPrCommits(PrCommitsRecord {
+                repo: "o/r".into(),
+                pr_number: 7,
+                as_of: parse_time("2024-01-03T00:00:00Z").unwrap(),
+                first_commit_at: parse_time("2024-01-01T09:00:00Z"),
+                first_commit_sha: Some("b2".into()),
+                commits: 3,
+            })]
+        );
+
+        let mut bad = answer.clone();
+        bad["commits"][1]["commit"]["author"]
+            .as_object_mut()
+            .unwrap()
+            .remove("date");
+        let err = effects_for(COMMITS_ANSWER, None, &bad, &settings()).unwrap_err();
+        assert!(
+            matches!(&err, HandlerError::Permanent(m)
+                if m.contains("commits[1]") && m.contains("commit.author.date")),
+            "{err}"
+        );
+    }
+
+    fn draft_events(draft_now: bool, events: &[(&str, &str)]) -> Vec<Effect> {
+        let answer = serde_json::json!({
+            "repository": {"full_name": "o/r"},
+            "pull_request": {"number": 7, "created_at": "2024-01-01T08:00:00Z", "draft": draft_now},
+            "fetched_at": "2024-01-03T00:00:00.000Z",
+            "events": events.iter().map(|(event, at)| serde_json::json!({"event": event,
+                "created_at": at})).collect::<Vec<_>>(),
+        });
+        effects_for(DRAFT_EVENTS_ANSWER, None, &answer, &settings()).expect("parses")
+    }
+
+    fn changes(effects: &[Effect]) -> Vec<(String, bool)> {
+        let [Effect::RecordDraftChanges(d)] = effects else {
+            panic!("{effects:?}")
+        };
+        assert_eq!((d.repo.as_str(), d.pr_number), ("o/r", 7));
+        d.changes
+            .iter()
+            .map(|(at, draft)| (crate::store::rfc3339(*at), *draft))
+            .collect()
+    }
+
+    #[test]
+    fn draft_changes_come_from_issue_events_and_an_opening_as_draft_is_inferred() {
+        let t = |h: u8| format!("2024-01-01T{h:02}:00:00.000Z");
+        // Opened as a draft (the first change marks it ready), converted again later; other
+        // events are not draft changes.
+        let e = draft_events(
+            false,
+            &[
+                ("labeled", "2024-01-01T08:30:00Z"),
+                ("convert_to_draft", "2024-01-01T12:00:00Z"),
+                ("ready_for_review", "2024-01-01T10:00:00Z"),
+                ("ready_for_review", "2024-01-01T13:00:00Z"),
+            ],
+        );
+        assert_eq!(
+            changes(&e),
+            [(t(8), true), (t(10), false), (t(12), true), (t(13), false)]
+        );
+        // Opened ready, converted and still a draft.
+        let e = draft_events(true, &[("convert_to_draft", "2024-01-01T09:00:00Z")]);
+        assert_eq!(changes(&e), [(t(9), true)]);
+        // No event: a draft now was opened as one; a ready one never was a draft.
+        assert_eq!(changes(&draft_events(true, &[])), [(t(8), true)]);
+        assert_eq!(
+            draft_events(false, &[("labeled", "2024-01-01T09:00:00Z")]),
+            []
+        );
     }
 
     #[test]

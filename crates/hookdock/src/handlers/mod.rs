@@ -13,6 +13,7 @@ pub mod labeling;
 pub mod labels;
 pub mod metrics;
 pub(crate) mod payload;
+pub mod pull_commits;
 pub mod records;
 pub mod repo_config;
 pub mod review;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use activity::ActivityHandler;
 pub use metrics::MetricsHandler;
+pub use pull_commits::PullCommitsHandler;
 pub use records::RecordsHandler;
 
 use crate::config::HandlerSettings;

@@ -81,6 +81,20 @@ impl Payload<'_> {
     }
 }
 
+/// `owner/name` as its two parts when both are names GitHub allows (letters, digits, `-`, `_`,
+/// `.`, not `.` or `..`), so neither can change a request path built from them.
+pub(crate) fn owner_and_name(repo: &str) -> Option<(&str, &str)> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    repo.split_once('/')
+        .filter(|(owner, name)| valid(owner) && valid(name))
+}
+
 /// RFC 3339 text as Unix milliseconds.
 pub fn parse_time(text: &str) -> Option<i64> {
     let t =

@@ -1,6 +1,7 @@
 //! Pull request metrics routes (behind the admin guard): per pull request rows as JSON or CSV,
-//! a summary over a window, and backfills started in the background. They parse parameters (400 naming the parameter), read from the
-//! store and leave every computation to [`crate::metrics`].
+//! a summary over a window, and backfills started in the background with their status. They
+//! parse parameters (400 naming the parameter), read from the store and leave every
+//! computation to [`crate::metrics`] and every backfill to [`crate::handlers::backfill`].
 
 use std::sync::Arc;
 
@@ -14,7 +15,9 @@ use serde::Deserialize;
 use super::AppState;
 use super::error::ApiError;
 use crate::config::MetricsSettings;
-use crate::handlers::backfill::{BackfillJobs, BackfillStart, BackfillStatus, BackfillTask};
+use crate::handlers::backfill::{
+    BackfillError, BackfillRuns, BackfillStatus, BackfillTask, backfill_status as stored_status,
+};
 use crate::metrics::{self, CalendarError, Clocks, SummaryRequest, Teams, Window};
 use crate::store::{PullFilter, now_ms};
 
@@ -22,7 +25,8 @@ use crate::store::{PullFilter, now_ms};
 pub struct MetricsApi {
     pub teams: Teams,
     pub settings: MetricsSettings,
-    pub backfills: Arc<BackfillJobs>,
+    /// The background backfills this instance runs (their status is in the database).
+    pub backfills: Arc<BackfillRuns>,
 }
 
 impl MetricsApi {
@@ -237,7 +241,8 @@ fn status_body(status: &BackfillStatus) -> serde_json::Value {
 
 /// `POST /api/v1/metrics/backfill` `{"repo": "owner/name", "since": "90d"}`: starts a backfill
 /// of the repository in the background (as `hookdock metrics backfill` does) and answers 202
-/// with the URL of its status; 409 while one of the same repository is running.
+/// with the URL of its status; 409 with the running one's status while a backfill of the same
+/// repository runs anywhere (another instance, the CLI).
 pub async fn start_backfill(
     State(state): State<AppState>,
     body: Result<Json<BackfillRequest>, JsonRejection>,
@@ -275,8 +280,9 @@ pub async fn start_backfill(
         .metrics_api
         .backfills
         .start(task, &repo, &since_text, since)
+        .await
     {
-        BackfillStart::Started(status) => {
+        Ok(status) => {
             let url = status_url(&status.repo);
             Ok((
                 StatusCode::ACCEPTED,
@@ -285,31 +291,35 @@ pub async fn start_backfill(
             )
                 .into_response())
         }
-        BackfillStart::AlreadyRunning(running) => {
+        Err(BackfillError::AlreadyRunning(running)) => {
             Ok((StatusCode::CONFLICT, Json(status_body(&running))).into_response())
         }
+        Err(e @ BackfillError::BadRepo(_)) => Err(invalid("repo", e)),
+        Err(BackfillError::Store(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backfill_not_started",
+            e.to_string(),
+        )),
     }
 }
 
-/// `GET /api/v1/metrics/backfill/{owner}/{name}`: the progress of the latest background
-/// backfill of the repository started by this instance.
+/// `GET /api/v1/metrics/backfill/{owner}/{name}`: the progress of the repository's latest
+/// backfill, whichever instance (or the CLI) runs or ran it.
 pub async fn backfill_status(
     State(state): State<AppState>,
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let repo = format!("{owner}/{name}");
-    state
-        .metrics_api
-        .backfills
-        .status(&repo)
-        .map(|s| Json(status_body(&s)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no backfill of {repo} was started on this instance; start one with POST /api/v1/metrics/backfill"
-                ),
-            )
-        })
+    let clock = state.hooks.clock();
+    match stored_status(&state.store, clock.as_ref(), &repo).await? {
+        Some(status) => Ok(Json(status_body(&status))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no backfill of {repo} was started; start one with POST /api/v1/metrics/backfill"
+            ),
+        )),
+    }
 }

@@ -334,6 +334,9 @@ pub(super) async fn apply_effect(
         Effect::RecordPrActivity(activity) => {
             super::metrics::record_pr_activity(conn, activity).await?
         }
+        Effect::RecordPrCommits(c) => super::metrics::record_pr_commits(conn, c).await?,
+        Effect::RecordDraftChanges(d) => super::metrics::draft_changes(conn, d).await?,
+        Effect::KeepApiSnapshot(s) => super::backfill::keep_snapshot(conn, s).await?,
         Effect::RecordAutomation(record) => super::automation::record(conn, record).await?,
         Effect::Record(record) => super::records::apply(conn, record).await?,
     }

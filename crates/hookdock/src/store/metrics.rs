@@ -1,12 +1,14 @@
-//! SQL for pull request metrics: members, pull requests, reviews and review activity.
+//! SQL for pull request metrics: members, pull requests, reviews, review activity, draft
+//! changes and first commits.
 //!
-//! Writes arrive as [`Effect`](super::Effect)s from the metrics handler and run inside the
-//! transaction that finishes its job. Every write is an order-independent merge: state columns
-//! follow GitHub's newest `updated_at`, size columns the newest event that carried them, times
-//! that only move one way take the minimum, and derived columns (first review, revert links,
+//! Writes arrive as [`Effect`](super::Effect)s from the metrics handlers and run inside the
+//! transaction that finishes their job. Every write is an order-independent merge: state columns
+//! follow GitHub's newest `updated_at`, size columns the newest event that carried them, a
+//! pull request's commits the newest answer hookdock read, times that only move one way take
+//! the minimum, and derived columns (first review, first commit, draft intervals, revert links,
 //! the reverted flag, review comment counts) are recomputed from the stored rows after each
-//! write. So any order of a pull request's events leaves the same rows. This module computes no
-//! metric; that is [`crate::metrics`].
+//! write. So any order of a pull request's events and API answers leaves the same rows. This
+//! module computes no metric; that is [`crate::metrics`].
 
 use serde_json::Value;
 use sqlx::any::AnyRow;
@@ -115,6 +117,29 @@ pub struct PrActivityRecord {
     /// Counts towards the first review (not by the author; bots only when configured).
     pub counts: bool,
     pub deleted: bool,
+}
+
+/// The first commit of a pull request, from one answer of GitHub's commits API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrCommitsRecord {
+    pub repo: String,
+    pub pr_number: i64,
+    /// When hookdock read the answer (Unix ms): a newer answer replaces an older one.
+    pub as_of: i64,
+    /// The earliest `commit.author.date` of the commits listed; `None` when none were.
+    pub first_commit_at: Option<i64>,
+    pub first_commit_sha: Option<String>,
+    /// Commits listed (GitHub lists at most 250).
+    pub commits: i64,
+}
+
+/// Changes of a pull request's draft state: `(when, became a draft)`; `false` is "marked
+/// ready for review". From webhooks one at a time, from a backfill all the issue events say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftChangesRecord {
+    pub repo: String,
+    pub pr_number: i64,
+    pub changes: Vec<(i64, bool)>,
 }
 
 /// `min(a, b)` where NULL means "unknown", in SQL both dialects accept.
@@ -275,28 +300,40 @@ pub(crate) async fn upsert_pull_request(
     }));
     sql.push(" ON CONFLICT (repo, number) DO UPDATE SET ")
         .push(&sets.join(", "));
-    sql.execute(&mut *conn).await?;
-    if let Some((at, draft)) = pr.draft_change {
-        record_draft_change(conn, &pr.repo, pr.number, at, draft).await?;
+    // NULL draft intervals: never computed for this row (it is new, or older than them), so
+    // draft changes stored before the pull request (a backfill's) are picked up now.
+    sql.push(" RETURNING draft_intervals");
+    let intervals = match sql.fetch_optional(&mut *conn).await? {
+        Some(row) => row.try_get::<Option<String>, _>(0)?,
+        None => None,
+    };
+    let changes: Vec<(i64, bool)> = pr.draft_change.into_iter().collect();
+    if !changes.is_empty() || intervals.is_none() {
+        record_draft_changes(conn, &pr.repo, pr.number, &changes).await?;
     }
     refresh_pull_request(conn, &pr.repo, pr.number).await
 }
 
-/// Stores one change of a pull request's draft state and recomputes its draft intervals from
-/// all of them, so the order changes arrive in does not matter.
-async fn record_draft_change(
+/// Stores changes of a pull request's draft state and recomputes its draft intervals and
+/// first ready-for-review time from all of them, so the order changes arrive in (and whether
+/// from webhooks or issue events) does not matter. A missing pull request row is left to its
+/// own upsert, which calls this again.
+async fn record_draft_changes(
     conn: &mut AnyConnection,
     repo: &str,
     number: i64,
-    at: i64,
-    draft: bool,
+    new: &[(i64, bool)],
 ) -> Result<(), sqlx::Error> {
-    let mut sql = Sql::new("INSERT INTO pr_draft_changes (repo, pr_number, at, draft) VALUES (");
-    sql.bind(repo).push(", ").bind(number).push(", ").bind(at);
-    sql.push(", ")
-        .bind(flag(draft))
-        .push(") ON CONFLICT (repo, pr_number, at, draft) DO NOTHING");
-    sql.execute(&mut *conn).await?;
+    if !new.is_empty() {
+        let mut sql = Sql::new("INSERT INTO pr_draft_changes (repo, pr_number, at, draft) VALUES ");
+        for (i, (at, draft)) in new.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" });
+            sql.bind(repo).push(", ").bind(number).push(", ").bind(*at);
+            sql.push(", ").bind(flag(*draft)).push(")");
+        }
+        sql.push(" ON CONFLICT (repo, pr_number, at, draft) DO NOTHING");
+        sql.execute(&mut *conn).await?;
+    }
     let mut sql = Sql::new("SELECT at, draft FROM pr_draft_changes WHERE repo = ");
     sql.bind(repo)
         .push(" AND pr_number = ")
@@ -309,9 +346,17 @@ async fn record_draft_change(
         .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)? != 0)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let text = draft_intervals_text(&changes);
+    let first_ready = changes.iter().find(|(_, draft)| !draft).map(|(at, _)| *at);
     let mut sql = Sql::new("UPDATE pull_requests SET draft_intervals = ");
-    sql.bind(text)
-        .push(" WHERE repo = ")
+    sql.bind(text);
+    if let Some(ready) = first_ready {
+        sql.push(", ready_for_review_at = CASE WHEN ready_for_review_at IS NULL OR ready_for_review_at > ")
+            .bind(ready)
+            .push(" THEN ")
+            .bind(ready)
+            .push(" ELSE ready_for_review_at END");
+    }
+    sql.push(" WHERE repo = ")
         .bind(repo)
         .push(" AND number = ")
         .bind(number);
@@ -367,7 +412,7 @@ async fn refresh_pull_request(
     repo: &str,
     number: i64,
 ) -> Result<(), sqlx::Error> {
-    refresh_first_review(conn, repo, number).await?;
+    refresh_first_times(conn, repo, number).await?;
 
     let mut sql = Sql::new(
         "UPDATE pull_requests SET reverts_number = (SELECT t.number FROM pull_requests t \
@@ -399,14 +444,18 @@ async fn refresh_pull_request(
     Ok(())
 }
 
-async fn refresh_first_review(
+/// Recomputes the first review (the earliest counted activity) and copies the first commit
+/// (of the newest commits answer) into the pull request's row, in one statement.
+async fn refresh_first_times(
     conn: &mut AnyConnection,
     repo: &str,
     number: i64,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
         "UPDATE pull_requests SET first_review_at = (SELECT MIN(a.at) FROM pr_activity a \
-         WHERE a.repo = pull_requests.repo AND a.pr_number = pull_requests.number AND a.counts = 1) \
+         WHERE a.repo = pull_requests.repo AND a.pr_number = pull_requests.number AND a.counts = 1), \
+         first_commit_at = (SELECT c.first_commit_at FROM pr_first_commits c \
+         WHERE c.repo = pull_requests.repo AND c.pr_number = pull_requests.number) \
          WHERE repo = ",
     );
     sql.bind(repo).push(" AND number = ").bind(number);
@@ -453,6 +502,46 @@ pub(crate) async fn upsert_review(
     refresh_review_comments(conn, r.github_id).await
 }
 
+/// Applies a [`DraftChangesRecord`].
+pub(crate) async fn draft_changes(
+    conn: &mut AnyConnection,
+    d: &DraftChangesRecord,
+) -> Result<(), sqlx::Error> {
+    record_draft_changes(conn, &d.repo, d.pr_number, &d.changes).await
+}
+
+/// Keeps what one answer of GitHub's commits API says of a pull request, unless a newer answer
+/// is kept (equal times: the earlier first commit, so both orders agree), and copies the first
+/// commit into the pull request's row if it exists (else its upsert will).
+pub(crate) async fn record_pr_commits(
+    conn: &mut AnyConnection,
+    c: &PrCommitsRecord,
+) -> Result<(), sqlx::Error> {
+    let mut sql = Sql::new(
+        "INSERT INTO pr_first_commits (repo, pr_number, as_of, first_commit_at, \
+         first_commit_sha, commits) VALUES (",
+    );
+    sql.bind(c.repo.as_str()).push(", ").bind(c.pr_number);
+    sql.push(", ")
+        .bind(c.as_of)
+        .push(", ")
+        .bind(c.first_commit_at);
+    sql.push(", ")
+        .bind(c.first_commit_sha.as_deref())
+        .push(", ")
+        .bind(c.commits)
+        .push(")");
+    sql.push(
+        " ON CONFLICT (repo, pr_number) DO UPDATE SET as_of = excluded.as_of, \
+         first_commit_at = excluded.first_commit_at, first_commit_sha = excluded.first_commit_sha, \
+         commits = excluded.commits \
+         WHERE excluded.as_of > pr_first_commits.as_of OR (excluded.as_of = pr_first_commits.as_of \
+         AND excluded.first_commit_at < pr_first_commits.first_commit_at)",
+    );
+    sql.execute(&mut *conn).await?;
+    refresh_first_times(conn, &c.repo, c.pr_number).await
+}
+
 pub(crate) async fn record_pr_activity(
     conn: &mut AnyConnection,
     a: &PrActivityRecord,
@@ -477,7 +566,7 @@ pub(crate) async fn record_pr_activity(
         min_known("pr_activity.at", "excluded.at")
     ));
     sql.execute(&mut *conn).await?;
-    refresh_first_review(conn, &a.repo, a.pr_number).await?;
+    refresh_first_times(conn, &a.repo, a.pr_number).await?;
     if let Some(review_id) = a.review_id {
         refresh_review_comments(conn, review_id).await?;
     }
@@ -533,7 +622,8 @@ pub struct PullRequestRow {
     pub is_hotfix: bool,
     pub labels: Vec<String>,
     pub updated_at: i64,
-    /// Time spent as a draft, from `pull_request` webhooks (start, end; `None`: still a draft).
+    /// Time spent as a draft, from `pull_request` webhooks and backfilled issue events (start,
+    /// end; `None`: still a draft).
     pub draft_intervals: Vec<(i64, Option<i64>)>,
     /// Reviews that count (not by the author; bots only when configured).
     pub reviews: i64,
@@ -854,12 +944,14 @@ impl Store {
         Ok(())
     }
 
-    /// Empties the metrics tables (members, pull requests, reviews, activity) before a rebuild.
+    /// Empties the metrics tables (members, pull requests, reviews, activity, draft changes,
+    /// first commits) before a rebuild; the events and API snapshots they come from stay.
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
         let mut tx = self.inner.write.begin().await?;
         for table in [
             "pr_activity",
             "pr_draft_changes",
+            "pr_first_commits",
             "reviews",
             "pull_requests",
             "member_logins",

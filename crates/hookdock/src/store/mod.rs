@@ -34,14 +34,17 @@ pub use automation::{
     ActionRecord, AutomationRecord, FindingRecord, LlmCallRecord, ReviewRunRecord, ReviewRunRow,
     SimulatedEvent,
 };
-pub use backfill::{ApiSnapshot, BackfillProgress};
+pub use backfill::{
+    ApiSnapshot, BackfillProgress, BackfillRunRow, NewBackfillRun, RunEnd, RunProgress,
+};
 pub use dialect::Dialect;
 pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
 pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 pub use metrics::{
-    ActivityKind, MemberRecord, MemberRow, PrActivityRecord, PullFilter, PullRequestRecord,
-    PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow, StoredEventRef,
+    ActivityKind, DraftChangesRecord, MemberRecord, MemberRow, PrActivityRecord, PrCommitsRecord,
+    PullFilter, PullRequestRecord, PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow,
+    StoredEventRef,
 };
 pub use records::{
     CI_KINDS, CiRunRecord, DeploymentStatusRecord, PushRecord, RecordEffect, RecordFilter,
@@ -192,6 +195,14 @@ pub enum Effect {
     /// Record a review, review comment or issue comment on a pull request (first review time,
     /// review comment counts).
     RecordPrActivity(PrActivityRecord),
+    /// What one answer of GitHub's commits API says of a pull request's first commit (the
+    /// newest answer wins).
+    RecordPrCommits(PrCommitsRecord),
+    /// Changes of a pull request's draft state (draft intervals, ready-for-review time).
+    RecordDraftChanges(DraftChangesRecord),
+    /// Keep a REST API answer (newest per object), so `metrics rebuild` recomputes what came
+    /// from it.
+    KeepApiSnapshot(Box<ApiSnapshot>),
     /// What an automation did or would have done on GitHub, its review run and model calls.
     RecordAutomation(Box<AutomationRecord>),
     /// Record a push, release, CI run, deployment status, or star/fork/watch (repository

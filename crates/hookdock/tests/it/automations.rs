@@ -139,17 +139,7 @@ impl Env {
 
     /// The `handler` job of an event, as the events API shows it.
     async fn job(&self, event_id: i64, handler: &str) -> Value {
-        let (_, detail) = self
-            .app
-            .api_get(&format!("/api/v1/events/{event_id}"))
-            .await;
-        detail["jobs"]
-            .as_array()
-            .expect("jobs")
-            .iter()
-            .find(|j| j["handler"] == handler)
-            .cloned()
-            .expect("the handler's job")
+        self.app.job(event_id, handler).await
     }
 
     fn assert_contract_kept(&self) {

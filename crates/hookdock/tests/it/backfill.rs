@@ -18,12 +18,14 @@ use hookdock::handlers::metrics::effects_for;
 use hookdock::store::{
     MemberRow, PullFilter, PullRequestRow, ReviewRow, Store, StoreOptions, rfc3339,
 };
-use hookdock_testkit::{FakeGitHub, Fault};
+use hookdock_testkit::{FakeCommit, FakeGitHub, Fault};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::backend_tests;
-use crate::helpers::{Backend, TestDb, fixture};
+use crate::helpers::{
+    Backend, TOKEN as ADMIN_TOKEN, TestApp, TestDb, fixture, json_answer, poll_until,
+};
 
 const OWNER: &str = "Codertocat";
 const NAME: &str = "Hello-World";
@@ -31,7 +33,8 @@ const REPO: &str = "Codertocat/Hello-World";
 const TOKEN: &str = "ghp_hookdock_backfill_it_0123456789abcdef";
 const BOB_TOKEN: &str = "ghp_hookdock_backfill_bob_0123456789abcd";
 const CAROL_TOKEN: &str = "ghp_hookdock_backfill_carol_0123456789ab";
-const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
 const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
 
 struct Env {
@@ -90,6 +93,25 @@ impl Env {
             .run(REPO, NINETY_DAYS, &mut |p| seen.push(p))
             .await?;
         Ok((report, seen))
+    }
+
+    /// A hookdock instance on a database of its own that acts on the fake with [`TOKEN`].
+    async fn app(&self, backend: &Backend) -> TestApp {
+        let api = self.fake.url();
+        TestApp::spawn_with(
+            backend,
+            |s| s.set("github_api_url", api).set("github_token", TOKEN),
+            vec![],
+        )
+        .await
+    }
+
+    /// The repository's latest backfill run, as of the manual clock.
+    async fn run_status(&self) -> hookdock::handlers::backfill::BackfillStatus {
+        hookdock::handlers::backfill::backfill_status(&self.store, &self.clock, REPO)
+            .await
+            .expect("status")
+            .expect("a run")
     }
 
     /// GETs of exactly this path.
@@ -178,6 +200,7 @@ fn settings() -> MetricsSettings {
         hotfix_branch_prefixes: vec!["hotfix/".into(), "hotfix-".into()],
         hotfix_labels: vec!["hotfix".into()],
         count_bot_reviews: false,
+        fetch_commits: true,
         timezone: "UTC".into(),
         working_days: vec![
             "mon".into(),
@@ -327,7 +350,12 @@ async fn check_rows(env: &Env) {
         reviews_12.iter().map(|r| r.1).min(),
         "the earliest review by someone else"
     );
-    assert_eq!(merged.first_commit_at, None, "the commits API is not used");
+    // The fake's commits: #12 has two, written 2 h and 1 h before it was opened.
+    assert_eq!(
+        merged.first_commit_at,
+        Some(secs(now - 5 * DAY) - 2 * HOUR),
+        "the earliest written of its commits"
+    );
     assert!(merged.labels.is_empty());
 
     let closed = &rows.pulls[1];
@@ -337,6 +365,7 @@ async fn check_rows(env: &Env) {
     assert_eq!(closed.labels, ["bug"]);
     assert_eq!(closed.reviews, 1, "the pending review is not one");
     assert_eq!((closed.additions, closed.deletions), (Some(1), Some(1)));
+    assert_eq!(closed.first_commit_at, Some(secs(now - 15 * DAY) - HOUR));
 
     let open = &rows.pulls[0];
     assert_eq!(open.state, "open");
@@ -351,6 +380,15 @@ async fn check_rows(env: &Env) {
         "a comment by someone else is the first review, not a review"
     );
     assert_eq!(open.created_at, secs(now - 20 * DAY));
+    assert_eq!(open.first_commit_at, Some(secs(now - 20 * DAY) - HOUR));
+    for p in &rows.pulls {
+        assert_eq!(
+            (p.draft_intervals.as_slice(), p.ready_for_review_at),
+            (&[][..], None),
+            "#{} was never a draft",
+            p.number
+        );
+    }
 
     let states: Vec<(i64, &str, i64)> = rows
         .reviews
@@ -400,6 +438,8 @@ async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backe
             reviews: 3,
             reviews_skipped: 1,
             comments: 1,
+            commits: 4,
+            draft_changes: 0,
         }
     );
     assert_eq!(
@@ -448,6 +488,21 @@ async fn stores_pull_requests_and_reviews_and_a_second_run_changes_nothing(backe
         "a finished run starts afresh"
     );
     assert_eq!(env.rows().await, before, "a second run changes nothing");
+    // The second run asked with the ETags of the first (a 304 costs no rate limit).
+    for path in [
+        "/repos/Codertocat/Hello-World/pulls/12",
+        "/repos/Codertocat/Hello-World/pulls/12/commits",
+        "/repos/Codertocat/Hello-World/issues/12/events",
+    ] {
+        let asked: Vec<bool> = env
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .map(|r| r.header("if-none-match").is_some())
+            .collect();
+        assert_eq!(asked, [false, true], "{path}");
+    }
     env.assert_clean();
 }
 
@@ -480,6 +535,13 @@ async fn agrees_with_the_webhook_data_whatever_comes_first(backend: Backend) {
 async fn waits_out_a_secondary_rate_limit(backend: Backend) {
     let env = Env::new(&backend).await;
     seed(&env).await;
+    // The quota is spent when #12's issue events are asked for (reset in two minutes), and a
+    // secondary limit hits #11.
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/issues/12/events",
+        Fault::primary_rate_limit(env.now / 1000 + 120),
+    );
     env.fake.fail_next(
         "GET",
         "/repos/Codertocat/Hello-World/pulls/11",
@@ -487,10 +549,18 @@ async fn waits_out_a_secondary_rate_limit(backend: Backend) {
     );
     let started = env.clock.now();
     env.backfill().await.expect("backfill");
-    assert_eq!(env.clock.sleeps(), [Duration::from_secs(90)]);
+    assert_eq!(
+        env.clock.sleeps(),
+        [Duration::from_secs(121), Duration::from_secs(90)],
+        "until a second after the reset, then retry-after"
+    );
     assert_eq!(
         env.clock.now().duration_since(started).expect("forward"),
-        Duration::from_secs(90)
+        Duration::from_secs(211)
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/issues/12/events"),
+        2
     );
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
     check_rows(&env).await;
@@ -541,6 +611,17 @@ async fn an_interrupted_run_resumes_where_it_stopped(backend: Backend) {
     );
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/11"), 2);
     assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/10"), 1);
+    for n in [12, 11, 10] {
+        assert_eq!(
+            env.gets(&format!("/repos/Codertocat/Hello-World/pulls/{n}/commits")),
+            1,
+            "#{n}: the stopped run had not reached #11's commits"
+        );
+        assert_eq!(
+            env.gets(&format!("/repos/Codertocat/Hello-World/issues/{n}/events")),
+            1
+        );
+    }
     check_rows(&env).await;
     let done = env
         .store
@@ -598,8 +679,8 @@ async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) 
     assert_eq!(rebuilt.events, 0, "no webhook events here");
     assert_eq!(
         rebuilt.snapshots as usize,
-        before.pulls.len() + before.reviews.len(),
-        "one snapshot per pull request and review"
+        3 * before.pulls.len() + before.reviews.len(),
+        "per pull request its own, its commits and its issue events; one per review"
     );
     let after = env.rows().await;
     assert_eq!(after.pulls, before.pulls);
@@ -614,6 +695,137 @@ async fn a_resumed_run_fetches_again_what_changed_or_was_lost(backend: Backend) 
     assert_eq!(rows.pulls.len(), 3);
     assert_eq!(rows.reviews.len(), 3);
     env.assert_clean();
+}
+
+fn at(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).expect("a time")
+}
+
+/// Turns #20 into a draft (`true`) or marks it ready on GitHub, `hours` after `created`.
+fn change_drafts(fake: &FakeGitHub, created: i64, changes: &[(i64, bool)]) {
+    for &(hours, draft) in changes {
+        fake.set_draft(
+            OWNER,
+            NAME,
+            20,
+            "Codertocat",
+            at(created + hours * HOUR),
+            draft,
+        );
+    }
+}
+
+/// #20, opened as a draft ten days ago: marked ready 2 h later, turned back into a draft at
+/// +5 h, ready again at +6 h. Its 130 commits (two pages) were rebased: the earliest written is
+/// the 41st listed. The same pull request as its webhooks describe it, in another database.
+async fn first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_them(
+    backend: Backend,
+) {
+    let env = Env::new(&backend).await;
+    let created = secs(env.now - 10 * DAY);
+    let mut opened = pull("pull_request.opened.0", 20, created, created);
+    opened["draft"] = json!(true);
+    let commits: Vec<FakeCommit> = (0..130i64)
+        .map(|i| {
+            let written = if i == 40 {
+                created - 3 * DAY
+            } else {
+                created - 2 * DAY + i * 60_000
+            };
+            let mut c = FakeCommit::new(&format!("{:040x}", 0xc000 + i), "Codertocat", at(written));
+            c.committed_at = at(created - 10 * 60_000);
+            c
+        })
+        .collect();
+    opened["head"]["sha"] = json!(commits[129].sha);
+    opened["commits"] = json!(130);
+    env.fake.add_pull(OWNER, NAME, opened.clone());
+    env.fake.set_pull_commits(OWNER, NAME, 20, &commits);
+    let changes = [(2, false), (5, true), (6, false)];
+    change_drafts(&env.fake, created, &changes);
+
+    let (report, _) = env.backfill().await.expect("backfill");
+    assert_eq!(
+        (report.fetched, report.commits, report.draft_changes),
+        (1, 130, 3)
+    );
+    assert_eq!(
+        env.gets("/repos/Codertocat/Hello-World/pulls/20/commits"),
+        2,
+        "two pages of commits"
+    );
+    let backfilled = env.rows().await;
+    let pr = &backfilled.pulls[0];
+    assert_eq!(
+        pr.first_commit_at,
+        Some(created - 3 * DAY),
+        "the 41st listed"
+    );
+    assert_eq!(pr.ready_for_review_at, Some(created + 2 * HOUR));
+    assert_eq!(
+        pr.draft_intervals,
+        [
+            (created, Some(created + 2 * HOUR)),
+            (created + 5 * HOUR, Some(created + 6 * HOUR))
+        ]
+    );
+    assert!(!pr.draft);
+    let d = hookdock::metrics::durations(pr);
+    assert_eq!(
+        d.coding,
+        Some(3 * 24 * 60),
+        "first commit to opened: 3 days"
+    );
+
+    // The webhooks of the same changes give the same draft intervals; the backfill after them
+    // changes nothing but adds the first commit.
+    let hooks = Env::new(&backend).await;
+    let mut effects = Vec::new();
+    let mut state = opened.clone();
+    let mut events = vec![("opened", state.clone())];
+    for (hours, draft) in changes {
+        state["draft"] = json!(draft);
+        state["updated_at"] = json!(time(created + hours * HOUR));
+        let action = if draft {
+            "converted_to_draft"
+        } else {
+            "ready_for_review"
+        };
+        events.push((action, state.clone()));
+    }
+    for (action, pr) in &events {
+        let payload =
+            json!({"action": action, "pull_request": pr, "repository": {"full_name": REPO}});
+        effects.extend(
+            effects_for("pull_request", Some(action), &payload, &settings()).expect("parses"),
+        );
+    }
+    hooks.store.apply_effects(&effects).await.expect("webhooks");
+    let from_hooks = hooks.rows().await;
+    assert_eq!(from_hooks.pulls[0].draft_intervals, pr.draft_intervals);
+    assert_eq!(
+        from_hooks.pulls[0].ready_for_review_at,
+        pr.ready_for_review_at
+    );
+    assert_eq!(
+        from_hooks.pulls[0].first_commit_at, None,
+        "webhooks carry no commit times"
+    );
+    hooks.fake.add_repo(OWNER, NAME);
+    hooks.fake.add_pull(OWNER, NAME, opened.clone());
+    hooks.fake.set_pull_commits(OWNER, NAME, 20, &commits);
+    change_drafts(&hooks.fake, created, &changes);
+    hooks.backfill().await.expect("backfill after the webhooks");
+    assert_eq!(hooks.rows().await.pulls, backfilled.pulls);
+
+    // A rebuild recomputes both from the kept answers.
+    let rebuilt = hookdock::handlers::metrics::rebuild(&env.store, &settings())
+        .await
+        .expect("rebuild");
+    assert_eq!((rebuilt.snapshots, rebuilt.skipped), (3, 0));
+    assert_eq!(env.rows().await, backfilled);
+    env.assert_clean();
+    hooks.assert_clean();
 }
 
 async fn names_a_repository_github_does_not_have(backend: Backend) {
@@ -641,25 +853,10 @@ async fn names_a_repository_github_does_not_have(backend: Backend) {
 /// `POST /api/v1/metrics/backfill` runs the same backfill in the background: 202 with a status
 /// URL whose progress ends `done` with the run's report; the rows are those of a CLI run.
 async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
-    use crate::helpers::{TOKEN as ADMIN_TOKEN, TestApp, json_answer, poll_until};
-
     let env = Env::new(&backend).await;
     seed(&env).await;
-    let api = env.fake.url();
-    let app = TestApp::spawn_with(
-        &backend,
-        |s| s.set("github_api_url", api).set("github_token", TOKEN),
-        vec![],
-    )
-    .await;
-    let post = |body: Value| {
-        let request = app
-            .client
-            .post(format!("{}/api/v1/metrics/backfill", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body);
-        async move { json_answer(request.send().await.expect("request")).await }
-    };
+    let app = env.app(&backend).await;
+    let post = |body: Value| post_backfill(&app, body);
 
     for (body, named) in [
         (json!({"since": "30d"}), "repo"),
@@ -717,7 +914,7 @@ async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     assert_eq!(
         last["report"],
         json!({"repo": REPO, "listed": 3, "fetched": 3, "resumed": 0, "reviews": 3,
-            "reviews_skipped": 1, "comments": 1})
+            "reviews_skipped": 1, "comments": 1, "commits": 4, "draft_changes": 0})
     );
     let pulls = app
         .store
@@ -767,12 +964,353 @@ async fn the_api_starts_a_backfill_in_the_background(backend: Backend) {
     env.assert_clean();
 }
 
+/// Polls `path` on `app` until `done(body)` holds; the last body.
+async fn status_until(
+    app: &TestApp,
+    path: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let last = std::cell::RefCell::new(Value::Null);
+    poll_until(what, Duration::from_secs(30), || {
+        let last = &last;
+        let done = &done;
+        async move {
+            let (status, body) = app.api_get(path).await;
+            assert!(status == 200 || status == 404, "{status}: {body}");
+            let reached = done(&body);
+            *last.borrow_mut() = body;
+            reached
+        }
+    })
+    .await;
+    last.into_inner()
+}
+
+async fn post_backfill(app: &TestApp, body: Value) -> (reqwest::StatusCode, Value) {
+    let request = app
+        .client
+        .post(format!("{}/api/v1/metrics/backfill", app.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body);
+    json_answer(request.send().await.expect("request")).await
+}
+
+const STATUS: &str = "/api/v1/metrics/backfill/Codertocat/Hello-World";
+
+/// Two instances share one database: a backfill started on one is refused (409) on the other
+/// and by the CLI while it runs, and both answer its status. The instance running it shuts down
+/// mid-way: once restarted it shows the run interrupted, and a new start resumes it.
+async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted(
+    backend: Backend,
+) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let a = env.app(&backend).await;
+    let b = a.spawn_beside().await;
+    // GitHub holds #11 back: the run stops there, with #12 done.
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11",
+        Fault::slow(Duration::from_secs(600)),
+    );
+    let (status, started) = post_backfill(&a, json!({"repo": REPO})).await;
+    assert_eq!(status, 202, "{started}");
+    let running = status_until(&b, STATUS, "#12 done, seen from the other instance", |s| {
+        s["done"] == 1
+    })
+    .await;
+    assert_eq!(
+        (
+            &running["state"],
+            &running["started_by"],
+            &running["listed"],
+            &running["total"]
+        ),
+        (&json!("running"), &json!("api"), &json!(3), &json!(3))
+    );
+    assert_eq!(running["started_at"], started["started_at"]);
+
+    let (status, refused) = post_backfill(&b, json!({"repo": "codertocat/hello-world"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(
+        (&refused["state"], &refused["started_at"]),
+        (&json!("running"), &started["started_at"])
+    );
+    let url = a.settings.database_url.clone();
+    let fake_url = env.fake.url();
+    let cli = tokio::task::spawn_blocking(move || cli_backfill(&["backfill"], &url, &fake_url))
+        .await
+        .expect("join");
+    assert!(!cli.status.success());
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        stderr.contains(
+            "a backfill of Codertocat/Hello-World is already running (started by the api"
+        ),
+        "{stderr}"
+    );
+
+    b.stop().await;
+    let stopped = a.stop_keeping_data().await;
+    let a = stopped.start().await;
+    let (_, interrupted) = a.api_get(STATUS).await;
+    assert_eq!(
+        (&interrupted["state"], &interrupted["done"]),
+        (&json!("interrupted"), &json!(1)),
+        "{interrupted}"
+    );
+    assert!(
+        interrupted["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("stopped before the end")),
+        "{interrupted}"
+    );
+    assert!(interrupted["finished_at"].is_string(), "{interrupted}");
+
+    let (status, again) = post_backfill(&a, json!({"repo": REPO})).await;
+    assert_eq!(status, 202, "{again}");
+    let done = status_until(&a, STATUS, "the resumed run to end", |s| {
+        s["state"] != "running"
+    })
+    .await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(
+        (&done["report"]["fetched"], &done["report"]["resumed"]),
+        (&json!(2), &json!(1)),
+        "{done}"
+    );
+    assert_eq!(env.gets("/repos/Codertocat/Hello-World/pulls/12"), 1);
+    let pulls = a
+        .store
+        .pull_requests(&PullFilter::default())
+        .await
+        .expect("pulls");
+    assert_eq!(pulls.len(), 3);
+    a.stop().await;
+    env.assert_clean();
+}
+
+/// `hookdock metrics backfill` (`args`: its words before the repository) on the configured
+/// database, against the fake GitHub.
+fn cli_command(args: &[&str], database_url: &str, api_url: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookdock"));
+    command
+        .args(args)
+        .args([REPO, "--since", "90d"])
+        .env_clear()
+        .env("HOOKDOCK_DATABASE_URL", database_url)
+        .env("HOOKDOCK_GITHUB_API_URL", api_url)
+        .env("HOOKDOCK_GITHUB_TOKEN", TOKEN)
+        .current_dir(std::env::temp_dir());
+    if let Ok(path) = std::env::var("PATH") {
+        command.env("PATH", path);
+    }
+    command
+}
+
+fn cli_backfill(args: &[&str], database_url: &str, api_url: &str) -> std::process::Output {
+    cli_command(args, database_url, api_url)
+        .output()
+        .expect("run hookdock")
+}
+
+/// Ctrl-C stops the CLI's backfill, which records it as interrupted; the next run resumes it.
+async fn a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    env.fake.fail_next(
+        "GET",
+        "/repos/Codertocat/Hello-World/pulls/11",
+        Fault::slow(Duration::from_secs(600)),
+    );
+    let app = TestApp::spawn(&backend).await;
+    let url = app.settings.database_url.clone();
+    let child = cli_command(&["metrics", "backfill"], &url, &env.fake.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hookdock");
+    let running = status_until(&app, STATUS, "the CLI's run with #12 done", |s| {
+        s["done"] == 1
+    })
+    .await;
+    assert_eq!(
+        (&running["state"], &running["started_by"]),
+        (&json!("running"), &json!("cli"))
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("hookdock ends");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stopped before the end (shutdown or Ctrl-C); the progress is saved"),
+        "{stderr}"
+    );
+    let (_, stopped) = app.api_get(STATUS).await;
+    assert_eq!(
+        (&stopped["state"], &stopped["done"]),
+        (&json!("interrupted"), &json!(1)),
+        "{stopped}"
+    );
+
+    let fake_url = env.fake.url();
+    let out = tokio::task::spawn_blocking(move || cli_backfill(&["backfill"], &url, &fake_url))
+        .await
+        .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("2 fetched, 1 done by an earlier run"),
+        "{stdout}"
+    );
+    let (_, done) = app.api_get(STATUS).await;
+    assert_eq!(done["state"], "done", "{done}");
+    app.stop().await;
+    env.assert_clean();
+}
+
+/// The CLI reports its progress on stderr and its summary on stdout, and its run is the
+/// repository's run any instance shows.
+async fn the_cli_backfills_with_progress_and_its_run_shows_in_the_api(backend: Backend) {
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let app = TestApp::spawn(&backend).await;
+    let url = app.settings.database_url.clone();
+    let fake_url = env.fake.url();
+    let out = tokio::task::spawn_blocking(move || {
+        cli_backfill(&["metrics", "backfill"], &url, &fake_url)
+    })
+    .await
+    .expect("join");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("backfill "))
+            .collect::<Vec<_>>(),
+        ["backfill Codertocat/Hello-World: 3/3 pull requests"],
+        "not a terminal: a line per 10 pull requests and the last; {stderr}"
+    );
+    assert!(
+        stdout.contains(
+            "backfilled Codertocat/Hello-World: 3 pull request(s) updated in the last 90d: 3 fetched, 0 done by an earlier run; 3 review(s) stored, 1 pending or by deleted accounts left out; 1 comment(s), 4 commit(s), 0 draft change(s) read"
+        ),
+        "{stdout}"
+    );
+    let (status, body) = app.api_get(STATUS).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["state"],
+            &body["started_by"],
+            &body["done"],
+            &body["report"]["fetched"]
+        ),
+        (&json!("done"), &json!("cli"), &json!(3), &json!(3))
+    );
+    app.stop().await;
+    env.assert_clean();
+}
+
+/// A run whose process died shows as running while its lease holds, then as interrupted; a new
+/// start takes over, and the old run, were it still alive, stops at its next renewal.
+async fn a_dead_run_shows_as_interrupted_once_its_lease_lapses(backend: Backend) {
+    use hookdock::handlers::backfill::claim;
+    use tokio_util::sync::CancellationToken;
+
+    let env = Env::new(&backend).await;
+    seed(&env).await;
+    let dead = claim(&env.store, &env.clock, REPO, "90d", "cli")
+        .await
+        .expect("claimed");
+    let status = env.run_status().await;
+    assert_eq!(
+        (status.state.as_str(), status.started_by.as_str()),
+        ("running", "cli")
+    );
+    let err = claim(&env.store, &env.clock, REPO, "30d", "api")
+        .await
+        .expect_err("the lease holds");
+    assert!(
+        matches!(&err, BackfillError::AlreadyRunning(s) if s.since == "90d"),
+        "{err}"
+    );
+
+    env.clock.advance(Duration::from_secs(61));
+    let status = env.run_status().await;
+    assert_eq!(status.state, "interrupted");
+    assert!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("stopped without finishing")),
+        "{status:?}"
+    );
+    let fresh = claim(&env.store, &env.clock, REPO, "30d", "api")
+        .await
+        .expect("a lapsed lease is taken over");
+
+    let settings = settings();
+    let backfill = Backfill {
+        store: &env.store,
+        github: &env.client,
+        clock: &env.clock,
+        settings: &settings,
+    };
+    let never = CancellationToken::new();
+    let err = dead
+        .run(&backfill, NINETY_DAYS, &never, &mut |_| {})
+        .await
+        .expect_err("taken over");
+    assert!(
+        err.to_string()
+            .contains("another run of the repository took over"),
+        "{err}"
+    );
+    let report = fresh
+        .run(&backfill, NINETY_DAYS, &never, &mut |_| {})
+        .await
+        .expect("the new run");
+    let status = env.run_status().await;
+    assert_eq!(
+        (
+            status.state.as_str(),
+            status.since.as_str(),
+            status.started_by.as_str()
+        ),
+        ("done", "30d", "api")
+    );
+    assert_eq!(
+        status.report,
+        Some(serde_json::to_value(&report).expect("JSON"))
+    );
+    assert_eq!((status.done, status.total), (3, 3));
+    env.assert_clean();
+}
+
 backend_tests!(
+    a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted,
+    the_cli_backfills_with_progress_and_its_run_shows_in_the_api,
+    a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted,
+    a_dead_run_shows_as_interrupted_once_its_lease_lapses,
     stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
     agrees_with_the_webhook_data_whatever_comes_first,
     waits_out_a_secondary_rate_limit,
     an_interrupted_run_resumes_where_it_stopped,
     a_resumed_run_fetches_again_what_changed_or_was_lost,
+    first_commits_and_draft_intervals_are_backfilled_as_the_webhooks_give_them,
     names_a_repository_github_does_not_have,
     the_api_starts_a_backfill_in_the_background,
 );

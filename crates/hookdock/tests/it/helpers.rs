@@ -251,6 +251,12 @@ impl TestApp {
         }
     }
 
+    /// A second instance on the same database and settings (its own port), as a scaled-out
+    /// deployment runs; stop it before this one, which owns the database.
+    pub async fn spawn_beside(&self) -> TestApp {
+        TestApp::start(self.settings.clone(), Vec::new(), TestDb::none()).await
+    }
+
     /// Stops the app and returns what it needs to start again on the same database.
     pub async fn stop_keeping_data(mut self) -> StoppedApp {
         self.shutdown.cancel();
@@ -357,6 +363,18 @@ impl TestApp {
             &queue,
             Arc::new(Notify::new()),
         ))
+    }
+
+    /// The `handler` job of an event, as the events API shows it.
+    pub async fn job(&self, event_id: i64, handler: &str) -> Value {
+        let (_, detail) = self.api_get(&format!("/api/v1/events/{event_id}")).await;
+        detail["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["handler"] == handler)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {handler} job in {detail}"))
     }
 
     pub async fn count_events(&self) -> i64 {

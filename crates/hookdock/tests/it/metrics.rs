@@ -269,6 +269,42 @@ async fn pulls(app: &TestApp, query: &str) -> Vec<Value> {
     body["pulls"].as_array().expect("pulls array").clone()
 }
 
+/// `/api/v1/metrics/pulls{query}` as CSV (`text/csv`, CRLF lines, a header row): each row by
+/// column name. Only for values without commas or quotes.
+async fn csv_rows(app: &TestApp, query: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let sep = if query.is_empty() { "?" } else { "&" };
+    let response = app
+        .client
+        .get(format!(
+            "{}/api/v1/metrics/pulls{query}{sep}format=csv",
+            app.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let csv = response.text().await.expect("body");
+    let mut lines = csv.split("\r\n").filter(|l| !l.is_empty());
+    let header: Vec<&str> = lines.next().expect("a header row").split(',').collect();
+    lines
+        .map(|line| {
+            let values: Vec<&str> = line.split(',').collect();
+            assert_eq!(values.len(), header.len(), "{line}");
+            header
+                .iter()
+                .zip(values)
+                .map(|(h, v)| ((*h).to_owned(), v.to_owned()))
+                .collect()
+        })
+        .collect()
+}
+
 fn by_number(rows: &[Value], number: i64) -> &Value {
     rows.iter()
         .find(|r| r["number"] == number)
@@ -277,6 +313,10 @@ fn by_number(rows: &[Value], number: i64) -> &Value {
 
 async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
+    assert!(
+        !app.registry.names().contains(&"metrics_commits"),
+        "without a GitHub token no commits are read: coding time stays empty"
+    );
     let opened = Pr::new(20, T0);
     let mut pushed = opened.at(T0 + 2 * HOUR);
     pushed.size = (12, 4, 2, 2);
@@ -370,30 +410,9 @@ async fn merged_pull_request_with_reviews_has_expected_metrics(backend: Backend)
     );
 
     // CSV: a header row, then the same values.
-    let response = app
-        .client
-        .get(format!(
-            "{}/api/v1/metrics/pulls?repo={REPO}&format=csv",
-            app.base
-        ))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
-    let csv = response.text().await.expect("body");
-    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 2, "{csv}");
-    let header: Vec<&str> = lines[0].split(',').collect();
-    let values: Vec<&str> = lines[1].split(',').collect();
-    assert_eq!(header.len(), values.len());
-    let cell = |name: &str| values[header.iter().position(|h| *h == name).expect(name)];
+    let csv = csv_rows(&app, &format!("?repo={REPO}")).await;
+    assert_eq!(csv.len(), 1);
+    let cell = |name: &str| csv[0][name].as_str();
     assert_eq!(cell("repo"), REPO);
     assert_eq!(cell("number"), "20");
     assert_eq!(cell("state"), "merged");
@@ -826,7 +845,7 @@ async fn rebuild_command_recomputes_rows_under_changed_settings(backend: Backend
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("metrics rebuilt from 3 event(s); 0 skipped"),
+        stdout.contains("metrics rebuilt from 3 event(s) and 0 API answer(s); 0 skipped"),
         "{stdout}"
     );
     let rows = pulls(&app, "").await;
@@ -876,11 +895,50 @@ async fn bad_parameters_are_refused_naming_the_parameter(backend: Backend) {
     app.stop().await;
 }
 
-/// One pull request's events, from real payloads, for `repo`; review and comment ids are
-/// shifted by `ids` so that several timelines can share a database.
+/// An answer of GitHub's commits API for `pr`, read at `fetched_at`, with commits written at
+/// `written` (as the commits job and backfills keep it).
+fn commits_answer(pr: &Pr, fetched_at: i64, written: &[i64]) -> Delivery {
+    let commits: Vec<Value> = written
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            json!({"sha": format!("{:040x}", 0xc0 + i), "commit": {"author": {"date": time(*at)},
+                "committer": {"date": time(fetched_at)}}})
+        })
+        .collect();
+    Delivery {
+        event: hookdock::handlers::metrics::COMMITS_ANSWER,
+        action: "",
+        doc: json!({"repository": {"full_name": pr.repo}, "pull_request": {"number": pr.number},
+            "fetched_at": time(fetched_at), "commits": commits}),
+    }
+}
+
+/// The draft issue events of `pr` as a backfill keeps them.
+fn draft_events_answer(pr: &Pr, fetched_at: i64, events: &[(&str, i64)]) -> Delivery {
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(event, at)| json!({"event": event, "created_at": time(*at)}))
+        .collect();
+    Delivery {
+        event: hookdock::handlers::metrics::DRAFT_EVENTS_ANSWER,
+        action: "",
+        doc: json!({"repository": {"full_name": pr.repo},
+            "pull_request": {"number": pr.number, "created_at": time(pr.created_at), "draft": false},
+            "fetched_at": time(fetched_at), "events": events}),
+    }
+}
+
+/// One pull request's events, from real payloads, for `repo`, and the API answers read about
+/// it; review and comment ids are shifted by `ids` so that several timelines can share a
+/// database.
 fn timeline(repo: &str, ids: i64) -> Vec<Delivery> {
     let mut opened = Pr::new(2, T0);
     opened.repo = repo.to_owned();
+    // Turned into a draft for ten minutes: the webhook of the conversion arrived, the one of
+    // the ready-for-review was missed and a backfill read both from the issue events.
+    let mut drafted = opened.at(T0 + 10 * MIN);
+    drafted.draft = true;
     let mut pushed = opened.at(T0 + HOUR);
     pushed.size = (20, 5, 3, 2);
     pushed.head_sha = "9".repeat(40);
@@ -893,8 +951,21 @@ fn timeline(repo: &str, ids: i64) -> Vec<Delivery> {
     };
     vec![
         pr_event("opened", &opened),
+        // Read after `opened`: one commit. After the force-push of `synchronize`: two, the
+        // first written later than the one they replace; the newer answer wins.
+        commits_answer(&opened, T0 + MIN, &[T0 - 3 * HOUR]),
+        pr_event("converted_to_draft", &drafted),
+        draft_events_answer(
+            &opened,
+            T0 + 4 * HOUR,
+            &[
+                ("convert_to_draft", T0 + 10 * MIN),
+                ("ready_for_review", T0 + 20 * MIN),
+            ],
+        ),
         issue_comment_event(&opened, 8201 + ids, CAROL, T0 + 30 * MIN),
         pr_event("synchronize", &pushed),
+        commits_answer(&pushed, T0 + HOUR + MIN, &[T0 - 2 * HOUR, T0 + 50 * MIN]),
         review_comment_event(
             &pushed.at(T0 + 110 * MIN),
             6201 + ids,
@@ -961,7 +1032,8 @@ async fn apply_in_order(
 ) {
     for &i in order {
         let e = &events[i];
-        let effects = effects_for(e.event, Some(e.action), &e.doc, settings).expect("parses");
+        let action = (!e.action.is_empty()).then_some(e.action);
+        let effects = effects_for(e.event, action, &e.doc, settings).expect("parses");
         store.apply_effects(&effects).await.expect("applied");
     }
 }
@@ -989,6 +1061,13 @@ async fn any_order_of_a_pull_requests_events_gives_the_same_rows(backend: Backen
     );
     assert_eq!(pr.first_review_at, Some(T0 + 30 * MIN));
     assert_eq!(pr.reviews, 1, "bob's; the bot's does not count");
+    assert_eq!(
+        pr.first_commit_at,
+        Some(T0 - 2 * HOUR),
+        "from the newest commits answer"
+    );
+    assert_eq!(pr.draft_intervals, [(T0 + 10 * MIN, Some(T0 + 20 * MIN))]);
+    assert_eq!(pr.ready_for_review_at, Some(T0 + 20 * MIN));
     let reviews = app
         .store
         .reviews_of("prop/canonical", 2)
@@ -1336,7 +1415,177 @@ async fn every_draft_interval_is_left_out_of_pickup_time(backend: Backend) {
     app.stop().await;
 }
 
+const GITHUB_TOKEN: &str = "ghp_hookdock_metrics_it_0123456789abcdef";
+
+fn at(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).expect("a time")
+}
+
+/// Posts one delivery and waits until its jobs (and every other) are finished; its event id.
+async fn post_one(app: &TestApp, d: &Delivery) -> i64 {
+    let body = serde_json::to_vec(&d.doc).expect("serialize");
+    let (status, answer) = app.post(d.event, &body, &new_delivery_id()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    app.wait_until_idle().await;
+    answer["event_id"].as_i64().expect("event id")
+}
+
+/// With a GitHub token, `opened`, `synchronize` and `closed` webhooks each queue a job that
+/// reads the pull request's commits: its first commit fills coding time and starts cycle time
+/// (JSON, CSV and summary checked value by value). A rate-limited read is retried at GitHub's
+/// `retry-after`; other actions read nothing; a rebuild keeps what was read.
+async fn first_commits_are_read_after_webhooks_with_a_token(backend: Backend) {
+    use hookdock_testkit::{FakeCommit, FakeGitHub, Fault};
+
+    let fake = FakeGitHub::start().await;
+    fake.add_token(GITHUB_TOKEN, "hookdock-bot", &["repo"]);
+    fake.add_repo("Codertocat", "Hello-World");
+    let api = fake.url();
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set("github_api_url", api)
+                .set("github_token", GITHUB_TOKEN)
+                // Any rate limit becomes a retry of the job rather than a wait inside it.
+                .set("github.max_rate_wait_secs", 0)
+        },
+        vec![],
+    )
+    .await;
+    // Opened Monday 10:00 UTC with commits written at 07:00 and 09:00.
+    let mut opened = Pr::new(80, T0 + 10 * HOUR);
+    opened.size = (10, 4, 2, 2);
+    let opened_event = pr_event("opened", &opened);
+    fake.add_pull(
+        "Codertocat",
+        "Hello-World",
+        opened_event.doc["pull_request"].clone(),
+    );
+    let commit = |sha: &str, written: i64| FakeCommit::new(sha, "Codertocat", at(written));
+    fake.set_pull_commits(
+        "Codertocat",
+        "Hello-World",
+        80,
+        &[
+            commit(&"1".repeat(40), T0 + 7 * HOUR),
+            commit(&opened.head_sha, T0 + 9 * HOUR),
+        ],
+    );
+    let commits_path = "/repos/Codertocat/Hello-World/pulls/80/commits";
+    fake.fail_next("GET", commits_path, Fault::secondary_rate_limit(1));
+
+    let event_id = post_one(&app, &opened_event).await;
+    let read = app.job(event_id, "metrics_commits").await;
+    assert_eq!(
+        (&read["status"], &read["attempts"]),
+        (&json!("done"), &json!(2))
+    );
+    let rows = pulls(&app, "").await;
+    assert_eq!(
+        (
+            &rows[0]["first_commit_at"],
+            &rows[0]["coding_hours"],
+            &rows[0]["coding_working_hours"]
+        ),
+        (&json!("2024-01-01T07:00:00.000Z"), &json!(3.0), &json!(1.0))
+    );
+
+    // At 12:00 a force-push rewrote the history: the earliest written commit is now 08:00.
+    let mut pushed = opened.at(T0 + 12 * HOUR);
+    pushed.head_sha = "2".repeat(40);
+    fake.set_pull_commits(
+        "Codertocat",
+        "Hello-World",
+        80,
+        &[
+            commit(&"3".repeat(40), T0 + 8 * HOUR),
+            commit(&pushed.head_sha, T0 + 11 * HOUR + 30 * MIN),
+        ],
+    );
+    post_one(&app, &pr_event("synchronize", &pushed)).await;
+    // A label reads nothing.
+    let mut labeled = pushed.at(T0 + 13 * HOUR);
+    labeled.labels = vec!["bug"];
+    let labeled_id = post_one(&app, &pr_event("labeled", &labeled)).await;
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{labeled_id}")).await;
+    let handlers: Vec<&str> = detail["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["handler"].as_str())
+        .collect();
+    assert!(!handlers.contains(&"metrics_commits"), "{handlers:?}");
+    post_one(
+        &app,
+        &pr_event("closed", &labeled.merged(T0 + 15 * HOUR, &"4".repeat(40))),
+    )
+    .await;
+
+    let rows = pulls(&app, "").await;
+    let expected = json!({
+        "repo": REPO, "number": 80, "title": "Change 80", "author": "Codertocat",
+        "author_is_bot": false, "team": null, "state": "merged", "draft": false,
+        "base_ref": "master", "head_ref": "feature-80",
+        "created_at": "2024-01-01T10:00:00.000Z", "ready_for_review_at": null,
+        "first_commit_at": "2024-01-01T08:00:00.000Z", "first_review_at": null,
+        "merged_at": "2024-01-01T15:00:00.000Z", "closed_at": "2024-01-01T15:00:00.000Z",
+        // 08:00 → 10:00, of which 09:00-10:00 is working time.
+        "coding_hours": 2.0, "coding_working_hours": 1.0,
+        "pickup_hours": null, "pickup_working_hours": null,
+        "review_hours": null, "review_working_hours": null,
+        // 08:00 → 15:00, working from 09:00.
+        "cycle_hours": 7.0, "cycle_working_hours": 6.0,
+        "time_to_merge_hours": 5.0, "time_to_merge_working_hours": 5.0,
+        "additions": 10, "deletions": 4, "size": 14, "changed_files": 2, "commits": 2,
+        "reviews": 0, "is_revert": false, "reverts_number": null, "reverted": false,
+        "is_hotfix": false, "labels": ["bug"]
+    });
+    assert_eq!(rows, [expected]);
+
+    let csv = csv_rows(&app, "").await;
+    let cell = |name: &str| csv[0][name].as_str();
+    for (name, value) in [
+        ("first_commit_at", "2024-01-01T08:00:00.000Z"),
+        ("coding_hours", "2"),
+        ("coding_working_hours", "1"),
+        ("cycle_hours", "7"),
+        ("cycle_working_hours", "6"),
+        ("time_to_merge_hours", "5"),
+    ] {
+        assert_eq!(cell(name), value, "{name}");
+    }
+
+    let (_, s) = app
+        .api_get(&format!(
+            "/api/v1/metrics/summary?repo={REPO}&window=7d&until=2024-01-08"
+        ))
+        .await;
+    let one = |h: f64| json!({"count": 1, "median_hours": h, "p75_hours": h, "p90_hours": h});
+    assert_eq!(s["coding_time"], one(2.0), "{s}");
+    assert_eq!(s["cycle_time"], one(7.0));
+    assert_eq!(s["working_time"]["coding_time"], one(1.0));
+    assert_eq!(s["working_time"]["cycle_time"], one(6.0));
+
+    let reads = fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == commits_path)
+        .count();
+    assert_eq!(reads, 4, "opened (twice), synchronize, closed");
+
+    // The newest answer is kept: a rebuild gives the same rows.
+    let report = hookdock::handlers::metrics::rebuild(&app.store, &app.settings.handlers.metrics)
+        .await
+        .expect("rebuild");
+    assert_eq!((report.events, report.snapshots), (4, 1));
+    assert_eq!(pulls(&app, "").await, rows);
+    app.stop().await;
+    assert_eq!(fake.contract_violations(), Vec::<String>::new());
+    assert_eq!(fake.fake_bugs(), Vec::<String>::new());
+}
+
 crate::backend_tests!(
+    first_commits_are_read_after_webhooks_with_a_token,
     merged_pull_request_with_reviews_has_expected_metrics,
     drafts_reopens_reverts_and_ignored_reviews_have_expected_metrics,
     bot_reviews_count_when_configured,

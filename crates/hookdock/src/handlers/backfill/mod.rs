@@ -15,32 +15,45 @@
 //! again: pull requests before the cursor that GitHub has not updated since the run began,
 //! and whose stored row is that recent, are not fetched again.
 //!
-//! Not loaded: first commit times (the commits API is not used yet, so `first_commit_at` stays
-//! as it is) and the ready-for-review time of drafts (only the `ready_for_review` webhook
-//! carries it).
+//! Besides the pull request, its reviews and comments, a run reads its commits (first commit,
+//! shared with [`super::pull_commits`]) and its issue events (draft changes). [`runs`] makes a
+//! run exclusive per repository across instances and keeps its status in the database.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::HandlerError;
-use super::metrics::effects_for;
+use super::metrics::{DRAFT_EVENTS_ANSWER, effects_for};
 use super::payload::parse_time;
-use crate::clock::Clock;
+use super::pull_commits::{commits_snapshot, fetch_commits};
+use crate::clock::{Clock, unix_ms as ms};
 use crate::config::MetricsSettings;
 use crate::github::{Call, GithubClient, GithubError};
-use crate::store::{ApiSnapshot, Effect, Store, StoreError};
+use crate::store::{ApiSnapshot, Effect, Store, StoreError, rfc3339};
+
+mod runs;
+
+pub use runs::{BackfillRuns, BackfillStatus, BackfillTask, RunClaim, backfill_status, claim};
 
 /// Pull requests GitHub updated less than this before a run began are fetched again when it
 /// resumes, in case GitHub's clock and hookdock's disagree.
 const CLOCK_MARGIN_MS: i64 = 10 * 60 * 1000;
-/// Most reviews read per pull request.
+/// Most reviews (and review comments, and conversation comments) read per pull request.
 const MAX_REVIEWS: usize = 10_000;
+/// Most issue events read per pull request.
+const MAX_EVENTS: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
     #[error("{0:?} is not a repository: use owner/repo")]
     BadRepo(String),
+    #[error(
+        "a backfill of {} is already running (started by the {} at {}, {} of {} pull requests done); wait for it to end: its status is at GET /api/v1/metrics/backfill/{}",
+        .0.repo, .0.started_by, .0.started_at, .0.done, .0.total, .0.repo
+    )]
+    AlreadyRunning(Box<BackfillStatus>),
+    #[error("{0}; the progress is saved: run the same backfill again to resume")]
+    Interrupted(String),
     #[error("{0}; the progress is saved: run the same backfill again to resume")]
     Github(#[from] GithubError),
     #[error("{0}; the progress is saved: run the same backfill again to resume")]
@@ -76,6 +89,10 @@ pub struct BackfillReport {
     /// Review comments and conversation comments stored (they can be a pull request's first
     /// review).
     pub comments: usize,
+    /// Commits read (a pull request's first commit is the earliest written).
+    pub commits: usize,
+    /// `convert_to_draft` and `ready_for_review` issue events read (draft intervals).
+    pub draft_changes: usize,
 }
 
 /// A backfill's dependencies: the store, a GitHub client acting with a token (its clock
@@ -144,7 +161,7 @@ impl Backfill<'_> {
             if done_before {
                 report.resumed += 1;
             } else {
-                let (effects, snapshots) = self
+                let effects = self
                     .pull_effects(owner, name, &full_name, pull.number, &mut report)
                     .await?;
                 // The cursor only moves down the listing: pull requests updated after the run
@@ -152,13 +169,7 @@ impl Backfill<'_> {
                 let key = (pull.updated_at, pull.number);
                 let moved = cursor.is_none_or(|c| key < c).then_some(key);
                 self.store
-                    .apply_backfilled_pull(
-                        &full_name,
-                        &effects,
-                        &snapshots,
-                        moved,
-                        ms(self.clock.now()),
-                    )
+                    .apply_backfilled_pull(&full_name, &effects, moved, ms(self.clock.now()))
                     .await?;
                 if moved.is_some() {
                     cursor = moved;
@@ -224,7 +235,9 @@ impl Backfill<'_> {
         Ok(listed)
     }
 
-    /// The effects of one pull request and its submitted reviews, as their webhooks give.
+    /// The effects of one pull request, its submitted reviews, comments, commits and draft
+    /// changes, as their webhooks (and the commits job) give, with the API answers they came
+    /// from to keep.
     async fn pull_effects(
         &self,
         owner: &str,
@@ -232,7 +245,10 @@ impl Backfill<'_> {
         full_name: &str,
         number: i64,
         report: &mut BackfillReport,
-    ) -> Result<(Vec<Effect>, Vec<ApiSnapshot>), BackfillError> {
+    ) -> Result<Vec<Effect>, BackfillError> {
+        // Taken before the first call, so an answer a webhook's job reads meanwhile counts as
+        // newer than these.
+        let fetched_at = ms(self.clock.now());
         let pull: Value = self
             .github
             .get(
@@ -249,50 +265,51 @@ impl Backfill<'_> {
             )
             .await?;
         let repository = json!({ "full_name": full_name });
-        let parse_error =
-            |e: HandlerError| BackfillError::Payload(format!("{full_name}#{number}: {e}"));
-        let payload = json!({ "pull_request": &pull, "repository": &repository });
-        let mut effects =
-            effects_for("pull_request", None, &payload, self.settings).map_err(parse_error)?;
-        let mut snapshots = vec![ApiSnapshot {
-            kind: "pull_request".to_owned(),
-            action: None,
-            key: number,
-            payload,
-        }];
+        let snapshot = |kind: &str, action: Option<&str>, key: i64, payload: Value| {
+            Effect::KeepApiSnapshot(Box::new(ApiSnapshot {
+                repo: full_name.to_owned(),
+                kind: kind.to_owned(),
+                action: action.map(str::to_owned),
+                key,
+                payload,
+                fetched_at,
+            }))
+        };
+        let mut effects = Vec::new();
+        // Parses an answer as the event it stands for and keeps it; the pull request is upserted
+        // from its own answer only, not again from the copy inside each review and comment.
+        let mut parse = |kind: &str, action: Option<&str>, key: i64, payload: Value| {
+            let more = effects_for(kind, action, &payload, self.settings)
+                .map_err(|e| BackfillError::Payload(format!("{full_name}#{number}: {e}")))?;
+            let is_pull = kind == "pull_request";
+            effects.extend(
+                more.into_iter()
+                    .filter(|e| is_pull || !matches!(e, Effect::UpsertPullRequest(_))),
+            );
+            effects.push(snapshot(kind, action, key, payload));
+            Ok::<(), BackfillError>(())
+        };
+        parse(
+            "pull_request",
+            None,
+            number,
+            json!({ "pull_request": &pull, "repository": &repository }),
+        )?;
         for review in reviews {
             let submitted = review.get("submitted_at").is_some_and(|v| !v.is_null());
             let has_user = review.get("user").is_some_and(|v| !v.is_null());
-            if !submitted || !has_user {
+            let id = review.get("id").and_then(Value::as_i64);
+            let Some(id) = id.filter(|_| submitted && has_user) else {
                 report.reviews_skipped += 1;
                 continue;
-            }
+            };
             let payload = json!({
                 "action": "submitted",
                 "review": review,
                 "pull_request": &pull,
                 "repository": &repository,
             });
-            let more = effects_for(
-                "pull_request_review",
-                Some("submitted"),
-                &payload,
-                self.settings,
-            )
-            .map_err(parse_error)?;
-            if let Some(id) = payload.pointer("/review/id").and_then(Value::as_i64) {
-                snapshots.push(ApiSnapshot {
-                    kind: "pull_request_review".to_owned(),
-                    action: Some("submitted".to_owned()),
-                    key: id,
-                    payload,
-                });
-            }
-            // The pull request is already upserted from the same object.
-            effects.extend(
-                more.into_iter()
-                    .filter(|e| !matches!(e, Effect::UpsertPullRequest(_))),
-            );
+            parse("pull_request_review", Some("submitted"), id, payload)?;
             report.reviews += 1;
         }
         // Comments on lines of the diff and in the conversation, read as the webhooks that
@@ -334,188 +351,52 @@ impl Backfill<'_> {
             let Some(id) = id.filter(|_| has_user) else {
                 continue;
             };
-            let more =
-                effects_for(kind, Some("created"), &payload, self.settings).map_err(parse_error)?;
-            effects.extend(
-                more.into_iter()
-                    .filter(|e| !matches!(e, Effect::UpsertPullRequest(_))),
-            );
-            snapshots.push(ApiSnapshot {
-                kind: kind.to_owned(),
-                action: Some("created".to_owned()),
-                key: id,
-                payload,
-            });
+            parse(kind, Some("created"), id, payload)?;
             report.comments += 1;
         }
-        Ok((effects, snapshots))
+        // The first commit, as the commits job reads it for webhook pull requests.
+        let commits = fetch_commits(self.github, owner, name, number).await?;
+        report.commits += commits.len();
+        let answer = commits_snapshot(full_name, number, commits, fetched_at);
+        parse(&answer.kind, None, number, answer.payload)?;
+        // Draft intervals: the issue events that turned it into a draft or marked it ready.
+        let events: Vec<Value> = self
+            .github
+            .get_all(
+                &format!("/repos/{owner}/{name}/issues/{number}/events?per_page=100"),
+                &format!("the events of {full_name}#{number}"),
+                MAX_EVENTS,
+            )
+            .await?;
+        let events: Vec<Value> = events
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e.get("event").and_then(Value::as_str),
+                    Some("convert_to_draft" | "ready_for_review")
+                )
+            })
+            .map(|e| json!({"id": e.get("id"), "event": e.get("event"), "created_at": e.get("created_at")}))
+            .collect();
+        report.draft_changes += events.len();
+        let payload = json!({
+            "repository": &repository,
+            "pull_request": {
+                "number": number,
+                "created_at": pull.get("created_at"),
+                "draft": pull.get("draft"),
+            },
+            "fetched_at": rfc3339(fetched_at),
+            "events": events,
+        });
+        parse(DRAFT_EVENTS_ANSWER, None, number, payload)?;
+        Ok(effects)
     }
 }
 
 /// `owner/repo` as its two parts, refusing anything that would change the request path.
 fn split_repo(repo: &str) -> Result<(&str, &str), BackfillError> {
-    let valid = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    match repo.split_once('/') {
-        Some((owner, name)) if valid(owner) && valid(name) => Ok((owner, name)),
-        _ => Err(BackfillError::BadRepo(repo.to_owned())),
-    }
-}
-
-fn ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// Where a background backfill (`POST /api/v1/metrics/backfill`) stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct BackfillStatus {
-    /// As requested (`owner/name`).
-    pub repo: String,
-    /// The span asked for, e.g. `90d`.
-    pub since: String,
-    /// `running`, `done` or `failed`.
-    pub state: &'static str,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    /// Pull requests listed so far.
-    pub listed: usize,
-    /// Pull requests done out of `total` (known once listing ended).
-    pub done: usize,
-    pub total: usize,
-    pub report: Option<BackfillReport>,
-    pub error: Option<String>,
-}
-
-/// The background backfills of this process, one per repository at a time.
-#[derive(Debug, Default)]
-pub struct BackfillJobs {
-    jobs: std::sync::Mutex<std::collections::HashMap<String, BackfillStatus>>,
-}
-
-/// What [`BackfillJobs::start`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackfillStart {
-    Started(BackfillStatus),
-    /// A backfill of the repository is already running: its status.
-    AlreadyRunning(BackfillStatus),
-}
-
-/// What a background backfill runs with (owned, as it outlives the request).
-pub struct BackfillTask {
-    pub store: Store,
-    pub github: GithubClient,
-    pub clock: std::sync::Arc<dyn Clock>,
-    pub settings: MetricsSettings,
-}
-
-fn key(repo: &str) -> String {
-    repo.to_ascii_lowercase()
-}
-
-impl BackfillJobs {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut std::collections::HashMap<String, BackfillStatus>) -> T,
-    ) -> T {
-        // A panic while holding the lock leaves plain data behind: keep using it.
-        let mut jobs = self
-            .jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        f(&mut jobs)
-    }
-
-    /// The latest backfill of `repo` started by this process.
-    pub fn status(&self, repo: &str) -> Option<BackfillStatus> {
-        self.with(|jobs| jobs.get(&key(repo)).cloned())
-    }
-
-    /// Starts backfilling `repo` in the background, unless a backfill of it is running.
-    pub fn start(
-        self: &std::sync::Arc<Self>,
-        task: BackfillTask,
-        repo: &str,
-        since_text: &str,
-        since: Duration,
-    ) -> BackfillStart {
-        let status = BackfillStatus {
-            repo: repo.to_owned(),
-            since: since_text.to_owned(),
-            state: "running",
-            started_at: crate::store::rfc3339(ms(task.clock.now())),
-            finished_at: None,
-            listed: 0,
-            done: 0,
-            total: 0,
-            report: None,
-            error: None,
-        };
-        let running = self.with(|jobs| {
-            if let Some(running) = jobs.get(&key(repo)).filter(|j| j.state == "running") {
-                return Some(running.clone());
-            }
-            jobs.insert(key(repo), status.clone());
-            None
-        });
-        if let Some(running) = running {
-            return BackfillStart::AlreadyRunning(running);
-        }
-        let jobs = std::sync::Arc::clone(self);
-        let repo = repo.to_owned();
-        tokio::spawn(async move {
-            let backfill = Backfill {
-                store: &task.store,
-                github: &task.github,
-                clock: task.clock.as_ref(),
-                settings: &task.settings,
-            };
-            let update = |f: &mut dyn FnMut(&mut BackfillStatus)| {
-                jobs.with(|all| {
-                    if let Some(s) = all.get_mut(&key(&repo)) {
-                        f(s);
-                    }
-                });
-            };
-            let mut progress = |p: BackfillProgress| {
-                update(&mut |s| match p {
-                    BackfillProgress::Listed { pulls } => s.listed = pulls,
-                    BackfillProgress::Pulls { done, total } => {
-                        s.done = done;
-                        s.total = total;
-                    }
-                });
-            };
-            let result = backfill.run(&repo, since, &mut progress).await;
-            let finished = crate::store::rfc3339(ms(task.clock.now()));
-            match &result {
-                Ok(report) => {
-                    tracing::info!(repo = %report.repo, fetched = report.fetched, "backfill done")
-                }
-                Err(e) => tracing::warn!(%repo, error = %e, "backfill failed"),
-            }
-            update(&mut |s| {
-                s.finished_at = Some(finished.clone());
-                match &result {
-                    Ok(report) => {
-                        s.state = "done";
-                        s.report = Some(report.clone());
-                    }
-                    Err(e) => {
-                        s.state = "failed";
-                        s.error = Some(e.to_string());
-                    }
-                }
-            });
-        });
-        BackfillStart::Started(status)
-    }
+    super::payload::owner_and_name(repo).ok_or_else(|| BackfillError::BadRepo(repo.to_owned()))
 }
 
 #[cfg(test)]
