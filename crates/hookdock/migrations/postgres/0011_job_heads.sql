@@ -11,5 +11,7 @@ WHERE status IN ('pending', 'failed', 'processing')
         AND e.status IN ('pending', 'failed', 'processing') AND e.id < jobs.id
   );
 CREATE INDEX jobs_heads ON jobs (id) WHERE blocked = 0 AND status IN ('pending', 'failed', 'processing');
+-- A key's head, found without walking the jobs queued behind it.
+CREATE INDEX jobs_head_keys ON jobs (handler, ordering_key) WHERE blocked = 0 AND status IN ('pending', 'failed', 'processing');
 -- Counting unfinished jobs uses jobs_ordering, which has the same condition.
 DROP INDEX jobs_ready;

@@ -68,7 +68,19 @@ pub struct JobContext<'a> {
 impl JobContext<'_> {
     /// The delivery's JSON document (decoded from the form field for form-encoded hooks).
     pub async fn payload(&self) -> Result<serde_json::Value, HandlerError> {
-        stored_payload(self.store, self.job.event_id).await
+        match &self.job.stored {
+            // Read with the claim.
+            Some((content_type, compressed)) => {
+                let bytes = crate::store::decompress_body(compressed).map_err(|reason| {
+                    HandlerError::Permanent(format!(
+                        "stored body of event {} cannot be read back: {reason}",
+                        self.job.event_id
+                    ))
+                })?;
+                parse_payload(content_type, &bytes)
+            }
+            None => stored_payload(self.store, self.job.event_id).await,
+        }
     }
 }
 
@@ -78,9 +90,14 @@ pub async fn stored_payload(
     event_id: i64,
 ) -> Result<serde_json::Value, HandlerError> {
     let body = store.event_body(event_id).await?;
-    let content_type = crate::ingest::ContentType::parse(&body.content_type)
-        .unwrap_or(crate::ingest::ContentType::Json);
-    let doc = crate::ingest::json_document(content_type, &body.bytes)
+    parse_payload(&body.content_type, &body.bytes)
+}
+
+/// The JSON document of a body received with `content_type`.
+fn parse_payload(content_type: &str, bytes: &[u8]) -> Result<serde_json::Value, HandlerError> {
+    let content_type =
+        crate::ingest::ContentType::parse(content_type).unwrap_or(crate::ingest::ContentType::Json);
+    let doc = crate::ingest::json_document(content_type, bytes)
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
     serde_json::from_slice(&doc).map_err(|e| HandlerError::Permanent(e.to_string()))
 }

@@ -1,4 +1,5 @@
-//! Probes: `/healthz` (the process answers), `/readyz` (database reachable, schema current),
+//! Probes: `/healthz` (the process answers), `/readyz` (database reachable, schema current,
+//! writes still reaching the disk),
 //! `/metrics` (Prometheus text).
 
 use axum::Json;
@@ -14,6 +15,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (status, database, migrations) = match state.store.migrations_current().await {
+        // Writes can no longer be made durable (a failed flush): deliveries get 503.
+        Ok(true) if !state.store.durable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "flush to disk failed: restart hookdock",
+            "current",
+        ),
         Ok(true) => (StatusCode::OK, "ok", "current"),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -301,7 +301,10 @@ impl Ingestor {
                     (ReceiptStatus::Received, event_id, Some(status))
                 }
                 _ => {
-                    self.jobs_ready.notify_one();
+                    // An attached worker was handed the jobs already if it had room.
+                    if !self.store.pushes_jobs() {
+                        self.jobs_ready.notify_one();
+                    }
                     (ReceiptStatus::Received, event_id, None)
                 }
             },

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -129,7 +130,7 @@ impl Worker {
         let mut set = JoinSet::new();
         for job in jobs {
             let worker = Arc::clone(self);
-            set.spawn(async move { worker.execute(job).await });
+            set.spawn(async move { worker.execute(job, None).await });
         }
         while let Some(done) = set.join_next().await {
             if let Ok(Err(e)) = done {
@@ -139,8 +140,14 @@ impl Worker {
         Ok(n)
     }
 
-    /// Runs one job and records its outcome.
-    async fn execute(&self, job: ClaimedJob) -> Result<i64, StoreError> {
+    /// Runs one job and records its outcome. `slots` (the free slots of a running worker) gets
+    /// this job's slot back before the outcome is recorded, so the writer can hand the slot
+    /// the next job of the key in the same transaction.
+    async fn execute(
+        &self,
+        job: ClaimedJob,
+        slots: Option<&AtomicUsize>,
+    ) -> Result<i64, StoreError> {
         let span = tracing::info_span!(
             "job",
             job_id = job.job_id,
@@ -193,6 +200,9 @@ impl Worker {
                 .increment(1);
             metrics::histogram!("hookdock_job_seconds", "handler" => job.handler.clone())
                 .record(started.elapsed().as_secs_f64());
+            if let Some(slots) = slots {
+                slots.fetch_add(1, Ordering::AcqRel);
+            }
             let recorded = self
                 .store
                 .finish_job(JobFinish {
@@ -213,39 +223,50 @@ impl Worker {
     }
 
     /// Works until `shutdown`, then waits up to `grace` for running jobs and releases the rest.
+    ///
+    /// Where the store hands jobs over as it inserts or unblocks them (SQLite), the worker only
+    /// claims for itself at start, when woken (a replay) and at each poll (retries that became
+    /// due, leases of a dead instance); elsewhere it also claims whenever a job ends.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
-        let mut running: JoinSet<Result<i64, StoreError>> = JoinSet::new();
-        let mut running_ids: HashSet<i64> = HashSet::new();
-        let mut task_jobs = std::collections::HashMap::new();
+        let slots = Arc::new(AtomicUsize::new(self.concurrency));
+        let mut pushed = match self
+            .store
+            .attach_worker(&self.owner, self.lease, Arc::clone(&slots))
+            .await
+        {
+            Ok(rx) => rx,
+            Err(error) => {
+                tracing::error!(%error, "cannot receive jobs from the store; claiming them instead");
+                None
+            }
+        };
+        let mut running = Running::default();
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut claim_backoff = Duration::ZERO;
+        let mut claim_now = true;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let free = self.concurrency.saturating_sub(running.len());
-            let mut claimed_full = false;
-            if free > 0 && claim_backoff.is_zero() {
-                match self.claim(free).await {
-                    Ok(jobs) => {
-                        claimed_full = jobs.len() == free;
-                        for job in jobs {
-                            running_ids.insert(job.job_id);
-                            let job_id = job.job_id;
-                            let worker = Arc::clone(&self);
-                            let handle = running.spawn(async move { worker.execute(job).await });
-                            task_jobs.insert(handle.id(), job_id);
+            if claim_now && claim_backoff.is_zero() {
+                claim_now = false;
+                let free = slots.swap(0, Ordering::AcqRel);
+                if free > 0 {
+                    match self.claim(free).await {
+                        Ok(jobs) => {
+                            slots.fetch_add(free - jobs.len().min(free), Ordering::AcqRel);
+                            for job in jobs {
+                                running.start(&self, &slots, job);
+                            }
+                        }
+                        Err(error) => {
+                            slots.fetch_add(free, Ordering::AcqRel);
+                            tracing::error!(%error, "claiming jobs failed");
+                            claim_backoff = self.poll;
                         }
                     }
-                    Err(error) => {
-                        tracing::error!(%error, "claiming jobs failed");
-                        claim_backoff = self.poll;
-                    }
                 }
-            }
-            if claimed_full && running.len() < self.concurrency {
-                continue;
             }
             let pause = if claim_backoff.is_zero() {
                 self.poll
@@ -254,22 +275,26 @@ impl Worker {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
-                    let id = match &joined {
-                        Ok((id, _)) => *id,
-                        Err(e) => e.id(),
-                    };
-                    if let Some(job_id) = task_jobs.remove(&id) {
-                        running_ids.remove(&job_id);
+                Some(joined) = running.set.join_next_with_id(), if !running.set.is_empty() => {
+                    let joined = running.ended(joined);
+                    match joined {
+                        Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed; it will run again when its lease expires"),
+                        // A task that panicked or was aborted did not give its slot back.
+                        Err(_) => { slots.fetch_add(1, Ordering::AcqRel); }
+                        Ok(_) => {}
                     }
-                    if let Ok((_, Err(error))) = joined {
-                        tracing::error!(%error, "recording a job result failed; it will run again when its lease expires");
+                    if pushed.is_none() {
+                        claim_now = true;
                     }
                 }
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(pause) => { claim_backoff = Duration::ZERO; }
+                Some(job) = recv(&mut pushed) => running.start(&self, &slots, job),
+                _ = self.wake.notified() => claim_now = true,
+                _ = tokio::time::sleep(pause) => {
+                    claim_backoff = Duration::ZERO;
+                    claim_now = true;
+                }
                 _ = renew.tick() => {
-                    let ids: Vec<i64> = running_ids.iter().copied().collect();
+                    let ids: Vec<i64> = running.ids.iter().copied().collect();
                     if let Err(error) = self.store.renew_leases(&self.owner, &ids, self.lease_until()).await {
                         tracing::warn!(%error, "renewing leases failed");
                     }
@@ -277,28 +302,40 @@ impl Worker {
             }
         }
 
-        if !running.is_empty() {
+        // No more jobs handed over; those already on their way are given back.
+        slots.store(0, Ordering::Release);
+        if let Some(rx) = pushed.as_mut() {
+            let _ = self.store.sync().await;
+            let mut handed = Vec::new();
+            while let Ok(job) = rx.try_recv() {
+                handed.push(job.job_id);
+            }
+            rx.close();
+            if !handed.is_empty() {
+                match self.store.release_jobs(&self.owner, &handed).await {
+                    Ok(n) => tracing::info!(released = n, "released jobs handed over at shutdown"),
+                    Err(error) => {
+                        tracing::error!(%error, "releasing leases failed; they expire on their own")
+                    }
+                }
+            }
+        }
+        if !running.set.is_empty() {
             tracing::info!(
-                jobs = running.len(),
+                jobs = running.set.len(),
                 grace_secs = grace.as_secs(),
                 "waiting for running jobs"
             );
         }
         let drained = tokio::time::timeout(grace, async {
-            while let Some(joined) = running.join_next_with_id().await {
-                let id = match &joined {
-                    Ok((id, _)) => *id,
-                    Err(e) => e.id(),
-                };
-                if let Some(job_id) = task_jobs.remove(&id) {
-                    running_ids.remove(&job_id);
-                }
+            while let Some(joined) = running.set.join_next_with_id().await {
+                let _ = running.ended(joined);
             }
         })
         .await;
         if drained.is_err() {
-            running.abort_all();
-            let ids: Vec<i64> = running_ids.iter().copied().collect();
+            running.set.abort_all();
+            let ids: Vec<i64> = running.ids.iter().copied().collect();
             match self.store.release_jobs(&self.owner, &ids).await {
                 Ok(n) => tracing::warn!(
                     released = n,
@@ -309,6 +346,51 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// The jobs a running worker is executing.
+#[derive(Default)]
+struct Running {
+    set: JoinSet<Result<i64, StoreError>>,
+    ids: HashSet<i64>,
+    tasks: std::collections::HashMap<tokio::task::Id, i64>,
+}
+
+type Joined = Result<(tokio::task::Id, Result<i64, StoreError>), tokio::task::JoinError>;
+
+impl Running {
+    fn start(&mut self, worker: &Arc<Worker>, slots: &Arc<AtomicUsize>, job: ClaimedJob) {
+        self.ids.insert(job.job_id);
+        let job_id = job.job_id;
+        let worker = Arc::clone(worker);
+        let slots = Arc::clone(slots);
+        let handle = self
+            .set
+            .spawn(async move { worker.execute(job, Some(&slots)).await });
+        self.tasks.insert(handle.id(), job_id);
+    }
+
+    /// Forgets a job whose task ended; returns how it ended.
+    fn ended(&mut self, joined: Joined) -> Joined {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        if let Some(job_id) = self.tasks.remove(&id) {
+            self.ids.remove(&job_id);
+        }
+        joined
+    }
+}
+
+/// The next job handed over, or never when none are.
+async fn recv(
+    pushed: &mut Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedJob>>,
+) -> Option<ClaimedJob> {
+    match pushed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

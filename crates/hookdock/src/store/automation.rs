@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use super::sql::Sql;
+use super::sql::{Sql, WriteConn};
 use super::{Store, StoreError, opt_text, ser_time};
 
 /// One write an automation made on GitHub (or would have made, when `dry_run`), or a decision
@@ -96,7 +96,7 @@ pub struct SimulatedEvent {
 }
 
 pub(super) async fn record(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     record: &AutomationRecord,
 ) -> Result<(), sqlx::Error> {
     if !record.actions.is_empty() {
@@ -126,7 +126,7 @@ pub(super) async fn record(
                 .bind(a.created_at)
                 .push(")");
         }
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     if let Some(review) = &record.review {
         let mut sql = Sql::new(
@@ -154,7 +154,7 @@ pub(super) async fn record(
         // A head already reviewed (a retry after a crash between GitHub and here) stays as it is.
         sql.bind(review.created_at)
             .push(") ON CONFLICT DO NOTHING RETURNING id");
-        if let Some(row) = sql.fetch_optional(&mut *conn).await? {
+        if let Some(row) = conn.row(&sql).await? {
             let review_id: i64 = row.try_get(0)?;
             if !review.findings.is_empty() {
                 let mut sql = Sql::new(
@@ -183,7 +183,7 @@ pub(super) async fn record(
                         .bind(f.placement.as_str())
                         .push(")");
                 }
-                sql.execute(&mut *conn).await?;
+                conn.exec(&sql).await?;
             }
         }
     }
@@ -218,7 +218,7 @@ pub(super) async fn record(
                 .bind(c.created_at)
                 .push(")");
         }
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     Ok(())
 }

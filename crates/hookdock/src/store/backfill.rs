@@ -5,9 +5,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use super::sql::Sql;
+use super::sql::{Sql, WriteConn};
 use super::{Effect, Store, StoreError};
 
 /// Where a repository's backfill stands.
@@ -45,7 +45,7 @@ pub struct ApiSnapshot {
 
 /// Keeps `snapshot`, unless a newer answer for the same object is kept.
 pub(crate) async fn keep_snapshot(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     snapshot: &ApiSnapshot,
 ) -> Result<(), sqlx::Error> {
     let corrupt = |e: std::io::Error| sqlx::Error::Encode(format!("API snapshot: {e}").into());
@@ -71,7 +71,7 @@ pub(crate) async fn keep_snapshot(
              payload = excluded.payload, fetched_at = excluded.fetched_at \
              WHERE excluded.fetched_at >= api_snapshots.fetched_at",
         );
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
@@ -137,9 +137,9 @@ impl Store {
         cursor: Option<(i64, i64)>,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.inner.write.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for effect in effects {
-            super::jobs::apply_effect(&mut tx, effect).await?;
+            super::jobs::apply_effect(&mut *tx, effect).await?;
         }
         let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
         if let Some((at, number)) = cursor {

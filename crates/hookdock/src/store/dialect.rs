@@ -59,28 +59,27 @@ impl Dialect {
     /// SQLite commits never fsync; durability comes from the syncer. `None`: a plain `BEGIN`.
     pub fn begin_write(self, durable: bool) -> Option<&'static str> {
         match (self, durable) {
-            (Dialect::Sqlite, _) | (Dialect::Postgres, true) => None,
+            (Dialect::Sqlite, _) => Some(self.begin_immediate()),
+            (Dialect::Postgres, true) => None,
             (Dialect::Postgres, false) => Some("BEGIN; SET LOCAL synchronous_commit = off"),
         }
     }
 
-    /// Whether commits reach the disk only through the store's syncer (an `fdatasync` of the
-    /// WAL file after the commit) rather than by themselves.
-    pub fn syncs_separately(self) -> bool {
-        self == Dialect::Sqlite
+    /// `BEGIN` for a transaction that writes. On SQLite it takes the write lock at once: the
+    /// group-commit writer has a connection of its own beside the pool's, and a transaction
+    /// that read first and wrote later could otherwise find its snapshot stale and fail
+    /// instead of waiting its turn.
+    pub fn begin_immediate(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
     }
 
     /// Whether job claims go through the group-commit writer. SQLite has one write connection,
     /// so a claim joins the writer's next transaction instead of waiting for the connection;
     /// on PostgreSQL claims run on their own connections beside the writer.
     pub fn claims_through_writer(self) -> bool {
-        self == Dialect::Sqlite
-    }
-
-    /// Whether the group-commit writer runs on a thread of its own. SQLite's connections live
-    /// on their own threads and use no I/O of the runtime, so the writer can too; PostgreSQL's
-    /// sockets belong to the shared runtime.
-    pub fn writer_thread(self) -> bool {
         self == Dialect::Sqlite
     }
 

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
 use super::jobs::insert_jobs;
-use super::sql::{Sql, padded_chunks};
+use super::sql::{Sql, WriteConn, padded_chunks};
 use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
 
 /// Most rows in one multi-row statement (SQLite allows 32,766 parameters; rows have 21).
@@ -146,7 +146,7 @@ pub struct EventFilter {
 /// inserted by another instance) are looked up. Bodies repeated within the batch go in a later
 /// statement than their first occurrence, so its subquery sees the earlier row.
 pub(crate) async fn insert_deliveries(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     batch: &[&NewDelivery],
     now: i64,
@@ -224,7 +224,7 @@ pub(crate) async fn insert_deliveries(
                     .push(")");
             }
             sql.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id, status");
-            for row in sql.fetch_all(&mut *conn).await? {
+            for row in conn.rows(&sql).await? {
                 let delivery: String = row.try_get(1)?;
                 let status: String = row.try_get(2)?;
                 let status = EventStatus::parse(&status).ok_or_else(|| {
@@ -266,8 +266,8 @@ pub(crate) async fn insert_deliveries(
             "SELECT id, delivery_id FROM events WHERE delivery_id IN ",
         );
         sql.bind_list(stored_before.iter().map(|&i| batch[i].delivery_id.as_str()));
-        let ids: HashMap<String, i64> = sql
-            .fetch_all(&mut *conn)
+        let ids: HashMap<String, i64> = conn
+            .rows(&sql)
             .await?
             .iter()
             .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
@@ -300,6 +300,40 @@ pub(crate) async fn insert_deliveries(
         .into_iter()
         .map(|o| o.ok_or_else(|| sqlx::Error::Protocol("delivery without outcome".into())))
         .collect()
+}
+
+thread_local! {
+    /// One decompression context per thread, reused (creating one costs more than
+    /// decompressing a typical payload).
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A stored body's bytes as received, from its zstd frame.
+pub fn decompress_body(compressed: &[u8]) -> Result<Vec<u8>, String> {
+    let size = match zstd::zstd_safe::get_frame_content_size(compressed) {
+        Ok(Some(size)) => usize::try_from(size).map_err(|_| "body too large".to_owned())?,
+        // Frames written without their size (none of hookdock's): stream them.
+        Ok(None) => return zstd::stream::decode_all(compressed).map_err(|e| format!("zstd: {e}")),
+        Err(e) => return Err(format!("zstd: not a frame ({e:?})")),
+    };
+    if size > crate::ingest::MAX_BODY_BYTES {
+        return Err(format!(
+            "zstd: frame claims {size} bytes, more than a delivery can hold"
+        ));
+    }
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        match slot.as_mut() {
+            Some(d) => d
+                .decompress(compressed, size)
+                .map_err(|e| format!("zstd: {e}")),
+            None => Err("zstd: no decompression context".to_owned()),
+        }
+    })
 }
 
 impl Store {
@@ -424,8 +458,7 @@ impl Store {
             event_id: id,
             reason,
         };
-        let bytes = zstd::stream::decode_all(compressed.as_slice())
-            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        let bytes = decompress_body(&compressed).map_err(corrupt)?;
         use sha2::Digest;
         if sha2::Sha256::digest(&bytes).as_slice() != expected.as_slice() {
             return Err(corrupt("SHA-256 does not match the stored hash".into()));
@@ -500,7 +533,7 @@ mod tests {
         let mut conn = store.inner.write.acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         let refs: Vec<&NewDelivery> = batch.iter().collect();
-        let out = insert_deliveries(&mut tx, store.dialect(), &refs, 2)
+        let out = insert_deliveries(&mut *tx, store.dialect(), &refs, 2)
             .await
             .unwrap();
         tx.commit().await.unwrap();

@@ -13,10 +13,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use sha2::{Digest, Sha256};
-use sqlx::{AnyConnection, Row};
+use sqlx::Row;
 
-use super::sql::{Sql, padded_chunks};
-use super::{Dialect, Effect, EventStatus, JobStatus, Store, StoreError, opt_text};
+use super::sql::{Sql, WriteConn, padded_chunks};
+use super::{Dialect, Effect, EventStatus, JobStatus, Store, StoreError};
 
 /// A job this worker now holds a lease on, with what its handler needs of the event.
 #[derive(Debug, Clone)]
@@ -35,6 +35,9 @@ pub struct ClaimedJob {
     pub sender: Option<String>,
     pub ordering_key: String,
     pub received_at: i64,
+    /// The delivery's body as stored (content type, zstd bytes), read with the claim so a
+    /// handler that needs the payload does not read it again.
+    pub stored: Option<(String, Vec<u8>)>,
 }
 
 /// How a job attempt ended.
@@ -97,7 +100,7 @@ const EVENT_ERROR_FROM_JOBS: &str = "(SELECT jobs.last_error FROM jobs WHERE job
 /// Recomputes the status and last error of events from their jobs. Rows whose status and error
 /// are unchanged are not written (most job transitions leave their event as it was).
 async fn refresh_events(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     event_ids: impl IntoIterator<Item = i64>,
     now: i64,
@@ -115,7 +118,7 @@ async fn refresh_events(
     sql.push(&format!(
         " AND (status <> {EVENT_STATUS_FROM_JOBS} OR last_error IS DISTINCT FROM {EVENT_ERROR_FROM_JOBS})"
     ));
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
@@ -138,7 +141,7 @@ fn key_lock_id(handler: &str, key: &str) -> i64 {
 /// two transactions never wait for each other in a cycle, and held until commit. SQLite has
 /// one writer, so nothing is taken there.
 pub(super) async fn lock_keys<'k>(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     keys: impl IntoIterator<Item = (&'k str, &'k str)>,
 ) -> Result<(), sqlx::Error> {
@@ -161,7 +164,7 @@ pub(super) async fn lock_keys<'k>(
             .push(")");
     }
     sql.push(") AS t ORDER BY t.column2");
-    sql.fetch_all(conn).await?;
+    conn.rows(&sql).await?;
     Ok(())
 }
 
@@ -172,7 +175,7 @@ const MAX_JOBS_PER_STATEMENT: usize = 128;
 /// unfinished job of their key exists (then they start blocked). Jobs that exist already are
 /// left as they are.
 pub(crate) async fn insert_jobs(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     jobs: &[(i64, &'static str, &str)],
     now: i64,
@@ -217,7 +220,7 @@ pub(crate) async fn insert_jobs(
             sql.push(&format!(" AND e.status IN {ACTIVE}) THEN 1 ELSE 0 END)"));
         }
         sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     Ok(())
 }
@@ -225,7 +228,7 @@ pub(crate) async fn insert_jobs(
 /// Lets the oldest unfinished job of each key run once its head is done or dead. A key that
 /// still has a head (or no unfinished job) is left as it is.
 async fn promote_heads(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     keys: &BTreeSet<(String, String)>,
 ) -> Result<(), sqlx::Error> {
@@ -259,13 +262,13 @@ async fn promote_heads(
             ") AS k WHERE NOT EXISTS (SELECT 1 FROM jobs h WHERE h.handler = k.column1 \
              AND h.ordering_key = k.column2 AND h.blocked = 0 AND h.status IN {ACTIVE}))"
         ));
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     Ok(())
 }
 
 async fn record_history(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     entries: &[(i64, i64, &str, i64, Option<&str>)],
     now: i64,
@@ -290,13 +293,13 @@ async fn record_history(
                 .bind(*error)
                 .push(")");
         }
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     Ok(())
 }
 
 pub(super) async fn apply_effect(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     effect: &Effect,
 ) -> Result<(), sqlx::Error> {
     match effect {
@@ -326,7 +329,7 @@ pub(super) async fn apply_effect(
                  last_received_at = CASE WHEN excluded.last_received_at > repo_activity.last_received_at \
                      THEN excluded.last_received_at ELSE repo_activity.last_received_at END",
             );
-            sql.execute(conn).await?;
+            conn.exec(&sql).await?;
         }
         Effect::UpsertMember(member) => super::metrics::upsert_member(conn, member).await?,
         Effect::UpsertPullRequest(pr) => super::metrics::upsert_pull_request(conn, pr).await?,
@@ -347,7 +350,7 @@ pub(super) async fn apply_effect(
 /// recorded (false: the lease had moved to another worker, nothing written for it). A job that
 /// is done or dead frees its key: the next job of the key becomes its head.
 pub(crate) async fn finish_jobs(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     finishes: &[JobFinish],
     now: i64,
@@ -381,7 +384,7 @@ pub(crate) async fn finish_jobs(
                 .bind_list(chunk.iter().map(|&i| finishes[i].job_id));
             sql.push(" RETURNING id, handler, ordering_key");
             let mut confirmed = BTreeSet::new();
-            for row in sql.fetch_all(&mut *conn).await? {
+            for row in conn.rows(&sql).await? {
                 confirmed.insert(row.try_get::<i64, _>(0)?);
                 freed.insert((row.try_get(1)?, row.try_get(2)?));
             }
@@ -425,7 +428,7 @@ pub(crate) async fn finish_jobs(
         sql.push(" AND status = 'processing' AND lease_owner = ")
             .bind(f.lease_owner.as_str());
         sql.push(" RETURNING handler, ordering_key");
-        if let Some(row) = sql.fetch_optional(&mut *conn).await? {
+        if let Some(row) = conn.row(&sql).await? {
             if status == JobStatus::Dead {
                 freed.insert((row.try_get(0)?, row.try_get(1)?));
             }
@@ -456,16 +459,14 @@ pub(crate) struct ClaimRequest {
     pub now: i64,
 }
 
-/// A job just claimed: `(job_id, event_id, handler, attempts)`.
-pub(crate) type ClaimedRow = (i64, i64, String, i64);
-
 /// Claims due jobs in the caller's transaction: heads of their key (pending, failed with the
-/// retry time reached, or processing with an expired lease), oldest first.
+/// retry time reached, or processing with an expired lease), oldest first, with what their
+/// handlers need of the event.
 pub(crate) async fn claim_in(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     dialect: Dialect,
     request: &ClaimRequest,
-) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+) -> Result<Vec<ClaimedJob>, sqlx::Error> {
     let now = request.now;
     let mut sql = Sql::with(
         dialect,
@@ -487,14 +488,14 @@ pub(crate) async fn claim_in(
         .push(" ")
         .push(dialect.claim_lock());
     sql.push(") RETURNING id, event_id, handler, attempts");
-    let mut claimed: Vec<ClaimedRow> = sql
-        .fetch_all(&mut *conn)
+    let mut claimed: Vec<(i64, i64, String, i64)> = conn
+        .rows(&sql)
         .await?
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
         .collect::<Result<_, sqlx::Error>>()?;
     if claimed.is_empty() {
-        return Ok(claimed);
+        return Ok(Vec::new());
     }
     claimed.sort_by_key(|c| c.0);
     let history: Vec<_> = claimed
@@ -502,15 +503,49 @@ pub(crate) async fn claim_in(
         .map(|(job, event, _, attempt)| (*job, *event, "processing", *attempt, None))
         .collect();
     record_history(&mut *conn, dialect, &history, now).await?;
+    let event_ids: BTreeSet<i64> = claimed.iter().map(|c| c.1).collect();
     let mut sql = Sql::with(
         dialect,
         "UPDATE events SET status = 'processing', updated_at = ",
     );
     sql.bind(now)
         .push(" WHERE status IN ('pending', 'failed') AND id IN ");
-    sql.bind_list(claimed.iter().map(|c| c.1).collect::<BTreeSet<_>>());
-    sql.execute(&mut *conn).await?;
-    Ok(claimed)
+    sql.bind_list(event_ids.iter().copied());
+    conn.exec(&sql).await?;
+
+    let mut sql = Sql::with(
+        dialect,
+        "SELECT id, delivery_id, event, action, repository, organization, installation_id, \
+         sender, ordering_key, received_at, content_type, body FROM events WHERE id IN ",
+    );
+    sql.bind_list(event_ids);
+    let mut events = HashMap::new();
+    for r in conn.rows(&sql).await? {
+        events.insert(r.try_get::<i64, _>(0)?, r);
+    }
+    let mut jobs = Vec::with_capacity(claimed.len());
+    for (job_id, event_id, handler, attempts) in claimed {
+        let Some(r) = events.get(&event_id) else {
+            continue;
+        };
+        jobs.push(ClaimedJob {
+            job_id,
+            event_id,
+            handler,
+            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+            delivery_id: r.try_get(1)?,
+            event: r.try_get(2)?,
+            action: r.try_get(3)?,
+            repository: r.try_get(4)?,
+            organization: r.try_get(5)?,
+            installation_id: r.try_get(6)?,
+            sender: r.try_get(7)?,
+            ordering_key: r.try_get(8)?,
+            received_at: r.try_get(9)?,
+            stored: Some((r.try_get(10)?, r.try_get(11)?)),
+        });
+    }
+    Ok(jobs)
 }
 
 impl Store {
@@ -535,48 +570,11 @@ impl Store {
         } else {
             let mut conn = self.inner.write.acquire().await?;
             let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
-            let claimed = claim_in(&mut tx, self.inner.dialect, &request).await?;
+            let claimed = claim_in(&mut *tx, self.inner.dialect, &request).await?;
             tx.commit().await?;
             claimed
         };
-        if claimed.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        // Event fields for the handlers, read after commit.
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "SELECT id, delivery_id, event, action, repository, organization, installation_id, \
-             sender, ordering_key, received_at FROM events WHERE id IN ",
-        );
-        sql.bind_list(claimed.iter().map(|c| c.1).collect::<BTreeSet<_>>());
-        let mut events = HashMap::new();
-        for r in sql.fetch_all(&self.inner.read).await? {
-            let id: i64 = r.try_get("id")?;
-            events.insert(id, r);
-        }
-        let mut jobs = Vec::with_capacity(claimed.len());
-        for (job_id, event_id, handler, attempts) in claimed {
-            let Some(r) = events.get(&event_id) else {
-                continue;
-            };
-            jobs.push(ClaimedJob {
-                job_id,
-                event_id,
-                handler,
-                attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-                delivery_id: r.try_get("delivery_id")?,
-                event: r.try_get("event")?,
-                action: opt_text(r, "action")?,
-                repository: opt_text(r, "repository")?,
-                organization: opt_text(r, "organization")?,
-                installation_id: r.try_get("installation_id")?,
-                sender: opt_text(r, "sender")?,
-                ordering_key: r.try_get("ordering_key")?,
-                received_at: r.try_get("received_at")?,
-            });
-        }
-        Ok(jobs)
+        Ok(claimed)
     }
 
     /// Extends the leases `owner` holds on `job_ids`; returns how many it still held.
@@ -604,7 +602,7 @@ impl Store {
             return Ok(0);
         }
         let now = super::now_ms();
-        let mut tx = self.inner.write.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut sql = Sql::with(
             self.inner.dialect,
             "UPDATE jobs SET status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, \
@@ -633,9 +631,9 @@ impl Store {
                 )
             })
             .collect();
-        record_history(&mut tx, self.inner.dialect, &history, now).await?;
+        record_history(&mut *tx, self.inner.dialect, &history, now).await?;
         refresh_events(
-            &mut tx,
+            &mut *tx,
             self.inner.dialect,
             released.iter().map(|r| r.1),
             now,
@@ -654,7 +652,7 @@ impl Store {
         mode: ReplayMode,
     ) -> Result<ReplayReport, StoreError> {
         let now = super::now_ms();
-        let mut tx = self.inner.write.begin().await?;
+        let mut tx = self.write_transaction().await?;
         let mut sql = Sql::with(
             self.inner.dialect,
             "SELECT ordering_key FROM events WHERE id = ",
@@ -668,7 +666,7 @@ impl Store {
             self.inner.dialect,
             "SELECT id, handler, status, attempts FROM jobs WHERE event_id = ",
         );
-        sql.bind(event_id);
+        sql.bind(event_id).push(" ORDER BY id");
         let existing: Vec<(i64, String, String, i64)> = sql
             .fetch_all(&mut *tx)
             .await?
@@ -705,7 +703,7 @@ impl Store {
             .map(|e| (e.1.as_str(), key.as_str()))
             .chain(subscribed.iter().map(|h| (*h, key.as_str())))
             .collect();
-        lock_keys(&mut tx, self.inner.dialect, keys).await?;
+        lock_keys(&mut *tx, self.inner.dialect, keys).await?;
         if !reset.is_empty() {
             // A finished job queued again waits behind any unfinished job of its key; one that
             // is still unfinished keeps its place.
@@ -730,11 +728,11 @@ impl Store {
                 .filter(|h| !existing.iter().any(|e| e.1 == **h))
                 .map(|h| (event_id, *h, key.as_str()))
                 .collect();
-            insert_jobs(&mut tx, self.inner.dialect, &missing, now).await?;
+            insert_jobs(&mut *tx, self.inner.dialect, &missing, now).await?;
             report.queued.extend(missing.iter().map(|m| m.1.to_owned()));
         }
-        record_history(&mut tx, self.inner.dialect, &history, now).await?;
-        refresh_events(&mut tx, self.inner.dialect, [event_id], now).await?;
+        record_history(&mut *tx, self.inner.dialect, &history, now).await?;
+        refresh_events(&mut *tx, self.inner.dialect, [event_id], now).await?;
         let mut sql = Sql::with(self.inner.dialect, "SELECT status FROM events WHERE id = ");
         sql.bind(event_id);
         report.status = match sql.fetch_optional(&mut *tx).await? {

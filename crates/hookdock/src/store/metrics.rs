@@ -11,10 +11,10 @@
 //! module computes no metric; that is [`crate::metrics`].
 
 use serde_json::Value;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use super::sql::Sql;
+use super::sql::{Sql, WriteConn};
 use super::{Store, StoreError, opt_text};
 
 /// A GitHub user seen in an event.
@@ -156,7 +156,7 @@ fn flag(v: bool) -> i64 {
 }
 
 pub(crate) async fn upsert_member(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     m: &MemberRecord,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -176,7 +176,7 @@ pub(crate) async fn upsert_member(
         min_known("members.first_seen", "excluded.first_seen"),
         max_known("members.updated", "excluded.updated"),
     ));
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     // Every login a user was seen with: team members configured by login stay matched by id
     // after a rename.
     let mut sql = Sql::new("INSERT INTO member_logins (login_lower, github_id, seen) VALUES (");
@@ -189,7 +189,7 @@ pub(crate) async fn upsert_member(
             ") ON CONFLICT (login_lower, github_id) DO UPDATE SET seen = {}",
             max_known("member_logins.seen", "excluded.seen")
         ));
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
@@ -222,7 +222,7 @@ const SIZE_COLUMNS: &[&str] = &[
 ];
 
 pub(crate) async fn upsert_pull_request(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     pr: &PullRequestRecord,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -303,7 +303,7 @@ pub(crate) async fn upsert_pull_request(
     // NULL draft intervals: never computed for this row (it is new, or older than them), so
     // draft changes stored before the pull request (a backfill's) are picked up now.
     sql.push(" RETURNING draft_intervals");
-    let intervals = match sql.fetch_optional(&mut *conn).await? {
+    let intervals = match conn.row(&sql).await? {
         Some(row) => row.try_get::<Option<String>, _>(0)?,
         None => None,
     };
@@ -319,7 +319,7 @@ pub(crate) async fn upsert_pull_request(
 /// from webhooks or issue events) does not matter. A missing pull request row is left to its
 /// own upsert, which calls this again.
 async fn record_draft_changes(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     repo: &str,
     number: i64,
     new: &[(i64, bool)],
@@ -332,15 +332,15 @@ async fn record_draft_changes(
             sql.push(", ").bind(flag(*draft)).push(")");
         }
         sql.push(" ON CONFLICT (repo, pr_number, at, draft) DO NOTHING");
-        sql.execute(&mut *conn).await?;
+        conn.exec(&sql).await?;
     }
     let mut sql = Sql::new("SELECT at, draft FROM pr_draft_changes WHERE repo = ");
     sql.bind(repo)
         .push(" AND pr_number = ")
         .bind(number)
         .push(" ORDER BY at, draft");
-    let changes = sql
-        .fetch_all(&mut *conn)
+    let changes = conn
+        .rows(&sql)
         .await?
         .iter()
         .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)? != 0)))
@@ -360,7 +360,7 @@ async fn record_draft_changes(
         .bind(repo)
         .push(" AND number = ")
         .bind(number);
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
@@ -408,7 +408,7 @@ pub fn parse_draft_intervals(text: &str) -> Result<Vec<(i64, Option<i64>)>, Stri
 /// Recomputes what is derived from other rows: the first review, revert links by commit, and
 /// the reverted flags of the repository's pull requests.
 async fn refresh_pull_request(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     repo: &str,
     number: i64,
 ) -> Result<(), sqlx::Error> {
@@ -423,7 +423,7 @@ async fn refresh_pull_request(
     );
     sql.bind(repo)
         .push(" AND is_revert = 1 AND reverts_number IS NULL AND reverts_sha IS NOT NULL");
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
 
     // `reverted` holds exactly for the numbers a merged revert of the repository names. The
     // target list is uncorrelated so both statements look rows up by (repo, number) or the
@@ -436,18 +436,18 @@ async fn refresh_pull_request(
     let mut sql = Sql::new("UPDATE pull_requests SET reverted = 1 WHERE repo = ");
     sql.bind(repo).push(" AND reverted = 0 AND number IN ");
     targets(&mut sql);
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     let mut sql = Sql::new("UPDATE pull_requests SET reverted = 0 WHERE repo = ");
     sql.bind(repo).push(" AND reverted = 1 AND number NOT IN ");
     targets(&mut sql);
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
 /// Recomputes the first review (the earliest counted activity) and copies the first commit
 /// (of the newest commits answer) into the pull request's row, in one statement.
 async fn refresh_first_times(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     repo: &str,
     number: i64,
 ) -> Result<(), sqlx::Error> {
@@ -459,12 +459,12 @@ async fn refresh_first_times(
          WHERE repo = ",
     );
     sql.bind(repo).push(" AND number = ").bind(number);
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
 async fn refresh_review_comments(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     review_id: i64,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -473,12 +473,12 @@ async fn refresh_review_comments(
          WHERE github_id = ",
     );
     sql.bind(review_id);
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 
 pub(crate) async fn upsert_review(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     r: &ReviewRecord,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -498,13 +498,13 @@ pub(crate) async fn upsert_review(
              THEN 'dismissed' ELSE excluded.state END, submitted_at = {}",
         min_known("reviews.submitted_at", "excluded.submitted_at")
     ));
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     refresh_review_comments(conn, r.github_id).await
 }
 
 /// Applies a [`DraftChangesRecord`].
 pub(crate) async fn draft_changes(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     d: &DraftChangesRecord,
 ) -> Result<(), sqlx::Error> {
     record_draft_changes(conn, &d.repo, d.pr_number, &d.changes).await
@@ -514,7 +514,7 @@ pub(crate) async fn draft_changes(
 /// is kept (equal times: the earlier first commit, so both orders agree), and copies the first
 /// commit into the pull request's row if it exists (else its upsert will).
 pub(crate) async fn record_pr_commits(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     c: &PrCommitsRecord,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -538,12 +538,12 @@ pub(crate) async fn record_pr_commits(
          WHERE excluded.as_of > pr_first_commits.as_of OR (excluded.as_of = pr_first_commits.as_of \
          AND excluded.first_commit_at < pr_first_commits.first_commit_at)",
     );
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     refresh_first_times(conn, &c.repo, c.pr_number).await
 }
 
 pub(crate) async fn record_pr_activity(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     a: &PrActivityRecord,
 ) -> Result<(), sqlx::Error> {
     let mut sql = Sql::new(
@@ -565,7 +565,7 @@ pub(crate) async fn record_pr_activity(
          review_id = COALESCE(pr_activity.review_id, excluded.review_id), at = {}",
         min_known("pr_activity.at", "excluded.at")
     ));
-    sql.execute(&mut *conn).await?;
+    conn.exec(&sql).await?;
     refresh_first_times(conn, &a.repo, a.pr_number).await?;
     if let Some(review_id) = a.review_id {
         refresh_review_comments(conn, review_id).await?;
@@ -936,9 +936,9 @@ impl Store {
     /// Applies effects in one transaction, as a finished job does. For `metrics rebuild` and
     /// tests; handlers return effects to the queue instead.
     pub async fn apply_effects(&self, effects: &[super::Effect]) -> Result<(), StoreError> {
-        let mut tx = self.inner.write.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for effect in effects {
-            super::jobs::apply_effect(&mut tx, effect).await?;
+            super::jobs::apply_effect(&mut *tx, effect).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -947,7 +947,7 @@ impl Store {
     /// Empties the metrics tables (members, pull requests, reviews, activity, draft changes,
     /// first commits) before a rebuild; the events and API snapshots they come from stay.
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
-        let mut tx = self.inner.write.begin().await?;
+        let mut tx = self.write_transaction().await?;
         for table in [
             "pr_activity",
             "pr_draft_changes",

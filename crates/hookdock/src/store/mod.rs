@@ -38,7 +38,9 @@ pub use backfill::{
     ApiSnapshot, BackfillProgress, BackfillRunRow, NewBackfillRun, RunEnd, RunProgress,
 };
 pub use dialect::Dialect;
-pub use events::{EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody};
+pub use events::{
+    EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody, decompress_body,
+};
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
 pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 pub use metrics::{
@@ -251,6 +253,8 @@ struct Inner {
     writer: writer::WriterHandle,
     /// SQLite: flushes the WAL after commits (see [`syncer`]).
     syncer: Option<syncer::Syncer>,
+    /// A worker is attached to the writer.
+    pushes_jobs: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -317,19 +321,22 @@ impl Store {
         let dialect = Dialect::from_url(url).ok_or_else(|| {
             open_error("unsupported scheme; use sqlite:// or postgres://".to_owned())
         })?;
-        let (read, write, syncer) = match dialect {
+        let (read, write, sqlite) = match dialect {
             Dialect::Sqlite => {
                 let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
                 let write = pool(dialect, true, 1, &url).await?;
                 let read = pool(dialect, false, options.max_connections.max(2), &url).await?;
-                (read, write, Some(syncer::Syncer::spawn(path)?))
+                let conn = writer::open_sqlite(&path).map_err(open_error)?;
+                let syncer = syncer::Syncer::spawn(path)?;
+                (read, write, Some(writer::SqliteWriter { conn, syncer }))
             }
             Dialect::Postgres => {
                 let pool = pool(dialect, true, options.max_connections.max(4), url).await?;
                 (pool.clone(), pool, None)
             }
         };
-        let writer = writer::spawn(dialect, write.clone(), options.max_batch, syncer.clone());
+        let syncer = sqlite.as_ref().map(|s| s.syncer.clone());
+        let writer = writer::spawn(dialect, write.clone(), options.max_batch, sqlite)?;
         if dialect == Dialect::Sqlite {
             tokio::spawn(checkpoints(read.clone()));
         }
@@ -340,6 +347,7 @@ impl Store {
                 write,
                 writer,
                 syncer,
+                pushes_jobs: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -385,6 +393,44 @@ impl Store {
         Ok(applied == known)
     }
 
+    /// Lets the group-commit writer hand jobs to a worker of this process as soon as it can
+    /// claim them, in the transaction that inserts them or frees their key (SQLite). `idle` is
+    /// the worker's free slots: the writer takes the slots it fills. Returns where the jobs
+    /// arrive, or `None` where claims do not go through the writer (PostgreSQL: the worker
+    /// claims them itself).
+    pub async fn attach_worker(
+        &self,
+        owner: &str,
+        lease: Duration,
+        idle: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedJob>>, StoreError> {
+        if !self.inner.dialect.claims_through_writer() {
+            return Ok(None);
+        }
+        let (jobs, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.inner
+            .writer
+            .attach(writer::Attached {
+                owner: owner.to_owned(),
+                lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2),
+                idle,
+                jobs,
+            })
+            .await?;
+        self.inner
+            .pushes_jobs
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(Some(rx))
+    }
+
+    /// Whether new jobs reach a worker of this process without it asking (see
+    /// [`Store::attach_worker`]).
+    pub fn pushes_jobs(&self) -> bool {
+        self.inner
+            .pushes_jobs
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Stores a delivery through the group-commit writer; returns once it is committed.
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<IngestOutcome, StoreError> {
         self.inner.writer.ingest(delivery).await
@@ -417,6 +463,17 @@ impl Store {
         self.inner.writer.shutdown().await;
         self.inner.read.close().await;
         self.inner.write.close().await;
+    }
+
+    /// A transaction on the write pool that holds the write lock from its start (see
+    /// [`Dialect::begin_immediate`]).
+    pub(crate) async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.inner
+            .write
+            .begin_with(self.inner.dialect.begin_immediate())
+            .await
     }
 
     /// Reachability check for `/readyz`.

@@ -9,10 +9,10 @@
 //! order, and any replay of an older event, leaves the newest state.
 
 use serde::Serialize;
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
 
-use super::sql::{Arg, Sql};
+use super::sql::{Arg, Sql, WriteConn};
 use super::{Store, StoreError, opt_text, rfc3339, ser_time};
 
 /// Serializes optional Unix milliseconds as RFC 3339 or `null`.
@@ -217,7 +217,7 @@ fn take_newer_known(table: &str, newer: &str, columns: &[&str]) -> Vec<String> {
 
 /// Applies one record effect on the job's transaction.
 pub(crate) async fn apply(
-    conn: &mut AnyConnection,
+    conn: &mut impl WriteConn,
     effect: &RecordEffect,
 ) -> Result<(), sqlx::Error> {
     let sql = match effect {
@@ -228,7 +228,7 @@ pub(crate) async fn apply(
         RecordEffect::SocialEvent(s) => social_event_sql(s),
         RecordEffect::SocialCounts(c) => social_counts_sql(c),
     };
-    sql.execute(conn).await?;
+    conn.exec(&sql).await?;
     Ok(())
 }
 

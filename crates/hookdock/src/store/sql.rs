@@ -143,6 +143,204 @@ impl Sql {
     }
 }
 
+/// A connection the write path runs its statements on: sqlx's (every database, and reads) or
+/// the group-commit writer's own SQLite connection ([`Direct`]). The queue's and handlers'
+/// writes are written once against this and run on either.
+pub(crate) trait WriteConn {
+    /// Runs a statement; returns the number of rows it changed.
+    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error>;
+    /// Runs a statement and returns its rows.
+    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error>;
+    /// Runs a statement and returns its first row, if any.
+    async fn row(&mut self, sql: &Sql) -> Result<Option<Row>, sqlx::Error> {
+        Ok(self.rows(sql).await?.into_iter().next())
+    }
+}
+
+impl WriteConn for sqlx::AnyConnection {
+    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
+        Ok(sql.execute(&mut *self).await?.rows_affected())
+    }
+
+    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error> {
+        Ok(sql
+            .fetch_all(&mut *self)
+            .await?
+            .into_iter()
+            .map(Row::Any)
+            .collect())
+    }
+}
+
+/// A row from either kind of connection.
+pub(crate) enum Row {
+    Any(AnyRow),
+    Direct {
+        values: Vec<rusqlite::types::Value>,
+        names: std::sync::Arc<[String]>,
+    },
+}
+
+impl Row {
+    /// The value of a column, by position or name.
+    pub fn try_get<T: Column, I: ColumnIndex>(&self, index: I) -> Result<T, sqlx::Error> {
+        match self {
+            Row::Any(row) => sqlx::Row::try_get::<T, I>(row, index),
+            Row::Direct { values, names } => {
+                let i = index.position(names)?;
+                let value = values
+                    .get(i)
+                    .ok_or_else(|| sqlx::Error::ColumnIndexOutOfBounds {
+                        index: i,
+                        len: values.len(),
+                    })?;
+                T::from_direct(value).map_err(|reason| sqlx::Error::ColumnDecode {
+                    index: i.to_string(),
+                    source: reason.into(),
+                })
+            }
+        }
+    }
+}
+
+/// A column position or name.
+pub(crate) trait ColumnIndex: sqlx::ColumnIndex<AnyRow> {
+    fn position(&self, names: &[String]) -> Result<usize, sqlx::Error>;
+}
+
+impl ColumnIndex for usize {
+    fn position(&self, _names: &[String]) -> Result<usize, sqlx::Error> {
+        Ok(*self)
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position(&self, names: &[String]) -> Result<usize, sqlx::Error> {
+        names
+            .iter()
+            .position(|n| n == self)
+            .ok_or_else(|| sqlx::Error::ColumnNotFound((*self).to_owned()))
+    }
+}
+
+/// A type the write path reads out of rows.
+pub(crate) trait Column: Sized + for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any> {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String>;
+}
+
+fn mismatch(want: &str, got: &rusqlite::types::Value) -> String {
+    format!("expected {want}, found {:?}", got.data_type())
+}
+
+impl Column for i64 {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Integer(v) => Ok(*v),
+            other => Err(mismatch("an integer", other)),
+        }
+    }
+}
+
+impl Column for String {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Text(v) => Ok(v.clone()),
+            other => Err(mismatch("text", other)),
+        }
+    }
+}
+
+impl Column for Vec<u8> {
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Blob(v) => Ok(v.clone()),
+            // As SQLite (and sqlx) read a text value as a blob: its bytes.
+            rusqlite::types::Value::Text(v) => Ok(v.as_bytes().to_vec()),
+            other => Err(mismatch("a blob", other)),
+        }
+    }
+}
+
+impl<T: Column> Column for Option<T>
+where
+    Option<T>: for<'r> sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    fn from_direct(value: &rusqlite::types::Value) -> Result<Self, String> {
+        match value {
+            rusqlite::types::Value::Null => Ok(None),
+            other => T::from_direct(other).map(Some),
+        }
+    }
+}
+
+/// The group-commit writer's own SQLite connection, called directly on the writer's thread:
+/// no hand-off to another thread per statement, as sqlx's SQLite driver makes. Its methods
+/// never wait, so futures of the write path driven on it finish in one poll ([`ready`]).
+pub(crate) struct Direct<'c> {
+    pub conn: &'c rusqlite::Connection,
+}
+
+/// A SQLite error of the writer's connection, as sqlx reports errors.
+pub(crate) fn direct_error(e: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(format!("SQLite: {e}"))
+}
+
+impl Direct<'_> {
+    fn prepare(&self, sql: &Sql) -> Result<rusqlite::CachedStatement<'_>, sqlx::Error> {
+        let mut statement = self.conn.prepare_cached(&sql.text).map_err(direct_error)?;
+        for (i, arg) in sql.args.iter().enumerate() {
+            let bound = match arg {
+                Arg::Int(v) => statement.raw_bind_parameter(i + 1, v),
+                Arg::Text(v) => statement.raw_bind_parameter(i + 1, v.as_deref()),
+                Arg::Bytes(v) => statement.raw_bind_parameter(i + 1, v.as_slice()),
+            };
+            bound.map_err(direct_error)?;
+        }
+        Ok(statement)
+    }
+}
+
+impl WriteConn for Direct<'_> {
+    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
+        let mut statement = self.prepare(sql)?;
+        let changed = statement.raw_execute().map_err(direct_error)?;
+        Ok(u64::try_from(changed).unwrap_or(0))
+    }
+
+    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error> {
+        let mut statement = self.prepare(sql)?;
+        let names: std::sync::Arc<[String]> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let width = names.len();
+        let mut rows = statement.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(direct_error)? {
+            let values = (0..width)
+                .map(|i| row.get::<_, rusqlite::types::Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(direct_error)?;
+            out.push(Row::Direct {
+                values,
+                names: std::sync::Arc::clone(&names),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Drives a future that never waits (the write path on a [`Direct`] connection) to its end.
+pub(crate) fn ready<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// Splits `n` rows into statements of at most `max` rows, each given a power-of-two number of
 /// row slots: `(start, rows, slots)`. Multi-row statements thus come in few distinct shapes and
 /// stay in the statement cache, and a batch takes one statement per `max` rows, not one per

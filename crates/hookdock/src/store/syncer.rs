@@ -74,6 +74,19 @@ impl Syncer {
         }
     }
 
+    /// [`Syncer::barrier`] for a thread outside the runtime.
+    pub fn barrier_blocking(&self) -> Result<(), StoreError> {
+        let (reply, rx) = mpsc::channel();
+        self.after_commit(Box::new(move |result| {
+            let _ = reply.send(result);
+        }));
+        match rx.recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Durability(reason)),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
     /// True once a flush has failed (see the module documentation).
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)

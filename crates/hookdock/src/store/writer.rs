@@ -6,29 +6,38 @@
 //! In one transaction, in this order: job results (which free their keys), deliveries and their
 //! new jobs, then claims (SQLite only), which can take the jobs just inserted.
 //!
-//! On SQLite the commit does not wait for the disk; deliveries and claims are answered by the
-//! syncer once the WAL is flushed, while this task already runs the next transaction. At most
-//! [`IN_FLIGHT`] batches with deliveries wait for their flush at a time, so that batches stay
-//! large under load instead of becoming many small commits. On PostgreSQL the commit itself is
-//! durable; job results commit first in a transaction of their own that does not wait for the
-//! WAL flush, so their keys are free again without waiting for the disk.
+//! On SQLite the writer is a thread with a SQLite connection of its own, called directly (no
+//! hand-off to a driver thread per statement). Its commits do not wait for the disk;
+//! deliveries and claims are answered by the syncer once the WAL is flushed, while this thread
+//! already runs the next transaction. At most [`IN_FLIGHT`] batches with deliveries wait for
+//! their flush at a time, so that batches stay large under load instead of becoming many small
+//! commits. Other writes (the pool's connection) take SQLite's write lock in turn with it.
+//!
+//! On PostgreSQL the writer is a task on the runtime and its commit itself is durable; job
+//! results commit first in a transaction of their own that does not wait for the WAL flush, so
+//! their keys are free again without waiting for the disk.
 //!
 //! If a batch fails, its operations are retried one by one so that a single bad operation
 //! cannot fail its neighbours; an operation that fails alone is answered with its error.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use sqlx::AnyPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use super::events::insert_deliveries;
-use super::jobs::{ClaimRequest, ClaimedRow, JobFinish, claim_in, finish_jobs};
+use super::jobs::{ClaimRequest, ClaimedJob, JobFinish, claim_in, finish_jobs};
+use super::sql::{Direct, WriteConn, direct_error, ready};
 use super::syncer::Syncer;
 use super::{Dialect, IngestOutcome, NewDelivery, StoreError, now_ms};
 
 /// Pending operations beyond this make callers wait to enqueue (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
+
+/// Longest wait of a batch of job results alone for other operations to share its commit.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// Batches with deliveries that may be committed but not yet flushed at once (SQLite): one
 /// being flushed, one being written.
@@ -39,11 +48,27 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A caller and the answer it will get.
 type Answer<T> = (Reply<T>, Result<T, StoreError>);
 
+/// A claim for the attached worker: the request, the slots it took, and where jobs go.
+type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedJob>);
+
 enum Op {
     Ingest(Box<NewDelivery>, Reply<IngestOutcome>),
     Finish(JobFinish, Reply<bool>),
-    Claim(ClaimRequest, Reply<Vec<ClaimedRow>>),
+    Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
+    Attach(Attached),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A worker of this process that the writer hands jobs to as soon as it can claim them: in
+/// the transaction that inserts them, or that finishes the job holding their key back. It
+/// saves the worker a claim of its own (a transaction) per job.
+pub(crate) struct Attached {
+    pub owner: String,
+    /// Lease length in milliseconds.
+    pub lease_ms: i64,
+    /// Free slots of the worker; the writer takes what it fills and gives back the rest.
+    pub idle: Arc<AtomicUsize>,
+    pub jobs: mpsc::UnboundedSender<ClaimedJob>,
 }
 
 #[derive(Clone)]
@@ -51,42 +76,74 @@ pub(crate) struct WriterHandle {
     tx: mpsc::Sender<Op>,
 }
 
+/// The SQLite writer's own connection and the flusher that makes its commits durable.
+pub(crate) struct SqliteWriter {
+    pub conn: rusqlite::Connection,
+    pub syncer: Syncer,
+}
+
+/// Opens the writer's SQLite connection on the database file at `path`.
+pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, String> {
+    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!(
+            "the database cannot use write-ahead logging (journal mode {mode}); put it on a local file system"
+        ));
+    }
+    // See `Dialect::connection_setup` for the pool's write connection, which matches this.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
+         PRAGMA wal_autocheckpoint = 20000;",
+    )
+    .map_err(|e| e.to_string())?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
 pub(crate) fn spawn(
     dialect: Dialect,
     pool: AnyPool,
     max_batch: usize,
-    syncer: Option<Syncer>,
-) -> WriterHandle {
+    sqlite: Option<SqliteWriter>,
+) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let writer = Writer {
-        dialect,
-        pool,
-        max_batch: max_batch.max(1),
-        syncer,
-        in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
-    };
-    if dialect.writer_thread() {
-        // Its own thread: on the shared runtime, each statement's answer from SQLite's thread
-        // would wait for a free worker behind the request tasks before the next could start.
-        let spawned = std::thread::Builder::new()
-            .name("hookdock-writer".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(writer.run(rx)),
-                    Err(error) => tracing::error!(%error, "cannot start the writer's runtime"),
-                }
-            });
-        if let Err(error) = spawned {
-            // The handle's sends then fail: every write is answered `StoreError::Closed`.
-            tracing::error!(%error, "cannot start the writer thread");
+    let max_batch = max_batch.max(1);
+    match sqlite {
+        Some(SqliteWriter { conn, syncer }) => {
+            let writer = Writer {
+                dialect,
+                conn: Conn::Direct(Mutex::new(conn)),
+                max_batch,
+                syncer: Some(syncer),
+                in_flight: Arc::new(InFlight::default()),
+                attached: Mutex::new(None),
+            };
+            std::thread::Builder::new()
+                .name("hookdock-writer".into())
+                .spawn(move || writer.run_blocking(rx))
+                .map_err(|e| StoreError::Open {
+                    url: "sqlite".into(),
+                    reason: format!("cannot start the writer thread: {e}"),
+                })?;
         }
-    } else {
-        tokio::spawn(writer.run(rx));
+        None => {
+            let writer = Writer {
+                dialect,
+                conn: Conn::Pool(pool),
+                max_batch,
+                syncer: None,
+                in_flight: Arc::new(InFlight::default()),
+                attached: Mutex::new(None),
+            };
+            tokio::spawn(writer.run(rx));
+        }
     }
-    WriterHandle { tx }
+    Ok(WriterHandle { tx })
 }
 
 impl WriterHandle {
@@ -108,11 +165,20 @@ impl WriterHandle {
         self.call(|reply| Op::Finish(finish, reply)).await
     }
 
-    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedRow>, StoreError> {
+    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
         self.call(|reply| Op::Claim(request, reply)).await
     }
 
-    /// Waits until everything enqueued before this call is committed, then stops the task.
+    /// Lets the writer claim jobs for `worker` (see [`Attached`]).
+    pub async fn attach(&self, worker: Attached) -> Result<(), StoreError> {
+        self.tx
+            .send(Op::Attach(worker))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until everything enqueued before this call is committed (and, on SQLite,
+    /// flushed), then stops the writer.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Op::Shutdown(reply)).await.is_ok() {
@@ -121,12 +187,57 @@ impl WriterHandle {
     }
 }
 
+enum Conn {
+    /// PostgreSQL: transactions on the pool.
+    Pool(AnyPool),
+    /// SQLite: the writer's own connection, only ever used on its thread (the mutex only makes
+    /// the writer shareable; it is never contended).
+    Direct(Mutex<rusqlite::Connection>),
+}
+
+/// Commits with deliveries that are not flushed yet (see [`IN_FLIGHT`]).
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl InFlight {
+    fn acquire(self: &Arc<Self>) -> Slot {
+        let mut count = self.count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count >= IN_FLIGHT {
+            count = self.freed.wait(count).unwrap_or_else(|e| e.into_inner());
+        }
+        *count += 1;
+        Slot(Arc::clone(self))
+    }
+}
+
+impl InFlight {
+    /// Whether a batch with deliveries is waiting for its flush.
+    fn busy(&self) -> bool {
+        *self.count.lock().unwrap_or_else(|e| e.into_inner()) > 0
+    }
+}
+
+/// Frees its place in [`InFlight`] when dropped (once the batch's flush has answered).
+struct Slot(Arc<InFlight>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(|e| e.into_inner());
+        *count = count.saturating_sub(1);
+        self.0.freed.notify_one();
+    }
+}
+
 struct Writer {
     dialect: Dialect,
-    pool: AnyPool,
+    conn: Conn,
     max_batch: usize,
     syncer: Option<Syncer>,
-    in_flight: Arc<Semaphore>,
+    in_flight: Arc<InFlight>,
+    attached: Mutex<Option<Attached>>,
 }
 
 /// The operations of one batch.
@@ -134,7 +245,8 @@ struct Writer {
 struct Batch {
     ingests: Vec<(NewDelivery, Reply<IngestOutcome>)>,
     finishes: Vec<(JobFinish, Reply<bool>)>,
-    claims: Vec<(ClaimRequest, Reply<Vec<ClaimedRow>>)>,
+    claims: Vec<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
+    attach: Option<Attached>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -148,7 +260,17 @@ impl Batch {
             Op::Ingest(d, reply) => self.ingests.push((*d, reply)),
             Op::Finish(f, reply) => self.finishes.push((f, reply)),
             Op::Claim(c, reply) => self.claims.push((c, reply)),
+            Op::Attach(worker) => self.attach = Some(worker),
             Op::Shutdown(reply) => self.shutdown = Some(reply),
+        }
+    }
+
+    fn fill(&mut self, rx: &mut mpsc::Receiver<Op>, max: usize) {
+        while self.len() < max && self.shutdown.is_none() {
+            match rx.try_recv() {
+                Ok(op) => self.take(op),
+                Err(_) => break,
+            }
         }
     }
 }
@@ -157,19 +279,21 @@ impl Batch {
 struct Written {
     ingested: Vec<IngestOutcome>,
     finished: Vec<bool>,
-    claimed: Vec<Vec<ClaimedRow>>,
+    claimed: Vec<Vec<ClaimedJob>>,
 }
 
 /// Answers that may only be given once the commit is on disk.
 #[derive(Default)]
 struct Durable {
     ingests: Vec<Answer<IngestOutcome>>,
-    claims: Vec<Answer<Vec<ClaimedRow>>>,
+    claims: Vec<Answer<Vec<ClaimedJob>>>,
+    /// Jobs claimed for the attached worker, and where they go.
+    offered: Option<(mpsc::UnboundedSender<ClaimedJob>, Vec<ClaimedJob>)>,
 }
 
 impl Durable {
     fn is_empty(&self) -> bool {
-        self.ingests.is_empty() && self.claims.is_empty()
+        self.ingests.is_empty() && self.claims.is_empty() && self.offered.is_none()
     }
 
     /// Answers everyone with their result, or with the flush's failure.
@@ -186,37 +310,109 @@ impl Durable {
         for (reply, result) in self.claims {
             send(reply, result, &flushed);
         }
+        if let Some((to, jobs)) = self.offered {
+            // After a failed flush they are not handed over; their leases run out and they
+            // are claimed again (by then, after a restart).
+            if flushed.is_ok() {
+                for job in jobs {
+                    if to.send(job).is_err() {
+                        tracing::warn!(
+                            "the worker stopped; a job claimed for it runs again when its lease expires"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
+/// Hands out a successful batch's results (the durable ones to `durable`, for after the flush).
+fn answer_written(batch: &mut Batch, written: Written, durable: &mut Durable) {
+    for ((_, reply), recorded) in batch.finishes.drain(..).zip(written.finished) {
+        let _ = reply.send(Ok(recorded));
+    }
+    for ((_, reply), outcome) in batch.ingests.drain(..).zip(written.ingested) {
+        durable.ingests.push((reply, Ok(outcome)));
+    }
+    for ((_, reply), claimed) in batch.claims.drain(..).zip(written.claimed) {
+        durable.claims.push((reply, Ok(claimed)));
+    }
+}
+
+/// Everything a transaction does between its `BEGIN` and `COMMIT`, on either connection.
+async fn apply<C: WriteConn>(
+    conn: &mut C,
+    dialect: Dialect,
+    deliveries: &[&NewDelivery],
+    finishes: &[JobFinish],
+    claims: &[ClaimRequest],
+) -> Result<Written, sqlx::Error> {
+    let now = now_ms();
+    let finished = if finishes.is_empty() {
+        Vec::new()
+    } else {
+        finish_jobs(conn, dialect, finishes, now).await?
+    };
+    let ingested = if deliveries.is_empty() {
+        Vec::new()
+    } else {
+        insert_deliveries(conn, dialect, deliveries, now).await?
+    };
+    let mut claimed = Vec::with_capacity(claims.len());
+    for claim in claims {
+        claimed.push(claim_in(conn, dialect, claim).await?);
+    }
+    Ok(Written {
+        ingested,
+        finished,
+        claimed,
+    })
+}
+
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Op>) {
-        while let Some(first) = rx.recv().await {
+    /// The SQLite writer's thread.
+    fn run_blocking(self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
             let mut batch = Batch::default();
             batch.take(first);
-            self.fill(&mut batch, &mut rx);
-            // A batch with deliveries waits for a flush slot; whatever arrives meanwhile joins it.
-            let permit = match &self.syncer {
-                Some(_) if !batch.ingests.is_empty() => {
-                    let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok();
-                    self.fill(&mut batch, &mut rx);
-                    permit
+            batch.fill(&mut rx, self.max_batch);
+            // Job results alone wait a moment for company (the results of the event's other
+            // jobs, the next delivery): each commit rewrites the pages it touches, and at low
+            // rates most of a job's cost is its own commit. Nobody waits on them but the job's
+            // worker slot; anything else that arrives ends the wait.
+            let mut waited = std::time::Duration::ZERO;
+            while batch.ingests.is_empty()
+                && batch.claims.is_empty()
+                && batch.shutdown.is_none()
+                && batch.attach.is_none()
+                && waited < FINISH_WAIT
+            {
+                std::thread::sleep(FINISH_WAIT / 10);
+                waited += FINISH_WAIT / 10;
+                let before = batch.len();
+                batch.fill(&mut rx, self.max_batch);
+                if batch.len() > before && batch.finishes.len() < batch.len() {
+                    break;
                 }
-                _ => None,
+            }
+            // A batch with deliveries waits for a flush slot; whatever arrives meanwhile joins it.
+            let slot = if batch.ingests.is_empty() {
+                None
+            } else {
+                let slot = self.in_flight.acquire();
+                batch.fill(&mut rx, self.max_batch);
+                Some(slot)
             };
+            self.take_attach(&mut batch);
             let shutdown = batch.shutdown.take();
-            if batch.len() > 0 {
-                self.commit(batch, permit).await;
+            if batch.len() > 0 && ready(self.commit(batch, slot)).is_none() {
+                tracing::error!("a write on the writer's own connection waited; it was dropped");
             }
             if let Some(reply) = shutdown {
-                // Anything sent after the shutdown request is refused.
-                rx.close();
-                while let Ok(op) = rx.try_recv() {
-                    refuse(op);
-                }
-                // Answered once every batch before it is flushed.
+                self.stop(&mut rx);
                 if let Some(syncer) = &self.syncer {
-                    let _ = syncer.barrier().await;
+                    let _ = syncer.barrier_blocking();
                 }
                 let _ = reply.send(());
                 return;
@@ -224,77 +420,111 @@ impl Writer {
         }
     }
 
-    fn fill(&self, batch: &mut Batch, rx: &mut mpsc::Receiver<Op>) {
-        while batch.len() < self.max_batch && batch.shutdown.is_none() {
-            match rx.try_recv() {
-                Ok(op) => batch.take(op),
-                Err(_) => break,
+    /// The PostgreSQL writer's task.
+    async fn run(self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = Batch::default();
+            batch.take(first);
+            batch.fill(&mut rx, self.max_batch);
+            self.take_attach(&mut batch);
+            let shutdown = batch.shutdown.take();
+            if batch.len() > 0 {
+                self.commit(batch, None).await;
+            }
+            if let Some(reply) = shutdown {
+                self.stop(&mut rx);
+                let _ = reply.send(());
+                return;
             }
         }
     }
 
-    async fn commit(&self, mut batch: Batch, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+    fn take_attach(&self, batch: &mut Batch) {
+        if let Some(worker) = batch.attach.take() {
+            *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(worker);
+        }
+    }
+
+    /// A claim for the attached worker's free slots, taken from them, when this batch may
+    /// have made jobs claimable (new jobs, or finished heads).
+    fn offer(&self, batch: &Batch) -> Option<Offer> {
+        if batch.ingests.is_empty() && batch.finishes.is_empty() {
+            return None;
+        }
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = attached.as_ref()?;
+        if worker.jobs.is_closed() {
+            return None;
+        }
+        let free = worker.idle.swap(0, Ordering::AcqRel);
+        if free == 0 {
+            return None;
+        }
+        let now = now_ms();
+        let request = ClaimRequest {
+            owner: worker.owner.clone(),
+            limit: u32::try_from(free).unwrap_or(u32::MAX),
+            lease_until: now.saturating_add(worker.lease_ms),
+            now,
+        };
+        Some((request, free, worker.jobs.clone()))
+    }
+
+    /// Gives unfilled slots back to the attached worker.
+    fn give_back(&self, slots: usize) {
+        if slots == 0 {
+            return;
+        }
+        if let Some(worker) = self
+            .attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            worker.idle.fetch_add(slots, Ordering::AcqRel);
+        }
+    }
+
+    /// Refuses anything sent after the shutdown request.
+    fn stop(&self, rx: &mut mpsc::Receiver<Op>) {
+        rx.close();
+        while let Ok(op) = rx.try_recv() {
+            refuse(op);
+        }
+    }
+
+    async fn commit(&self, mut batch: Batch, slot: Option<Slot>) {
         let started = Instant::now();
         let size = batch.len();
         let dialect = self.dialect;
         let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| d).collect();
         let finishes: Vec<JobFinish> = batch.finishes.iter().map(|(f, _)| f.clone()).collect();
-        let claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
+        let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
+        let offer = self.offer(&batch);
+        if let Some((request, _, _)) = &offer {
+            claims.push(request.clone());
+        }
         let result = self.write(&deliveries, &finishes, &claims).await;
         drop(deliveries);
         let mut durable = Durable::default();
-        match result {
-            Ok(written) => {
-                for ((_, reply), recorded) in batch.finishes.drain(..).zip(written.finished) {
-                    let _ = reply.send(Ok(recorded));
+        match (result, offer) {
+            (Ok(mut written), Some((_, free, to))) => {
+                let jobs = written.claimed.pop().unwrap_or_default();
+                self.give_back(free.saturating_sub(jobs.len()));
+                if !jobs.is_empty() {
+                    durable.offered = Some((to, jobs));
                 }
-                for ((_, reply), outcome) in batch.ingests.drain(..).zip(written.ingested) {
-                    durable.ingests.push((reply, Ok(outcome)));
-                }
-                for ((_, reply), claimed) in batch.claims.drain(..).zip(written.claimed) {
-                    durable.claims.push((reply, Ok(claimed)));
-                }
+                answer_written(&mut batch, written, &mut durable);
             }
-            Err(error) if size == 1 => {
-                tracing::error!(%error, "write failed");
-                let failed = || StoreError::Database(clone_error(&error));
-                for (_, reply) in batch.finishes.drain(..) {
-                    let _ = reply.send(Err(failed()));
-                }
-                for (_, reply) in batch.ingests.drain(..) {
-                    durable.ingests.push((reply, Err(failed())));
-                }
-                for (_, reply) in batch.claims.drain(..) {
-                    durable.claims.push((reply, Err(failed())));
-                }
+            (Err(error), Some((_, free, _))) => {
+                self.give_back(free);
+                self.answer_failed(&mut batch, error, size, &mut durable)
+                    .await;
             }
-            Err(error) => {
-                tracing::warn!(%error, size, "batch write failed; retrying its operations one by one");
-                for (f, reply) in batch.finishes.drain(..) {
-                    let result = self
-                        .write(&[], std::slice::from_ref(&f), &[])
-                        .await
-                        .map(|mut w| w.finished.remove(0));
-                    let _ = reply.send(result.map_err(StoreError::Database));
-                }
-                for (d, reply) in batch.ingests.drain(..) {
-                    let result = self
-                        .write(&[&d], &[], &[])
-                        .await
-                        .map(|mut w| w.ingested.remove(0));
-                    durable
-                        .ingests
-                        .push((reply, result.map_err(StoreError::Database)));
-                }
-                for (c, reply) in batch.claims.drain(..) {
-                    let result = self
-                        .write(&[], &[], std::slice::from_ref(&c))
-                        .await
-                        .map(|mut w| w.claimed.remove(0));
-                    durable
-                        .claims
-                        .push((reply, result.map_err(StoreError::Database)));
-                }
+            (Ok(written), None) => answer_written(&mut batch, written, &mut durable),
+            (Err(error), None) => {
+                self.answer_failed(&mut batch, error, size, &mut durable)
+                    .await
             }
         }
         metrics::histogram!("hookdock_store_batch_size", "dialect" => dialect.name())
@@ -305,13 +535,68 @@ impl Writer {
             return;
         }
         match &self.syncer {
+            // Without deliveries in this batch or in one still being flushed, nothing answered
+            // here depends on data not yet on disk.
+            Some(_) if durable.ingests.is_empty() && slot.is_none() && !self.in_flight.busy() => {
+                durable.answer(Ok(()));
+            }
             // Claims wait for the flush too, so that no handler runs for a delivery that is
             // not on disk yet (it may be in this batch or in the one still being flushed).
             Some(syncer) => syncer.after_commit(Box::new(move |flushed| {
                 durable.answer(flushed);
-                drop(permit);
+                drop(slot);
             })),
             None => durable.answer(Ok(())),
+        }
+    }
+
+    /// A batch failed: one operation alone gets the error; several are tried one by one.
+    async fn answer_failed(
+        &self,
+        batch: &mut Batch,
+        error: sqlx::Error,
+        size: usize,
+        durable: &mut Durable,
+    ) {
+        if size == 1 {
+            tracing::error!(%error, "write failed");
+            let failed = || StoreError::Database(clone_error(&error));
+            for (_, reply) in batch.finishes.drain(..) {
+                let _ = reply.send(Err(failed()));
+            }
+            for (_, reply) in batch.ingests.drain(..) {
+                durable.ingests.push((reply, Err(failed())));
+            }
+            for (_, reply) in batch.claims.drain(..) {
+                durable.claims.push((reply, Err(failed())));
+            }
+            return;
+        }
+        tracing::warn!(%error, size, "batch write failed; retrying its operations one by one");
+        for (f, reply) in batch.finishes.drain(..) {
+            let result = self
+                .write(&[], std::slice::from_ref(&f), &[])
+                .await
+                .map(|mut w| w.finished.remove(0));
+            let _ = reply.send(result.map_err(StoreError::Database));
+        }
+        for (d, reply) in batch.ingests.drain(..) {
+            let result = self
+                .write(&[&d], &[], &[])
+                .await
+                .map(|mut w| w.ingested.remove(0));
+            durable
+                .ingests
+                .push((reply, result.map_err(StoreError::Database)));
+        }
+        for (c, reply) in batch.claims.drain(..) {
+            let result = self
+                .write(&[], &[], std::slice::from_ref(&c))
+                .await
+                .map(|mut w| w.claimed.remove(0));
+            durable
+                .claims
+                .push((reply, result.map_err(StoreError::Database)));
         }
     }
 
@@ -322,28 +607,6 @@ impl Writer {
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
     ) -> Result<Written, sqlx::Error> {
-        let separate = !self.dialect.syncs_separately()
-            && !deliveries.is_empty()
-            && (!finishes.is_empty() || !claims.is_empty());
-        if separate {
-            let first = self.transaction(&[], finishes, claims).await?;
-            let second = self.transaction(deliveries, &[], &[]).await?;
-            return Ok(Written {
-                ingested: second.ingested,
-                ..first
-            });
-        }
-        self.transaction(deliveries, finishes, claims).await
-    }
-
-    async fn transaction(
-        &self,
-        deliveries: &[&NewDelivery],
-        finishes: &[JobFinish],
-        claims: &[ClaimRequest],
-    ) -> Result<Written, sqlx::Error> {
-        let now = now_ms();
-        let dialect = self.dialect;
         if let Some(syncer) = &self.syncer
             && syncer.failed()
             && !deliveries.is_empty()
@@ -352,28 +615,74 @@ impl Writer {
                 "an earlier flush of the database to disk failed; restart hookdock".into(),
             ));
         }
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = super::begin_write(&mut conn, dialect, !deliveries.is_empty()).await?;
-        let finished = if finishes.is_empty() {
-            Vec::new()
-        } else {
-            finish_jobs(&mut tx, dialect, finishes, now).await?
-        };
-        let ingested = if deliveries.is_empty() {
-            Vec::new()
-        } else {
-            insert_deliveries(&mut tx, dialect, deliveries, now).await?
-        };
-        let mut claimed = Vec::with_capacity(claims.len());
-        for claim in claims {
-            claimed.push(claim_in(&mut tx, dialect, claim).await?);
+        match &self.conn {
+            Conn::Direct(conn) => {
+                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                self.direct_transaction(&conn, deliveries, finishes, claims)
+            }
+            Conn::Pool(pool) => {
+                let separate =
+                    !deliveries.is_empty() && (!finishes.is_empty() || !claims.is_empty());
+                if separate {
+                    let first = self.pool_transaction(pool, &[], finishes, claims).await?;
+                    let second = self.pool_transaction(pool, deliveries, &[], &[]).await?;
+                    return Ok(Written {
+                        ingested: second.ingested,
+                        ..first
+                    });
+                }
+                self.pool_transaction(pool, deliveries, finishes, claims)
+                    .await
+            }
         }
+    }
+
+    async fn pool_transaction(
+        &self,
+        pool: &AnyPool,
+        deliveries: &[&NewDelivery],
+        finishes: &[JobFinish],
+        claims: &[ClaimRequest],
+    ) -> Result<Written, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        let mut tx = super::begin_write(&mut conn, self.dialect, !deliveries.is_empty()).await?;
+        let written = apply(&mut *tx, self.dialect, deliveries, finishes, claims).await?;
         tx.commit().await?;
-        Ok(Written {
-            ingested,
-            finished,
-            claimed,
+        Ok(written)
+    }
+
+    fn direct_transaction(
+        &self,
+        conn: &rusqlite::Connection,
+        deliveries: &[&NewDelivery],
+        finishes: &[JobFinish],
+        claims: &[ClaimRequest],
+    ) -> Result<Written, sqlx::Error> {
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(direct_error)?;
+        let mut direct = Direct { conn };
+        let outcome = ready(apply(
+            &mut direct,
+            self.dialect,
+            deliveries,
+            finishes,
+            claims,
+        ))
+        .unwrap_or_else(|| {
+            Err(sqlx::Error::Protocol(
+                "a write on the writer's own connection waited".into(),
+            ))
         })
+        .and_then(|written| {
+            conn.execute_batch("COMMIT").map_err(direct_error)?;
+            Ok(written)
+        });
+        if outcome.is_err() && !conn.is_autocommit() {
+            if let Err(error) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(%error, "rolling back a failed write failed");
+            }
+        }
+        outcome
     }
 }
 
@@ -388,6 +697,7 @@ fn refuse(op: Op) {
         Op::Claim(_, reply) => {
             let _ = reply.send(Err(StoreError::Closed));
         }
+        Op::Attach(_) => {}
         Op::Shutdown(reply) => {
             let _ = reply.send(());
         }

@@ -645,6 +645,44 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
     app.stop().await;
 }
 
+/// Once the write-ahead log cannot be flushed, nothing more is acknowledged: the delivery whose
+/// flush failed and every later one get 503 (so GitHub records failures it can redeliver), and
+/// the instance reports itself not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_to_disk_is_never_answered_2xx() {
+    let app = TestApp::spawn(&Backend::Sqlite).await;
+    let (status, answer) = app
+        .post("push", &fixture("push.none.0"), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The database's directory goes away under the running instance (a lost disk): SQLite
+    // still writes to its open files, but no flush can reach them.
+    let path = app
+        .settings
+        .database_url
+        .trim_start_matches("sqlite://")
+        .to_owned();
+    let dir = std::path::Path::new(&path).parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for seq in 0..2 {
+        let (status, answer) = app
+            .post("push", &unique_body("push.none.0", seq), &new_delivery_id())
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"], "storage_unavailable", "{answer}");
+    }
+    let response = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, ready) = json_answer(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["database"], "flush to disk failed: restart hookdock");
+    app.stop().await;
+}
+
 /// A separate connection to the test's database.
 pub async fn sqlx_pool(app: &TestApp) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();

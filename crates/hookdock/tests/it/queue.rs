@@ -529,7 +529,37 @@ async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
     store.close().await;
 }
 
+/// Jobs start as soon as their delivery is stored and as soon as the job ahead of them on their
+/// key is done, not at the worker's next poll (here ten minutes away; the worker claims once
+/// when it starts, before these deliveries are sent).
+async fn jobs_run_as_soon_as_they_can_without_waiting_for_a_poll(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set("queue.poll_interval_ms", 600_000)
+                .set("handlers.activity.enabled", false)
+        },
+        vec![recorder.clone() as Arc<dyn Handler>],
+    )
+    .await;
+    for (seq, number) in [21, 21, 21, 22].into_iter().enumerate() {
+        post_issue(&app, number, seq as u64).await;
+    }
+    app.wait_until_idle().await;
+    let of_21: Vec<i64> = recorder
+        .seen()
+        .iter()
+        .filter(|s| s.1 == 21)
+        .map(|s| s.2)
+        .collect();
+    assert_eq!(of_21, [0, 1, 2], "one key's jobs in delivery order");
+    assert_eq!(recorder.seen().len(), 4);
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    jobs_run_as_soon_as_they_can_without_waiting_for_a_poll,
     jobs_queued_before_the_head_flag_keep_their_order,
     a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order,
     a_long_backlog_behind_one_key_is_claimed_one_job_at_a_time,
