@@ -386,15 +386,12 @@ impl Writer {
                 && batch.claims.is_empty()
                 && batch.shutdown.is_none()
                 && batch.attach.is_none()
+                && batch.len() < self.max_batch
                 && waited < FINISH_WAIT
             {
                 std::thread::sleep(FINISH_WAIT / 10);
                 waited += FINISH_WAIT / 10;
-                let before = batch.len();
                 batch.fill(&mut rx, self.max_batch);
-                if batch.len() > before && batch.finishes.len() < batch.len() {
-                    break;
-                }
             }
             // A batch with deliveries waits for a flush slot; whatever arrives meanwhile joins it.
             let slot = if batch.ingests.is_empty() {

@@ -177,13 +177,7 @@ async fn readiness_reports_database_and_metrics_are_prometheus_text(backend: Bac
     let app = TestApp::spawn(&backend).await;
     app.post("ping", &fixture("ping.none.0"), &new_delivery_id())
         .await;
-    let response = app
-        .client
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = json_answer(response).await;
+    let (status, body) = app.probe("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["migrations"], "current");
     let response = app

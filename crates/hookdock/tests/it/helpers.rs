@@ -319,6 +319,17 @@ impl TestApp {
         json_answer(response).await
     }
 
+    /// A GET without credentials (health probes), as JSON.
+    pub async fn probe(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent");
+        json_answer(response).await
+    }
+
     pub async fn api_post(&self, path: &str) -> (StatusCode, Value) {
         let response = self
             .client

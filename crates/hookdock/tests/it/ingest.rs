@@ -671,13 +671,7 @@ async fn a_failed_flush_to_disk_is_never_answered_2xx() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
         assert_eq!(answer["error"], "storage_unavailable", "{answer}");
     }
-    let response = app
-        .client
-        .get(format!("{}/readyz", app.base))
-        .send()
-        .await
-        .unwrap();
-    let (status, ready) = json_answer(response).await;
+    let (status, ready) = app.probe("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
     assert_eq!(ready["database"], "flush to disk failed: restart hookdock");
     app.stop().await;
