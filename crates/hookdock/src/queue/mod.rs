@@ -20,7 +20,9 @@ use tracing::Instrument;
 
 use crate::config::QueueSettings;
 use crate::handlers::{HandlerError, HandlerRegistry, JobContext};
-use crate::store::{ClaimedJob, JobFinish, JobOutcome, Store, StoreError, now_ms};
+use crate::store::{
+    ClaimedJob, JobFinish, JobOutcome, SLOTS_CLOSED, Store, StoreError, free_slots, now_ms,
+};
 
 /// Exponential backoff with jitter: attempt n waits between half and all of
 /// `min(cap, base * 2^(n-1))`, so retries of many jobs spread out instead of arriving together.
@@ -201,7 +203,7 @@ impl Worker {
             metrics::histogram!("hookdock_job_seconds", "handler" => job.handler.clone())
                 .record(started.elapsed().as_secs_f64());
             if let Some(slots) = slots {
-                slots.fetch_add(1, Ordering::AcqRel);
+                free_slots(slots, 1);
             }
             let recorded = self
                 .store
@@ -251,17 +253,17 @@ impl Worker {
             }
             if claim_now && claim_backoff.is_zero() {
                 claim_now = false;
-                let free = slots.swap(0, Ordering::AcqRel);
+                let free = take_slots(&slots);
                 if free > 0 {
                     match self.claim(free).await {
                         Ok(jobs) => {
-                            slots.fetch_add(free - jobs.len().min(free), Ordering::AcqRel);
+                            free_slots(&slots, free - jobs.len().min(free));
                             for job in jobs {
                                 running.start(&self, &slots, job);
                             }
                         }
                         Err(error) => {
-                            slots.fetch_add(free, Ordering::AcqRel);
+                            free_slots(&slots, free);
                             tracing::error!(%error, "claiming jobs failed");
                             claim_backoff = self.poll;
                         }
@@ -280,7 +282,7 @@ impl Worker {
                     match joined {
                         Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed; it will run again when its lease expires"),
                         // A task that panicked or was aborted did not give its slot back.
-                        Err(_) => { slots.fetch_add(1, Ordering::AcqRel); }
+                        Err(_) => free_slots(&slots, 1),
                         Ok(_) => {}
                     }
                     if pushed.is_none() {
@@ -302,10 +304,13 @@ impl Worker {
             }
         }
 
-        // No more jobs handed over; those already on their way are given back.
-        slots.store(0, Ordering::Release);
+        // No more jobs handed over (not even for the slots of jobs that end now); those
+        // already on their way are given back.
+        slots.fetch_or(SLOTS_CLOSED, Ordering::AcqRel);
         if let Some(rx) = pushed.as_mut() {
-            let _ = self.store.sync().await;
+            if let Err(error) = self.store.detach_worker().await {
+                tracing::warn!(%error, "stopping the hand-over of jobs failed");
+            }
             let mut handed = Vec::new();
             while let Ok(job) = rx.try_recv() {
                 handed.push(job.job_id);
@@ -382,6 +387,15 @@ impl Running {
         }
         joined
     }
+}
+
+/// Takes every free slot (none once the worker stopped taking jobs).
+fn take_slots(slots: &AtomicUsize) -> usize {
+    slots
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v & SLOTS_CLOSED == 0 && v > 0).then_some(0)
+        })
+        .unwrap_or(0)
 }
 
 /// The next job handed over, or never when none are.

@@ -53,6 +53,7 @@ pub use records::{
     RecordRow, ReleaseRecord, SocialCounts, SocialEventRecord,
 };
 pub use sessions::SessionRow;
+pub(crate) use writer::{SLOTS_CLOSED, free_slots};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -421,6 +422,18 @@ impl Store {
             .pushes_jobs
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(Some(rx))
+    }
+
+    /// Stops handing jobs to the attached worker (see [`Store::attach_worker`]); returns once
+    /// every job handed to it before has arrived in its channel.
+    pub async fn detach_worker(&self) -> Result<(), StoreError> {
+        if !self.inner.dialect.claims_through_writer() {
+            return Ok(());
+        }
+        self.inner
+            .pushes_jobs
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.inner.writer.detach().await
     }
 
     /// Whether new jobs reach a worker of this process without it asking (see

@@ -48,6 +48,16 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 /// A caller and the answer it will get.
 type Answer<T> = (Reply<T>, Result<T, StoreError>);
 
+/// Set in an attached worker's free-slot count once it stops taking jobs.
+pub(crate) const SLOTS_CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// Adds `n` free slots unless the worker stopped taking jobs.
+pub(crate) fn free_slots(idle: &AtomicUsize, n: usize) {
+    let _ = idle.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        (v & SLOTS_CLOSED == 0).then(|| v.saturating_add(n))
+    });
+}
+
 /// A claim for the attached worker: the request, the slots it took, and where jobs go.
 type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedJob>);
 
@@ -56,6 +66,8 @@ enum Op {
     Finish(JobFinish, Reply<bool>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     Attach(Attached),
+    /// Stops handing jobs over; answered once every job handed over before is on its way.
+    Detach(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -67,6 +79,7 @@ pub(crate) struct Attached {
     /// Lease length in milliseconds.
     pub lease_ms: i64,
     /// Free slots of the worker; the writer takes what it fills and gives back the rest.
+    /// [`SLOTS_CLOSED`] set: the worker is stopping and takes no more.
     pub idle: Arc<AtomicUsize>,
     pub jobs: mpsc::UnboundedSender<ClaimedJob>,
 }
@@ -169,6 +182,17 @@ impl WriterHandle {
         self.call(|reply| Op::Claim(request, reply)).await
     }
 
+    /// Stops handing jobs to the attached worker. Returns once every job handed to it before
+    /// is in its channel.
+    pub async fn detach(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op::Detach(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
     /// Lets the writer claim jobs for `worker` (see [`Attached`]).
     pub async fn attach(&self, worker: Attached) -> Result<(), StoreError> {
         self.tx
@@ -247,6 +271,7 @@ struct Batch {
     finishes: Vec<(JobFinish, Reply<bool>)>,
     claims: Vec<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
     attach: Option<Attached>,
+    detach: Option<oneshot::Sender<()>>,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -261,6 +286,7 @@ impl Batch {
             Op::Finish(f, reply) => self.finishes.push((f, reply)),
             Op::Claim(c, reply) => self.claims.push((c, reply)),
             Op::Attach(worker) => self.attach = Some(worker),
+            Op::Detach(reply) => self.detach = Some(reply),
             Op::Shutdown(reply) => self.shutdown = Some(reply),
         }
     }
@@ -386,6 +412,7 @@ impl Writer {
                 && batch.claims.is_empty()
                 && batch.shutdown.is_none()
                 && batch.attach.is_none()
+                && batch.detach.is_none()
                 && batch.len() < self.max_batch
                 && waited < FINISH_WAIT
             {
@@ -436,9 +463,23 @@ impl Writer {
         }
     }
 
+    /// Attaches or detaches the worker before the batch's transaction. A detach is answered
+    /// behind every answer already queued for the flush thread, so after it no job handed
+    /// over earlier is still on its way.
     fn take_attach(&self, batch: &mut Batch) {
         if let Some(worker) = batch.attach.take() {
             *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(worker);
+        }
+        if let Some(reply) = batch.detach.take() {
+            *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            match &self.syncer {
+                Some(syncer) => syncer.after_commit(Box::new(move |_| {
+                    let _ = reply.send(());
+                })),
+                None => {
+                    let _ = reply.send(());
+                }
+            }
         }
     }
 
@@ -453,10 +494,14 @@ impl Writer {
         if worker.jobs.is_closed() {
             return None;
         }
-        let free = worker.idle.swap(0, Ordering::AcqRel);
-        if free == 0 {
+        let Ok(free) = worker
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & SLOTS_CLOSED == 0 && v > 0).then_some(0)
+            })
+        else {
             return None;
-        }
+        };
         let now = now_ms();
         let request = ClaimRequest {
             owner: worker.owner.clone(),
@@ -478,7 +523,7 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            worker.idle.fetch_add(slots, Ordering::AcqRel);
+            free_slots(&worker.idle, slots);
         }
     }
 
@@ -695,6 +740,9 @@ fn refuse(op: Op) {
             let _ = reply.send(Err(StoreError::Closed));
         }
         Op::Attach(_) => {}
+        Op::Detach(reply) => {
+            let _ = reply.send(());
+        }
         Op::Shutdown(reply) => {
             let _ = reply.send(());
         }
