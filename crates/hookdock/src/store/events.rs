@@ -547,6 +547,47 @@ mod tests {
         }
     }
 
+    /// What the writer commits reaches the database file (checkpoints follow the WAL
+    /// flushes), so the log does not keep growing while deliveries come in.
+    #[tokio::test]
+    async fn committed_deliveries_are_checkpointed_into_the_database_file() {
+        let dir = std::env::temp_dir().join(format!("hookdock-ckpt-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/db.sqlite", dir.display());
+        let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+        store.migrate().await.unwrap();
+        let file_len = || std::fs::metadata(dir.join("db.sqlite")).map_or(0, |m| m.len());
+        let before = file_len();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..256u32 {
+            let mut d = delivery(&format!("ckpt-{i}"), 0, Vec::new());
+            d.body_zstd = i.to_le_bytes().repeat(2048);
+            d.body_sha256[..4].copy_from_slice(&i.to_le_bytes());
+            let store = store.clone();
+            tasks.spawn(async move { store.ingest(d).await });
+        }
+        while let Some(outcome) = tasks.join_next().await {
+            assert!(matches!(
+                outcome.unwrap().unwrap(),
+                IngestOutcome::Stored {
+                    status: EventStatus::Ignored,
+                    ..
+                }
+            ));
+        }
+        // 256 bodies of 8 KiB: at least 2 MiB more in the database file once checkpointed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while file_len() < before + 2 * 1024 * 1024 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was not checkpointed: database file {} bytes, {before} before",
+                file_len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     /// Duplicates and replays inside one batch and across batches, as the writer groups them.
     #[tokio::test]
     async fn batch_dedup_and_replay_guard() {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::StoreError;
 
@@ -35,6 +35,8 @@ pub(crate) type Waiter = Box<dyn FnOnce(Result<(), String>) + Send>;
 pub(crate) struct Syncer {
     tx: mpsc::Sender<Waiter>,
     failed: Arc<AtomicBool>,
+    /// Notified after each flush that succeeded: there are new frames to checkpoint.
+    flushed: Arc<Notify>,
 }
 
 impl Syncer {
@@ -43,15 +45,25 @@ impl Syncer {
     pub fn spawn(database: PathBuf) -> Result<Syncer, StoreError> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let failed = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&failed);
+        let flushed = Arc::new(Notify::new());
+        let (flag, notify) = (Arc::clone(&failed), Arc::clone(&flushed));
         std::thread::Builder::new()
             .name("hookdock-sync".into())
-            .spawn(move || run(Wal::new(database), rx, flag))
+            .spawn(move || run(Wal::new(database), rx, flag, notify))
             .map_err(|e| StoreError::Open {
                 url: "sqlite".into(),
                 reason: format!("cannot start the WAL flush thread: {e}"),
             })?;
-        Ok(Syncer { tx, failed })
+        Ok(Syncer {
+            tx,
+            failed,
+            flushed,
+        })
+    }
+
+    /// Notified (one stored permit, however many flushes) after a flush that succeeded.
+    pub fn flushed(&self) -> Arc<Notify> {
+        Arc::clone(&self.flushed)
     }
 
     /// Runs `waiter` after a flush that starts after this call (so after the caller's commit).
@@ -93,7 +105,7 @@ impl Syncer {
     }
 }
 
-fn run(mut wal: Wal, rx: mpsc::Receiver<Waiter>, failed: Arc<AtomicBool>) {
+fn run(mut wal: Wal, rx: mpsc::Receiver<Waiter>, failed: Arc<AtomicBool>, flushed: Arc<Notify>) {
     let mut waiters = Vec::new();
     while let Ok(first) = rx.recv() {
         waiters.push(first);
@@ -110,6 +122,9 @@ fn run(mut wal: Wal, rx: mpsc::Receiver<Waiter>, failed: Arc<AtomicBool>) {
         };
         metrics::histogram!("hookdock_store_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("hookdock_store_sync_waiters").record(waiters.len() as f64);
+        if result.is_ok() {
+            flushed.notify_one();
+        }
         for waiter in waiters.drain(..) {
             waiter(result.clone());
         }
@@ -182,11 +197,19 @@ mod tests {
         std::fs::write(&wal, b"two").unwrap();
         syncer.barrier().await.unwrap();
         assert!(!syncer.failed());
+        // Each good flush leaves the checkpointer a permit; a failed one does not.
+        let flushed = syncer.flushed();
+        tokio::time::timeout(std::time::Duration::from_secs(5), flushed.notified())
+            .await
+            .expect("a successful flush notifies the checkpointer");
         // Without the database file either, the flush fails, and stays failed.
         std::fs::remove_dir_all(&dir).unwrap();
         let err = syncer.barrier().await.unwrap_err();
         assert!(matches!(err, StoreError::Durability(_)), "{err}");
         assert!(syncer.failed());
+        let no_permit =
+            tokio::time::timeout(std::time::Duration::from_millis(50), flushed.notified()).await;
+        assert!(no_permit.is_err(), "a failed flush must not notify");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(&db, b"db").unwrap();
         assert!(syncer.barrier().await.is_err());
