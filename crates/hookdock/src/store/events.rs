@@ -547,14 +547,21 @@ mod tests {
         }
     }
 
-    /// What the writer commits reaches the database file (checkpoints follow the WAL
-    /// flushes), so the log does not keep growing while deliveries come in.
-    #[tokio::test]
-    async fn committed_deliveries_are_checkpointed_into_the_database_file() {
-        let dir = std::env::temp_dir().join(format!("hookdock-ckpt-{}", uuid::Uuid::new_v4()));
+    /// A migrated store on a SQLite file `db.sqlite` in a new directory, and that directory.
+    async fn sqlite_store(prefix: &str) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
         let url = format!("sqlite://{}/db.sqlite", dir.display());
         let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
         store.migrate().await.unwrap();
+        (store, dir)
+    }
+
+    /// What the writer commits reaches the database file while deliveries come in, so the
+    /// log does not keep growing. (That checkpoints are prompted by the WAL flushes is the
+    /// syncer's test; this one would also pass on the once-a-second fallback.)
+    #[tokio::test]
+    async fn committed_deliveries_are_checkpointed_into_the_database_file() {
+        let (store, dir) = sqlite_store("hookdock-ckpt").await;
         let file_len = || std::fs::metadata(dir.join("db.sqlite")).map_or(0, |m| m.len());
         let before = file_len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -591,10 +598,7 @@ mod tests {
     /// Duplicates and replays inside one batch and across batches, as the writer groups them.
     #[tokio::test]
     async fn batch_dedup_and_replay_guard() {
-        let dir = std::env::temp_dir().join(format!("hookdock-batch-{}", std::process::id()));
-        let url = format!("sqlite://{}/db.sqlite", dir.display());
-        let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
-        store.migrate().await.unwrap();
+        let (store, dir) = sqlite_store("hookdock-batch").await;
         let h = vec!["activity", "metrics"];
 
         let out = ingest(

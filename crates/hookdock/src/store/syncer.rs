@@ -10,7 +10,8 @@
 //!
 //! Checkpoints still sync the WAL and the database file in NORMAL mode, and SQLite syncs a new
 //! WAL header before reusing the file, so frames already answered for are never overwritten
-//! before they are in the database file.
+//! before they are in the database file. Each flush that succeeds wakes the store's
+//! checkpointer ([`Syncer::flushed`]), which then has new frames to copy.
 //!
 //! A failed flush is final: the kernel may have dropped the pages it could not write, so a
 //! later flush that succeeds proves nothing. Every waiter then gets an error (deliveries are
