@@ -1,12 +1,14 @@
 //! Stored deliveries: the batched insert behind ingest, and the read side of the events API.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::jobs::insert_jobs;
+use super::keys::{DeliveryKeys, events_with_delivery_ids};
 use super::sql::{Sql, WriteConn, padded_chunks};
 use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
 
@@ -137,149 +139,152 @@ pub struct EventFilter {
 }
 
 /// Writes a batch of deliveries in the caller's transaction. Duplicates (already stored, or
-/// repeated within the batch) change nothing; a new delivery id whose body hash is already
-/// known is stored as `replay_suspected` and gets no jobs.
+/// repeated within the batch) change nothing; a new delivery id whose body was seen before (or
+/// earlier in the batch) is stored as `replay_suspected` and gets no jobs.
 ///
-/// One statement per 64 deliveries does it all: `ON CONFLICT (delivery_id) DO NOTHING` skips
-/// stored ids, the replay guard is a subquery in the status column, and `RETURNING` tells which
-/// rows went in with which status. Only ids missing from `RETURNING` (stored already, or just
-/// inserted by another instance) are looked up. Bodies repeated within the batch go in a later
-/// statement than their first occurrence, so its subquery sees the earlier row.
+/// `keys` says which ids are stored and which bodies were seen (see `store::keys`); the rows
+/// then go in with one statement per 64 deliveries. On PostgreSQL another instance may store
+/// the same id meanwhile: `ON CONFLICT (delivery_id) DO NOTHING` skips it, and ids missing from
+/// `RETURNING` are looked up again. (Spare slots that pad a statement to a power-of-two number of
+/// rows, for the statement cache, rely on that too; SQLite's writer caches every shape and
+/// inserts exactly the rows.)
 pub(crate) async fn insert_deliveries(
     conn: &mut impl WriteConn,
     dialect: Dialect,
+    keys: &mut DeliveryKeys,
     batch: &[&NewDelivery],
     now: i64,
 ) -> Result<Vec<IngestOutcome>, sqlx::Error> {
     let mut outcomes: Vec<Option<IngestOutcome>> = vec![None; batch.len()];
     // Repeats of a delivery id inside the batch take the outcome of its first occurrence.
-    let mut first_index: HashMap<&str, usize> = HashMap::new();
-    let mut repeat_of: Vec<Option<usize>> = Vec::with_capacity(batch.len());
-    // Round of each first occurrence: 0, or how many earlier first occurrences share its body.
-    let mut hash_seen: HashMap<&[u8; 32], usize> = HashMap::new();
-    let mut rounds: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut first_index: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+    let mut firsts: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut repeat_of: Vec<Option<usize>> = vec![None; batch.len()];
     for (i, d) in batch.iter().enumerate() {
-        match first_index.get(d.delivery_id.as_str()) {
-            Some(&first) => repeat_of.push(Some(first)),
-            None => {
-                first_index.insert(d.delivery_id.as_str(), i);
-                repeat_of.push(None);
-                let seen = hash_seen.entry(&d.body_sha256).or_insert(0);
-                if rounds.len() <= *seen {
-                    rounds.push(Vec::new());
-                }
-                rounds[*seen].push(i);
-                *seen += 1;
+        match first_index.entry(d.delivery_id.as_str()) {
+            Entry::Occupied(first) => repeat_of[i] = Some(*first.get()),
+            Entry::Vacant(slot) => {
+                slot.insert(i);
+                firsts.push(i);
             }
         }
     }
 
-    let mut inserted: HashMap<&str, (i64, EventStatus)> = HashMap::new();
-    for round in &rounds {
-        for (start, rows, slots) in padded_chunks(round.len(), MAX_ROWS_PER_STATEMENT) {
-            let chunk = &round[start..start + rows];
-            let mut sql = Sql::with(
-                dialect,
-                "INSERT INTO events (delivery_id, event, action, status, repository, \
-                 repository_id, organization, installation_id, hook_id, target_type, target_id, \
-                 sender, ordering_key, content_type, headers, received_at, updated_at, body_size, \
-                 body_sha256, body) VALUES ",
-            );
-            for n in 0..slots {
-                // Spare slots repeat the chunk's last delivery id, which the row before them
-                // has taken (or which conflicts already), with an empty body: skipped.
-                let spare = n >= rows;
-                let d = batch[chunk[n.min(rows - 1)]];
-                let status = if d.handlers.is_empty() {
-                    EventStatus::Ignored
-                } else {
-                    EventStatus::Pending
-                };
-                sql.push(if n == 0 { "(" } else { ", (" });
-                sql.bind(d.delivery_id.as_str()).push(", ");
-                sql.bind(d.event.as_str()).push(", ");
-                sql.bind(d.action.as_deref()).push(", ");
-                sql.push("CASE WHEN EXISTS (SELECT 1 FROM events WHERE body_sha256 = ")
-                    .bind(d.body_sha256.to_vec())
-                    .push(") THEN 'replay_suspected' ELSE ")
-                    .bind(status.as_str())
-                    .push(" END, ");
-                sql.bind(d.repository.as_deref()).push(", ");
-                sql.bind(d.repository_id).push(", ");
-                sql.bind(d.organization.as_deref()).push(", ");
-                sql.bind(d.installation_id).push(", ");
-                sql.bind(d.hook_id).push(", ");
-                sql.bind(d.target_type).push(", ");
-                sql.bind(d.target_id).push(", ");
-                sql.bind(d.sender.as_deref()).push(", ");
-                sql.bind(d.ordering_key.as_str()).push(", ");
-                sql.bind(d.content_type).push(", ");
-                sql.bind(if spare { "{}" } else { d.headers_json.as_str() })
-                    .push(", ");
-                sql.bind(d.received_at).push(", ");
-                sql.bind(now).push(", ");
-                sql.bind(d.body_size).push(", ");
-                sql.bind(d.body_sha256.to_vec()).push(", ");
-                sql.bind(if spare { vec![0] } else { d.body_zstd.clone() })
-                    .push(")");
-            }
-            sql.push(" ON CONFLICT (delivery_id) DO NOTHING RETURNING id, delivery_id, status");
-            for row in conn.rows(&sql).await? {
-                let delivery: String = row.try_get(1)?;
-                let status: String = row.try_get(2)?;
-                let status = EventStatus::parse(&status).ok_or_else(|| {
-                    sqlx::Error::Protocol(format!("stored unknown status {status:?}"))
-                })?;
-                let Some(&i) = first_index.get(delivery.as_str()) else {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "inserted delivery {delivery} that is not in the batch"
-                    )));
-                };
-                inserted.insert(batch[i].delivery_id.as_str(), (row.try_get(0)?, status));
-            }
+    keys.sync(conn).await?;
+    let ids: Vec<&str> = firsts
+        .iter()
+        .map(|&i| batch[i].delivery_id.as_str())
+        .collect();
+    let stored = keys.stored(conn, &ids).await?;
+    let mut new: Vec<usize> = Vec::with_capacity(firsts.len());
+    for i in firsts {
+        match stored.get(batch[i].delivery_id.as_str()) {
+            Some(&event_id) => outcomes[i] = Some(IngestOutcome::Duplicate { event_id }),
+            None => new.push(i),
         }
     }
+    // The replay guard: a body seen before, or earlier in this batch. A body that comes only
+    // with a duplicate id is not seen: that delivery stores nothing.
+    let bodies: Vec<[u8; 32]> = new.iter().map(|&i| batch[i].body_sha256).collect();
+    let mut seen = keys.seen_bodies(conn, &bodies).await?;
+    let statuses: Vec<EventStatus> = new
+        .iter()
+        .map(|&i| {
+            let d = batch[i];
+            if !seen.insert(d.body_sha256) {
+                EventStatus::ReplaySuspected
+            } else if d.handlers.is_empty() {
+                EventStatus::Ignored
+            } else {
+                EventStatus::Pending
+            }
+        })
+        .collect();
 
-    let mut stored_before: Vec<usize> = Vec::new();
-    let mut jobs: Vec<(i64, &'static str, &str)> = Vec::new();
-    for round in &rounds {
-        for &i in round {
-            let d = &batch[i];
-            match inserted.get(d.delivery_id.as_str()) {
-                Some(&(event_id, status)) => {
-                    outcomes[i] = Some(IngestOutcome::Stored { event_id, status });
-                    if status == EventStatus::Pending {
-                        jobs.extend(
-                            d.handlers
-                                .iter()
-                                .map(|h| (event_id, *h, d.ordering_key.as_str())),
-                        );
-                    }
-                }
-                None => stored_before.push(i),
-            }
-        }
-    }
-    if !stored_before.is_empty() {
+    let mut inserted: HashMap<&str, i64> = HashMap::with_capacity(new.len());
+    let constrained = dialect == Dialect::Postgres;
+    for (start, rows, slots) in padded_chunks(new.len(), MAX_ROWS_PER_STATEMENT) {
+        let slots = if constrained { slots } else { rows };
         let mut sql = Sql::with(
             dialect,
-            "SELECT id, delivery_id FROM events WHERE delivery_id IN ",
+            "INSERT INTO events (delivery_id, event, action, status, repository, \
+             repository_id, organization, installation_id, hook_id, target_type, target_id, \
+             sender, ordering_key, content_type, headers, received_at, updated_at, body_size, \
+             body_sha256, body) VALUES ",
         );
-        sql.bind_list(stored_before.iter().map(|&i| batch[i].delivery_id.as_str()));
-        let ids: HashMap<String, i64> = conn
-            .rows(&sql)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(1)?, r.try_get(0)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        for i in stored_before {
-            let event_id = ids.get(&batch[i].delivery_id).copied().ok_or_else(|| {
-                sqlx::Error::Protocol(format!(
-                    "delivery {} neither inserted nor found",
-                    batch[i].delivery_id
-                ))
+        for n in 0..slots {
+            // Spare slots repeat the chunk's last delivery id, which the row before them has
+            // taken (or which conflicts already), with an empty body: skipped.
+            let spare = n >= rows;
+            let k = start + n.min(rows - 1);
+            let d = batch[new[k]];
+            sql.push(if n == 0 { "(" } else { ", (" });
+            sql.bind(d.delivery_id.as_str()).push(", ");
+            sql.bind(d.event.as_str()).push(", ");
+            sql.bind(d.action.as_deref()).push(", ");
+            sql.bind(statuses[k].as_str()).push(", ");
+            sql.bind(d.repository.as_deref()).push(", ");
+            sql.bind(d.repository_id).push(", ");
+            sql.bind(d.organization.as_deref()).push(", ");
+            sql.bind(d.installation_id).push(", ");
+            sql.bind(d.hook_id).push(", ");
+            sql.bind(d.target_type).push(", ");
+            sql.bind(d.target_id).push(", ");
+            sql.bind(d.sender.as_deref()).push(", ");
+            sql.bind(d.ordering_key.as_str()).push(", ");
+            sql.bind(d.content_type).push(", ");
+            sql.bind(if spare { "{}" } else { d.headers_json.as_str() })
+                .push(", ");
+            sql.bind(d.received_at).push(", ");
+            sql.bind(now).push(", ");
+            sql.bind(d.body_size).push(", ");
+            sql.bind(d.body_sha256.to_vec()).push(", ");
+            sql.bind(if spare { vec![0] } else { d.body_zstd.clone() })
+                .push(")");
+        }
+        if constrained {
+            sql.push(" ON CONFLICT (delivery_id) DO NOTHING");
+        }
+        sql.push(" RETURNING id, delivery_id");
+        for row in conn.rows(&sql).await? {
+            let delivery: String = row.try_get(1)?;
+            let Some(&i) = first_index.get(delivery.as_str()) else {
+                return Err(sqlx::Error::Protocol(format!(
+                    "inserted delivery {delivery} that is not in the batch"
+                )));
+            };
+            inserted.insert(batch[i].delivery_id.as_str(), row.try_get(0)?);
+        }
+    }
+
+    // Taken by another instance between the lookup and the insert (PostgreSQL).
+    let mut taken: Vec<&str> = Vec::new();
+    let mut jobs: Vec<(i64, &'static str, &str)> = Vec::new();
+    for (k, &i) in new.iter().enumerate() {
+        let d = batch[i];
+        match inserted.get(d.delivery_id.as_str()) {
+            Some(&event_id) => {
+                let status = statuses[k];
+                outcomes[i] = Some(IngestOutcome::Stored { event_id, status });
+                keys.record(&d.delivery_id, &d.body_sha256, event_id);
+                if status == EventStatus::Pending {
+                    jobs.extend(
+                        d.handlers
+                            .iter()
+                            .map(|h| (event_id, *h, d.ordering_key.as_str())),
+                    );
+                }
+            }
+            None => taken.push(d.delivery_id.as_str()),
+        }
+    }
+    if !taken.is_empty() {
+        let ids = keys.stored(conn, &taken).await?;
+        for id in taken {
+            let event_id = ids.get(id).copied().ok_or_else(|| {
+                sqlx::Error::Protocol(format!("delivery {id} neither inserted nor found"))
             })?;
-            outcomes[i] = Some(IngestOutcome::Duplicate { event_id });
+            outcomes[first_index[id]] = Some(IngestOutcome::Duplicate { event_id });
         }
     }
 
@@ -344,7 +349,8 @@ impl Store {
             &format!("SELECT {SUMMARY_COLUMNS} FROM events WHERE 1 = 1"),
         );
         if let Some(v) = &filter.delivery_id {
-            sql.push(" AND delivery_id = ").bind(v.as_str());
+            sql.push(" AND ");
+            events_with_delivery_ids(&mut sql, self.inner.dialect, [v.as_str()]);
         }
         if let Some(v) = filter.status {
             sql.push(" AND status = ").bind(v.as_str());
@@ -500,11 +506,16 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::StoreOptions;
 
-    fn delivery(id: &str, body: u8, handlers: Vec<&'static str>) -> NewDelivery {
+    /// A delivery of an `issues` event whose body and hash are `body` repeated.
+    pub(in crate::store) fn delivery(
+        id: &str,
+        body: u8,
+        handlers: Vec<&'static str>,
+    ) -> NewDelivery {
         NewDelivery {
             delivery_id: id.to_owned(),
             event: "issues".into(),
@@ -533,7 +544,8 @@ mod tests {
         let mut conn = store.inner.write.acquire().await.unwrap();
         let mut tx = conn.begin().await.unwrap();
         let refs: Vec<&NewDelivery> = batch.iter().collect();
-        let out = insert_deliveries(&mut *tx, store.dialect(), &refs, 2)
+        let mut keys = DeliveryKeys::new(store.dialect());
+        let out = insert_deliveries(&mut *tx, store.dialect(), &mut keys, &refs, 2)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -548,7 +560,7 @@ mod tests {
     }
 
     /// A migrated store on a SQLite file `db.sqlite` in a new directory, and that directory.
-    async fn sqlite_store(prefix: &str) -> (Store, std::path::PathBuf) {
+    pub(in crate::store) async fn sqlite_store(prefix: &str) -> (Store, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
         let url = format!("sqlite://{}/db.sqlite", dir.display());
         let store = Store::connect(&url, StoreOptions::default()).await.unwrap();

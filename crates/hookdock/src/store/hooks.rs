@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::keys::events_with_delivery_ids;
 use super::sql::Sql;
 use super::{Store, StoreError, now_ms, opt_text};
 use crate::crypto::Sealed;
@@ -338,8 +339,12 @@ impl Store {
     ) -> Result<std::collections::HashSet<String>, StoreError> {
         let mut found = std::collections::HashSet::new();
         for chunk in ids.chunks(200) {
-            let mut sql = Sql::new("SELECT delivery_id FROM events WHERE delivery_id IN ");
-            sql.bind_list(chunk.iter().map(String::as_str));
+            let mut sql = Sql::new("SELECT delivery_id FROM events WHERE ");
+            events_with_delivery_ids(
+                &mut sql,
+                self.inner.dialect,
+                chunk.iter().map(String::as_str),
+            );
             for row in sql.fetch_all(&self.inner.read).await? {
                 found.insert(row.try_get::<String, _>(0)?);
             }

@@ -16,6 +16,7 @@ mod dialect;
 mod events;
 mod hooks;
 mod jobs;
+mod keys;
 mod metrics;
 mod records;
 mod sessions;
@@ -365,9 +366,37 @@ impl Store {
     }
 
     /// Applies pending migrations; returns how many were applied.
+    ///
+    /// On SQLite foreign keys are off while they run, as SQLite's procedure for changing a
+    /// table asks: a migration that rebuilds a table drops the old one, which would otherwise
+    /// delete the rows that refer to it. Whether every reference still holds is checked after.
     pub async fn migrate(&self) -> Result<usize, StoreError> {
         let before = self.applied_migrations().await.unwrap_or_default().len();
-        self.migrator().run(&self.inner.write).await?;
+        match self.inner.dialect {
+            Dialect::Sqlite => {
+                let mut conn = self.inner.write.acquire().await?;
+                sqlx::query("PRAGMA foreign_keys = OFF")
+                    .execute(&mut *conn)
+                    .await?;
+                let migrated = self.migrator().run(&mut *conn).await;
+                let broken = sqlx::query("PRAGMA foreign_key_check")
+                    .fetch_all(&mut *conn)
+                    .await;
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                migrated?;
+                let broken = broken?;
+                if let Some(row) = broken.first() {
+                    let table: String = row.try_get(0)?;
+                    return Err(StoreError::Corrupt(format!(
+                        "after migrating, {} rows of {table} (and maybe others) refer to rows that do not exist",
+                        broken.len()
+                    )));
+                }
+            }
+            Dialect::Postgres => self.migrator().run(&self.inner.write).await?,
+        }
         let after = self.applied_migrations().await?.len();
         Ok(after.saturating_sub(before))
     }

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::events::insert_deliveries;
 use super::jobs::{ClaimRequest, ClaimedJob, JobFinish, claim_in, finish_jobs};
+use super::keys::DeliveryKeys;
 use super::sql::{Direct, WriteConn, direct_error, ready};
 use super::syncer::Syncer;
 use super::{Dialect, IngestOutcome, NewDelivery, StoreError, now_ms};
@@ -42,6 +43,10 @@ const FINISH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 /// Batches with deliveries that may be committed but not yet flushed at once (SQLite): one
 /// being flushed, one being written.
 const IN_FLIGHT: usize = 2;
+
+/// How often an idle SQLite writer is reminded to merge deduplication keys (`store::keys`);
+/// a busy one merges in its transactions.
+const MAINTAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -68,6 +73,8 @@ enum Op {
     Attach(Attached),
     /// Stops handing jobs over; answered once every job handed over before is on its way.
     Detach(oneshot::Sender<()>),
+    /// Housekeeping that waits for no caller: merging deduplication keys when idle.
+    Maintain,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -135,7 +142,21 @@ pub(crate) fn spawn(
                 syncer: Some(syncer),
                 in_flight: Arc::new(InFlight::default()),
                 attached: Mutex::new(None),
+                keys: Mutex::new(DeliveryKeys::new(dialect)),
             };
+            let weak = tx.downgrade();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    // Gone once every handle is dropped, or refused once the writer stopped.
+                    let Some(tx) = weak.upgrade() else { return };
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Op::Maintain) {
+                        return;
+                    }
+                }
+            });
             std::thread::Builder::new()
                 .name("hookdock-writer".into())
                 .spawn(move || writer.run_blocking(rx))
@@ -152,6 +173,7 @@ pub(crate) fn spawn(
                 syncer: None,
                 in_flight: Arc::new(InFlight::default()),
                 attached: Mutex::new(None),
+                keys: Mutex::new(DeliveryKeys::new(dialect)),
             };
             tokio::spawn(writer.run(rx));
         }
@@ -262,6 +284,8 @@ struct Writer {
     syncer: Option<Syncer>,
     in_flight: Arc<InFlight>,
     attached: Mutex<Option<Attached>>,
+    /// What the writer knows of stored delivery ids and bodies; only its transactions use it.
+    keys: Mutex<DeliveryKeys>,
 }
 
 /// The operations of one batch.
@@ -272,6 +296,7 @@ struct Batch {
     claims: Vec<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
     attach: Option<Attached>,
     detach: Option<oneshot::Sender<()>>,
+    maintain: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
@@ -287,6 +312,7 @@ impl Batch {
             Op::Claim(c, reply) => self.claims.push((c, reply)),
             Op::Attach(worker) => self.attach = Some(worker),
             Op::Detach(reply) => self.detach = Some(reply),
+            Op::Maintain => self.maintain = true,
             Op::Shutdown(reply) => self.shutdown = Some(reply),
         }
     }
@@ -366,10 +392,12 @@ fn answer_written(batch: &mut Batch, written: Written, durable: &mut Durable) {
     }
 }
 
-/// Everything a transaction does between its `BEGIN` and `COMMIT`, on either connection.
+/// Everything a transaction does between its `BEGIN` and `COMMIT`, on either connection:
+/// also a slice of deduplication keys when some are due for merging.
 async fn apply<C: WriteConn>(
     conn: &mut C,
     dialect: Dialect,
+    keys: &mut DeliveryKeys,
     deliveries: &[&NewDelivery],
     finishes: &[JobFinish],
     claims: &[ClaimRequest],
@@ -383,8 +411,14 @@ async fn apply<C: WriteConn>(
     let ingested = if deliveries.is_empty() {
         Vec::new()
     } else {
-        insert_deliveries(conn, dialect, deliveries, now).await?
+        insert_deliveries(conn, dialect, keys, deliveries, now).await?
     };
+    if keys.merge_due() {
+        if deliveries.is_empty() {
+            keys.sync(conn).await?;
+        }
+        keys.merge_step(conn).await?;
+    }
     let mut claimed = Vec::with_capacity(claims.len());
     for claim in claims {
         claimed.push(claim_in(conn, dialect, claim).await?);
@@ -408,7 +442,8 @@ impl Writer {
             // rates most of a job's cost is its own commit. Nobody waits on them but the job's
             // worker slot; anything else that arrives ends the wait.
             let mut waited = std::time::Duration::ZERO;
-            while batch.ingests.is_empty()
+            while !batch.finishes.is_empty()
+                && batch.ingests.is_empty()
                 && batch.claims.is_empty()
                 && batch.shutdown.is_none()
                 && batch.attach.is_none()
@@ -430,8 +465,14 @@ impl Writer {
             };
             self.take_attach(&mut batch);
             let shutdown = batch.shutdown.take();
-            if batch.len() > 0 && ready(self.commit(batch, slot)).is_none() {
-                tracing::error!("a write on the writer's own connection waited; it was dropped");
+            if batch.len() > 0 {
+                if ready(self.commit(batch, slot)).is_none() {
+                    tracing::error!(
+                        "a write on the writer's own connection waited; it was dropped"
+                    );
+                }
+            } else if batch.maintain {
+                self.maintain();
             }
             if let Some(reply) = shutdown {
                 self.stop(&mut rx);
@@ -642,8 +683,46 @@ impl Writer {
         }
     }
 
-    /// One transaction (on PostgreSQL, job results first in one of their own).
+    /// A transaction of housekeeping alone, when some is due (SQLite, idle writer).
+    fn maintain(&self) {
+        let due = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge_due();
+        if !due {
+            return;
+        }
+        match ready(self.write(&[], &[], &[])) {
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(%error, "merging deduplication keys failed; will try again")
+            }
+            None => {
+                tracing::error!("a write on the writer's own connection waited; it was dropped")
+            }
+        }
+    }
+
+    /// One transaction (on PostgreSQL, job results first in one of their own). If it fails,
+    /// what the writer knows of stored keys is read again from the database next time.
     async fn write(
+        &self,
+        deliveries: &[&NewDelivery],
+        finishes: &[JobFinish],
+        claims: &[ClaimRequest],
+    ) -> Result<Written, sqlx::Error> {
+        let result = self.write_once(deliveries, finishes, claims).await;
+        if result.is_err() {
+            self.keys
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .invalidate();
+        }
+        result
+    }
+
+    async fn write_once(
         &self,
         deliveries: &[&NewDelivery],
         finishes: &[JobFinish],
@@ -688,7 +767,23 @@ impl Writer {
     ) -> Result<Written, sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let mut tx = super::begin_write(&mut conn, self.dialect, !deliveries.is_empty()).await?;
-        let written = apply(&mut *tx, self.dialect, deliveries, finishes, claims).await?;
+        // The PostgreSQL writer is one task: this lock is never contended, nor held by another
+        // transaction across an await.
+        let mut keys = std::mem::replace(
+            &mut *self.keys.lock().unwrap_or_else(|e| e.into_inner()),
+            DeliveryKeys::new(self.dialect),
+        );
+        let written = apply(
+            &mut *tx,
+            self.dialect,
+            &mut keys,
+            deliveries,
+            finishes,
+            claims,
+        )
+        .await;
+        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+        let written = written?;
         tx.commit().await?;
         Ok(written)
     }
@@ -703,9 +798,11 @@ impl Writer {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(direct_error)?;
         let mut direct = Direct { conn };
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = ready(apply(
             &mut direct,
             self.dialect,
+            &mut keys,
             deliveries,
             finishes,
             claims,
@@ -739,7 +836,7 @@ fn refuse(op: Op) {
         Op::Claim(_, reply) => {
             let _ = reply.send(Err(StoreError::Closed));
         }
-        Op::Attach(_) => {}
+        Op::Attach(_) | Op::Maintain => {}
         Op::Detach(reply) => {
             let _ = reply.send(());
         }

@@ -175,6 +175,41 @@ impl Drop for TestDb {
     }
 }
 
+/// A pool on `db` with only the migrations older than `version` applied, from a copy of the
+/// migration files: the schema as an earlier hookdock left it, to seed before migrating on.
+pub async fn pool_migrated_before(db: &TestDb, backend: &Backend, version: &str) -> sqlx::AnyPool {
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "postgres",
+    };
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let before = std::env::temp_dir().join(format!("hookdock-mig-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&before).unwrap();
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < version {
+            std::fs::copy(&path, before.join(&name)).unwrap();
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let url = match backend {
+        Backend::Sqlite => format!("{}?mode=rwc", db.url),
+        Backend::Postgres(_) => db.url.clone(),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&before).ok();
+    pool
+}
+
 /// Settings every test starts from; `configure` adjusts them.
 pub fn test_sources(db_url: &str) -> Sources {
     Sources::default()

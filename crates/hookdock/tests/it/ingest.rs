@@ -677,6 +677,87 @@ async fn a_failed_flush_to_disk_is_never_answered_2xx() {
     app.stop().await;
 }
 
+/// Migration 0012 (SQLite) moves the deduplication keys out of the events table: deliveries
+/// stored before it are still duplicates, their bodies still replays, their jobs are kept, and
+/// no event id is given twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_stored_before_the_key_tables_are_still_recognised() {
+    use hookdock::store::{EventStatus, IngestOutcome, NewDelivery, Store};
+    let db = TestDb::create(&Backend::Sqlite).await;
+    let pool = pool_migrated_before(&db, &Backend::Sqlite, "0012").await;
+    let hash = |n: u8| [n; 32];
+    for n in 1..=4u8 {
+        sqlx::query(&format!(
+            "INSERT INTO events (delivery_id, event, status, ordering_key, content_type, \
+             headers, received_at, updated_at, body_size, body_sha256, body) VALUES \
+             ('old-{n}', 'issues', 'done', 'k', 'application/json', '{{}}', 1, 1, 0, \
+             x'{}', x'')",
+            hex::encode(hash(n))
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO jobs (event_id, handler, ordering_key, status, run_at, created_at, \
+         updated_at) VALUES (1, 'activity', 'k', 'done', 0, 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM events WHERE id = 4")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = Store::connect(&db.url, Default::default()).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert!(store.migrations_current().await.unwrap());
+    assert_eq!(store.event_detail(1).await.unwrap().jobs.len(), 1);
+    let delivery = |id: &str, body: [u8; 32]| NewDelivery {
+        delivery_id: id.to_owned(),
+        event: "issues".into(),
+        action: None,
+        repository: None,
+        repository_id: None,
+        organization: None,
+        installation_id: None,
+        hook_id: None,
+        target_type: None,
+        target_id: None,
+        sender: None,
+        ordering_key: "k".into(),
+        content_type: "application/json",
+        headers_json: "{}".into(),
+        body_zstd: Vec::new(),
+        body_size: 0,
+        body_sha256: body,
+        handlers: vec!["activity"],
+        received_at: 1,
+    };
+    assert_eq!(
+        store.ingest(delivery("old-2", hash(9))).await.unwrap(),
+        IngestOutcome::Duplicate { event_id: 2 }
+    );
+    assert_eq!(
+        store.ingest(delivery("new-1", hash(3))).await.unwrap(),
+        IngestOutcome::Stored {
+            event_id: 5,
+            status: EventStatus::ReplaySuspected
+        }
+    );
+    // The deleted event's delivery id and body are forgotten, as before.
+    assert_eq!(
+        store.ingest(delivery("old-4", hash(4))).await.unwrap(),
+        IngestOutcome::Stored {
+            event_id: 6,
+            status: EventStatus::Pending
+        }
+    );
+    store.close().await;
+}
+
 /// A separate connection to the test's database.
 pub async fn sqlx_pool(app: &TestApp) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();

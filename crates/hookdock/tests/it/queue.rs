@@ -429,37 +429,8 @@ async fn a_long_backlog_behind_one_key_is_claimed_one_job_at_a_time(backend: Bac
 async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
     use sqlx::Row;
     let db = TestDb::create(&backend).await;
-    let dialect = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres(_) => "postgres",
-    };
-    // The schema as it was before 0011, from a copy of the earlier migration files.
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
-    let before = std::env::temp_dir().join(format!("hookdock-mig-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&before).unwrap();
-    for entry in std::fs::read_dir(&all).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0011" {
-            std::fs::copy(&path, before.join(&name)).unwrap();
-        }
-    }
-    sqlx::any::install_default_drivers();
-    let url = if dialect == "sqlite" {
-        format!("{}?mode=rwc", db.url)
-    } else {
-        db.url.clone()
-    };
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    sqlx::migrate::Migrator::new(before.as_path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&before).ok();
+    // The schema as it was before 0011.
+    let pool = pool_migrated_before(&db, &backend, "0011").await;
     // Jobs of handler h on key a (done, failed, pending, pending), on key b (done, pending),
     // and of handler g on key a (processing with a live lease, pending); one event each.
     let jobs = [
