@@ -96,6 +96,14 @@ impl Dialect {
         self == Dialect::Sqlite
     }
 
+    /// Whether multi-row statements are padded to a power-of-two number of rows (see
+    /// `sql::padded_chunks`). sqlx's statement cache (PostgreSQL) keeps 100 statements; the
+    /// SQLite writer's own connection caches every shape its batches take, and a spare row
+    /// costs as much to skip as a row to insert.
+    pub fn pads_statements(self) -> bool {
+        self == Dialect::Postgres
+    }
+
     /// Wraps `columns` (a list of column names of the subquery `t` that follows) so that the
     /// whole result arrives as one JSON text, an array of row arrays (`[]` for no rows). A
     /// large read then costs one row through the driver instead of one per row.

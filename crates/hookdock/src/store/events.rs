@@ -145,9 +145,8 @@ pub struct EventFilter {
 /// `keys` says which ids are stored and which bodies were seen (see `store::keys`); the rows
 /// then go in with one statement per 64 deliveries. On PostgreSQL another instance may store
 /// the same id meanwhile: `ON CONFLICT (delivery_id) DO NOTHING` skips it, and ids missing from
-/// `RETURNING` are looked up again. (Spare slots that pad a statement to a power-of-two number of
-/// rows, for the statement cache, rely on that too; SQLite's writer caches every shape and
-/// inserts exactly the rows.)
+/// `RETURNING` are looked up again; the spare slots that pad a statement there (see
+/// `sql::padded_chunks`) rely on it too.
 pub(crate) async fn insert_deliveries(
     conn: &mut impl WriteConn,
     dialect: Dialect,
@@ -203,8 +202,7 @@ pub(crate) async fn insert_deliveries(
 
     let mut inserted: HashMap<&str, i64> = HashMap::with_capacity(new.len());
     let constrained = dialect == Dialect::Postgres;
-    for (start, rows, slots) in padded_chunks(new.len(), MAX_ROWS_PER_STATEMENT) {
-        let slots = if constrained { slots } else { rows };
+    for (start, rows, slots) in padded_chunks(dialect, new.len(), MAX_ROWS_PER_STATEMENT) {
         let mut sql = Sql::with(
             dialect,
             "INSERT INTO events (delivery_id, event, action, status, repository, \

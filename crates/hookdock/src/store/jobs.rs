@@ -188,7 +188,7 @@ pub(crate) async fn insert_jobs(
     // key asks the table (a statement does not see its own rows on PostgreSQL).
     let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
     let first: Vec<bool> = jobs.iter().map(|(_, h, k)| seen.insert((*h, *k))).collect();
-    for (start, rows, slots) in padded_chunks(jobs.len(), MAX_JOBS_PER_STATEMENT) {
+    for (start, rows, slots) in padded_chunks(dialect, jobs.len(), MAX_JOBS_PER_STATEMENT) {
         let mut sql = Sql::with(
             dialect,
             "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \

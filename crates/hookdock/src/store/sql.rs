@@ -341,17 +341,23 @@ pub(crate) fn ready<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Splits `n` rows into statements of at most `max` rows, each given a power-of-two number of
-/// row slots: `(start, rows, slots)`. Multi-row statements thus come in few distinct shapes and
-/// stay in the statement cache, and a batch takes one statement per `max` rows, not one per
-/// set bit of its size. The caller fills the `slots - rows` spare slots with copies of a row
-/// that the statement's `ON CONFLICT … DO NOTHING` skips.
-pub(crate) fn padded_chunks(n: usize, max: usize) -> Vec<(usize, usize, usize)> {
+/// Splits `n` rows into statements of at most `max` rows: `(start, rows, slots)`. Where
+/// [`Dialect::pads_statements`], each statement gets a power-of-two number of row slots, so
+/// that multi-row statements come in few distinct shapes and stay in sqlx's statement cache;
+/// the caller fills the `slots - rows` spare slots with copies of a row that the statement's
+/// `ON CONFLICT … DO NOTHING` skips. Elsewhere `slots == rows`. Either way a batch takes one
+/// statement per `max` rows, not one per set bit of its size.
+pub(crate) fn padded_chunks(dialect: Dialect, n: usize, max: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
         let rows = (n - start).min(max);
-        out.push((start, rows, rows.next_power_of_two().min(max.max(rows))));
+        let slots = if dialect.pads_statements() {
+            rows.next_power_of_two().min(max.max(rows))
+        } else {
+            rows
+        };
+        out.push((start, rows, slots));
         start += rows;
     }
     out
@@ -382,7 +388,7 @@ mod tests {
     #[test]
     fn chunks_cover_n_in_power_of_two_slots() {
         for n in 0..600 {
-            let chunks = padded_chunks(n, 64);
+            let chunks = padded_chunks(Dialect::Postgres, n, 64);
             assert_eq!(chunks.iter().map(|c| c.1).sum::<usize>(), n);
             let mut next = 0;
             for &(start, rows, slots) in &chunks {
@@ -393,7 +399,15 @@ mod tests {
             }
             assert_eq!(chunks.len(), n.div_ceil(64), "{n}: {chunks:?}");
         }
-        assert_eq!(padded_chunks(13, 256), [(0, 13, 16)]);
-        assert_eq!(padded_chunks(70, 64), [(0, 64, 64), (64, 6, 8)]);
+        assert_eq!(padded_chunks(Dialect::Postgres, 13, 256), [(0, 13, 16)]);
+        assert_eq!(padded_chunks(Dialect::Sqlite, 13, 256), [(0, 13, 13)]);
+        assert_eq!(
+            padded_chunks(Dialect::Postgres, 70, 64),
+            [(0, 64, 64), (64, 6, 8)]
+        );
+        assert_eq!(
+            padded_chunks(Dialect::Sqlite, 70, 64),
+            [(0, 64, 64), (64, 6, 6)]
+        );
     }
 }

@@ -67,7 +67,10 @@ pub(crate) fn free_slots(idle: &AtomicUsize, n: usize) {
 type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedJob>);
 
 enum Op {
-    Ingest(Box<NewDelivery>, Reply<IngestOutcome>),
+    /// Shared with the caller, who drops it last, once answered: so its memory is freed on the
+    /// thread that allocated it, not on the writer's (a free across threads costs the writer
+    /// the allocator's locks).
+    Ingest(Arc<NewDelivery>, Reply<IngestOutcome>),
     Finish(JobFinish, Reply<bool>),
     Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
     Attach(Attached),
@@ -121,7 +124,9 @@ pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    conn.set_prepared_statement_cache_capacity(256);
+    // Multi-row statements are not padded on SQLite (`Dialect::pads_statements`): room for
+    // every shape a batch takes.
+    conn.set_prepared_statement_cache_capacity(512);
     Ok(conn)
 }
 
@@ -192,8 +197,12 @@ impl WriterHandle {
     }
 
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<IngestOutcome, StoreError> {
-        self.call(|reply| Op::Ingest(Box::new(delivery), reply))
-            .await
+        let delivery = Arc::new(delivery);
+        let outcome = self
+            .call(|reply| Op::Ingest(Arc::clone(&delivery), reply))
+            .await;
+        drop(delivery);
+        outcome
     }
 
     pub async fn finish(&self, finish: JobFinish) -> Result<bool, StoreError> {
@@ -291,7 +300,7 @@ struct Writer {
 /// The operations of one batch.
 #[derive(Default)]
 struct Batch {
-    ingests: Vec<(NewDelivery, Reply<IngestOutcome>)>,
+    ingests: Vec<(Arc<NewDelivery>, Reply<IngestOutcome>)>,
     finishes: Vec<(JobFinish, Reply<bool>)>,
     claims: Vec<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
     attach: Option<Attached>,
@@ -307,7 +316,7 @@ impl Batch {
 
     fn take(&mut self, op: Op) {
         match op {
-            Op::Ingest(d, reply) => self.ingests.push((*d, reply)),
+            Op::Ingest(d, reply) => self.ingests.push((d, reply)),
             Op::Finish(f, reply) => self.finishes.push((f, reply)),
             Op::Claim(c, reply) => self.claims.push((c, reply)),
             Op::Attach(worker) => self.attach = Some(worker),
@@ -580,7 +589,7 @@ impl Writer {
         let started = Instant::now();
         let size = batch.len();
         let dialect = self.dialect;
-        let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| d).collect();
+        let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| &**d).collect();
         let finishes: Vec<JobFinish> = batch.finishes.iter().map(|(f, _)| f.clone()).collect();
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         let offer = self.offer(&batch);
