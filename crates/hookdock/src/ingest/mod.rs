@@ -8,6 +8,7 @@
 //!
 //! This module knows nothing of HTTP frameworks; `http` maps [`IngestError`] to statuses.
 
+pub mod digest;
 mod envelope;
 mod secrets;
 pub mod signature;
