@@ -1,14 +1,15 @@
 //! Ingest: turns an HTTP delivery into a committed event, or into a precise refusal.
 //!
 //! Order of work, cheapest and safest first: required headers and content type, then the
-//! signature over the raw bytes (nothing of the body is parsed before it verifies), then one
-//! pass over the JSON for the routing fields, then hashing, compression and the durable write.
+//! signature over the raw bytes (nothing of the body is parsed before it verifies; the body's
+//! SHA-256 for the replay guard comes out of the same pass, see [`digest`]), then one pass over
+//! the JSON for the routing fields, then compression and the durable write.
 //! The caller answers 2xx only once [`Ingestor::ingest`] returns `Ok`, which happens only
 //! after the group commit holding the delivery has reached the disk.
 //!
 //! This module knows nothing of HTTP frameworks; `http` maps [`IngestError`] to statuses.
 
-pub mod digest;
+mod digest;
 mod envelope;
 mod secrets;
 pub mod signature;
@@ -214,9 +215,10 @@ impl Ingestor {
         let target_type: Option<Result<TargetType, &str>> =
             h.target_type.map(|t| TargetType::parse(t).ok_or(t));
 
-        // Signature first: before this, the body is untrusted bytes.
-        match h.signature_256 {
-            None if self.allow_unsigned => {}
+        // Signature first: before this, the body is untrusted bytes. The replay guard's hash
+        // of the body comes out of the same pass.
+        let body_sha256: [u8; 32] = match h.signature_256 {
+            None if self.allow_unsigned => Sha256::digest(&body).into(),
             None => return Err(IngestError::MissingSignature),
             Some(value) => {
                 let signature = Signature::parse(value).map_err(IngestError::BadSignature)?;
@@ -228,14 +230,14 @@ impl Ingestor {
                     .secrets
                     .verify(hook_id, target, &signature, &body, now_ms())
                 {
-                    Ok(()) => {}
+                    Ok(body_sha256) => body_sha256,
                     Err(Unverified::NoSecret) => return Err(IngestError::NoSecret),
                     Err(Unverified::Mismatch) => {
                         return Err(IngestError::BadSignature(SignatureError::Mismatch));
                     }
                 }
             }
-        }
+        };
         let target_type = target_type
             .transpose()
             .map_err(|t| IngestError::UnsupportedTarget(t.to_owned()))?;
@@ -279,7 +281,7 @@ impl Ingestor {
             content_type: content_type.as_str(),
             headers_json,
             body_size: i64::try_from(body.len()).unwrap_or(i64::MAX),
-            body_sha256: Sha256::digest(&body).into(),
+            body_sha256,
             body_zstd: Vec::new(),
             handlers,
             received_at: now_ms(),

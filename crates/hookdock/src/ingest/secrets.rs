@@ -141,6 +141,8 @@ impl WebhookSecrets {
 
     /// Checks `signature` over `body` against every secret that applies, in constant time per
     /// secret. `now` (Unix ms) decides which rotated-out secrets are still in their grace period.
+    /// Verified, returns the body's SHA-256, computed in the same pass over the body (see
+    /// [`super::digest`]).
     pub fn verify(
         &self,
         hook_id: Option<u64>,
@@ -148,7 +150,7 @@ impl WebhookSecrets {
         signature: &super::Signature,
         body: &[u8],
         now: i64,
-    ) -> Result<(), Unverified> {
+    ) -> Result<[u8; 32], Unverified> {
         let managed = match self.managed.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -178,18 +180,21 @@ impl WebhookSecrets {
     }
 }
 
-/// `NoSecret` when there is nothing to try, else whether one of `candidates` signed `body`.
+/// `NoSecret` when there is nothing to try, else whether one of `candidates` signed `body`;
+/// if one did, the body's SHA-256.
 fn check<'s>(
     signature: &super::Signature,
     body: &[u8],
     candidates: impl Iterator<Item = &'s [u8]>,
-) -> Result<(), Unverified> {
-    let mut candidates = candidates.peekable();
-    if candidates.peek().is_none() {
+) -> Result<[u8; 32], Unverified> {
+    let keys: Vec<&[u8]> = candidates.collect();
+    if keys.is_empty() {
         return Err(Unverified::NoSecret);
     }
-    if signature.matches_any(body, candidates) {
-        Ok(())
+    let mut macs = Vec::with_capacity(keys.len());
+    let body_sha256 = super::digest::sha256_and_hmacs(body, &keys, &mut macs);
+    if signature.matches_any_mac(&macs) {
+        Ok(body_sha256)
     } else {
         Err(Unverified::Mismatch)
     }
