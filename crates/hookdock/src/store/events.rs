@@ -305,6 +305,27 @@ pub(crate) async fn insert_deliveries(
         .collect()
 }
 
+/// The zstd dictionary delivery bodies are compressed with, trained on real GitHub payloads
+/// scrubbed of their own data (`payloads/train-zstd-dictionary.py` says how): their keys, URL
+/// templates and fixed words repeat across deliveries, and with the dictionary zstd refers to
+/// them instead of spelling them out in every body.
+///
+/// A body can only be read back with the dictionary it was written with: a new dictionary must be
+/// added beside this one (and chosen in [`frame_dictionary`] by its ID), never replace it.
+pub(crate) const BODY_DICTIONARY: &[u8] = include_bytes!("../../payloads/github-webhooks.zdict");
+
+/// The ID zstd writes into every frame compressed with [`BODY_DICTIONARY`] (its bytes 4..8).
+pub(crate) const BODY_DICTIONARY_ID: u32 = u32::from_le_bytes([
+    BODY_DICTIONARY[4],
+    BODY_DICTIONARY[5],
+    BODY_DICTIONARY[6],
+    BODY_DICTIONARY[7],
+]);
+
+/// [`BODY_DICTIONARY`] prepared for decompression once, shared by every thread's context.
+static BODY_DDICT: std::sync::LazyLock<zstd::dict::DecoderDictionary<'static>> =
+    std::sync::LazyLock::new(|| zstd::dict::DecoderDictionary::copy(BODY_DICTIONARY));
+
 thread_local! {
     /// One decompression context per thread, reused (creating one costs more than
     /// decompressing a typical payload).
@@ -312,12 +333,41 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// A stored body's bytes as received, from its zstd frame.
+/// The dictionary a stored frame needs, from the ID in its header: none for ID 0 (bodies stored
+/// before hookdock used a dictionary), [`BODY_DICTIONARY`] for its ID. Any other ID is an error:
+/// the frame refers to content only that dictionary has.
+fn frame_dictionary(
+    compressed: &[u8],
+) -> Result<Option<&'static zstd::dict::DecoderDictionary<'static>>, String> {
+    match zstd::zstd_safe::get_dict_id_from_frame(compressed).map(std::num::NonZeroU32::get) {
+        None => Ok(None),
+        Some(BODY_DICTIONARY_ID) => Ok(Some(&BODY_DDICT)),
+        Some(id) => Err(format!(
+            "zstd: the body was compressed with dictionary {id}, which this build of hookdock \
+             does not have (it has dictionary {BODY_DICTIONARY_ID}); the body cannot be read back"
+        )),
+    }
+}
+
+/// A stored body's bytes as received, from its zstd frame: written with [`BODY_DICTIONARY`], or
+/// without a dictionary (bodies stored before hookdock used one).
 pub fn decompress_body(compressed: &[u8]) -> Result<Vec<u8>, String> {
+    let dictionary = frame_dictionary(compressed)?;
     let size = match zstd::zstd_safe::get_frame_content_size(compressed) {
         Ok(Some(size)) => usize::try_from(size).map_err(|_| "body too large".to_owned())?,
         // Frames written without their size (none of hookdock's): stream them.
-        Ok(None) => return zstd::stream::decode_all(compressed).map_err(|e| format!("zstd: {e}")),
+        Ok(None) => {
+            let dictionary_bytes = if dictionary.is_some() {
+                BODY_DICTIONARY
+            } else {
+                &[]
+            };
+            let mut body = Vec::new();
+            zstd::stream::read::Decoder::with_dictionary(compressed, dictionary_bytes)
+                .and_then(|mut decoder| std::io::Read::read_to_end(&mut decoder, &mut body))
+                .map_err(|e| format!("zstd: {e}"))?;
+            return Ok(body);
+        }
         Err(e) => return Err(format!("zstd: not a frame ({e:?})")),
     };
     if size > crate::ingest::MAX_BODY_BYTES {
@@ -331,9 +381,18 @@ pub fn decompress_body(compressed: &[u8]) -> Result<Vec<u8>, String> {
             *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
         }
         match slot.as_mut() {
-            Some(d) => d
-                .decompress(compressed, size)
-                .map_err(|e| format!("zstd: {e}")),
+            Some(d) => {
+                // The context keeps the dictionary it was last given: set or clear it for every
+                // frame, so each is decoded as it was written (zstd does not promise the same
+                // bytes from a frame written without a dictionary decoded with one).
+                match dictionary {
+                    Some(dictionary) => d.set_prepared_dictionary(dictionary),
+                    None => d.set_dictionary(&[]),
+                }
+                .map_err(|e| format!("zstd: {e}"))?;
+                d.decompress(compressed, size)
+                    .map_err(|e| format!("zstd: {e}"))
+            }
             None => Err("zstd: no decompression context".to_owned()),
         }
     })
@@ -564,6 +623,78 @@ pub(super) mod tests {
         let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
         store.migrate().await.unwrap();
         (store, dir)
+    }
+
+    /// A JSON body like GitHub's, for the decompression tests.
+    const BODY: &[u8] = include_bytes!("../../payloads/issues.opened.json");
+
+    /// The embedded dictionary is the committed file `payloads/train-zstd-dictionary.py` made.
+    #[test]
+    fn body_dictionary_id_is_the_one_zstd_reads() {
+        assert_eq!(
+            zstd::zstd_safe::get_dict_id_from_dict(BODY_DICTIONARY).map(|id| id.get()),
+            Some(BODY_DICTIONARY_ID)
+        );
+        assert_eq!(BODY_DICTIONARY_ID, 136_444_512);
+        assert_eq!(BODY_DICTIONARY.len(), 65_536);
+    }
+
+    /// Bodies stored before the dictionary (frames with no dictionary ID) still read back, also
+    /// on a thread whose context last decoded a frame with the dictionary.
+    #[test]
+    fn bodies_compressed_without_the_dictionary_still_decompress() {
+        let ours = zstd::bulk::Compressor::with_dictionary(1, BODY_DICTIONARY)
+            .unwrap()
+            .compress(BODY)
+            .unwrap();
+        for level in [1, 3, 19] {
+            let old = zstd::bulk::compress(BODY, level).unwrap();
+            assert_eq!(zstd::zstd_safe::get_dict_id_from_frame(&old), None);
+            assert_eq!(decompress_body(&ours).unwrap(), BODY);
+            assert_eq!(decompress_body(&old).unwrap(), BODY);
+        }
+        // Streamed frames, which do not record their size.
+        assert_eq!(
+            decompress_body(&zstd::encode_all(BODY, 1).unwrap()).unwrap(),
+            BODY
+        );
+        let mut unsized_frame =
+            zstd::bulk::Compressor::with_dictionary(1, BODY_DICTIONARY).unwrap();
+        unsized_frame.include_contentsize(false).unwrap();
+        let frame = unsized_frame.compress(BODY).unwrap();
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&frame).ok(),
+            Some(None)
+        );
+        assert_eq!(decompress_body(&frame).unwrap(), BODY);
+    }
+
+    /// A frame that names a dictionary this build does not have is refused with a reason, not
+    /// decoded into wrong bytes.
+    #[test]
+    fn a_frame_with_another_dictionary_is_an_error() {
+        // The same dictionary under another ID stands for one this build does not know.
+        let mut foreign = BODY_DICTIONARY.to_vec();
+        foreign[4..8].copy_from_slice(&7_u32.to_le_bytes());
+        for include_size in [true, false] {
+            let mut compressor = zstd::bulk::Compressor::with_dictionary(1, &foreign).unwrap();
+            compressor.include_contentsize(include_size).unwrap();
+            let frame = compressor.compress(BODY).unwrap();
+            assert_eq!(
+                zstd::zstd_safe::get_dict_id_from_frame(&frame).map(|id| id.get()),
+                Some(7)
+            );
+            let error = decompress_body(&frame).unwrap_err();
+            assert!(
+                error.contains("dictionary 7") && error.contains("cannot be read back"),
+                "{error}"
+            );
+        }
+        assert!(
+            decompress_body(b"not zstd")
+                .unwrap_err()
+                .contains("not a frame")
+        );
     }
 
     /// What the writer commits reaches the database file while deliveries come in, so the

@@ -39,6 +39,7 @@ pub use backfill::{
     ApiSnapshot, BackfillProgress, BackfillRunRow, NewBackfillRun, RunEnd, RunProgress,
 };
 pub use dialect::Dialect;
+pub(crate) use events::BODY_DICTIONARY;
 pub use events::{
     EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody, decompress_body,
 };
