@@ -415,32 +415,79 @@ fn parse_id(value: Option<&str>, name: &'static str) -> Result<Option<u64>, Inge
         .transpose()
 }
 
-/// The headers kept with each delivery, as a JSON object.
+/// The headers kept with each delivery, as a JSON object (written in one go: no map of owned
+/// names and values on the hot path).
 fn headers_json(h: &DeliveryHeaders<'_>, content_type: ContentType) -> String {
-    let mut map = serde_json::Map::new();
-    let mut put = |name: &str, value: Option<&str>| {
-        if let Some(v) = value {
-            map.insert(name.to_owned(), serde_json::Value::from(v));
-        }
+    #[derive(serde::Serialize)]
+    struct Kept<'a> {
+        #[serde(rename = "X-GitHub-Event", skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
+        #[serde(rename = "X-GitHub-Delivery", skip_serializing_if = "Option::is_none")]
+        delivery: Option<&'a str>,
+        #[serde(
+            rename = "X-Hub-Signature-256",
+            skip_serializing_if = "Option::is_none"
+        )]
+        signature_256: Option<&'a str>,
+        #[serde(rename = "X-GitHub-Hook-ID", skip_serializing_if = "Option::is_none")]
+        hook_id: Option<&'a str>,
+        #[serde(
+            rename = "X-GitHub-Hook-Installation-Target-Type",
+            skip_serializing_if = "Option::is_none"
+        )]
+        target_type: Option<&'a str>,
+        #[serde(
+            rename = "X-GitHub-Hook-Installation-Target-ID",
+            skip_serializing_if = "Option::is_none"
+        )]
+        target_id: Option<&'a str>,
+        #[serde(rename = "User-Agent", skip_serializing_if = "Option::is_none")]
+        user_agent: Option<&'a str>,
+        #[serde(rename = "Content-Type")]
+        content_type: &'a str,
+    }
+    let kept = Kept {
+        event: h.event,
+        delivery: h.delivery,
+        signature_256: h.signature_256,
+        hook_id: h.hook_id,
+        target_type: h.target_type,
+        target_id: h.target_id,
+        user_agent: h.user_agent,
+        content_type: h.content_type.unwrap_or(content_type.as_str()),
     };
-    put(header::EVENT, h.event);
-    put(header::DELIVERY, h.delivery);
-    put(header::SIGNATURE_256, h.signature_256);
-    put(header::HOOK_ID, h.hook_id);
-    put(header::TARGET_TYPE, h.target_type);
-    put(header::TARGET_ID, h.target_id);
-    put("User-Agent", h.user_agent);
-    put(
-        "Content-Type",
-        h.content_type.or(Some(content_type.as_str())),
-    );
-    serde_json::Value::Object(map).to_string()
+    // Serializing borrowed strings into a String cannot fail.
+    serde_json::to_string(&kept).unwrap_or_else(|_| "{}".to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn kept_headers_are_a_json_object_of_the_headers_present() {
+        let h = DeliveryHeaders {
+            event: Some("push"),
+            delivery: Some("d-1"),
+            signature_256: Some("sha256=ab\"c"),
+            hook_id: None,
+            user_agent: Some("GitHub-Hookshot/x"),
+            ..DeliveryHeaders::default()
+        };
+        let kept: serde_json::Value =
+            serde_json::from_str(&headers_json(&h, ContentType::Form)).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": "d-1",
+                "X-Hub-Signature-256": "sha256=ab\"c",
+                "User-Agent": "GitHub-Hookshot/x",
+                "Content-Type": "application/x-www-form-urlencoded",
+            })
+        );
+    }
 
     #[test]
     fn header_validation() {
