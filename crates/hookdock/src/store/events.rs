@@ -236,8 +236,8 @@ pub(crate) async fn insert_deliveries(
             sql.bind(d.received_at).push(", ");
             sql.bind(now).push(", ");
             sql.bind(d.body_size).push(", ");
-            sql.bind(d.body_sha256.to_vec()).push(", ");
-            sql.bind(if spare { vec![0] } else { d.body_zstd.clone() })
+            sql.bind(&d.body_sha256[..]).push(", ");
+            sql.bind(if spare { &[0u8][..] } else { &d.body_zstd[..] })
                 .push(")");
         }
         if constrained {

@@ -67,7 +67,7 @@ const FILTER_LOAD_CHUNK: i64 = 10_000;
 
 /// Appends `id IN (…events whose delivery id is one of ids…)` to a query on `events`.
 pub(crate) fn events_with_delivery_ids<'a>(
-    sql: &mut Sql,
+    sql: &mut Sql<'a>,
     dialect: Dialect,
     ids: impl IntoIterator<Item = &'a str> + Clone,
 ) {
@@ -390,7 +390,7 @@ impl DeliveryKeys {
                 self.dialect,
                 &format!("SELECT body_sha256 FROM {table} WHERE body_sha256 IN "),
             );
-            sql.bind_list(chunk.iter().map(|b| b.to_vec()));
+            sql.bind_list(chunk.iter().map(|b| &b[..]));
             for row in conn.rows(&sql).await? {
                 let body: Vec<u8> = row.try_get(0)?;
                 if let Ok(body) = <[u8; 32]>::try_from(body.as_slice()) {
@@ -472,7 +472,7 @@ impl DeliveryKeys {
             );
             for (n, (body, event_id)) in slice.iter().enumerate() {
                 sql.push(if n == 0 { "(" } else { ", (" })
-                    .bind(body.to_vec())
+                    .bind(&body[..])
                     .push(", ")
                     .bind(*event_id)
                     .push(")");
@@ -551,7 +551,7 @@ async fn load_filter(
     loop {
         let mut sql = Sql::with(dialect, "SELECT DISTINCT body_sha256 FROM body_keys");
         if let Some(last) = &after {
-            sql.push(" WHERE body_sha256 > ").bind(last.clone());
+            sql.push(" WHERE body_sha256 > ").bind(last.as_slice());
         }
         sql.push(" ORDER BY body_sha256 LIMIT ")
             .bind(FILTER_LOAD_CHUNK);

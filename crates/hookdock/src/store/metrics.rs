@@ -428,9 +428,9 @@ async fn refresh_pull_request(
     // `reverted` holds exactly for the numbers a merged revert of the repository names. The
     // target list is uncorrelated so both statements look rows up by (repo, number) or the
     // partial index on reverted rows instead of walking the repository.
-    let targets = |sql: &mut Sql| {
+    let targets = |sql: &mut Sql<'_>| {
         sql.push("(SELECT r.reverts_number FROM pull_requests r WHERE r.repo = ")
-            .bind(repo)
+            .bind(repo.to_owned())
             .push(" AND r.is_revert = 1 AND r.state = 'merged' AND r.reverts_number IS NOT NULL)");
     };
     let mut sql = Sql::new("UPDATE pull_requests SET reverted = 1 WHERE repo = ");
@@ -997,7 +997,7 @@ impl Store {
 
 /// `SELECT columns FROM pull_requests p …` for `filter`, unordered (an empty `author_ids`
 /// is the caller's to answer).
-fn push_pull_query(sql: &mut Sql, columns: &str, filter: &PullFilter) {
+fn push_pull_query<'a>(sql: &mut Sql<'a>, columns: &str, filter: &'a PullFilter) {
     sql.push("SELECT ");
     sql.push(columns)
         .push(" FROM pull_requests p LEFT JOIN members m ON m.github_id = p.author_id WHERE 1 = 1");
@@ -1016,7 +1016,7 @@ fn push_pull_query(sql: &mut Sql, columns: &str, filter: &PullFilter) {
     // (repo, closed_at)); an OR over the three would walk every row of the repository.
     // `COALESCE(merged_at, closed_at)` in range is "merged in range, or closed in range
     // without a merge".
-    let range = |sql: &mut Sql, column: &str, from: Option<i64>, to: Option<i64>| {
+    let range = |sql: &mut Sql<'a>, column: &str, from: Option<i64>, to: Option<i64>| {
         sql.push("SELECT id FROM pull_requests WHERE 1 = 1");
         if let Some(repo) = &filter.repo {
             sql.push(" AND repo = ").bind(repo.as_str());

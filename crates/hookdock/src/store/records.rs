@@ -175,7 +175,7 @@ fn flag(v: bool) -> i64 {
 }
 
 /// `INSERT INTO table (columns) VALUES (placeholders)`.
-fn insert(table: &str, values: Vec<(&str, Arg)>) -> Sql {
+fn insert<'a>(table: &str, values: Vec<(&str, Arg<'a>)>) -> Sql<'a> {
     let columns: Vec<&str> = values.iter().map(|(c, _)| *c).collect();
     let mut sql = Sql::new(&format!(
         "INSERT INTO {table} ({}) VALUES ",
@@ -232,7 +232,7 @@ pub(crate) async fn apply(
     Ok(())
 }
 
-fn push_sql(p: &PushRecord) -> Sql {
+fn push_sql(p: &PushRecord) -> Sql<'_> {
     let mut sql = insert(
         "pushes",
         vec![
@@ -255,7 +255,7 @@ fn push_sql(p: &PushRecord) -> Sql {
     sql
 }
 
-fn release_sql(r: &ReleaseRecord) -> Sql {
+fn release_sql(r: &ReleaseRecord) -> Sql<'_> {
     let mut sql = insert(
         "releases",
         vec![
@@ -307,7 +307,7 @@ fn release_sql(r: &ReleaseRecord) -> Sql {
     sql
 }
 
-fn ci_run_sql(r: &CiRunRecord) -> Sql {
+fn ci_run_sql(r: &CiRunRecord) -> Sql<'_> {
     let mut sql = insert(
         "ci_runs",
         vec![
@@ -354,7 +354,7 @@ fn ci_run_sql(r: &CiRunRecord) -> Sql {
     sql
 }
 
-fn deployment_status_sql(d: &DeploymentStatusRecord) -> Sql {
+fn deployment_status_sql(d: &DeploymentStatusRecord) -> Sql<'_> {
     let mut sql = insert(
         "deployment_statuses",
         vec![
@@ -390,7 +390,7 @@ fn deployment_status_sql(d: &DeploymentStatusRecord) -> Sql {
     sql
 }
 
-fn social_event_sql(s: &SocialEventRecord) -> Sql {
+fn social_event_sql(s: &SocialEventRecord) -> Sql<'_> {
     let mut sql = insert(
         "social_events",
         vec![
@@ -408,7 +408,7 @@ fn social_event_sql(s: &SocialEventRecord) -> Sql {
     sql
 }
 
-fn social_counts_sql(c: &SocialCounts) -> Sql {
+fn social_counts_sql(c: &SocialCounts) -> Sql<'_> {
     let mut sql = insert(
         "repo_social",
         vec![

@@ -3,67 +3,75 @@
 //! rejects). [`Sql::with`] writes the placeholders the dialect binds fastest (see
 //! [`Dialect::positional_placeholders`]); the hot paths use it.
 
+use std::borrow::Cow;
+
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Executor};
 
 use super::Dialect;
 
-/// One bound value.
+/// One bound value: borrowed where the caller's data outlives the statement, so that a
+/// multi-row insert does not copy every text and body it binds.
 #[derive(Debug, Clone)]
-pub(crate) enum Arg {
+pub(crate) enum Arg<'a> {
     Int(Option<i64>),
-    Text(Option<String>),
-    Bytes(Vec<u8>),
+    Text(Option<Cow<'a, str>>),
+    Bytes(Cow<'a, [u8]>),
 }
 
-impl From<i64> for Arg {
+impl From<i64> for Arg<'_> {
     fn from(v: i64) -> Self {
         Arg::Int(Some(v))
     }
 }
-impl From<Option<i64>> for Arg {
+impl From<Option<i64>> for Arg<'_> {
     fn from(v: Option<i64>) -> Self {
         Arg::Int(v)
     }
 }
-impl From<String> for Arg {
+impl From<String> for Arg<'_> {
     fn from(v: String) -> Self {
-        Arg::Text(Some(v))
+        Arg::Text(Some(Cow::Owned(v)))
     }
 }
-impl From<&str> for Arg {
-    fn from(v: &str) -> Self {
-        Arg::Text(Some(v.to_owned()))
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(Some(Cow::Borrowed(v)))
     }
 }
-impl From<Option<String>> for Arg {
+impl From<Option<String>> for Arg<'_> {
     fn from(v: Option<String>) -> Self {
-        Arg::Text(v)
+        Arg::Text(v.map(Cow::Owned))
     }
 }
-impl From<Option<&str>> for Arg {
-    fn from(v: Option<&str>) -> Self {
-        Arg::Text(v.map(str::to_owned))
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::Text(v.map(Cow::Borrowed))
     }
 }
-impl From<Vec<u8>> for Arg {
+impl From<Vec<u8>> for Arg<'_> {
     fn from(v: Vec<u8>) -> Self {
-        Arg::Bytes(v)
+        Arg::Bytes(Cow::Owned(v))
+    }
+}
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Bytes(Cow::Borrowed(v))
     }
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Sql {
+pub(crate) struct Sql<'a> {
     text: String,
-    args: Vec<Arg>,
+    args: Vec<Arg<'a>>,
     /// `?` instead of `$n`.
     positional: bool,
 }
 
-impl Sql {
+impl<'a> Sql<'a> {
     /// SQL with `$n` placeholders, valid on every dialect.
-    pub fn new(text: &str) -> Sql {
+    pub fn new(text: &str) -> Sql<'a> {
         Sql {
             text: text.to_owned(),
             args: Vec::new(),
@@ -72,20 +80,20 @@ impl Sql {
     }
 
     /// SQL for `dialect`, with the placeholders it binds fastest.
-    pub fn with(dialect: Dialect, text: &str) -> Sql {
+    pub fn with(dialect: Dialect, text: &str) -> Sql<'a> {
         Sql {
             positional: dialect.positional_placeholders(),
             ..Sql::new(text)
         }
     }
 
-    pub fn push(&mut self, text: &str) -> &mut Sql {
+    pub fn push(&mut self, text: &str) -> &mut Sql<'a> {
         self.text.push_str(text);
         self
     }
 
     /// Appends a placeholder for `value`.
-    pub fn bind(&mut self, value: impl Into<Arg>) -> &mut Sql {
+    pub fn bind(&mut self, value: impl Into<Arg<'a>>) -> &mut Sql<'a> {
         self.args.push(value.into());
         if self.positional {
             self.text.push('?');
@@ -97,7 +105,10 @@ impl Sql {
     }
 
     /// Appends `(v1, v2, …)` with one placeholder per value.
-    pub fn bind_list<A: Into<Arg>>(&mut self, values: impl IntoIterator<Item = A>) -> &mut Sql {
+    pub fn bind_list<A: Into<Arg<'a>>>(
+        &mut self,
+        values: impl IntoIterator<Item = A>,
+    ) -> &mut Sql<'a> {
         self.text.push('(');
         for (i, v) in values.into_iter().enumerate() {
             if i > 0 {
@@ -115,7 +126,7 @@ impl Sql {
             q = match arg {
                 Arg::Int(v) => q.bind(*v),
                 Arg::Text(v) => q.bind(v.as_deref()),
-                Arg::Bytes(v) => q.bind(v.as_slice()),
+                Arg::Bytes(v) => q.bind(v.as_ref()),
             };
         }
         q
@@ -148,21 +159,21 @@ impl Sql {
 /// writes are written once against this and run on either.
 pub(crate) trait WriteConn {
     /// Runs a statement; returns the number of rows it changed.
-    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error>;
+    async fn exec(&mut self, sql: &Sql<'_>) -> Result<u64, sqlx::Error>;
     /// Runs a statement and returns its rows.
-    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error>;
+    async fn rows(&mut self, sql: &Sql<'_>) -> Result<Vec<Row>, sqlx::Error>;
     /// Runs a statement and returns its first row, if any.
-    async fn row(&mut self, sql: &Sql) -> Result<Option<Row>, sqlx::Error> {
+    async fn row(&mut self, sql: &Sql<'_>) -> Result<Option<Row>, sqlx::Error> {
         Ok(self.rows(sql).await?.into_iter().next())
     }
 }
 
 impl WriteConn for sqlx::AnyConnection {
-    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
+    async fn exec(&mut self, sql: &Sql<'_>) -> Result<u64, sqlx::Error> {
         Ok(sql.execute(&mut *self).await?.rows_affected())
     }
 
-    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error> {
+    async fn rows(&mut self, sql: &Sql<'_>) -> Result<Vec<Row>, sqlx::Error> {
         Ok(sql
             .fetch_all(&mut *self)
             .await?
@@ -286,13 +297,13 @@ pub(crate) fn direct_error(e: rusqlite::Error) -> sqlx::Error {
 }
 
 impl Direct<'_> {
-    fn prepare(&self, sql: &Sql) -> Result<rusqlite::CachedStatement<'_>, sqlx::Error> {
+    fn prepare(&self, sql: &Sql<'_>) -> Result<rusqlite::CachedStatement<'_>, sqlx::Error> {
         let mut statement = self.conn.prepare_cached(&sql.text).map_err(direct_error)?;
         for (i, arg) in sql.args.iter().enumerate() {
             let bound = match arg {
                 Arg::Int(v) => statement.raw_bind_parameter(i + 1, v),
                 Arg::Text(v) => statement.raw_bind_parameter(i + 1, v.as_deref()),
-                Arg::Bytes(v) => statement.raw_bind_parameter(i + 1, v.as_slice()),
+                Arg::Bytes(v) => statement.raw_bind_parameter(i + 1, v.as_ref()),
             };
             bound.map_err(direct_error)?;
         }
@@ -301,13 +312,13 @@ impl Direct<'_> {
 }
 
 impl WriteConn for Direct<'_> {
-    async fn exec(&mut self, sql: &Sql) -> Result<u64, sqlx::Error> {
+    async fn exec(&mut self, sql: &Sql<'_>) -> Result<u64, sqlx::Error> {
         let mut statement = self.prepare(sql)?;
         let changed = statement.raw_execute().map_err(direct_error)?;
         Ok(u64::try_from(changed).unwrap_or(0))
     }
 
-    async fn rows(&mut self, sql: &Sql) -> Result<Vec<Row>, sqlx::Error> {
+    async fn rows(&mut self, sql: &Sql<'_>) -> Result<Vec<Row>, sqlx::Error> {
         let mut statement = self.prepare(sql)?;
         let names: std::sync::Arc<[String]> = statement
             .column_names()
