@@ -96,10 +96,10 @@ impl Dialect {
         self == Dialect::Sqlite
     }
 
-    /// Whether multi-row statements are padded to a power-of-two number of rows (see
-    /// `sql::padded_chunks`). sqlx's statement cache (PostgreSQL) keeps 100 statements; the
-    /// SQLite writer's own connection caches every shape its batches take, and a spare row
-    /// costs as much to skip as a row to insert.
+    /// Whether multi-row statements are padded to a power-of-two number of rows rather than
+    /// split into power-of-two statements (see `sql::padded_chunks`). PostgreSQL's round trips
+    /// make fewer statements worth a few skipped rows; on SQLite a spare row costs as much to
+    /// skip as a row to insert.
     pub fn pads_statements(self) -> bool {
         self == Dialect::Postgres
     }

@@ -352,21 +352,25 @@ pub(crate) fn ready<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// Splits `n` rows into statements of at most `max` rows: `(start, rows, slots)`. Where
-/// [`Dialect::pads_statements`], each statement gets a power-of-two number of row slots, so
-/// that multi-row statements come in few distinct shapes and stay in sqlx's statement cache;
-/// the caller fills the `slots - rows` spare slots with copies of a row that the statement's
-/// `ON CONFLICT … DO NOTHING` skips. Elsewhere `slots == rows`. Either way a batch takes one
-/// statement per `max` rows, not one per set bit of its size.
+/// Splits `n` rows into statements of at most `max` rows: `(start, rows, slots)`, so that
+/// multi-row statements come in few distinct shapes (powers of two) and stay in the statement
+/// cache, which holds every shape it sees (each a compiled program of its own: all sizes up to
+/// `max` held 10 MB more). Where [`Dialect::pads_statements`], a batch takes one statement per
+/// `max` rows, padded to a power-of-two number of row slots: the caller fills the
+/// `slots - rows` spare slots with copies of a row that the statement's `ON CONFLICT … DO
+/// NOTHING` skips. Elsewhere a spare row would cost as much as a real one, so there is one
+/// statement per set bit of the size instead, and `slots == rows`.
 pub(crate) fn padded_chunks(dialect: Dialect, n: usize, max: usize) -> Vec<(usize, usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < n {
-        let rows = (n - start).min(max);
-        let slots = if dialect.pads_statements() {
-            rows.next_power_of_two().min(max.max(rows))
+        let left = (n - start).min(max);
+        let (rows, slots) = if dialect.pads_statements() {
+            (left, left.next_power_of_two().min(max.max(left)))
         } else {
-            rows
+            // The largest power of two that fits: one statement per set bit of the size.
+            let rows = 1 << left.ilog2();
+            (rows, rows)
         };
         out.push((start, rows, slots));
         start += rows;
@@ -398,27 +402,40 @@ mod tests {
 
     #[test]
     fn chunks_cover_n_in_power_of_two_slots() {
-        for n in 0..600 {
-            let chunks = padded_chunks(Dialect::Postgres, n, 64);
-            assert_eq!(chunks.iter().map(|c| c.1).sum::<usize>(), n);
-            let mut next = 0;
-            for &(start, rows, slots) in &chunks {
-                assert_eq!(start, next);
-                next += rows;
-                assert!(rows >= 1 && rows <= slots && slots <= 64, "{n}: {chunks:?}");
-                assert!(slots.is_power_of_two(), "{n}: {chunks:?}");
+        for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            for n in 0..600 {
+                let chunks = padded_chunks(dialect, n, 64);
+                assert_eq!(chunks.iter().map(|c| c.1).sum::<usize>(), n);
+                let mut next = 0;
+                for &(start, rows, slots) in &chunks {
+                    assert_eq!(start, next);
+                    next += rows;
+                    assert!(rows >= 1 && rows <= slots && slots <= 64, "{n}: {chunks:?}");
+                    assert!(slots.is_power_of_two(), "{n}: {chunks:?}");
+                    assert!(
+                        dialect.pads_statements() || rows == slots,
+                        "{n}: {chunks:?}"
+                    );
+                }
+                let statements = match dialect {
+                    Dialect::Postgres => n.div_ceil(64),
+                    Dialect::Sqlite => n / 64 + (n % 64).count_ones() as usize,
+                };
+                assert_eq!(chunks.len(), statements, "{n}: {chunks:?}");
             }
-            assert_eq!(chunks.len(), n.div_ceil(64), "{n}: {chunks:?}");
         }
         assert_eq!(padded_chunks(Dialect::Postgres, 13, 256), [(0, 13, 16)]);
-        assert_eq!(padded_chunks(Dialect::Sqlite, 13, 256), [(0, 13, 13)]);
+        assert_eq!(
+            padded_chunks(Dialect::Sqlite, 13, 256),
+            [(0, 8, 8), (8, 4, 4), (12, 1, 1)]
+        );
         assert_eq!(
             padded_chunks(Dialect::Postgres, 70, 64),
             [(0, 64, 64), (64, 6, 8)]
         );
         assert_eq!(
             padded_chunks(Dialect::Sqlite, 70, 64),
-            [(0, 64, 64), (64, 6, 6)]
+            [(0, 64, 64), (64, 4, 4), (68, 2, 2)]
         );
     }
 }

@@ -132,9 +132,7 @@ pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection
     .map_err(|e| e.to_string())?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
-    // Multi-row statements are not padded on SQLite (`Dialect::pads_statements`): room for
-    // every shape a batch takes.
-    conn.set_prepared_statement_cache_capacity(512);
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
