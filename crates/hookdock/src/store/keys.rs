@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use fastbloom::BloomFilter;
 
 use super::Dialect;
-use super::sql::{Sql, WriteConn};
+use super::sql::{Arg, Column, Sql, WriteConn, padded_chunks};
 
 /// When the tail is merged, and how much at a time.
 #[derive(Debug, Clone, Copy)]
@@ -445,40 +445,20 @@ impl DeliveryKeys {
         for (id, _) in slice {
             merged.insert_delivery(id);
         }
-        if !slice.is_empty() {
-            let mut sql = Sql::with(
-                dialect,
-                "INSERT OR IGNORE INTO delivery_keys (delivery_id, event_id) VALUES ",
-            );
-            for (n, (id, event_id)) in slice.iter().enumerate() {
-                sql.push(if n == 0 { "(" } else { ", (" })
-                    .bind(id.as_str())
-                    .push(", ")
-                    .bind(*event_id)
-                    .push(")");
-            }
-            conn.exec(&sql).await?;
-        }
+        let rows = slice
+            .iter()
+            .map(|(id, event)| (Arg::from(id.as_str()), *event));
+        insert_keys(conn, dialect, "delivery_keys (delivery_id", rows.collect()).await?;
         frozen.next_delivery = end;
         let end = (frozen.next_body + per_step).min(frozen.bodies.len());
         let slice = &frozen.bodies[frozen.next_body..end];
         for (body, _) in slice {
             merged.insert_body(body);
         }
-        if !slice.is_empty() {
-            let mut sql = Sql::with(
-                dialect,
-                "INSERT OR IGNORE INTO body_keys (body_sha256, event_id) VALUES ",
-            );
-            for (n, (body, event_id)) in slice.iter().enumerate() {
-                sql.push(if n == 0 { "(" } else { ", (" })
-                    .bind(&body[..])
-                    .push(", ")
-                    .bind(*event_id)
-                    .push(")");
-            }
-            conn.exec(&sql).await?;
-        }
+        let rows = slice
+            .iter()
+            .map(|(body, event)| (Arg::from(&body[..]), *event));
+        insert_keys(conn, dialect, "body_keys (body_sha256", rows.collect()).await?;
         frozen.next_body = end;
         if frozen.next_delivery == frozen.deliveries.len()
             && frozen.next_body == frozen.bodies.len()
@@ -511,6 +491,58 @@ impl DeliveryKeys {
     }
 }
 
+/// Inserts `(key, event id)` rows, in key order, into `table_and_key` (`table (key_column`),
+/// skipping those already there (a merge that did not commit is merged again).
+async fn insert_keys<'a>(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    table_and_key: &str,
+    rows: Vec<(Arg<'a>, i64)>,
+) -> Result<(), sqlx::Error> {
+    let len = rows.len();
+    let mut rows = rows.into_iter();
+    for (_, count, _) in padded_chunks(dialect, len, LOOKUP_CHUNK) {
+        let mut sql = Sql::with(
+            dialect,
+            &format!("INSERT OR IGNORE INTO {table_and_key}, event_id) VALUES "),
+        );
+        for (n, (key, event_id)) in rows.by_ref().take(count).enumerate() {
+            sql.push(if n == 0 { "(" } else { ", (" })
+                .bind(key)
+                .push(", ")
+                .bind(event_id)
+                .push(")");
+        }
+        conn.exec(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The next keys of one column of a key table after `after`, in key order (as text or bytes,
+/// the column's own type: SQLite orders every blob after every text).
+async fn keys_after<T>(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    table_and_column: (&str, &str),
+    after: Option<&T>,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: Column + Clone + Into<Arg<'static>>,
+{
+    let (table, column) = table_and_column;
+    let mut sql = Sql::with(dialect, &format!("SELECT DISTINCT {column} FROM {table}"));
+    if let Some(last) = after {
+        sql.push(&format!(" WHERE {column} > ")).bind(last.clone());
+    }
+    sql.push(&format!(" ORDER BY {column} LIMIT "))
+        .bind(FILTER_LOAD_CHUNK);
+    conn.rows(&sql)
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+}
+
 /// A filter of every key in the tables, read in key order a chunk at a time.
 async fn load_filter(
     conn: &mut impl WriteConn,
@@ -529,41 +561,25 @@ async fn load_filter(
     }
     let mut merged =
         MergedFilter::with_capacity(usize::try_from(live).unwrap_or(0), merged_through);
-    let mut after: Option<String> = None;
+    let mut ids: Vec<String> = Vec::new();
     loop {
-        let mut sql = Sql::with(dialect, "SELECT delivery_id FROM delivery_keys");
-        if let Some(last) = &after {
-            sql.push(" WHERE delivery_id > ").bind(last.as_str());
+        ids = keys_after(conn, dialect, ("delivery_keys", "delivery_id"), ids.last()).await?;
+        for id in &ids {
+            merged.insert_delivery(id);
         }
-        sql.push(" ORDER BY delivery_id LIMIT ")
-            .bind(FILTER_LOAD_CHUNK);
-        let rows = conn.rows(&sql).await?;
-        for row in &rows {
-            let id: String = row.try_get(0)?;
-            merged.insert_delivery(&id);
-            after = Some(id);
-        }
-        if rows.len() < FILTER_LOAD_CHUNK as usize {
+        if ids.len() < FILTER_LOAD_CHUNK as usize {
             break;
         }
     }
-    let mut after: Option<Vec<u8>> = None;
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
     loop {
-        let mut sql = Sql::with(dialect, "SELECT DISTINCT body_sha256 FROM body_keys");
-        if let Some(last) = &after {
-            sql.push(" WHERE body_sha256 > ").bind(last.as_slice());
-        }
-        sql.push(" ORDER BY body_sha256 LIMIT ")
-            .bind(FILTER_LOAD_CHUNK);
-        let rows = conn.rows(&sql).await?;
-        for row in &rows {
-            let body: Vec<u8> = row.try_get(0)?;
+        bodies = keys_after(conn, dialect, ("body_keys", "body_sha256"), bodies.last()).await?;
+        for body in &bodies {
             if let Ok(hash) = <[u8; 32]>::try_from(body.as_slice()) {
                 merged.insert_body(&hash);
             }
-            after = Some(body);
         }
-        if rows.len() < FILTER_LOAD_CHUNK as usize {
+        if bodies.len() < FILTER_LOAD_CHUNK as usize {
             break;
         }
     }
@@ -738,7 +754,7 @@ mod tests {
         assert_eq!(out[0], IngestOutcome::Duplicate { event_id: b });
         assert_eq!(statuses(&out[1..]), [Some(EventStatus::ReplaySuspected)]);
 
-        // The other writer merges what it knows (all five): this writer's filter of merged
+        // The other writer merges what it knows (all seven): this writer's filter of merged
         // keys is built again, so their keys are found in the tables.
         let batch: Vec<NewDelivery> = (4..8)
             .map(|i| delivery(&format!("t{i}"), i, vec![]))
