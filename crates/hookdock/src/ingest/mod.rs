@@ -350,8 +350,8 @@ thread_local! {
 }
 
 /// A body as stored: one zstd frame at `level`, compressed with the dictionary trained on GitHub
-/// payloads (on payloads it was not trained on, a seventh to two thirds of the size without it,
-/// and faster). The frame records the body's size and the dictionary's ID (zstd's defaults),
+/// payloads' format (on payloads it was not trained on, a half to three quarters of the size
+/// without it, and faster). The frame records the body's size and the dictionary's ID (zstd's defaults),
 /// which [`crate::store::decompress_body`] relies on.
 fn compress_body(body: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {

@@ -143,10 +143,10 @@ pub struct EventFilter {
 /// earlier in the batch) is stored as `replay_suspected` and gets no jobs.
 ///
 /// `keys` says which ids are stored and which bodies were seen (see `store::keys`); the rows
-/// then go in with one statement per 64 deliveries. On PostgreSQL another instance may store
-/// the same id meanwhile: `ON CONFLICT (delivery_id) DO NOTHING` skips it, and ids missing from
-/// `RETURNING` are looked up again; the spare slots that pad a statement there (see
-/// `sql::padded_chunks`) rely on it too.
+/// then go in with a few multi-row statements (`sql::padded_chunks`). On PostgreSQL another
+/// instance may store the same id meanwhile: `ON CONFLICT (delivery_id) DO NOTHING` skips it,
+/// and ids missing from `RETURNING` are looked up again; the spare slots that pad a statement
+/// there rely on it too.
 pub(crate) async fn insert_deliveries(
     conn: &mut impl WriteConn,
     dialect: Dialect,
@@ -201,6 +201,8 @@ pub(crate) async fn insert_deliveries(
         .collect();
 
     let mut inserted: HashMap<&str, i64> = HashMap::with_capacity(new.len());
+    // Where the unique constraint decides (PostgreSQL); SQLite's statements are never padded
+    // (`Dialect::pads_statements`), so there every slot is a row to insert.
     let constrained = dialect == Dialect::Postgres;
     for (start, rows, slots) in padded_chunks(dialect, new.len(), MAX_ROWS_PER_STATEMENT) {
         let mut sql = Sql::with(

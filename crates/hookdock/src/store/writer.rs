@@ -302,7 +302,8 @@ struct Writer {
     syncer: Option<Syncer>,
     in_flight: Arc<InFlight>,
     attached: Mutex<Option<Attached>>,
-    /// What the writer knows of stored delivery ids and bodies; only its transactions use it.
+    /// What the SQLite writer knows of stored delivery ids and bodies; only its transactions
+    /// use it.
     keys: Mutex<DeliveryKeys>,
 }
 
@@ -797,12 +798,8 @@ impl Writer {
     ) -> Result<Written, sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let mut tx = super::begin_write(&mut conn, self.dialect, !deliveries.is_empty()).await?;
-        // The PostgreSQL writer is one task: this lock is never contended, nor held by another
-        // transaction across an await.
-        let mut keys = std::mem::replace(
-            &mut *self.keys.lock().unwrap_or_else(|e| e.into_inner()),
-            DeliveryKeys::new(self.dialect),
-        );
+        // PostgreSQL's keys are the events table itself: nothing is kept between transactions.
+        let mut keys = DeliveryKeys::new(self.dialect);
         let written = apply(
             &mut *tx,
             self.dialect,
@@ -811,9 +808,7 @@ impl Writer {
             finishes,
             claims,
         )
-        .await;
-        *self.keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
-        let written = written?;
+        .await?;
         tx.commit().await?;
         Ok(written)
     }
