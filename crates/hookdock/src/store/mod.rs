@@ -383,9 +383,14 @@ impl Store {
                 let broken = sqlx::query("PRAGMA foreign_key_check")
                     .fetch_all(&mut *conn)
                     .await;
-                sqlx::query("PRAGMA foreign_keys = ON")
+                if let Err(error) = sqlx::query("PRAGMA foreign_keys = ON")
                     .execute(&mut *conn)
-                    .await?;
+                    .await
+                {
+                    // Never hand the pool a connection that ignores foreign keys.
+                    conn.close_on_drop();
+                    return Err(error.into());
+                }
                 migrated?;
                 let broken = broken?;
                 if let Some(row) = broken.first() {
