@@ -7,9 +7,11 @@
 //! own. The load generator is this process, on one thread.
 //!
 //! `cargo run --release -p hookdock-bench -- metrics` times the pull request metrics summary
-//! on a generated database instead (see `metrics.rs`).
+//! on a generated database instead (see `metrics.rs`), and `-- disk` the latency of this
+//! machine's `fdatasync` at the open loop's rate (see `disk.rs`).
 
 mod baseline;
+mod disk;
 mod load;
 mod metrics;
 mod payload;
@@ -50,6 +52,9 @@ enum Internal {
     /// Times the pull request metrics summary of one repository over 90 days on a generated
     /// SQLite database (100,000 pull requests, 500,000 reviews), against a COUNT(*) baseline.
     Metrics(metrics::MetricsArgs),
+    /// Times `fdatasync` after appends of the payload's size at a fixed rate, in the directory
+    /// where the servers keep their data: the floor of any durable receiver's latency here.
+    Disk(disk::DiskArgs),
     /// Baseline receiver that keeps deliveries in memory only (started by the bench).
     #[command(hide = true)]
     BaselineMemory {
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
             .and_then(|secret| baseline::serve(listen, secret, Some(&log)))
             .map(|()| ExitCode::SUCCESS),
         Some(Internal::Metrics(args)) => metrics::run(args),
+        Some(Internal::Disk(args)) => disk::run(args),
         None => run_bench(cli.bench),
     };
     match result {

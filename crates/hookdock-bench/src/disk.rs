@@ -1,0 +1,121 @@
+//! `cargo run --release -p hookdock-bench -- disk`: the floor under every durable receiver on
+//! this machine. Appends records of the benchmark payload's size to a log in a fresh temporary
+//! directory (where the load benchmark's servers keep their data), `fdatasync`s after each
+//! append, at the open loop's rate, and prints the latencies of the `fdatasync` calls alone.
+//! An open-loop p99 that waits for the disk cannot be lower than this file system's.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+
+use crate::report::{Latency, new_histogram};
+
+#[derive(clap::Args)]
+pub struct DiskArgs {
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Bytes appended before each `fdatasync` (the benchmark's payload is 21,375 bytes).
+    #[arg(long, default_value_t = 21_375)]
+    bytes: usize,
+    /// Appends (and flushes) per second, as the open loop's deliveries.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+}
+
+/// What the probe measured.
+struct Probe {
+    /// `fdatasync` latencies in microseconds.
+    flushes: Histogram<u64>,
+    /// Size of the log afterwards.
+    log_bytes: u64,
+}
+
+pub fn run(args: DiskArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.rate > 0, "--rate must be at least 1");
+    let dir = tempfile::Builder::new()
+        .prefix("hookdock-bench-disk-")
+        .tempdir()
+        .context("creating a directory for the probe's log")?;
+    let window = Duration::from_secs(args.seconds.max(1));
+    let probe = probe(dir.path(), args.bytes, args.rate, window)?;
+    let l = Latency::from_histogram(&probe.flushes);
+    println!(
+        "fdatasync after each {}-byte append, {}/s for {} s, in {}:",
+        args.bytes,
+        args.rate,
+        window.as_secs(),
+        dir.path().display()
+    );
+    println!(
+        "  {} flushes ({:.1} MB written): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms, mean {:.2} ms",
+        probe.flushes.len(),
+        probe.log_bytes as f64 / 1e6,
+        l.p50_ms,
+        l.p99_ms,
+        l.p999_ms,
+        l.max_ms,
+        l.mean_ms
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends `bytes` and flushes, `rate` times a second (paced from the start, so a slow flush
+/// is followed by the ones that fell behind), for `window`.
+fn probe(dir: &Path, bytes: usize, rate: u64, window: Duration) -> anyhow::Result<Probe> {
+    let path = dir.join("probe.log");
+    let mut file = File::options()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let record = vec![b'x'; bytes];
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut flushes = new_histogram();
+    let start = Instant::now();
+    let mut next = start;
+    while next.duration_since(start) < window {
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        file.write_all(&record)
+            .with_context(|| format!("writing {}", path.display()))?;
+        let flushing = Instant::now();
+        file.sync_data()
+            .with_context(|| format!("flushing {}", path.display()))?;
+        let us = u64::try_from(flushing.elapsed().as_micros()).unwrap_or(u64::MAX);
+        flushes.saturating_record(us.max(1));
+        next += interval;
+    }
+    let log_bytes = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    Ok(Probe { flushes, log_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_append_is_flushed_and_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = probe(dir.path(), 4096, 500, Duration::from_millis(100)).unwrap();
+        // Paced at 500/s for 100 ms: 50 appends, each one flushed and recorded.
+        assert_eq!(probe.flushes.len(), 50);
+        assert_eq!(probe.log_bytes, 50 * 4096);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("probe.log"))
+                .unwrap()
+                .len(),
+            50 * 4096
+        );
+        assert!(probe.flushes.min() >= 1);
+    }
+}
