@@ -116,6 +116,5 @@ mod tests {
                 .len(),
             50 * 4096
         );
-        assert!(probe.flushes.min() >= 1);
     }
 }

@@ -356,16 +356,15 @@ thread_local! {
 fn compress_body(body: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-            let compressor =
-                zstd::bulk::Compressor::with_dictionary(level, crate::store::BODY_DICTIONARY)?;
-            *slot = Some((level, compressor));
-        }
-        match slot.as_mut() {
-            Some((_, compressor)) => compressor.compress(body),
-            None => zstd::bulk::Compressor::with_dictionary(level, crate::store::BODY_DICTIONARY)?
-                .compress(body),
-        }
+        let compressor = match &mut *slot {
+            Some((l, compressor)) if *l == level => compressor,
+            _ => {
+                let compressor =
+                    zstd::bulk::Compressor::with_dictionary(level, crate::store::BODY_DICTIONARY)?;
+                &mut slot.insert((level, compressor)).1
+            }
+        };
+        compressor.compress(body)
     })
 }
 

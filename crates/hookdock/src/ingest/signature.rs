@@ -51,19 +51,19 @@ impl Signature {
         secrets: impl IntoIterator<Item = &'s [u8]>,
     ) -> bool {
         let keys: Vec<&[u8]> = secrets.into_iter().collect();
-        let mut macs = Vec::with_capacity(keys.len());
-        super::digest::sha256_and_hmacs(body, &keys, &mut macs);
-        self.matches_any_mac(&macs)
+        self.verify(body, &keys).is_some()
     }
 
-    /// Whether any of `macs` (HMAC-SHA256 digests of the body, one per secret) is this
-    /// signature: each compared in constant time, all of them compared.
-    pub fn matches_any_mac(&self, macs: &[[u8; DIGEST_LEN]]) -> bool {
+    /// [`Signature::matches_any`] for a list of secrets, returning the body's SHA-256 when one
+    /// matches: both come out of one pass over the body (see `ingest::digest`).
+    pub(crate) fn verify(&self, body: &[u8], secrets: &[&[u8]]) -> Option<[u8; DIGEST_LEN]> {
+        let mut macs = Vec::with_capacity(secrets.len());
+        let body_sha256 = super::digest::sha256_and_hmacs(body, secrets, &mut macs);
         let mut matched = subtle::Choice::from(0);
-        for mac in macs {
+        for mac in &macs {
             matched |= mac.ct_eq(&self.0);
         }
-        matched.into()
+        bool::from(matched).then_some(body_sha256)
     }
 }
 

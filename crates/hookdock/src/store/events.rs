@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::jobs::insert_jobs;
-use super::keys::{DeliveryKeys, events_with_delivery_ids};
+use super::keys::{DeliveryKeys, delivery_conflict_clause, events_with_delivery_ids};
 use super::sql::{Sql, WriteConn, padded_chunks};
 use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
 
@@ -201,9 +201,9 @@ pub(crate) async fn insert_deliveries(
         .collect();
 
     let mut inserted: HashMap<&str, i64> = HashMap::with_capacity(new.len());
-    // Where the unique constraint decides (PostgreSQL); SQLite's statements are never padded
-    // (`Dialect::pads_statements`), so there every slot is a row to insert.
-    let constrained = dialect == Dialect::Postgres;
+    // Spare slots rely on the conflict clause; where there is none (SQLite), statements are
+    // never padded (`Dialect::pads_statements`), so there every slot is a row to insert.
+    let on_conflict = delivery_conflict_clause(dialect);
     for (start, rows, slots) in padded_chunks(dialect, new.len(), MAX_ROWS_PER_STATEMENT) {
         let mut sql = Sql::with(
             dialect,
@@ -242,10 +242,7 @@ pub(crate) async fn insert_deliveries(
             sql.bind(if spare { &[0u8][..] } else { &d.body_zstd[..] })
                 .push(")");
         }
-        if constrained {
-            sql.push(" ON CONFLICT (delivery_id) DO NOTHING");
-        }
-        sql.push(" RETURNING id, delivery_id");
+        sql.push(on_conflict).push(" RETURNING id, delivery_id");
         for row in conn.rows(&sql).await? {
             let delivery: String = row.try_get(1)?;
             let Some(&i) = first_index.get(delivery.as_str()) else {

@@ -65,6 +65,16 @@ const FILTER_FALSE_POSITIVES: f64 = 0.01;
 /// Rows read per statement while the filter is built from the tables.
 const FILTER_LOAD_CHUNK: i64 = 10_000;
 
+/// What an `INSERT INTO events` adds so that a delivery id stored meanwhile is skipped: on
+/// PostgreSQL the unique constraint decides (another instance may insert the same id at the
+/// same moment); on SQLite there is none, the writer's keys decided before the insert.
+pub(crate) fn delivery_conflict_clause(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Postgres => " ON CONFLICT (delivery_id) DO NOTHING",
+        Dialect::Sqlite => "",
+    }
+}
+
 /// Appends `id IN (…events whose delivery id is one of ids…)` to a query on `events`.
 pub(crate) fn events_with_delivery_ids<'a>(
     sql: &mut Sql<'a>,
