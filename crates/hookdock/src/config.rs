@@ -249,6 +249,10 @@ pub struct QueueSettings {
     pub poll_interval_ms: u64,
     /// A handler taking longer fails its attempt.
     pub job_timeout_secs: u64,
+    /// Most jobs of one ordering key a worker takes at once, for the handlers whose work
+    /// depends only on their event (activity, metrics, records): it runs them in order and
+    /// records their results together. 1 takes every job alone.
+    pub chain_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -484,7 +488,8 @@ fn defaults() -> serde_json::Value {
             "retry_cap_secs": 3600,
             "max_attempts": 8,
             "poll_interval_ms": 1000,
-            "job_timeout_secs": 30
+            "job_timeout_secs": 30,
+            "chain_max": 16
         },
         "retention": { "done_days": 30, "interval_secs": 3600 },
         "handlers": {
@@ -737,6 +742,9 @@ impl Settings {
         }
         if self.queue.job_timeout_secs == 0 {
             return Err(invalid("queue.job_timeout_secs", "must be at least 1"));
+        }
+        if self.queue.chain_max == 0 {
+            return Err(invalid("queue.chain_max", "must be at least 1"));
         }
         if self.retention.interval_secs == 0 {
             return Err(invalid("retention.interval_secs", "must be at least 1"));
@@ -1024,6 +1032,11 @@ mod tests {
         assert!(err.to_string().contains("admin_token"), "{err}");
         let err = Settings::load(&no_file(&[("HOOKDOCK_LOG", "hookdock=loud")])).unwrap_err();
         assert!(err.to_string().contains("`log`"), "{err}");
+        let err = Settings::load(&no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")])).unwrap_err();
+        assert!(
+            err.to_string().contains("queue.chain_max") && err.to_string().contains("at least 1"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,6 +27,11 @@ impl Handler for ActivityHandler {
         self.events.iter().any(|e| e == "*" || e == event)
     }
 
+    /// Its effects follow from the payload alone.
+    fn runs_in_chains(&self) -> bool {
+        true
+    }
+
     fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
         Box::pin(async move {
             let job = ctx.job;

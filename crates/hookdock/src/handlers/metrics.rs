@@ -58,6 +58,11 @@ impl Handler for MetricsHandler {
         }
     }
 
+    /// Its effects follow from the payload alone.
+    fn runs_in_chains(&self) -> bool {
+        true
+    }
+
     fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = ctx.payload().await?;

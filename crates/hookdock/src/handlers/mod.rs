@@ -30,7 +30,7 @@ pub use pull_commits::PullCommitsHandler;
 pub use records::RecordsHandler;
 
 use crate::config::HandlerSettings;
-use crate::store::{ClaimedJob, Effect, Store, StoreError};
+use crate::store::{Chains, ClaimedJob, Effect, Store, StoreError};
 
 pub type HandlerFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
@@ -107,6 +107,14 @@ pub trait Handler: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn subscribes(&self, event: &str, action: Option<&str>) -> bool;
     fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a>;
+
+    /// Whether a worker may take several of this handler's jobs of one ordering key at once,
+    /// run them in order and commit their effects together (see `store::Chains`). Only for a
+    /// handler whose result depends on nothing but its job (the event and its payload), never
+    /// on what an earlier job wrote: that is not committed yet when the next one runs.
+    fn runs_in_chains(&self) -> bool {
+        false
+    }
 }
 
 /// The enabled handlers.
@@ -152,5 +160,18 @@ impl HandlerRegistry {
 
     pub fn names(&self) -> Vec<&'static str> {
         self.handlers.iter().map(|h| h.name()).collect()
+    }
+
+    /// The claims' chains: the handlers that run in them, at most `max` jobs each.
+    pub fn chains(&self, max: u32) -> Chains {
+        Chains {
+            handlers: self
+                .handlers
+                .iter()
+                .filter(|h| h.runs_in_chains())
+                .map(|h| h.name())
+                .collect(),
+            max,
+        }
     }
 }

@@ -3,6 +3,10 @@
 //! attempts. Several instances on one PostgreSQL database share the work safely: claims skip
 //! rows another instance is taking, and a result is only recorded while its lease is held.
 //!
+//! A claim may hand a worker a chain of one key's jobs (see [`crate::store::Chains`]): the
+//! worker runs them in order, stops at the first that does not succeed, and records the
+//! results together, giving back the jobs it did not run.
+//!
 //! [`Worker::run_once`] is one deterministic step (claim, run, record) for tests;
 //! [`Worker::run`] loops until shutdown, then lets running jobs finish within the grace period
 //! and releases the leases of any it had to abandon.
@@ -21,7 +25,8 @@ use tracing::Instrument;
 use crate::config::QueueSettings;
 use crate::handlers::{HandlerError, HandlerRegistry, JobContext};
 use crate::store::{
-    ClaimedJob, JobFinish, JobOutcome, SLOTS_CLOSED, Store, StoreError, free_slots, now_ms,
+    Chains, ClaimedChain, ClaimedJob, JobFinish, JobOutcome, SLOTS_CLOSED, Store, StoreError,
+    free_slots, now_ms,
 };
 
 /// Exponential backoff with jitter: attempt n waits between half and all of
@@ -86,6 +91,7 @@ pub struct Worker {
     lease: Duration,
     poll: Duration,
     job_timeout: Duration,
+    chains: Chains,
     wake: Arc<Notify>,
 }
 
@@ -98,13 +104,14 @@ impl Worker {
     ) -> Worker {
         Worker {
             store,
-            registry,
             policy: RetryPolicy::from_settings(settings),
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             concurrency: settings.workers.max(1),
             lease: Duration::from_secs(settings.lease_secs),
             poll: Duration::from_millis(settings.poll_interval_ms),
             job_timeout: Duration::from_secs(settings.job_timeout_secs),
+            chains: registry.chains(settings.chain_max),
+            registry,
             wake,
         }
     }
@@ -117,22 +124,28 @@ impl Worker {
         now_ms() + i64::try_from(self.lease.as_millis()).unwrap_or(i64::MAX / 2)
     }
 
-    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, limit: usize) -> Result<Vec<ClaimedChain>, StoreError> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         self.store
-            .claim_jobs(&self.owner, limit, self.lease_until(), now_ms())
+            .claim_jobs(
+                &self.owner,
+                limit,
+                self.lease_until(),
+                now_ms(),
+                &self.chains,
+            )
             .await
     }
 
-    /// Claims what is due (up to the concurrency), runs it, records the results. Returns how
-    /// many jobs ran.
+    /// Claims what is due (up to the concurrency, in chains), runs it, records the results.
+    /// Returns how many jobs were claimed.
     pub async fn run_once(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let jobs = self.claim(self.concurrency).await?;
-        let n = jobs.len();
+        let chains = self.claim(self.concurrency).await?;
+        let n = chains.iter().map(Vec::len).sum();
         let mut set = JoinSet::new();
-        for job in jobs {
+        for chain in chains {
             let worker = Arc::clone(self);
-            set.spawn(async move { worker.execute(job, None).await });
+            set.spawn(async move { worker.execute(chain, None).await });
         }
         while let Some(done) = set.join_next().await {
             if let Ok(Err(e)) = done {
@@ -142,14 +155,60 @@ impl Worker {
         Ok(n)
     }
 
-    /// Runs one job and records its outcome. `slots` (the free slots of a running worker) gets
-    /// this job's slot back before the outcome is recorded, so the writer can hand the slot
-    /// the next job of the key in the same transaction.
+    /// Runs a chain's jobs in order until one does not succeed, then records their outcomes
+    /// in one go and gives back the jobs it did not run. `slots` (the free slots of a running
+    /// worker) gets the chain's slot back before the outcomes are recorded, so the writer can
+    /// hand the slot the next jobs of the key in the same transaction.
     async fn execute(
         &self,
-        job: ClaimedJob,
+        chain: ClaimedChain,
         slots: Option<&AtomicUsize>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(), StoreError> {
+        let mut finishes = Vec::with_capacity(chain.len());
+        let mut jobs = chain.into_iter();
+        for job in jobs.by_ref() {
+            let outcome = self.run_job(&job).await;
+            let done = matches!(outcome, JobOutcome::Done { .. });
+            finishes.push(self.finish(&job, outcome));
+            if !done {
+                break;
+            }
+        }
+        for job in jobs {
+            let reason = format!(
+                "not run: job {} ahead of it on its key did not succeed",
+                finishes.last().map_or(0, |f: &JobFinish| f.job_id)
+            );
+            finishes.push(self.finish(&job, JobOutcome::Released { reason }));
+        }
+        if let Some(slots) = slots {
+            free_slots(slots, 1);
+        }
+        let ids: Vec<i64> = finishes.iter().map(|f| f.job_id).collect();
+        let recorded = self.store.finish_jobs(finishes).await?;
+        for (job_id, recorded) in ids.into_iter().zip(recorded) {
+            if !recorded {
+                tracing::warn!(
+                    job_id,
+                    "lease expired before the job finished; its result was discarded"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&self, job: &ClaimedJob, outcome: JobOutcome) -> JobFinish {
+        JobFinish {
+            job_id: job.job_id,
+            event_id: job.event_id,
+            lease_owner: self.owner.clone(),
+            attempt: job.attempt,
+            outcome,
+        }
+    }
+
+    /// Runs one job's handler (within the job timeout); returns how the attempt ended.
+    async fn run_job(&self, job: &ClaimedJob) -> JobOutcome {
         let span = tracing::info_span!(
             "job",
             job_id = job.job_id,
@@ -163,7 +222,7 @@ impl Worker {
             let result = match self.registry.get(&job.handler) {
                 Some(handler) => {
                     let ctx = JobContext {
-                        job: &job,
+                        job,
                         store: &self.store,
                     };
                     match tokio::time::timeout(self.job_timeout, handler.handle(&ctx)).await {
@@ -182,43 +241,27 @@ impl Worker {
                     job.handler
                 ))),
             };
-            let outcome = match &result {
-                Ok(effects) => JobOutcome::Done {
-                    effects: effects.clone(),
-                },
-                Err(error) => self.policy.on_failure(job.attempt, error, now_ms()),
+            let outcome = match result {
+                Ok(effects) => JobOutcome::Done { effects },
+                Err(error) => self.policy.on_failure(job.attempt, &error, now_ms()),
             };
             let label = match &outcome {
                 JobOutcome::Done { .. } => "done",
                 JobOutcome::Retry { .. } => "failed",
                 JobOutcome::Dead { .. } => "dead",
+                JobOutcome::Released { .. } => "released",
             };
             match &outcome {
                 JobOutcome::Done { .. } => tracing::debug!("job done"),
                 JobOutcome::Retry { error, .. } => tracing::warn!(%error, "job failed; will retry"),
                 JobOutcome::Dead { error } => tracing::error!(%error, "job dead"),
+                JobOutcome::Released { .. } => {}
             }
             metrics::counter!("hookdock_jobs_total", "handler" => job.handler.clone(), "outcome" => label)
                 .increment(1);
             metrics::histogram!("hookdock_job_seconds", "handler" => job.handler.clone())
                 .record(started.elapsed().as_secs_f64());
-            if let Some(slots) = slots {
-                free_slots(slots, 1);
-            }
-            let recorded = self
-                .store
-                .finish_job(JobFinish {
-                    job_id: job.job_id,
-                    event_id: job.event_id,
-                    lease_owner: self.owner.clone(),
-                    attempt: job.attempt,
-                    outcome,
-                })
-                .await?;
-            if !recorded {
-                tracing::warn!("lease expired before the job finished; its result was discarded");
-            }
-            Ok(job.job_id)
+            outcome
         }
         .instrument(span)
         .await
@@ -233,7 +276,12 @@ impl Worker {
         let slots = Arc::new(AtomicUsize::new(self.concurrency));
         let mut pushed = match self
             .store
-            .attach_worker(&self.owner, self.lease, Arc::clone(&slots))
+            .attach_worker(
+                &self.owner,
+                self.lease,
+                Arc::clone(&slots),
+                self.chains.clone(),
+            )
             .await
         {
             Ok(rx) => rx,
@@ -256,10 +304,10 @@ impl Worker {
                 let free = take_slots(&slots);
                 if free > 0 {
                     match self.claim(free).await {
-                        Ok(jobs) => {
-                            free_slots(&slots, free - jobs.len().min(free));
-                            for job in jobs {
-                                running.start(&self, &slots, job);
+                        Ok(chains) => {
+                            free_slots(&slots, free - chains.len().min(free));
+                            for chain in chains {
+                                running.start(&self, &slots, chain);
                             }
                         }
                         Err(error) => {
@@ -289,7 +337,7 @@ impl Worker {
                         claim_now = true;
                     }
                 }
-                Some(job) = recv(&mut pushed) => running.start(&self, &slots, job),
+                Some(chain) = recv(&mut pushed) => running.start(&self, &slots, chain),
                 _ = self.wake.notified() => claim_now = true,
                 _ = tokio::time::sleep(pause) => {
                     claim_backoff = Duration::ZERO;
@@ -312,8 +360,8 @@ impl Worker {
                 tracing::warn!(%error, "stopping the hand-over of jobs failed");
             }
             let mut handed = Vec::new();
-            while let Ok(job) = rx.try_recv() {
-                handed.push(job.job_id);
+            while let Ok(chain) = rx.try_recv() {
+                handed.extend(chain.iter().map(|job| job.job_id));
             }
             rx.close();
             if !handed.is_empty() {
@@ -354,35 +402,36 @@ impl Worker {
     }
 }
 
-/// The jobs a running worker is executing.
+/// The chains a running worker is executing, and the ids of their jobs (whose leases it
+/// renews).
 #[derive(Default)]
 struct Running {
-    set: JoinSet<Result<i64, StoreError>>,
+    set: JoinSet<Result<(), StoreError>>,
     ids: HashSet<i64>,
-    tasks: std::collections::HashMap<tokio::task::Id, i64>,
+    tasks: std::collections::HashMap<tokio::task::Id, Vec<i64>>,
 }
 
-type Joined = Result<(tokio::task::Id, Result<i64, StoreError>), tokio::task::JoinError>;
+type Joined = Result<(tokio::task::Id, Result<(), StoreError>), tokio::task::JoinError>;
 
 impl Running {
-    fn start(&mut self, worker: &Arc<Worker>, slots: &Arc<AtomicUsize>, job: ClaimedJob) {
-        self.ids.insert(job.job_id);
-        let job_id = job.job_id;
+    fn start(&mut self, worker: &Arc<Worker>, slots: &Arc<AtomicUsize>, chain: ClaimedChain) {
+        let job_ids: Vec<i64> = chain.iter().map(|job| job.job_id).collect();
+        self.ids.extend(job_ids.iter().copied());
         let worker = Arc::clone(worker);
         let slots = Arc::clone(slots);
         let handle = self
             .set
-            .spawn(async move { worker.execute(job, Some(&slots)).await });
-        self.tasks.insert(handle.id(), job_id);
+            .spawn(async move { worker.execute(chain, Some(&slots)).await });
+        self.tasks.insert(handle.id(), job_ids);
     }
 
-    /// Forgets a job whose task ended; returns how it ended.
+    /// Forgets a chain whose task ended; returns how it ended.
     fn ended(&mut self, joined: Joined) -> Joined {
         let id = match &joined {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        if let Some(job_id) = self.tasks.remove(&id) {
+        for job_id in self.tasks.remove(&id).unwrap_or_default() {
             self.ids.remove(&job_id);
         }
         joined
@@ -400,8 +449,8 @@ fn take_slots(slots: &AtomicUsize) -> usize {
 
 /// The next job handed over, or never when none are.
 async fn recv(
-    pushed: &mut Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedJob>>,
-) -> Option<ClaimedJob> {
+    pushed: &mut Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedChain>>,
+) -> Option<ClaimedChain> {
     match pushed {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -26,6 +26,16 @@ impl Dialect {
         }
     }
 
+    /// Row locking for the jobs a claim takes behind a head (see `store::jobs`): they are
+    /// read, then taken, in one transaction, so PostgreSQL locks them as they are read and
+    /// waits for any other writer of them (none skipped: a chain must have no gap).
+    pub fn chain_lock(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE",
+        }
+    }
+
     /// Statements run on every new connection.
     pub fn connection_setup(self, writer: bool) -> &'static [&'static str] {
         match (self, writer) {

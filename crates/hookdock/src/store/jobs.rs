@@ -9,6 +9,13 @@
 //! others are `blocked`. A job inserted behind an unfinished one starts blocked; when a head is
 //! done or dead, the oldest unfinished job of its key becomes the head. Claims then only look
 //! at heads.
+//!
+//! A claim may take a head together with the next jobs of its key, in the order the key would
+//! run them (a chain; see [`Chains`]): one worker then runs them one after the other and
+//! records their results in one transaction, instead of a claim, a commit and a flush per job
+//! on a busy key. The jobs behind the head stay blocked while they are processing, so nothing
+//! else claims them; after a crash their leases expire with the head's, and the head's next
+//! claim takes them again, in the same order.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -40,6 +47,42 @@ pub struct ClaimedJob {
     pub stored: Option<(String, Vec<u8>)>,
 }
 
+/// The jobs a claim hands to one worker to run in order: a head, then the next jobs of its key
+/// (only the head for handlers that do not run in chains).
+pub type ClaimedChain = Vec<ClaimedJob>;
+
+/// Which handlers' jobs a claim takes in chains, and how many jobs a chain holds at most.
+///
+/// Only for handlers whose work is a pure function of their job (its event and payload), so
+/// that running a job before the effects of the one ahead of it are committed changes nothing:
+/// the chain's effects are committed together, in order.
+#[derive(Debug, Clone)]
+pub struct Chains {
+    pub handlers: std::sync::Arc<[&'static str]>,
+    pub max: u32,
+}
+
+impl Default for Chains {
+    /// No chains: every claim takes heads alone.
+    fn default() -> Chains {
+        Chains {
+            handlers: std::sync::Arc::new([]),
+            max: 1,
+        }
+    }
+}
+
+impl Chains {
+    /// Most jobs of one chain of `handler`'s (1: the head alone).
+    fn limit(&self, handler: &str) -> u32 {
+        if self.handlers.contains(&handler) {
+            self.max.max(1)
+        } else {
+            1
+        }
+    }
+}
+
 /// How a job attempt ended.
 #[derive(Debug, Clone)]
 pub enum JobOutcome {
@@ -53,6 +96,11 @@ pub enum JobOutcome {
     },
     Dead {
         error: String,
+    },
+    /// Not run (a job ahead of it in its chain did not succeed): given back to the queue
+    /// without counting an attempt.
+    Released {
+        reason: String,
     },
 }
 
@@ -413,7 +461,7 @@ pub(crate) async fn finish_jobs(
 
     for (i, f) in finishes.iter().enumerate() {
         let (status, run_at, error) = match &f.outcome {
-            JobOutcome::Done { .. } => continue,
+            JobOutcome::Done { .. } | JobOutcome::Released { .. } => continue,
             JobOutcome::Retry { error, run_at } => (JobStatus::Failed, *run_at, error.as_str()),
             JobOutcome::Dead { error } => (JobStatus::Dead, now, error.as_str()),
         };
@@ -444,29 +492,92 @@ pub(crate) async fn finish_jobs(
         }
     }
 
+    // Jobs given back, per owner and reason (one chain's share both).
+    let mut released: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+    for (i, f) in finishes.iter().enumerate() {
+        if let JobOutcome::Released { reason } = &f.outcome {
+            released
+                .entry((f.lease_owner.as_str(), reason.as_str()))
+                .or_default()
+                .push(i);
+        }
+    }
+    for ((owner, reason), indexes) in released {
+        let ids: Vec<i64> = indexes.iter().map(|&i| finishes[i].job_id).collect();
+        let given_back = release_in(conn, dialect, owner, &ids, reason, now).await?;
+        let given_back: BTreeSet<i64> = given_back.into_iter().collect();
+        for i in indexes {
+            recorded[i] = given_back.contains(&finishes[i].job_id);
+        }
+    }
+
     promote_heads(conn, dialect, &freed).await?;
     record_history(conn, dialect, &history, now).await?;
     refresh_events(conn, dialect, touched_events, now).await?;
     Ok(recorded)
 }
 
+/// Gives back jobs `owner` holds and will not run: pending again (failed, if an earlier attempt
+/// failed), runnable now, the attempt they were claimed for not counted. Records why in their
+/// history; returns the ids given back.
+async fn release_in(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    owner: &str,
+    job_ids: &[i64],
+    reason: &str,
+    now: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let mut given_back = Vec::with_capacity(job_ids.len());
+    for chunk in job_ids.chunks(256) {
+        let mut sql = Sql::with(
+            dialect,
+            "UPDATE jobs SET status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, \
+             attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, run_at = ",
+        );
+        sql.bind(now).push(", updated_at = ").bind(now);
+        sql.push(" WHERE status = 'processing' AND lease_owner = ")
+            .bind(owner);
+        sql.push(" AND id IN ").bind_list(chunk.iter().copied());
+        sql.push(" RETURNING id, event_id, status, attempts");
+        let rows: Vec<(i64, i64, String, i64)> = conn
+            .rows(&sql)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let history: Vec<_> = rows
+            .iter()
+            .map(|(job, event, status, attempt)| {
+                (*job, *event, status.as_str(), *attempt, Some(reason))
+            })
+            .collect();
+        record_history(&mut *conn, dialect, &history, now).await?;
+        refresh_events(&mut *conn, dialect, rows.iter().map(|r| r.1), now).await?;
+        given_back.extend(rows.iter().map(|r| r.0));
+    }
+    Ok(given_back)
+}
+
 /// What a claim asks for.
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimRequest {
     pub owner: String,
+    /// Most chains (heads) taken.
     pub limit: u32,
     pub lease_until: i64,
     pub now: i64,
+    pub chains: Chains,
 }
 
 /// Claims due jobs in the caller's transaction: heads of their key (pending, failed with the
-/// retry time reached, or processing with an expired lease), oldest first, with what their
-/// handlers need of the event.
+/// retry time reached, or processing with an expired lease), oldest first, each with the jobs
+/// its chain takes behind it, and with what their handlers need of the event.
 pub(crate) async fn claim_in(
     conn: &mut impl WriteConn,
     dialect: Dialect,
     request: &ClaimRequest,
-) -> Result<Vec<ClaimedJob>, sqlx::Error> {
+) -> Result<Vec<ClaimedChain>, sqlx::Error> {
     let now = request.now;
     let mut sql = Sql::with(
         dialect,
@@ -487,17 +598,33 @@ pub(crate) async fn claim_in(
         .bind(i64::from(request.limit))
         .push(" ")
         .push(dialect.claim_lock());
-    sql.push(") RETURNING id, event_id, handler, attempts");
-    let mut claimed: Vec<(i64, i64, String, i64)> = conn
+    sql.push(") RETURNING id, event_id, handler, attempts, ordering_key");
+    let mut heads: Vec<(Taken, String)> = conn
         .rows(&sql)
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .map(|r| {
+            Ok((
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
+                r.try_get(4)?,
+            ))
+        })
         .collect::<Result<_, sqlx::Error>>()?;
-    if claimed.is_empty() {
+    if heads.is_empty() {
         return Ok(Vec::new());
     }
-    claimed.sort_by_key(|c| c.0);
+    heads.sort_by_key(|h| h.0.0);
+    let mut chains: Vec<Vec<Taken>> = Vec::with_capacity(heads.len());
+    for (head, key) in heads {
+        let limit = request.chains.limit(&head.2);
+        let mut chain = vec![head];
+        if limit > 1 {
+            let behind = take_behind(conn, dialect, request, &chain[0], &key, limit - 1).await?;
+            chain.extend(behind);
+        }
+        chains.push(chain);
+    }
+    let claimed: Vec<&Taken> = chains.iter().flatten().collect();
     let history: Vec<_> = claimed
         .iter()
         .map(|(job, event, _, attempt)| (*job, *event, "processing", *attempt, None))
@@ -523,45 +650,114 @@ pub(crate) async fn claim_in(
     for r in conn.rows(&sql).await? {
         events.insert(r.try_get::<i64, _>(0)?, r);
     }
-    let mut jobs = Vec::with_capacity(claimed.len());
-    for (job_id, event_id, handler, attempts) in claimed {
-        let Some(r) = events.get(&event_id) else {
-            continue;
-        };
-        jobs.push(ClaimedJob {
-            job_id,
-            event_id,
-            handler,
-            attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
-            delivery_id: r.try_get(1)?,
-            event: r.try_get(2)?,
-            action: r.try_get(3)?,
-            repository: r.try_get(4)?,
-            organization: r.try_get(5)?,
-            installation_id: r.try_get(6)?,
-            sender: r.try_get(7)?,
-            ordering_key: r.try_get(8)?,
-            received_at: r.try_get(9)?,
-            stored: Some((r.try_get(10)?, r.try_get(11)?)),
-        });
+    let mut claimed_chains = Vec::with_capacity(chains.len());
+    for chain in chains {
+        let mut jobs = Vec::with_capacity(chain.len());
+        for (job_id, event_id, handler, attempts) in chain {
+            // Jobs reference their event (foreign key): it is there.
+            let Some(r) = events.get(&event_id) else {
+                continue;
+            };
+            jobs.push(ClaimedJob {
+                job_id,
+                event_id,
+                handler,
+                attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                delivery_id: r.try_get(1)?,
+                event: r.try_get(2)?,
+                action: r.try_get(3)?,
+                repository: r.try_get(4)?,
+                organization: r.try_get(5)?,
+                installation_id: r.try_get(6)?,
+                sender: r.try_get(7)?,
+                ordering_key: r.try_get(8)?,
+                received_at: r.try_get(9)?,
+                stored: Some((r.try_get(10)?, r.try_get(11)?)),
+            });
+        }
+        claimed_chains.push(jobs);
     }
-    Ok(jobs)
+    Ok(claimed_chains)
+}
+
+/// A job a claim took: id, event id, handler, attempt number.
+type Taken = (i64, i64, String, i64);
+
+/// Takes up to `limit` jobs of `head`'s key to run after it, in the order the key would run
+/// them once the head is finished (its unfinished jobs by id, as [`promote_heads`] picks
+/// them): the jobs before the first that is not ready to run now (failed and waiting for a
+/// retry, or claimed by a worker whose lease still runs) — nothing may overtake it.
+async fn take_behind(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    request: &ClaimRequest,
+    head: &Taken,
+    key: &str,
+    limit: u32,
+) -> Result<Vec<Taken>, sqlx::Error> {
+    let now = request.now;
+    let mut sql = Sql::with(
+        dialect,
+        "SELECT id, CASE WHEN blocked = 1 AND ((status = 'pending' AND run_at <= ",
+    );
+    sql.bind(now)
+        .push(") OR (status = 'processing' AND lease_until < ")
+        .bind(now);
+    sql.push(")) THEN 1 ELSE 0 END FROM jobs WHERE handler = ")
+        .bind(head.2.as_str())
+        .push(" AND ordering_key = ")
+        .bind(key);
+    sql.push(&format!(" AND status IN {ACTIVE} AND id <> "))
+        .bind(head.0)
+        .push(" ORDER BY id LIMIT ")
+        .bind(i64::from(limit))
+        .push(" ")
+        .push(dialect.chain_lock());
+    let mut ready = Vec::new();
+    for row in conn.rows(&sql).await? {
+        if row.try_get::<i64, _>(1)? == 0 {
+            break;
+        }
+        ready.push(row.try_get::<i64, _>(0)?);
+    }
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = Sql::with(
+        dialect,
+        "UPDATE jobs SET status = 'processing', lease_owner = ",
+    );
+    sql.bind(request.owner.as_str());
+    sql.push(", lease_until = ").bind(request.lease_until);
+    sql.push(", attempts = attempts + 1, updated_at = ")
+        .bind(now);
+    sql.push(" WHERE id IN ").bind_list(ready.iter().copied());
+    sql.push(" RETURNING id, event_id, handler, attempts");
+    let mut taken: HashMap<i64, Taken> = HashMap::new();
+    for r in conn.rows(&sql).await? {
+        let t: Taken = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        taken.insert(t.0, t);
+    }
+    Ok(ready.iter().filter_map(|id| taken.remove(id)).collect())
 }
 
 impl Store {
-    /// Claims up to `limit` runnable jobs for `owner` until `lease_until`.
+    /// Claims up to `limit` chains of runnable jobs (see [`Chains`]) for `owner` until
+    /// `lease_until`.
     pub async fn claim_jobs(
         &self,
         owner: &str,
         limit: u32,
         lease_until: i64,
         now: i64,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        chains: &Chains,
+    ) -> Result<Vec<ClaimedChain>, StoreError> {
         let request = ClaimRequest {
             owner: owner.to_owned(),
             limit,
             lease_until,
             now,
+            chains: chains.clone(),
         };
         // On SQLite the claim joins the writer's next transaction (one write connection, one
         // commit for everything queued); on PostgreSQL claims run beside the writer.
@@ -603,39 +799,12 @@ impl Store {
         }
         let now = super::now_ms();
         let mut tx = self.write_transaction().await?;
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "UPDATE jobs SET status = CASE WHEN attempts > 1 THEN 'failed' ELSE 'pending' END, \
-             attempts = attempts - 1, lease_owner = NULL, lease_until = NULL, run_at = ",
-        );
-        sql.bind(now).push(", updated_at = ").bind(now);
-        sql.push(" WHERE status = 'processing' AND lease_owner = ")
-            .bind(owner);
-        sql.push(" AND id IN ").bind_list(job_ids.iter().copied());
-        sql.push(" RETURNING id, event_id, status, attempts");
-        let released: Vec<(i64, i64, String, i64)> = sql
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let history: Vec<_> = released
-            .iter()
-            .map(|(job, event, status, attempt)| {
-                (
-                    *job,
-                    *event,
-                    status.as_str(),
-                    *attempt,
-                    Some("released at shutdown"),
-                )
-            })
-            .collect();
-        record_history(&mut *tx, self.inner.dialect, &history, now).await?;
-        refresh_events(
+        let released = release_in(
             &mut *tx,
             self.inner.dialect,
-            released.iter().map(|r| r.1),
+            owner,
+            job_ids,
+            "released at shutdown",
             now,
         )
         .await?;

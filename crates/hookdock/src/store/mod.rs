@@ -44,7 +44,7 @@ pub use events::{
     EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody, decompress_body,
 };
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
-pub use jobs::{ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
+pub use jobs::{Chains, ClaimedChain, ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
 pub use metrics::{
     ActivityKind, DraftChangesRecord, MemberRecord, MemberRow, PrActivityRecord, PrCommitsRecord,
     PullFilter, PullRequestRecord, PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow,
@@ -431,7 +431,8 @@ impl Store {
 
     /// Lets the group-commit writer hand jobs to a worker of this process as soon as it can
     /// claim them, in the transaction that inserts them or frees their key (SQLite). `idle` is
-    /// the worker's free slots: the writer takes the slots it fills. Returns where the jobs
+    /// the worker's free slots, one per chain: the writer takes the slots it fills, and claims
+    /// in `chains`. Returns where the jobs
     /// arrive, or `None` where claims do not go through the writer (PostgreSQL: the worker
     /// claims them itself).
     pub async fn attach_worker(
@@ -439,7 +440,8 @@ impl Store {
         owner: &str,
         lease: Duration,
         idle: Arc<std::sync::atomic::AtomicUsize>,
-    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedJob>>, StoreError> {
+        chains: Chains,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<ClaimedChain>>, StoreError> {
         if !self.inner.dialect.claims_through_writer() {
             return Ok(None);
         }
@@ -450,6 +452,7 @@ impl Store {
                 owner: owner.to_owned(),
                 lease_ms: i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2),
                 idle,
+                chains,
                 jobs,
             })
             .await?;
@@ -487,7 +490,14 @@ impl Store {
     /// Records a job's result (and its effects) through the group-commit writer. Returns false
     /// when the job's lease had passed to another worker, in which case nothing was written.
     pub async fn finish_job(&self, finish: JobFinish) -> Result<bool, StoreError> {
-        self.inner.writer.finish(finish).await
+        let recorded = self.inner.writer.finish(vec![finish]).await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Records the results of a chain's jobs (see [`Chains`]) in one transaction, in order;
+    /// says for each whether it was recorded (see [`Store::finish_job`]).
+    pub async fn finish_jobs(&self, finishes: Vec<JobFinish>) -> Result<Vec<bool>, StoreError> {
+        self.inner.writer.finish(finishes).await
     }
 
     /// Returns once every write committed before the call is on disk. Writes outside the

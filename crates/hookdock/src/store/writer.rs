@@ -28,7 +28,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::insert_deliveries;
-use super::jobs::{ClaimRequest, ClaimedJob, JobFinish, claim_in, finish_jobs};
+use super::jobs::{Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs};
 use super::keys::DeliveryKeys;
 use super::sql::{Direct, WriteConn, direct_error, ready};
 use super::syncer::Syncer;
@@ -70,15 +70,16 @@ pub(crate) fn free_slots(idle: &AtomicUsize, n: usize) {
 }
 
 /// A claim for the attached worker: the request, the slots it took, and where jobs go.
-type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedJob>);
+type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedChain>);
 
 enum Op {
     /// Shared with the caller, who drops it last, once answered: so its memory is freed on the
     /// thread that allocated it, not on the writer's (a free across threads costs the writer
     /// the allocator's locks).
     Ingest(Arc<NewDelivery>, Reply<IngestOutcome>),
-    Finish(JobFinish, Reply<bool>),
-    Claim(ClaimRequest, Reply<Vec<ClaimedJob>>),
+    /// One job's result, or a chain's results in order.
+    Finish(Vec<JobFinish>, Reply<Vec<bool>>),
+    Claim(ClaimRequest, Reply<Vec<ClaimedChain>>),
     Attach(Attached),
     /// Stops handing jobs over; answered once every job handed over before is on its way.
     Detach(oneshot::Sender<()>),
@@ -94,10 +95,12 @@ pub(crate) struct Attached {
     pub owner: String,
     /// Lease length in milliseconds.
     pub lease_ms: i64,
-    /// Free slots of the worker; the writer takes what it fills and gives back the rest.
-    /// [`SLOTS_CLOSED`] set: the worker is stopping and takes no more.
+    /// Free slots of the worker, one per chain; the writer takes what it fills and gives back
+    /// the rest. [`SLOTS_CLOSED`] set: the worker is stopping and takes no more.
     pub idle: Arc<AtomicUsize>,
-    pub jobs: mpsc::UnboundedSender<ClaimedJob>,
+    /// The chains the worker runs.
+    pub chains: Chains,
+    pub jobs: mpsc::UnboundedSender<ClaimedChain>,
 }
 
 #[derive(Clone)]
@@ -220,11 +223,11 @@ impl WriterHandle {
         outcome
     }
 
-    pub async fn finish(&self, finish: JobFinish) -> Result<bool, StoreError> {
-        self.call(|reply| Op::Finish(finish, reply)).await
+    pub async fn finish(&self, finishes: Vec<JobFinish>) -> Result<Vec<bool>, StoreError> {
+        self.call(|reply| Op::Finish(finishes, reply)).await
     }
 
-    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedJob>, StoreError> {
+    pub async fn claim(&self, request: ClaimRequest) -> Result<Vec<ClaimedChain>, StoreError> {
         self.call(|reply| Op::Claim(request, reply)).await
     }
 
@@ -311,8 +314,8 @@ struct Writer {
 #[derive(Default)]
 struct Batch {
     ingests: Vec<(Arc<NewDelivery>, Reply<IngestOutcome>)>,
-    finishes: Vec<(JobFinish, Reply<bool>)>,
-    claims: Vec<(ClaimRequest, Reply<Vec<ClaimedJob>>)>,
+    finishes: Vec<(Vec<JobFinish>, Reply<Vec<bool>>)>,
+    claims: Vec<(ClaimRequest, Reply<Vec<ClaimedChain>>)>,
     attach: Option<Attached>,
     detach: Option<oneshot::Sender<()>>,
     maintain: bool,
@@ -349,17 +352,18 @@ impl Batch {
 /// What one transaction produced, per operation.
 struct Written {
     ingested: Vec<IngestOutcome>,
+    /// Per job result, in the order of the operations.
     finished: Vec<bool>,
-    claimed: Vec<Vec<ClaimedJob>>,
+    claimed: Vec<Vec<ClaimedChain>>,
 }
 
 /// Answers that may only be given once the commit is on disk.
 #[derive(Default)]
 struct Durable {
     ingests: Vec<Answer<IngestOutcome>>,
-    claims: Vec<Answer<Vec<ClaimedJob>>>,
-    /// Jobs claimed for the attached worker, and where they go.
-    offered: Option<(mpsc::UnboundedSender<ClaimedJob>, Vec<ClaimedJob>)>,
+    claims: Vec<Answer<Vec<ClaimedChain>>>,
+    /// Chains claimed for the attached worker, and where they go.
+    offered: Option<(mpsc::UnboundedSender<ClaimedChain>, Vec<ClaimedChain>)>,
 }
 
 impl Durable {
@@ -385,8 +389,8 @@ impl Durable {
             // After a failed flush they are not handed over; their leases run out and they
             // are claimed again (by then, after a restart).
             if flushed.is_ok() {
-                for job in jobs {
-                    if to.send(job).is_err() {
+                for chain in jobs {
+                    if to.send(chain).is_err() {
                         tracing::warn!(
                             "the worker stopped; a job claimed for it runs again when its lease expires"
                         );
@@ -400,8 +404,9 @@ impl Durable {
 
 /// Hands out a successful batch's results (the durable ones to `durable`, for after the flush).
 fn answer_written(batch: &mut Batch, written: Written, durable: &mut Durable) {
-    for ((_, reply), recorded) in batch.finishes.drain(..).zip(written.finished) {
-        let _ = reply.send(Ok(recorded));
+    let mut finished = written.finished.into_iter();
+    for (finishes, reply) in batch.finishes.drain(..) {
+        let _ = reply.send(Ok(finished.by_ref().take(finishes.len()).collect()));
     }
     for ((_, reply), outcome) in batch.ingests.drain(..).zip(written.ingested) {
         durable.ingests.push((reply, Ok(outcome)));
@@ -580,6 +585,7 @@ impl Writer {
             limit: u32::try_from(free).unwrap_or(u32::MAX),
             lease_until: now.saturating_add(worker.lease_ms),
             now,
+            chains: worker.chains.clone(),
         };
         Some((request, free, worker.jobs.clone()))
     }
@@ -612,7 +618,11 @@ impl Writer {
         let size = batch.len();
         let dialect = self.dialect;
         let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| &**d).collect();
-        let finishes: Vec<JobFinish> = batch.finishes.iter().map(|(f, _)| f.clone()).collect();
+        let finishes: Vec<JobFinish> = batch
+            .finishes
+            .iter()
+            .flat_map(|(f, _)| f.iter().cloned())
+            .collect();
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         let offer = self.offer(&batch);
         if let Some((request, _, _)) = &offer {
@@ -623,10 +633,10 @@ impl Writer {
         let mut durable = Durable::default();
         match (result, offer) {
             (Ok(mut written), Some((_, free, to))) => {
-                let jobs = written.claimed.pop().unwrap_or_default();
-                self.give_back(free.saturating_sub(jobs.len()));
-                if !jobs.is_empty() {
-                    durable.offered = Some((to, jobs));
+                let chains = written.claimed.pop().unwrap_or_default();
+                self.give_back(free.saturating_sub(chains.len()));
+                if !chains.is_empty() {
+                    durable.offered = Some((to, chains));
                 }
                 answer_written(&mut batch, written, &mut durable);
             }
@@ -688,10 +698,7 @@ impl Writer {
         }
         tracing::warn!(%error, size, "batch write failed; retrying its operations one by one");
         for (f, reply) in batch.finishes.drain(..) {
-            let result = self
-                .write(&[], std::slice::from_ref(&f), &[])
-                .await
-                .map(|mut w| w.finished.remove(0));
+            let result = self.write(&[], &f, &[]).await.map(|w| w.finished);
             let _ = reply.send(result.map_err(StoreError::Database));
         }
         for (d, reply) in batch.ingests.drain(..) {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookdock::handlers::{Handler, HandlerError, HandlerFuture, JobContext};
-use hookdock::store::{JobFinish, JobOutcome, now_ms};
+use hookdock::store::{Chains, JobFinish, JobOutcome, now_ms};
 use reqwest::StatusCode;
 
 use crate::helpers::*;
@@ -15,7 +15,11 @@ struct Recorder {
     seen: Mutex<Vec<(String, i64, i64)>>,
     /// Fails with a retryable error while the event's number is listed here.
     failing: Mutex<Vec<i64>>,
+    /// Fails while the delivery's sequence number is listed here.
+    failing_seqs: Mutex<Vec<i64>>,
     permanent: bool,
+    /// Declares that it runs in chains.
+    chains: bool,
 }
 
 impl Recorder {
@@ -23,8 +27,30 @@ impl Recorder {
         Arc::new(Recorder {
             seen: Mutex::new(Vec::new()),
             failing: Mutex::new(failing),
+            failing_seqs: Mutex::new(Vec::new()),
             permanent,
+            chains: false,
         })
+    }
+
+    /// One that runs in chains and fails on the deliveries numbered `failing_seqs`.
+    fn chained(failing_seqs: Vec<i64>, permanent: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            seen: Mutex::new(Vec::new()),
+            failing: Mutex::new(Vec::new()),
+            failing_seqs: Mutex::new(failing_seqs),
+            permanent,
+            chains: true,
+        })
+    }
+
+    /// The sequence numbers of the deliveries of issue `number`, in the order it saw them.
+    fn seen_of(&self, number: i64) -> Vec<i64> {
+        self.seen()
+            .iter()
+            .filter(|s| s.1 == number)
+            .map(|s| s.2)
+            .collect()
     }
 
     fn seen(&self) -> Vec<(String, i64, i64)> {
@@ -41,6 +67,10 @@ impl Handler for Recorder {
         event == "issues"
     }
 
+    fn runs_in_chains(&self) -> bool {
+        self.chains
+    }
+
     fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
         Box::pin(async move {
             let payload = ctx.payload().await?;
@@ -50,7 +80,9 @@ impl Handler for Recorder {
                 .lock()
                 .unwrap()
                 .push((ctx.job.ordering_key.clone(), number, seq));
-            if self.failing.lock().unwrap().contains(&number) {
+            if self.failing.lock().unwrap().contains(&number)
+                || self.failing_seqs.lock().unwrap().contains(&seq)
+            {
                 return Err(if self.permanent {
                     HandlerError::Permanent(format!("issue {number} cannot be handled"))
                 } else {
@@ -265,10 +297,11 @@ async fn expired_lease_is_claimed_again_and_the_late_result_is_discarded(backend
     let now = now_ms();
     let stale = app
         .store
-        .claim_jobs("dead-worker", 10, now - 1, now)
+        .claim_jobs("dead-worker", 10, now - 1, now, &Chains::default())
         .await
         .unwrap();
     assert_eq!(stale.len(), 1);
+    assert_eq!(stale[0].len(), 1);
     let worker = app.manual_worker();
     assert_eq!(
         worker.run_once().await.unwrap(),
@@ -279,7 +312,7 @@ async fn expired_lease_is_claimed_again_and_the_late_result_is_discarded(backend
     let recorded = app
         .store
         .finish_job(JobFinish {
-            job_id: stale[0].job_id,
+            job_id: stale[0][0].job_id,
             event_id: id,
             lease_owner: "dead-worker".into(),
             attempt: 1,
@@ -303,10 +336,11 @@ async fn released_jobs_run_again_without_counting_the_attempt(backend: Backend) 
     let now = now_ms();
     let held = app
         .store
-        .claim_jobs("stopping-worker", 10, now + 60_000, now)
+        .claim_jobs("stopping-worker", 10, now + 60_000, now, &Chains::default())
         .await
         .unwrap();
     assert_eq!(held.len(), 1);
+    assert_eq!(held[0].len(), 1);
     assert_eq!(store_status(&app.store, id).await, "processing");
     assert_eq!(
         app.manual_worker().run_once().await.unwrap(),
@@ -315,7 +349,7 @@ async fn released_jobs_run_again_without_counting_the_attempt(backend: Backend) 
     );
     let released = app
         .store
-        .release_jobs("stopping-worker", &[held[0].job_id])
+        .release_jobs("stopping-worker", &[held[0][0].job_id])
         .await
         .unwrap();
     assert_eq!(released, 1);
@@ -479,10 +513,11 @@ async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
     assert!(store.migrations_current().await.unwrap());
     let now = now_ms();
     let mut claimed: Vec<i64> = store
-        .claim_jobs("w", 10, now + 60_000, now)
+        .claim_jobs("w", 10, now + 60_000, now, &Chains::default())
         .await
         .unwrap()
         .into_iter()
+        .flatten()
         .map(|j| j.job_id)
         .collect();
     claimed.sort();
@@ -491,7 +526,7 @@ async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
     assert_eq!(claimed, [ids[1], ids[5]]);
     assert_eq!(
         store
-            .claim_jobs("w", 10, now + 60_000, now)
+            .claim_jobs("w", 10, now + 60_000, now, &Chains::default())
             .await
             .unwrap()
             .len(),
@@ -529,7 +564,188 @@ async fn jobs_run_as_soon_as_they_can_without_waiting_for_a_poll(backend: Backen
     app.stop().await;
 }
 
+/// The statuses in an event's history, and the errors recorded with them.
+async fn history(app: &TestApp, event_id: i64) -> Vec<(String, Option<String>)> {
+    let (_, detail) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
+    detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["status"].as_str().unwrap().to_owned(),
+                h["error"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+async fn a_chain_takes_a_keys_backlog_in_one_claim_and_runs_it_in_order(backend: Backend) {
+    let recorder = Recorder::chained(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s.set("queue.chain_max", 4)).await;
+    let mut ids = Vec::new();
+    for seq in 0..6 {
+        ids.push(post_issue(&app, 1, seq).await);
+    }
+    let other = post_issue(&app, 2, 6).await;
+    let worker = app.manual_worker();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        5,
+        "issue 1's head with the 3 jobs behind it (chain_max 4), and issue 2's job"
+    );
+    assert_eq!(recorder.seen_of(1), [0, 1, 2, 3]);
+    assert_eq!(recorder.seen_of(2), [6]);
+    for &id in &ids[..4] {
+        assert_eq!(store_status(&app.store, id).await, "done");
+        assert_eq!(
+            history(&app, id).await,
+            [("processing".into(), None), ("done".into(), None)]
+        );
+    }
+    assert_eq!(store_status(&app.store, ids[4]).await, "pending");
+    assert_eq!(store_status(&app.store, other).await, "done");
+    assert_eq!(worker.run_once().await.unwrap(), 2);
+    assert_eq!(recorder.seen_of(1), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(store_status(&app.store, ids[5]).await, "done");
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    app.stop().await;
+}
+
+async fn a_failure_stops_its_chain_and_the_rest_waits_without_losing_an_attempt(backend: Backend) {
+    let recorder = Recorder::chained(vec![2], false);
+    let app = manual_app(&backend, recorder.clone(), |s| {
+        s.set("queue.retry_base_ms", 20)
+    })
+    .await;
+    let mut ids = Vec::new();
+    for seq in 0..5 {
+        ids.push(post_issue(&app, 7, seq).await);
+    }
+    let worker = app.manual_worker();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        5,
+        "the whole backlog is claimed"
+    );
+    assert_eq!(
+        recorder.seen_of(7),
+        [0, 1, 2],
+        "nothing ran after the failure"
+    );
+    assert_eq!(store_status(&app.store, ids[1]).await, "done");
+    assert_eq!(store_status(&app.store, ids[2]).await, "failed");
+    for &id in &ids[3..] {
+        assert_eq!(store_status(&app.store, id).await, "pending");
+        let given_back = history(&app, id).await;
+        assert_eq!(given_back.len(), 2, "{given_back:?}");
+        assert_eq!(given_back[1].0, "pending");
+        let reason = given_back[1].1.clone().unwrap_or_default();
+        assert!(reason.starts_with("not run"), "{reason}");
+        assert_eq!(app.job(id, "recorder").await["attempts"], 0);
+    }
+    // While the failed job retries, the key waits for it; then the rest runs in order.
+    recorder.failing_seqs.lock().unwrap().clear();
+    let store = app.store.clone();
+    let last = ids[4];
+    poll_until("the backlog ran", Duration::from_secs(10), || {
+        let worker = worker.clone();
+        let store = store.clone();
+        async move {
+            worker.run_once().await.unwrap();
+            store_status(&store, last).await == "done"
+        }
+    })
+    .await;
+    assert_eq!(recorder.seen_of(7), [0, 1, 2, 2, 3, 4]);
+    assert_eq!(app.job(ids[2], "recorder").await["attempts"], 2);
+    assert_eq!(app.job(ids[3], "recorder").await["attempts"], 1);
+    app.stop().await;
+}
+
+async fn a_dead_job_in_a_chain_lets_the_rest_of_its_key_run(backend: Backend) {
+    let recorder = Recorder::chained(vec![1], true);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let ids = [
+        post_issue(&app, 8, 0).await,
+        post_issue(&app, 8, 1).await,
+        post_issue(&app, 8, 2).await,
+    ];
+    let worker = app.manual_worker();
+    assert_eq!(worker.run_once().await.unwrap(), 3);
+    assert_eq!(recorder.seen_of(8), [0, 1]);
+    assert_eq!(store_status(&app.store, ids[1]).await, "dead");
+    assert_eq!(store_status(&app.store, ids[2]).await, "pending");
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        1,
+        "dead does not hold the key"
+    );
+    assert_eq!(recorder.seen_of(8), [0, 1, 2]);
+    assert_eq!(store_status(&app.store, ids[2]).await, "done");
+    app.stop().await;
+}
+
+async fn a_chain_whose_worker_died_runs_again_in_order(backend: Backend) {
+    let recorder = Recorder::chained(vec![], false);
+    let app = manual_app(&backend, recorder.clone(), |s| s).await;
+    let mut ids = Vec::new();
+    for seq in 0..4 {
+        ids.push(post_issue(&app, 3, seq).await);
+    }
+    // A worker that "died" holding the key's whole backlog: its lease has already run out.
+    let now = now_ms();
+    let chains = Chains {
+        handlers: Arc::from(["recorder"]),
+        max: 16,
+    };
+    let stale = app
+        .store
+        .claim_jobs("dead-worker", 10, now - 1, now, &chains)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1, "one chain");
+    let chain_events: Vec<i64> = stale[0].iter().map(|j| j.event_id).collect();
+    assert_eq!(chain_events, ids, "in delivery order");
+    for &id in &ids {
+        assert_eq!(store_status(&app.store, id).await, "processing");
+    }
+    let worker = app.manual_worker();
+    assert_eq!(
+        worker.run_once().await.unwrap(),
+        4,
+        "claimed again, all of it"
+    );
+    assert_eq!(recorder.seen_of(3), [0, 1, 2, 3]);
+    let late: Vec<JobFinish> = stale[0]
+        .iter()
+        .map(|j| JobFinish {
+            job_id: j.job_id,
+            event_id: j.event_id,
+            lease_owner: "dead-worker".into(),
+            attempt: j.attempt,
+            outcome: JobOutcome::Done {
+                effects: Vec::new(),
+            },
+        })
+        .collect();
+    assert_eq!(
+        app.store.finish_jobs(late).await.unwrap(),
+        [false; 4],
+        "the dead worker's results are not recorded"
+    );
+    for &id in &ids {
+        assert_eq!(store_status(&app.store, id).await, "done");
+        assert_eq!(app.job(id, "recorder").await["attempts"], 2);
+    }
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    a_chain_takes_a_keys_backlog_in_one_claim_and_runs_it_in_order,
+    a_failure_stops_its_chain_and_the_rest_waits_without_losing_an_attempt,
+    a_dead_job_in_a_chain_lets_the_rest_of_its_key_run,
+    a_chain_whose_worker_died_runs_again_in_order,
     jobs_run_as_soon_as_they_can_without_waiting_for_a_poll,
     jobs_queued_before_the_head_flag_keep_their_order,
     a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order,
