@@ -4,7 +4,8 @@
 //! rather than per delivery; when idle a lone delivery commits at once.
 //!
 //! In one transaction, in this order: job results (which free their keys), deliveries and their
-//! new jobs, then claims (SQLite only), which can take the jobs just inserted.
+//! new jobs, then claims (SQLite only), which can take the jobs just inserted. Claims take
+//! chains of a key's jobs, except in a burst of deliveries ([`BurstGauge`]).
 //!
 //! On SQLite the writer is a thread with a SQLite connection of its own, called directly (no
 //! hand-off to a driver thread per statement). Its commits do not wait for the disk;
@@ -45,6 +46,33 @@ const FINISH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 /// handlers, measured in BENCHMARKS.md). Without deliveries, the jobs queued behind a key are
 /// not held up by it.
 const FINISH_WAIT_WITH_DELIVERIES: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Deliveries per batch lately (a moving average, 1/8 for each new batch), to tell a burst.
+///
+/// In a burst the claim for the attached worker takes each key's head alone, as it would
+/// without chains (see `store::jobs::Chains`), so that the burst's answers do not wait behind
+/// the work of its jobs; the backlog is taken in chains once the burst is over.
+#[derive(Default)]
+struct BurstGauge {
+    /// The average, in sixteenths of a delivery.
+    sixteenths: AtomicUsize,
+}
+
+impl BurstGauge {
+    /// Most deliveries per batch that are not a burst. At 1,000 deliveries a second a batch
+    /// holds one or two; 64 connections at full speed fill them with dozens.
+    const MOST_PER_BATCH: usize = 4;
+
+    fn record(&self, deliveries: usize) {
+        let average = self.sixteenths.load(Ordering::Relaxed);
+        let next = average - average / 8 + deliveries.min(1 << 20) * 2;
+        self.sixteenths.store(next, Ordering::Relaxed);
+    }
+
+    fn burst(&self) -> bool {
+        self.sixteenths.load(Ordering::Relaxed) > Self::MOST_PER_BATCH * 16
+    }
+}
 
 /// Batches with deliveries that may be committed but not yet flushed at once (SQLite): one
 /// being flushed, one being written.
@@ -156,6 +184,7 @@ pub(crate) fn spawn(
                 syncer: Some(syncer),
                 in_flight: Arc::new(InFlight::default()),
                 attached: Mutex::new(None),
+                burst: BurstGauge::default(),
                 keys: Mutex::new(DeliveryKeys::new(dialect)),
             };
             let weak = tx.downgrade();
@@ -191,6 +220,7 @@ pub(crate) fn spawn(
                 syncer: None,
                 in_flight: Arc::new(InFlight::default()),
                 attached: Mutex::new(None),
+                burst: BurstGauge::default(),
                 keys: Mutex::new(DeliveryKeys::new(dialect)),
             };
             tokio::spawn(writer.run(rx));
@@ -305,6 +335,7 @@ struct Writer {
     syncer: Option<Syncer>,
     in_flight: Arc<InFlight>,
     attached: Mutex<Option<Attached>>,
+    burst: BurstGauge,
     /// What the SQLite writer knows of stored delivery ids and bodies; only its transactions
     /// use it.
     keys: Mutex<DeliveryKeys>,
@@ -585,7 +616,11 @@ impl Writer {
             limit: u32::try_from(free).unwrap_or(u32::MAX),
             lease_until: now.saturating_add(worker.lease_ms),
             now,
-            chains: worker.chains.clone(),
+            chains: if self.burst.burst() {
+                Chains::default()
+            } else {
+                worker.chains.clone()
+            },
         };
         Some((request, free, worker.jobs.clone()))
     }
@@ -624,6 +659,7 @@ impl Writer {
             .flat_map(|(f, _)| f.iter().cloned())
             .collect();
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
+        self.burst.record(batch.ingests.len());
         let offer = self.offer(&batch);
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
@@ -881,4 +917,38 @@ fn refuse(op: Op) {
 /// sqlx errors are not `Clone`; callers sharing a failed batch each get its description.
 fn clone_error(error: &sqlx::Error) -> sqlx::Error {
     sqlx::Error::Protocol(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BurstGauge;
+
+    #[test]
+    fn a_burst_is_many_deliveries_per_batch_for_a_while() {
+        let gauge = BurstGauge::default();
+        // A steady 1,000/s: one or two deliveries per batch, job results alone between them.
+        for n in [1, 2, 0, 1, 1, 0, 2, 1].into_iter().cycle().take(200) {
+            gauge.record(n);
+            assert!(!gauge.burst());
+        }
+        // A few more at once is not a burst yet; a run of them is.
+        gauge.record(8);
+        assert!(!gauge.burst());
+        for _ in 0..10 {
+            gauge.record(30);
+        }
+        assert!(gauge.burst());
+        // Job results alone between full batches keep it a burst.
+        for n in [40, 0].into_iter().cycle().take(100) {
+            gauge.record(n);
+        }
+        assert!(gauge.burst());
+        // Once the deliveries stop, a few batches of job results end it.
+        let mut batches = 0;
+        while gauge.burst() {
+            gauge.record(0);
+            batches += 1;
+        }
+        assert!((10..=30).contains(&batches), "{batches}");
+    }
 }
