@@ -579,14 +579,7 @@ pub(crate) async fn claim_in(
     request: &ClaimRequest,
 ) -> Result<Vec<ClaimedChain>, sqlx::Error> {
     let now = request.now;
-    let mut sql = Sql::with(
-        dialect,
-        "UPDATE jobs SET status = 'processing', lease_owner = ",
-    );
-    sql.bind(request.owner.as_str());
-    sql.push(", lease_until = ").bind(request.lease_until);
-    sql.push(", attempts = attempts + 1, updated_at = ")
-        .bind(now);
+    let mut sql = take_jobs(dialect, request);
     sql.push(&format!(
         " WHERE id IN (SELECT j.id FROM jobs j WHERE j.blocked = 0 AND j.status IN {ACTIVE} \
          AND ((j.status = 'processing' AND j.lease_until < "
@@ -680,6 +673,19 @@ pub(crate) async fn claim_in(
     Ok(claimed_chains)
 }
 
+/// The start of a statement that takes jobs for the claim's owner (`… WHERE` follows).
+fn take_jobs<'a>(dialect: Dialect, request: &'a ClaimRequest) -> Sql<'a> {
+    let mut sql = Sql::with(
+        dialect,
+        "UPDATE jobs SET status = 'processing', lease_owner = ",
+    );
+    sql.bind(request.owner.as_str());
+    sql.push(", lease_until = ").bind(request.lease_until);
+    sql.push(", attempts = attempts + 1, updated_at = ")
+        .bind(request.now);
+    sql
+}
+
 /// A job a claim took: id, event id, handler, attempt number.
 type Taken = (i64, i64, String, i64);
 
@@ -723,14 +729,7 @@ async fn take_behind(
     if ready.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = Sql::with(
-        dialect,
-        "UPDATE jobs SET status = 'processing', lease_owner = ",
-    );
-    sql.bind(request.owner.as_str());
-    sql.push(", lease_until = ").bind(request.lease_until);
-    sql.push(", attempts = attempts + 1, updated_at = ")
-        .bind(now);
+    let mut sql = take_jobs(dialect, request);
     sql.push(" WHERE id IN ").bind_list(ready.iter().copied());
     sql.push(" RETURNING id, event_id, handler, attempts");
     let mut taken: HashMap<i64, Taken> = HashMap::new();
