@@ -73,6 +73,14 @@ impl Default for Chains {
 }
 
 impl Chains {
+    /// The same handlers, each head claimed alone (no allocation).
+    pub(crate) fn heads_only(&self) -> Chains {
+        Chains {
+            handlers: std::sync::Arc::clone(&self.handlers),
+            max: 1,
+        }
+    }
+
     /// Most jobs of one chain of `handler`'s (1: the head alone).
     fn limit(&self, handler: &str) -> u32 {
         if self.handlers.contains(&handler) {
@@ -504,8 +512,12 @@ pub(crate) async fn finish_jobs(
     }
     for ((owner, reason), indexes) in released {
         let ids: Vec<i64> = indexes.iter().map(|&i| finishes[i].job_id).collect();
-        let given_back = release_in(conn, dialect, owner, &ids, reason, now).await?;
-        let given_back: BTreeSet<i64> = given_back.into_iter().collect();
+        let mut given_back = BTreeSet::new();
+        for (job, event, status, attempt) in release_in(conn, dialect, owner, &ids, now).await? {
+            given_back.insert(job);
+            history.push((job, event, status, attempt, Some(reason)));
+            touched_events.push(event);
+        }
         for i in indexes {
             recorded[i] = given_back.contains(&finishes[i].job_id);
         }
@@ -517,17 +529,19 @@ pub(crate) async fn finish_jobs(
     Ok(recorded)
 }
 
+/// A job given back: id, event id, its status now, attempts.
+type GivenBack = (i64, i64, &'static str, i64);
+
 /// Gives back jobs `owner` holds and will not run: pending again (failed, if an earlier attempt
-/// failed), runnable now, the attempt they were claimed for not counted. Records why in their
-/// history; returns the ids given back.
+/// failed), runnable now, the attempt they were claimed for not counted. The caller records
+/// them in the history and refreshes their events.
 async fn release_in(
     conn: &mut impl WriteConn,
     dialect: Dialect,
     owner: &str,
     job_ids: &[i64],
-    reason: &str,
     now: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
+) -> Result<Vec<GivenBack>, sqlx::Error> {
     let mut given_back = Vec::with_capacity(job_ids.len());
     for chunk in job_ids.chunks(256) {
         let mut sql = Sql::with(
@@ -540,21 +554,15 @@ async fn release_in(
             .bind(owner);
         sql.push(" AND id IN ").bind_list(chunk.iter().copied());
         sql.push(" RETURNING id, event_id, status, attempts");
-        let rows: Vec<(i64, i64, String, i64)> = conn
-            .rows(&sql)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let history: Vec<_> = rows
-            .iter()
-            .map(|(job, event, status, attempt)| {
-                (*job, *event, status.as_str(), *attempt, Some(reason))
-            })
-            .collect();
-        record_history(&mut *conn, dialect, &history, now).await?;
-        refresh_events(&mut *conn, dialect, rows.iter().map(|r| r.1), now).await?;
-        given_back.extend(rows.iter().map(|r| r.0));
+        for r in conn.rows(&sql).await? {
+            let status: String = r.try_get(2)?;
+            let status = if status == JobStatus::Failed.as_str() {
+                JobStatus::Failed
+            } else {
+                JobStatus::Pending
+            };
+            given_back.push((r.try_get(0)?, r.try_get(1)?, status.as_str(), r.try_get(3)?));
+        }
     }
     Ok(given_back)
 }
@@ -798,15 +806,16 @@ impl Store {
         }
         let now = super::now_ms();
         let mut tx = self.write_transaction().await?;
-        let released = release_in(
-            &mut *tx,
-            self.inner.dialect,
-            owner,
-            job_ids,
-            "released at shutdown",
-            now,
-        )
-        .await?;
+        let dialect = self.inner.dialect;
+        let released = release_in(&mut *tx, dialect, owner, job_ids, now).await?;
+        let history: Vec<_> = released
+            .iter()
+            .map(|&(job, event, status, attempt)| {
+                (job, event, status, attempt, Some("released at shutdown"))
+            })
+            .collect();
+        record_history(&mut *tx, dialect, &history, now).await?;
+        refresh_events(&mut *tx, dialect, released.iter().map(|r| r.1), now).await?;
         tx.commit().await?;
         self.sync().await?;
         Ok(released.len() as u64)

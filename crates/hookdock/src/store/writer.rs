@@ -345,7 +345,10 @@ struct Writer {
 #[derive(Default)]
 struct Batch {
     ingests: Vec<(Arc<NewDelivery>, Reply<IngestOutcome>)>,
-    finishes: Vec<(Vec<JobFinish>, Reply<Vec<bool>>)>,
+    /// Job results of every `Finish` operation, in order, and per operation how many of them
+    /// are its own and where its answer goes.
+    finishes: Vec<JobFinish>,
+    finished_by: Vec<(usize, Reply<Vec<bool>>)>,
     claims: Vec<(ClaimRequest, Reply<Vec<ClaimedChain>>)>,
     attach: Option<Attached>,
     detach: Option<oneshot::Sender<()>>,
@@ -355,13 +358,16 @@ struct Batch {
 
 impl Batch {
     fn len(&self) -> usize {
-        self.ingests.len() + self.finishes.len() + self.claims.len()
+        self.ingests.len() + self.finished_by.len() + self.claims.len()
     }
 
     fn take(&mut self, op: Op) {
         match op {
             Op::Ingest(d, reply) => self.ingests.push((d, reply)),
-            Op::Finish(f, reply) => self.finishes.push((f, reply)),
+            Op::Finish(f, reply) => {
+                self.finished_by.push((f.len(), reply));
+                self.finishes.extend(f);
+            }
             Op::Claim(c, reply) => self.claims.push((c, reply)),
             Op::Attach(worker) => self.attach = Some(worker),
             Op::Detach(reply) => self.detach = Some(reply),
@@ -416,11 +422,11 @@ impl Durable {
         for (reply, result) in self.claims {
             send(reply, result, &flushed);
         }
-        if let Some((to, jobs)) = self.offered {
+        if let Some((to, chains)) = self.offered {
             // After a failed flush they are not handed over; their leases run out and they
             // are claimed again (by then, after a restart).
             if flushed.is_ok() {
-                for chain in jobs {
+                for chain in chains {
                     if to.send(chain).is_err() {
                         tracing::warn!(
                             "the worker stopped; a job claimed for it runs again when its lease expires"
@@ -436,8 +442,8 @@ impl Durable {
 /// Hands out a successful batch's results (the durable ones to `durable`, for after the flush).
 fn answer_written(batch: &mut Batch, written: Written, durable: &mut Durable) {
     let mut finished = written.finished.into_iter();
-    for (finishes, reply) in batch.finishes.drain(..) {
-        let _ = reply.send(Ok(finished.by_ref().take(finishes.len()).collect()));
+    for (n, reply) in batch.finished_by.drain(..) {
+        let _ = reply.send(Ok(finished.by_ref().take(n).collect()));
     }
     for ((_, reply), outcome) in batch.ingests.drain(..).zip(written.ingested) {
         durable.ingests.push((reply, Ok(outcome)));
@@ -505,7 +511,7 @@ impl Writer {
                 }
                 _ => FINISH_WAIT,
             };
-            while !batch.finishes.is_empty()
+            while !batch.finished_by.is_empty()
                 && batch.ingests.is_empty()
                 && batch.claims.is_empty()
                 && batch.shutdown.is_none()
@@ -594,7 +600,7 @@ impl Writer {
     /// A claim for the attached worker's free slots, taken from them, when this batch may
     /// have made jobs claimable (new jobs, or finished heads).
     fn offer(&self, batch: &Batch) -> Option<Offer> {
-        if batch.ingests.is_empty() && batch.finishes.is_empty() {
+        if batch.ingests.is_empty() && batch.finished_by.is_empty() {
             return None;
         }
         let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
@@ -617,7 +623,7 @@ impl Writer {
             lease_until: now.saturating_add(worker.lease_ms),
             now,
             chains: if self.burst.burst() {
-                Chains::default()
+                worker.chains.heads_only()
             } else {
                 worker.chains.clone()
             },
@@ -653,18 +659,13 @@ impl Writer {
         let size = batch.len();
         let dialect = self.dialect;
         let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| &**d).collect();
-        let finishes: Vec<JobFinish> = batch
-            .finishes
-            .iter()
-            .flat_map(|(f, _)| f.iter().cloned())
-            .collect();
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         self.burst.record(batch.ingests.len());
         let offer = self.offer(&batch);
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
         }
-        let result = self.write(&deliveries, &finishes, &claims).await;
+        let result = self.write(&deliveries, &batch.finishes, &claims).await;
         drop(deliveries);
         let mut durable = Durable::default();
         match (result, offer) {
@@ -721,7 +722,7 @@ impl Writer {
         if size == 1 {
             tracing::error!(%error, "write failed");
             let failed = || StoreError::Database(clone_error(&error));
-            for (_, reply) in batch.finishes.drain(..) {
+            for (_, reply) in batch.finished_by.drain(..) {
                 let _ = reply.send(Err(failed()));
             }
             for (_, reply) in batch.ingests.drain(..) {
@@ -733,8 +734,11 @@ impl Writer {
             return;
         }
         tracing::warn!(%error, size, "batch write failed; retrying its operations one by one");
-        for (f, reply) in batch.finishes.drain(..) {
-            let result = self.write(&[], &f, &[]).await.map(|w| w.finished);
+        let mut start = 0;
+        for (n, reply) in batch.finished_by.drain(..) {
+            let own = &batch.finishes[start..start + n];
+            start += n;
+            let result = self.write(&[], own, &[]).await.map(|w| w.finished);
             let _ = reply.send(result.map_err(StoreError::Database));
         }
         for (d, reply) in batch.ingests.drain(..) {

@@ -191,17 +191,7 @@ async fn failing_job_retries_then_dies_and_holds_back_only_its_key_while_retryin
     assert_eq!(other_detail["status"], "done");
     // Until it is dead, the failing job keeps issue 1's later event waiting.
     let store = app.store.clone();
-    let mut rounds = 0;
-    poll_until("failing job is dead", Duration::from_secs(10), || {
-        let worker = worker.clone();
-        let store = store.clone();
-        rounds += 1;
-        async move {
-            worker.run_once().await.unwrap();
-            store_status(&store, failing).await == "dead"
-        }
-    })
-    .await;
+    let rounds = run_until_status(&worker, &store, failing, "dead").await;
     assert!(rounds >= 2);
     let (_, detail) = app.api_get(&format!("/api/v1/events/{failing}")).await;
     assert_eq!(detail["jobs"][0]["attempts"], 3);
@@ -236,15 +226,7 @@ async fn failing_job_retries_then_dies_and_holds_back_only_its_key_while_retryin
     );
     // Dead no longer holds the key: the later event (which the handler now accepts) runs.
     recorder.failing.lock().unwrap().clear();
-    poll_until("blocked job ran", Duration::from_secs(10), || {
-        let worker = worker.clone();
-        let store = store.clone();
-        async move {
-            worker.run_once().await.unwrap();
-            store_status(&store, blocked).await == "done"
-        }
-    })
-    .await;
+    run_until_status(&worker, &store, blocked, "done").await;
     // Dead events are listed, and replay re-runs only the dead job.
     let (_, dead) = app.api_get("/api/v1/events?status=dead").await;
     let ids: Vec<i64> = dead["events"]
@@ -268,6 +250,32 @@ async fn failing_job_retries_then_dies_and_holds_back_only_its_key_while_retryin
 
 async fn store_status(store: &hookdock::store::Store, id: i64) -> String {
     store.event_summary(id).await.unwrap().status
+}
+
+/// Runs the worker step by step until event `id` has `status` (10 s at most); returns the
+/// number of steps.
+async fn run_until_status(
+    worker: &Arc<hookdock::queue::Worker>,
+    store: &hookdock::store::Store,
+    id: i64,
+    status: &str,
+) -> usize {
+    let mut rounds = 0;
+    poll_until(
+        &format!("event {id} is {status}"),
+        Duration::from_secs(10),
+        || {
+            rounds += 1;
+            let worker = Arc::clone(worker);
+            let store = store.clone();
+            async move {
+                worker.run_once().await.unwrap();
+                store_status(&store, id).await == status
+            }
+        },
+    )
+    .await;
+    rounds
 }
 
 async fn permanent_errors_go_straight_to_dead_and_replay_dead_requeues_all(backend: Backend) {
@@ -646,17 +654,7 @@ async fn a_failure_stops_its_chain_and_the_rest_waits_without_losing_an_attempt(
     }
     // While the failed job retries, the key waits for it; then the rest runs in order.
     recorder.failing_seqs.lock().unwrap().clear();
-    let store = app.store.clone();
-    let last = ids[4];
-    poll_until("the backlog ran", Duration::from_secs(10), || {
-        let worker = worker.clone();
-        let store = store.clone();
-        async move {
-            worker.run_once().await.unwrap();
-            store_status(&store, last).await == "done"
-        }
-    })
-    .await;
+    run_until_status(&worker, &app.store, ids[4], "done").await;
     assert_eq!(recorder.seen_of(7), [0, 1, 2, 2, 3, 4]);
     assert_eq!(app.job(ids[2], "recorder").await["attempts"], 2);
     assert_eq!(app.job(ids[3], "recorder").await["attempts"], 1);
