@@ -11,7 +11,6 @@
 //! [`Worker::run`] loops until shutdown, then lets running jobs finish within the grace period
 //! and releases the leases of any it had to abandon.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -344,7 +343,7 @@ impl Worker {
                     claim_now = true;
                 }
                 _ = renew.tick() => {
-                    let ids: Vec<i64> = running.ids.iter().copied().collect();
+                    let ids = running.job_ids();
                     if let Err(error) = self.store.renew_leases(&self.owner, &ids, self.lease_until()).await {
                         tracing::warn!(%error, "renewing leases failed");
                     }
@@ -388,7 +387,7 @@ impl Worker {
         .await;
         if drained.is_err() {
             running.set.abort_all();
-            let ids: Vec<i64> = running.ids.iter().copied().collect();
+            let ids = running.job_ids();
             match self.store.release_jobs(&self.owner, &ids).await {
                 Ok(n) => tracing::warn!(
                     released = n,
@@ -403,11 +402,10 @@ impl Worker {
 }
 
 /// The chains a running worker is executing, and the ids of their jobs (whose leases it
-/// renews).
+/// renews), per task.
 #[derive(Default)]
 struct Running {
     set: JoinSet<Result<(), StoreError>>,
-    ids: HashSet<i64>,
     tasks: std::collections::HashMap<tokio::task::Id, Vec<i64>>,
 }
 
@@ -416,7 +414,6 @@ type Joined = Result<(tokio::task::Id, Result<(), StoreError>), tokio::task::Joi
 impl Running {
     fn start(&mut self, worker: &Arc<Worker>, slots: &Arc<AtomicUsize>, chain: ClaimedChain) {
         let job_ids: Vec<i64> = chain.iter().map(|job| job.job_id).collect();
-        self.ids.extend(job_ids.iter().copied());
         let worker = Arc::clone(worker);
         let slots = Arc::clone(slots);
         let handle = self
@@ -431,10 +428,13 @@ impl Running {
             Ok((id, _)) => *id,
             Err(e) => e.id(),
         };
-        for job_id in self.tasks.remove(&id).unwrap_or_default() {
-            self.ids.remove(&job_id);
-        }
+        self.tasks.remove(&id);
         joined
+    }
+
+    /// The jobs of every chain still running.
+    fn job_ids(&self) -> Vec<i64> {
+        self.tasks.values().flatten().copied().collect()
     }
 }
 

@@ -490,7 +490,7 @@ impl Store {
     /// Records a job's result (and its effects) through the group-commit writer. Returns false
     /// when the job's lease had passed to another worker, in which case nothing was written.
     pub async fn finish_job(&self, finish: JobFinish) -> Result<bool, StoreError> {
-        let recorded = self.inner.writer.finish(vec![finish]).await?;
+        let recorded = self.finish_jobs(vec![finish]).await?;
         Ok(recorded.first().copied().unwrap_or(false))
     }
 
