@@ -32,6 +32,8 @@ pub use records::RecordsHandler;
 use crate::config::HandlerSettings;
 use crate::store::{Chains, ClaimedJob, Effect, Store, StoreError};
 
+use payload::Prune;
+
 pub type HandlerFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<Effect>, HandlerError>> + Send + 'a>>;
 
@@ -68,6 +70,14 @@ pub struct JobContext<'a> {
 impl JobContext<'_> {
     /// The delivery's JSON document (decoded from the form field for form-encoded hooks).
     pub async fn payload(&self) -> Result<serde_json::Value, HandlerError> {
+        self.payload_with(&Prune::Keep).await
+    }
+
+    /// The parts of the delivery's JSON document that `prune` keeps.
+    pub(crate) async fn payload_with(
+        &self,
+        prune: &Prune,
+    ) -> Result<serde_json::Value, HandlerError> {
         match &self.job.stored {
             // Read with the claim.
             Some((content_type, compressed)) => {
@@ -77,9 +87,9 @@ impl JobContext<'_> {
                         self.job.event_id
                     ))
                 })?;
-                parse_payload(content_type, &bytes)
+                parse_payload(content_type, &bytes, prune)
             }
-            None => stored_payload(self.store, self.job.event_id).await,
+            None => read_payload(self.store, self.job.event_id, prune).await,
         }
     }
 }
@@ -89,17 +99,29 @@ pub async fn stored_payload(
     store: &Store,
     event_id: i64,
 ) -> Result<serde_json::Value, HandlerError> {
-    let body = store.event_body(event_id).await?;
-    parse_payload(&body.content_type, &body.bytes)
+    read_payload(store, event_id, &Prune::Keep).await
 }
 
-/// The JSON document of a body received with `content_type`.
-fn parse_payload(content_type: &str, bytes: &[u8]) -> Result<serde_json::Value, HandlerError> {
+async fn read_payload(
+    store: &Store,
+    event_id: i64,
+    prune: &Prune,
+) -> Result<serde_json::Value, HandlerError> {
+    let body = store.event_body(event_id).await?;
+    parse_payload(&body.content_type, &body.bytes, prune)
+}
+
+/// The JSON document of a body received with `content_type`, as much of it as `prune` keeps.
+fn parse_payload(
+    content_type: &str,
+    bytes: &[u8],
+    prune: &Prune,
+) -> Result<serde_json::Value, HandlerError> {
     let content_type =
         crate::ingest::ContentType::parse(content_type).unwrap_or(crate::ingest::ContentType::Json);
     let doc = crate::ingest::json_document(content_type, bytes)
         .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-    serde_json::from_slice(&doc).map_err(|e| HandlerError::Permanent(e.to_string()))
+    payload::parse_pruned(&doc, prune).map_err(|e| HandlerError::Permanent(e.to_string()))
 }
 
 pub trait Handler: Send + Sync + 'static {
