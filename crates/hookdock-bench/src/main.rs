@@ -6,6 +6,12 @@
 //! Each server runs as a child process, fresh for each phase, so its CPU and memory are its
 //! own. The load generator is this process, on one thread.
 //!
+//! The whole sequence runs `--rounds` times (3 by default), one round after another, so the
+//! baselines and hookdock alternate in time and share the machine's conditions. The ratios to
+//! the baselines are taken within each round, and the targets are checked against the medians
+//! of the rounds (the highest round for memory): one short sample per target moves by ±10 %
+//! from run to run on a small machine.
+//!
 //! `cargo run --release -p hookdock-bench -- metrics` times the pull request metrics summary
 //! on a generated database instead (see `metrics.rs`), and `-- disk` the latency of this
 //! machine's `fdatasync` at the open loop's rate (see `disk.rs`).
@@ -85,6 +91,12 @@ struct BenchArgs {
     /// Requests per second of the open loop.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Rounds to run (at least 1). A round runs every target's phases once, in order, each on
+    /// a fresh server; rounds follow one another, so baselines and hookdock interleave in time.
+    /// Ratios are taken per round, and the targets are checked against the median of the
+    /// rounds (the highest round for peak RSS).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Targets to run, comma-separated (default: memory,durable,hookdock).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Target>,
@@ -110,7 +122,8 @@ struct BenchArgs {
     /// Keep the servers' data directories (printed) instead of deleting them.
     #[arg(long)]
     keep: bool,
-    /// Also write the results as JSON to this file.
+    /// Also write the results as JSON to this file: every round's results, the per-round
+    /// ratios and their medians, the checks and whether every target was met.
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -213,8 +226,73 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("building the tokio runtime")?;
     let template = Arc::new(template);
+    let plan = Plan {
+        args: &args,
+        targets: &targets,
+        phases: &phases,
+        hookdock_bin: hookdock_bin.as_deref(),
+        template: &template,
+        window,
+    };
+    let mut rounds: Vec<Vec<TargetResult>> = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}", args.rounds);
+        let results = run_round(&plan, &runtime)
+            .with_context(|| format!("round {round} of {}", args.rounds))?;
+        rounds.push(results);
+    }
+
+    println!();
+    print!("{}", report::tables(&rounds));
+    let summary = summarize(&rounds);
+    print_summary(&summary, rounds.len());
+    if let Some(path) = &args.json {
+        // `results` is round 1's, in the shape it had before there were rounds; `rounds` holds
+        // every round's, `ratios` and `checks` the per-round values and their medians.
+        let json = serde_json::json!({
+            "results": rounds.first(),
+            "rounds": rounds,
+            "ratios": summary.ratios,
+            "checks": summary.checks,
+            "targets_met": summary.targets_met(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nResults written to {}", path.display());
+    }
+    let errors: u64 = rounds.iter().flatten().map(TargetResult::errors).sum();
+    if errors > 0 {
+        eprintln!("\nFAILED: {errors} request(s) were not answered 200 `received` (see above)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every round runs, the same each time.
+struct Plan<'a> {
+    args: &'a BenchArgs,
+    targets: &'a [Target],
+    phases: &'a [PhaseKind],
+    hookdock_bin: Option<&'a Path>,
+    template: &'a Arc<PayloadTemplate>,
+    window: Window,
+}
+
+/// One round: every target's phases in turn, each against a fresh server.
+fn run_round(
+    plan: &Plan<'_>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Vec<TargetResult>> {
+    let Plan {
+        args,
+        targets,
+        phases,
+        hookdock_bin,
+        template,
+        window,
+    } = *plan;
     let mut results = Vec::new();
-    for &target in &targets {
+    for &target in targets {
         let mut result = TargetResult {
             name: target.name().into(),
             closed: None,
@@ -222,13 +300,8 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             peak_rss_kb: 0,
             disk_bytes_per_delivery: None,
         };
-        for &kind in &phases {
-            let server = Server::start(
-                target,
-                hookdock_bin.as_deref(),
-                &args.hookdock_env,
-                args.keep,
-            )?;
+        for &kind in phases {
+            let server = Server::start(target, hookdock_bin, &args.hookdock_env, args.keep)?;
             eprintln!(
                 "  {:<22} {:?} loop: server pid {}, warm-up {} s, measuring {} s …",
                 target.name(),
@@ -290,21 +363,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         results.push(result);
     }
 
-    println!();
-    print!("{}", report::table(&results));
-    let checks_ok = print_comparison(&results);
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({ "results": results, "targets_met": checks_ok });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("\nResults written to {}", path.display());
-    }
-    let errors: u64 = results.iter().map(TargetResult::errors).sum();
-    if errors > 0 {
-        eprintln!("\nFAILED: {errors} request(s) were not answered 200 `received` (see above)");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(results)
 }
 
 fn print_header(args: &BenchArgs, payload: &Path, size: usize) {
@@ -330,6 +389,12 @@ fn print_header(args: &BenchArgs, payload: &Path, size: usize) {
         "closed loop {} connections; open loop {}/s over {} connections; {} s warm-up + {} s per phase; fresh server per phase",
         args.connections, args.rate, args.connections, args.warmup_secs, args.duration_secs
     );
+    if args.rounds > 1 {
+        println!(
+            "{} rounds, one after another, each running every target's phases in turn",
+            args.rounds
+        );
+    }
 }
 
 fn print_phase(name: &str, p: &Phase) {
@@ -349,29 +414,91 @@ fn print_phase(name: &str, p: &Phase) {
     );
 }
 
-/// Prints the ratios and the target checks; true when every check passes.
-fn print_comparison(results: &[TargetResult]) -> bool {
-    let find = |name: &str| results.iter().find(|r| r.name == name);
-    let closed = |r: &TargetResult| r.closed.clone();
-    let mut all_pass = true;
-    for hd in results.iter().filter(|r| r.name.starts_with("hookdock")) {
+/// The ratios of each hookdock target to the baselines, and its target checks.
+struct Summary {
+    ratios: Vec<report::Comparison>,
+    checks: Vec<TargetChecks>,
+}
+
+#[derive(serde::Serialize)]
+struct TargetChecks {
+    target: String,
+    checks: Vec<report::Check>,
+}
+
+impl Summary {
+    fn targets_met(&self) -> bool {
+        self.checks.iter().flat_map(|t| &t.checks).all(|c| c.pass)
+    }
+}
+
+/// Compares every hookdock target of the rounds to the durable and memory baselines.
+fn summarize(rounds: &[Vec<TargetResult>]) -> Summary {
+    // The targets are the same in every round: round 1 names them.
+    let hookdock_targets: Vec<&str> = rounds
+        .first()
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .filter(|name| name.starts_with("hookdock"))
+        .collect();
+    let mut summary = Summary {
+        ratios: Vec::new(),
+        checks: Vec::new(),
+    };
+    for &name in &hookdock_targets {
         for base in ["durable", "memory"] {
-            let (Some(h), Some(b)) = (closed(hd), find(base).and_then(closed)) else {
-                continue;
-            };
+            summary.ratios.extend(report::compare(rounds, name, base));
+        }
+        summary.checks.push(TargetChecks {
+            target: name.into(),
+            checks: report::checks(rounds, name),
+        });
+    }
+    summary
+}
+
+/// Prints the ratios and the target checks, with the value of every round beside the median
+/// when there is more than one round.
+fn print_summary(summary: &Summary, rounds: usize) {
+    let several = rounds > 1;
+    let per_round = |values: &[f64], prefix: &str| {
+        if several {
+            format!(" ({prefix}{})", report::list(values))
+        } else {
+            String::new()
+        }
+    };
+    for target in &summary.checks {
+        for c in summary.ratios.iter().filter(|c| c.target == target.target) {
             println!(
-                "\n{}/{base}: throughput {:.2}x, CPU per request {:.2}x, closed-loop p99 {:.2}x",
-                hd.name,
-                report::ratio(h.req_per_sec, b.req_per_sec),
-                report::ratio(h.server_cpu_us_per_req, b.server_cpu_us_per_req),
-                report::ratio(h.latency.p99_ms, b.latency.p99_ms),
+                "\n{}/{}: throughput {:.2}x{}, CPU per request {:.2}x{}, closed-loop p99 {:.2}x{}",
+                c.target,
+                c.base,
+                c.throughput.median,
+                per_round(&c.throughput.rounds, "rounds "),
+                c.cpu_per_req.median,
+                per_round(&c.cpu_per_req.rounds, ""),
+                c.closed_p99.median,
+                per_round(&c.closed_p99.rounds, ""),
             );
         }
-        println!("\nTargets for {}:", hd.name);
-        for c in report::checks(hd, find("durable")) {
-            all_pass &= c.pass;
+        if several {
             println!(
-                "  {:<44} {:>8.2} {:<9} limit {:>5}  {}",
+                "\nTargets for {} (medians of {rounds} interleaved rounds, peak RSS the highest round):",
+                target.target
+            );
+        } else {
+            println!("\nTargets for {}:", target.target);
+        }
+        for c in &target.checks {
+            let rounds = if several {
+                format!("  rounds {}", report::list(&c.rounds))
+            } else {
+                String::new()
+            };
+            println!(
+                "  {:<44} {:>8.2} {:<9} limit {:>5}  {}{rounds}",
                 c.what,
                 c.value,
                 c.unit,
@@ -380,7 +507,6 @@ fn print_comparison(results: &[TargetResult]) -> bool {
             );
         }
     }
-    all_pass
 }
 
 /// The payload: the shared fixture if present, else hookdock's identical embedded example.

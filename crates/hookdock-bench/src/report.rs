@@ -121,56 +121,204 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// Median of the values that are numbers (NaN, a value that could not be measured, is left
+/// out); the mean of the two middle values for an even count; NaN when nothing is left.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// One value per round (index 0 is round 1), and the median that stands for them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PerRound {
+    pub rounds: Vec<f64>,
+    pub median: f64,
+}
+
+impl PerRound {
+    pub fn new(rounds: Vec<f64>) -> PerRound {
+        let median = median(&rounds);
+        PerRound { rounds, median }
+    }
+}
+
+/// The named target of one round's results.
+pub fn find<'a>(round: &'a [TargetResult], name: &str) -> Option<&'a TargetResult> {
+    round.iter().find(|r| r.name == name)
+}
+
+/// A target's closed-loop phases against a baseline's, round by round: each round's ratio is
+/// the target's phase of that round over the baseline's phase of the same round, so both ran
+/// in the same conditions of the machine.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Comparison {
+    pub target: String,
+    pub base: String,
+    pub throughput: PerRound,
+    pub cpu_per_req: PerRound,
+    pub closed_p99: PerRound,
+}
+
+/// The per-round ratios of `target` to `base`; NaN for a round that lacks either closed-loop
+/// phase, None when no round has both.
+pub fn compare(rounds: &[Vec<TargetResult>], target: &str, base: &str) -> Option<Comparison> {
+    let pairs: Vec<Option<(&Phase, &Phase)>> = rounds
+        .iter()
+        .map(|round| {
+            let t = find(round, target)?.closed.as_ref()?;
+            let b = find(round, base)?.closed.as_ref()?;
+            Some((t, b))
+        })
+        .collect();
+    if pairs.iter().all(Option::is_none) {
+        return None;
+    }
+    let per_round = |f: fn(&Phase) -> f64| {
+        PerRound::new(
+            pairs
+                .iter()
+                .map(|p| p.map_or(f64::NAN, |(t, b)| ratio(f(t), f(b))))
+                .collect(),
+        )
+    };
+    Some(Comparison {
+        target: target.into(),
+        base: base.into(),
+        throughput: per_round(|p| p.req_per_sec),
+        cpu_per_req: per_round(|p| p.server_cpu_us_per_req),
+        closed_p99: per_round(|p| p.latency.p99_ms),
+    })
+}
+
+/// How a check's per-round values are summed up into the value held to the limit.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Over {
+    /// The median of the rounds, for the ratios and latency, which vary from run to run.
+    Median,
+    /// The highest round, for memory: a limit the server must never exceed.
+    Highest,
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Check {
     pub what: String,
+    /// The value held to the limit: the median or the highest of `rounds`, as `over` says.
     pub value: f64,
     pub limit: f64,
     pub unit: String,
     pub pass: bool,
+    pub over: Over,
+    /// The value of each round (index 0 is round 1).
+    pub rounds: Vec<f64>,
 }
 
 /// The targets for hookdock: ≥ 0.8× the durable baseline's throughput, ≤ 1.3× its CPU
 /// per request, open-loop p99 under 3 ms, peak RSS under 60 MB.
-pub fn checks(hookdock: &TargetResult, durable: Option<&TargetResult>) -> Vec<Check> {
+///
+/// With several rounds, the ratios to the baseline are the medians of the per-round ratios, the
+/// p99 the median of the per-round p99s, and the peak RSS the highest of any round. With one
+/// round every value is that round's. A check is left out when no round has its phases (the
+/// throughput and CPU checks also need the durable baseline).
+pub fn checks(rounds: &[Vec<TargetResult>], hookdock: &str) -> Vec<Check> {
     let mut out = Vec::new();
-    let hd_closed = hookdock.closed.as_ref();
-    if let (Some(h), Some(d)) = (hd_closed, durable.and_then(|d| d.closed.as_ref())) {
-        let throughput = ratio(h.req_per_sec, d.req_per_sec);
+    if let Some(c) = compare(rounds, hookdock, "durable") {
         out.push(Check {
             what: "throughput vs durable baseline".into(),
-            value: throughput,
+            value: c.throughput.median,
             limit: 0.8,
             unit: "x (min)".into(),
-            pass: throughput >= 0.8,
+            pass: c.throughput.median >= 0.8,
+            over: Over::Median,
+            rounds: c.throughput.rounds,
         });
-        let cpu = ratio(h.server_cpu_us_per_req, d.server_cpu_us_per_req);
         out.push(Check {
             what: "server CPU per request vs durable baseline".into(),
-            value: cpu,
+            value: c.cpu_per_req.median,
             limit: 1.3,
             unit: "x (max)".into(),
-            pass: cpu <= 1.3,
+            pass: c.cpu_per_req.median <= 1.3,
+            over: Over::Median,
+            rounds: c.cpu_per_req.rounds,
         });
     }
-    if let Some(o) = &hookdock.open {
+    let targets: Vec<Option<&TargetResult>> =
+        rounds.iter().map(|round| find(round, hookdock)).collect();
+    let opens: Vec<Option<&Phase>> = targets
+        .iter()
+        .map(|t| t.and_then(|t| t.open.as_ref()))
+        .collect();
+    if let Some(first) = opens.iter().flatten().next() {
+        let p99 = PerRound::new(
+            opens
+                .iter()
+                .map(|o| o.map_or(f64::NAN, |o| o.latency.p99_ms))
+                .collect(),
+        );
+        // A round that answered nothing has no latency to speak of: it fails the check.
+        let answered = opens.iter().all(|o| o.is_some_and(|o| o.ok > 0));
         out.push(Check {
-            what: format!("open-loop p99 at {}/s", o.setting),
-            value: o.latency.p99_ms,
+            what: format!("open-loop p99 at {}/s", first.setting),
+            value: p99.median,
             limit: 3.0,
             unit: "ms (max)".into(),
-            pass: o.ok > 0 && o.latency.p99_ms < 3.0,
+            pass: answered && p99.median < 3.0,
+            over: Over::Median,
+            rounds: p99.rounds,
         });
     }
-    let rss_mb = hookdock.peak_rss_kb as f64 / 1024.0;
-    out.push(Check {
-        what: "peak RSS (VmHWM) under load".into(),
-        value: rss_mb,
-        limit: 60.0,
-        unit: "MB (max)".into(),
-        pass: hookdock.peak_rss_kb > 0 && rss_mb < 60.0,
-    });
+    if targets.iter().any(Option::is_some) {
+        let rss_kb: Vec<u64> = targets
+            .iter()
+            .map(|t| t.map_or(0, |t| t.peak_rss_kb))
+            .collect();
+        let highest_mb = rss_kb.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+        out.push(Check {
+            what: "peak RSS (VmHWM) under load".into(),
+            value: highest_mb,
+            limit: 60.0,
+            unit: "MB (max)".into(),
+            // A round without a reading could have been over the limit.
+            pass: rss_kb.iter().all(|&kb| kb > 0) && highest_mb < 60.0,
+            over: Over::Highest,
+            rounds: rss_kb.iter().map(|&kb| kb as f64 / 1024.0).collect(),
+        });
+    }
     out
+}
+
+/// Per-round values for a report line: `1.08, 0.98, 1.12`.
+pub fn list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every round's table, each under a heading `round i of N` when there is more than one.
+pub fn tables(rounds: &[Vec<TargetResult>]) -> String {
+    if let [only] = rounds {
+        return table(only);
+    }
+    let mut s = String::new();
+    for (i, round) in rounds.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        let _ = writeln!(s, "round {} of {}", i + 1, rounds.len());
+        s.push_str(&table(round));
+    }
+    s
 }
 
 pub fn table(results: &[TargetResult]) -> String {
@@ -331,14 +479,20 @@ mod tests {
         assert!(ratio(f64::NAN, 1.0).is_nan());
     }
 
+    /// One round of the durable baseline and hookdock.
+    fn round(durable: TargetResult, hookdock: TargetResult) -> Vec<TargetResult> {
+        vec![durable, hookdock]
+    }
+
     #[test]
     fn checks_pass_and_fail_at_the_limits() {
         let durable = target("durable", 7700.0, 200.0, 1.9, 10_000);
         let good = target("hookdock", 0.8 * 7700.0, 260.0, 2.9, 59 * 1024);
-        assert!(checks(&good, Some(&durable)).iter().all(|c| c.pass));
+        let c = checks(&[round(durable.clone(), good.clone())], "hookdock");
+        assert!(c.iter().all(|c| c.pass), "{c:?}");
 
         let bad = target("hookdock", 6000.0, 261.0, 3.0, 60 * 1024);
-        let c = checks(&bad, Some(&durable));
+        let c = checks(&[round(durable.clone(), bad)], "hookdock");
         assert_eq!(c.len(), 4);
         assert!(
             !c[0].pass && !c[1].pass && !c[2].pass && !c[3].pass,
@@ -346,7 +500,139 @@ mod tests {
         );
 
         // Without the durable baseline only the absolute targets are checked.
-        assert_eq!(checks(&good, None).len(), 2);
+        assert_eq!(checks(&[vec![good.clone()]], "hookdock").len(), 2);
+        // Nor is anything checked for a target that did not run.
+        assert!(checks(&[vec![durable]], "hookdock").is_empty());
+    }
+
+    #[test]
+    fn one_round_checks_are_that_rounds_values() {
+        let durable = target("durable", 7700.0, 200.0, 1.9, 10_000);
+        let hd = target("hookdock", 7000.0, 230.0, 2.5, 40 * 1024 + 512);
+        let c = checks(&[round(durable, hd)], "hookdock");
+        let values: Vec<f64> = c.iter().map(|c| c.value).collect();
+        assert_eq!(values, [7000.0 / 7700.0, 230.0 / 200.0, 2.5, 40.5]);
+        assert_eq!(
+            c.iter().map(|c| c.limit).collect::<Vec<_>>(),
+            [0.8, 1.3, 3.0, 60.0]
+        );
+        assert!(c.iter().all(|c| c.pass && c.rounds == [c.value]), "{c:?}");
+        assert_eq!(c[2].what, "open-loop p99 at 1000/s");
+        assert_eq!(c[3].over, Over::Highest);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts_without_nan() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[7.0]), 7.0);
+        assert_eq!(median(&[f64::NAN, 5.0, 1.0, f64::NAN, 3.0]), 3.0);
+        assert_eq!(median(&[f64::NAN, 2.0, 4.0]), 3.0);
+        assert!(median(&[]).is_nan());
+        assert!(median(&[f64::NAN, f64::NAN]).is_nan());
+    }
+
+    #[test]
+    fn per_round_ratios_pair_phases_of_the_same_round() {
+        let rounds = [
+            round(
+                target("durable", 1000.0, 100.0, 1.0, 1),
+                target("hookdock", 900.0, 120.0, 1.0, 1),
+            ),
+            round(
+                target("durable", 800.0, 200.0, 1.0, 1),
+                target("hookdock", 1000.0, 200.0, 1.0, 1),
+            ),
+            // A round without the baseline's closed loop has no ratio.
+            round(
+                TargetResult {
+                    closed: None,
+                    ..target("durable", 1.0, 1.0, 1.0, 1)
+                },
+                target("hookdock", 1.0, 1.0, 1.0, 1),
+            ),
+        ];
+        let c = compare(&rounds, "hookdock", "durable").unwrap();
+        assert_eq!(c.throughput.rounds[..2], [0.9, 1.25]);
+        assert!(c.throughput.rounds[2].is_nan());
+        assert_eq!(c.throughput.median, (0.9 + 1.25) / 2.0);
+        assert_eq!(c.cpu_per_req.rounds[..2], [1.2, 1.0]);
+        assert_eq!(c.closed_p99.rounds[..2], [1.0, 1.0]);
+        assert!(compare(&rounds, "hookdock", "memory").is_none());
+    }
+
+    #[test]
+    fn checks_hold_the_median_of_rounds_to_the_limits() {
+        let durable = || target("durable", 1000.0, 100.0, 1.0, 10_000);
+        let hd = |rps, cpu, p99| target("hookdock", rps, cpu, p99, 40 * 1024);
+        // Round 2 alone would fail throughput, CPU and latency; the medians pass.
+        let noisy_round = round(durable(), hd(700.0, 140.0, 3.5));
+        let rounds = [
+            round(durable(), hd(900.0, 110.0, 2.0)),
+            noisy_round.clone(),
+            round(durable(), hd(850.0, 120.0, 2.5)),
+        ];
+        assert!(
+            checks(&[noisy_round], "hookdock")[..3]
+                .iter()
+                .all(|c| !c.pass)
+        );
+        let c = checks(&rounds, "hookdock");
+        assert!(c.iter().all(|c| c.pass), "{c:?}");
+        assert_eq!(c[0].value, 0.85);
+        assert_eq!(c[0].rounds, [0.9, 0.7, 0.85]);
+        assert_eq!(c[1].value, 1.2);
+        assert_eq!(c[2].value, 2.5);
+        assert_eq!(c[2].rounds, [2.0, 3.5, 2.5]);
+        assert!(c[..3].iter().all(|c| c.over == Over::Median));
+
+        // Two rounds of three failing: the median fails too.
+        let rounds = [
+            round(durable(), hd(700.0, 140.0, 3.5)),
+            round(durable(), hd(900.0, 110.0, 2.0)),
+            round(durable(), hd(750.0, 135.0, 3.1)),
+        ];
+        let c = checks(&rounds, "hookdock");
+        assert!(c[..3].iter().all(|c| !c.pass), "{c:?}");
+        assert_eq!(c[0].value, 0.75);
+        assert_eq!(c[2].value, 3.1);
+    }
+
+    #[test]
+    fn rss_check_takes_the_highest_round() {
+        let durable = || target("durable", 1000.0, 100.0, 1.0, 10_000);
+        let hd = |rss_mb: u64| target("hookdock", 1000.0, 100.0, 1.0, rss_mb * 1024);
+        let rss = |rounds: &[Vec<TargetResult>]| {
+            checks(rounds, "hookdock")
+                .into_iter()
+                .find(|c| c.what.starts_with("peak RSS"))
+                .unwrap()
+        };
+        let c = rss(&[
+            round(durable(), hd(30)),
+            round(durable(), hd(61)),
+            round(durable(), hd(40)),
+        ]);
+        assert_eq!((c.value, c.pass, c.over), (61.0, false, Over::Highest));
+        assert_eq!(c.rounds, [30.0, 61.0, 40.0]);
+        let c = rss(&[round(durable(), hd(30)), round(durable(), hd(59))]);
+        assert_eq!((c.value, c.pass), (59.0, true));
+        // A round with no reading fails, whatever the others say.
+        let c = rss(&[round(durable(), hd(30)), round(durable(), hd(0))]);
+        assert!(!c.pass);
+    }
+
+    #[test]
+    fn tables_head_each_round() {
+        let r = vec![target("memory", 11800.0, 150.0, 1.0, 20_000)];
+        assert_eq!(tables(std::slice::from_ref(&r)), table(&r));
+        let t = tables(&[r.clone(), r]);
+        assert!(
+            t.contains("round 1 of 2") && t.contains("round 2 of 2"),
+            "{t}"
+        );
+        assert_eq!(t.matches("closed 64c").count(), 2, "{t}");
+        assert_eq!(list(&[1.0, 0.976, f64::NAN]), "1.00, 0.98, NaN");
     }
 
     #[test]
