@@ -197,3 +197,39 @@ impl HandlerRegistry {
         }
     }
 }
+
+/// The shared webhook fixtures (`../shared/fixtures/webhooks`) a handler subscribes to, for
+/// tests: each one's file name, event, action and bytes.
+#[cfg(test)]
+pub(crate) fn subscribed_fixtures(handler: &dyn Handler) -> Vec<SubscribedFixture> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/webhooks");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let mut parts = name.split('.');
+        let (Some(event), Some(action)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let action = (action != "none").then_some(action);
+        if handler.subscribes(event, action) {
+            out.push(SubscribedFixture {
+                name: name.to_owned(),
+                event: event.to_owned(),
+                action: action.map(str::to_owned),
+                bytes: std::fs::read(&path).expect("read"),
+            });
+        }
+    }
+    out
+}
+
+/// See [`subscribed_fixtures`].
+#[cfg(test)]
+pub(crate) struct SubscribedFixture {
+    pub name: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub bytes: Vec<u8>,
+}

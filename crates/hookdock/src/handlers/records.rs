@@ -290,28 +290,14 @@ mod tests {
 
     #[test]
     fn every_subscribed_fixture_parses() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/webhooks");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).expect("fixtures") {
-            let path = entry.expect("entry").path();
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            let mut parts = name.split('.');
-            let (Some(event), Some(action)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let action = (action != "none").then_some(action);
-            if !RecordsHandler.subscribes(event, action) {
-                continue;
-            }
-            let doc: Value =
-                serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
-            let effects =
-                effects_for(event, action, &doc, SOURCE).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!effects.is_empty(), "{name} gave no effects");
-            seen += 1;
+        let fixtures = super::super::subscribed_fixtures(&RecordsHandler);
+        for f in &fixtures {
+            let doc: Value = serde_json::from_slice(&f.bytes).expect("JSON");
+            let effects = effects_for(&f.event, f.action.as_deref(), &doc, SOURCE)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            assert!(!effects.is_empty(), "{} gave no effects", f.name);
         }
-        assert!(seen >= 35, "only {seen} fixtures");
+        assert!(fixtures.len() >= 35, "only {} fixtures", fixtures.len());
     }
 
     #[test]
