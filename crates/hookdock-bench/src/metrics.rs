@@ -278,16 +278,16 @@ async fn load(pool: &SqlitePool, pulls: &[Pull]) -> anyhow::Result<(usize, usize
     Ok((pulls.len(), reviews.len()))
 }
 
-/// Median and p90 of the durations, in milliseconds.
-fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let at = |p: f64| {
-        let i = ((samples.len().saturating_sub(1)) as f64 * p).round() as usize;
-        samples
-            .get(i)
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-    };
-    (at(0.5), at(0.9))
+/// Median (the load bench's, [`crate::report::median`]) and nearest-rank p90 of the
+/// durations, in milliseconds.
+fn stats(samples: Vec<Duration>) -> (f64, f64) {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    let p90 = ms
+        .get(((ms.len().saturating_sub(1)) as f64 * 0.9).round() as usize)
+        .copied()
+        .unwrap_or(f64::NAN);
+    (crate::report::median(&ms), p90)
 }
 
 async fn time<F, Fut, T>(runs: usize, mut f: F) -> anyhow::Result<(f64, f64, T)>
