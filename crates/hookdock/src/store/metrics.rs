@@ -10,6 +10,8 @@
 //! write. So any order of a pull request's events and API answers leaves the same rows. This
 //! module computes no metric; that is [`crate::metrics`].
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -155,10 +157,25 @@ fn flag(v: bool) -> i64 {
     i64::from(v)
 }
 
+/// Takes the login of `m` for a stored member if it is at least as new as the stored one,
+/// and changes the row only if the login changes: setting it in the upsert would rewrite its
+/// index entry every time (see [`INDEXED_UPDATE`]). Runs before the upsert moves `updated`.
+/// Returns the rows changed.
+async fn update_login(conn: &mut impl WriteConn, m: &MemberRecord) -> Result<u64, sqlx::Error> {
+    let mut sql = Sql::new("UPDATE members SET login = n.login FROM (SELECT ");
+    sql.bind(m.login.as_str()).push(" AS login, ");
+    sql.bind(m.seen_at)
+        .push(" AS updated) AS n WHERE members.github_id = ");
+    sql.bind(m.github_id)
+        .push(" AND n.updated >= members.updated AND members.login IS DISTINCT FROM n.login");
+    conn.exec(&sql).await
+}
+
 pub(crate) async fn upsert_member(
     conn: &mut impl WriteConn,
     m: &MemberRecord,
 ) -> Result<(), sqlx::Error> {
+    update_login(conn, m).await?;
     let mut sql = Sql::new(
         "INSERT INTO members (github_id, login, name, is_bot, first_seen, updated) VALUES (",
     );
@@ -168,7 +185,6 @@ pub(crate) async fn upsert_member(
     sql.push(", ").bind(m.seen_at).push(")");
     sql.push(&format!(
         " ON CONFLICT (github_id) DO UPDATE SET \
-         login = CASE WHEN excluded.updated >= members.updated THEN excluded.login ELSE members.login END, \
          name = CASE WHEN excluded.name IS NOT NULL AND (members.name IS NULL OR excluded.updated >= members.updated) \
              THEN excluded.name ELSE members.name END, \
          is_bot = CASE WHEN excluded.is_bot = 1 OR members.is_bot = 1 THEN 1 ELSE 0 END, \
@@ -193,38 +209,144 @@ pub(crate) async fn upsert_member(
     Ok(())
 }
 
-/// Columns that describe a pull request's current state: taken from the newest event.
-const STATE_COLUMNS: &[&str] = &[
-    "title",
-    "state",
-    "draft",
-    "base_ref",
-    "head_ref",
-    "head_sha",
-    "merge_commit_sha",
-    "merged_at",
-    "closed_at",
-    "is_revert",
-    "reverts_sha",
-    "reverts_number",
-    "is_hotfix",
-    "labels",
-    // Last, so it is compared before it changes (SET sees the old row either way).
-    "updated_at",
+/// How an event's value of a pull request column merges into the stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    /// The earliest known value (a time or an id that only moves back).
+    Earliest,
+    /// The first known value, never replaced.
+    First,
+    /// The state of the event with the newest GitHub `updated_at`.
+    Newest,
+    /// From the newest event that carried the pull request's size.
+    NewestSize,
+}
+
+/// Every column an event sets on a stored pull request: how it merges, and whether an index
+/// covers it (or a partial index's condition reads it).
+const MERGED_COLUMNS: &[(&str, Merge, bool)] = &[
+    ("github_id", Merge::Earliest, true),
+    ("author_id", Merge::First, true),
+    ("created_at", Merge::Earliest, true),
+    ("ready_for_review_at", Merge::Earliest, false),
+    ("title", Merge::Newest, false),
+    ("state", Merge::Newest, false),
+    ("draft", Merge::Newest, false),
+    ("base_ref", Merge::Newest, false),
+    ("head_ref", Merge::Newest, false),
+    ("head_sha", Merge::Newest, true),
+    ("merge_commit_sha", Merge::Newest, true),
+    ("merged_at", Merge::Newest, true),
+    ("closed_at", Merge::Newest, true),
+    ("is_revert", Merge::Newest, true),
+    ("reverts_sha", Merge::Newest, true),
+    ("reverts_number", Merge::Newest, true),
+    ("is_hotfix", Merge::Newest, false),
+    ("labels", Merge::Newest, false),
+    ("updated_at", Merge::Newest, false),
+    ("additions", Merge::NewestSize, false),
+    ("deletions", Merge::NewestSize, false),
+    ("changed_files", Merge::NewestSize, false),
+    ("commits", Merge::NewestSize, false),
+    ("size_updated_at", Merge::NewestSize, false),
 ];
 
-const SIZE_COLUMNS: &[&str] = &[
-    "additions",
-    "deletions",
-    "changed_files",
-    "commits",
-    "size_updated_at",
-];
+/// The stored value of `column` once the event's row `new` (a table alias) is merged in.
+fn merged(column: &str, merge: Merge, new: &str) -> String {
+    let old = format!("pull_requests.{column}");
+    let theirs = format!("{new}.{column}");
+    match merge {
+        Merge::Earliest => min_known(&old, &theirs),
+        Merge::First => format!("COALESCE({old}, {theirs})"),
+        // Equal times: a full payload beats the reduced one of a review, so both orders agree.
+        Merge::Newest => format!(
+            "CASE WHEN ({new}.updated_at > pull_requests.updated_at OR \
+             ({new}.updated_at = pull_requests.updated_at AND {new}.size_updated_at IS NOT NULL \
+             AND pull_requests.size_updated_at IS NULL)) THEN {theirs} ELSE {old} END"
+        ),
+        Merge::NewestSize => format!(
+            "CASE WHEN ({new}.size_updated_at IS NOT NULL AND (pull_requests.size_updated_at IS NULL \
+             OR {new}.size_updated_at > pull_requests.size_updated_at)) THEN {theirs} ELSE {old} END"
+        ),
+    }
+}
+
+/// What the upsert of a pull request does to an existing row: merges every column no index
+/// covers (the indexed ones are [`INDEXED_UPDATE`]'s).
+static UPSERT_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    let sets: Vec<String> = MERGED_COLUMNS
+        .iter()
+        .filter(|(_, _, indexed)| !indexed)
+        .map(|&(c, merge, _)| format!("{c} = {}", merged(c, merge, "excluded")))
+        .collect();
+    // NULL draft intervals: never computed for this row (it is new, or older than them), so
+    // draft changes stored before the pull request (a backfill's) are picked up now.
+    format!(
+        " ON CONFLICT (repo, number) DO UPDATE SET {} RETURNING draft_intervals",
+        sets.join(", ")
+    )
+});
+
+/// Merges the indexed columns of a stored pull request, and changes the row only if one of
+/// them changes. An UPDATE rewrites the index entries of every column it sets, even to the
+/// same value (SQLite writes a page of each such index), and most events of a pull request
+/// (comments, reviews, labels, edits) change none of these columns. The event's row `n` and
+/// the pull request follow (see [`update_indexed_columns`]).
+static INDEXED_UPDATE: LazyLock<(String, String)> = LazyLock::new(|| {
+    let indexed = || MERGED_COLUMNS.iter().filter(|(_, _, indexed)| *indexed);
+    let sets: Vec<String> = indexed()
+        .map(|&(c, merge, _)| format!("{c} = {}", merged(c, merge, "n")))
+        .collect();
+    let changes: Vec<String> = indexed()
+        .map(|&(c, merge, _)| {
+            format!(
+                "pull_requests.{c} IS DISTINCT FROM {}",
+                merged(c, merge, "n")
+            )
+        })
+        .collect();
+    (
+        format!("UPDATE pull_requests SET {} FROM (SELECT ", sets.join(", ")),
+        format!(" AND ({})", changes.join(" OR ")),
+    )
+});
+
+/// Runs before the upsert, whose update would move the row's `updated_at` that
+/// [`Merge::Newest`] compares with. Does nothing to a pull request not stored yet. Returns
+/// the rows changed.
+async fn update_indexed_columns(
+    conn: &mut impl WriteConn,
+    pr: &PullRequestRecord,
+) -> Result<u64, sqlx::Error> {
+    let (head, changes) = &*INDEXED_UPDATE;
+    let mut sql = Sql::new(head);
+    sql.bind(pr.github_id).push(" AS github_id, ");
+    sql.bind(pr.author_id).push(" AS author_id, ");
+    sql.bind(pr.created_at).push(" AS created_at, ");
+    sql.bind(pr.head_sha.as_deref()).push(" AS head_sha, ");
+    sql.bind(pr.merge_commit_sha.as_deref())
+        .push(" AS merge_commit_sha, ");
+    sql.bind(pr.merged_at).push(" AS merged_at, ");
+    sql.bind(pr.closed_at).push(" AS closed_at, ");
+    sql.bind(flag(pr.is_revert)).push(" AS is_revert, ");
+    sql.bind(pr.reverts_sha.as_deref())
+        .push(" AS reverts_sha, ");
+    sql.bind(pr.reverts_number).push(" AS reverts_number, ");
+    sql.bind(pr.updated_at).push(" AS updated_at, ");
+    sql.bind(pr.size.map(|_| pr.updated_at))
+        .push(" AS size_updated_at) AS n WHERE pull_requests.repo = ");
+    sql.bind(pr.repo.as_str())
+        .push(" AND pull_requests.number = ")
+        .bind(pr.number);
+    sql.push(changes);
+    conn.exec(&sql).await
+}
 
 pub(crate) async fn upsert_pull_request(
     conn: &mut impl WriteConn,
     pr: &PullRequestRecord,
 ) -> Result<(), sqlx::Error> {
+    update_indexed_columns(conn, pr).await?;
     let mut sql = Sql::new(
         "INSERT INTO pull_requests (repo, number, github_id, author_id, title, state, draft, \
          base_ref, head_ref, head_sha, merge_commit_sha, created_at, ready_for_review_at, \
@@ -265,44 +387,7 @@ pub(crate) async fn upsert_pull_request(
         .bind(pr.updated_at)
         .push(", ");
     sql.bind(size.map(|_| pr.updated_at)).push(")");
-
-    // Equal times: a full payload beats the reduced one of a review, so both orders agree.
-    let newer = "(excluded.updated_at > pull_requests.updated_at OR \
-        (excluded.updated_at = pull_requests.updated_at AND excluded.size_updated_at IS NOT NULL \
-         AND pull_requests.size_updated_at IS NULL))";
-    let size_newer = "(excluded.size_updated_at IS NOT NULL AND \
-        (pull_requests.size_updated_at IS NULL OR excluded.size_updated_at > pull_requests.size_updated_at))";
-    let mut sets = vec![
-        format!(
-            "github_id = {}",
-            min_known("pull_requests.github_id", "excluded.github_id")
-        ),
-        "author_id = COALESCE(pull_requests.author_id, excluded.author_id)".to_owned(),
-        format!(
-            "created_at = {}",
-            min_known("pull_requests.created_at", "excluded.created_at")
-        ),
-        format!(
-            "ready_for_review_at = {}",
-            min_known(
-                "pull_requests.ready_for_review_at",
-                "excluded.ready_for_review_at"
-            )
-        ),
-    ];
-    sets.extend(
-        STATE_COLUMNS.iter().map(|c| {
-            format!("{c} = CASE WHEN {newer} THEN excluded.{c} ELSE pull_requests.{c} END")
-        }),
-    );
-    sets.extend(SIZE_COLUMNS.iter().map(|c| {
-        format!("{c} = CASE WHEN {size_newer} THEN excluded.{c} ELSE pull_requests.{c} END")
-    }));
-    sql.push(" ON CONFLICT (repo, number) DO UPDATE SET ")
-        .push(&sets.join(", "));
-    // NULL draft intervals: never computed for this row (it is new, or older than them), so
-    // draft changes stored before the pull request (a backfill's) are picked up now.
-    sql.push(" RETURNING draft_intervals");
+    sql.push(&UPSERT_CONFLICT);
     let intervals = match conn.row(&sql).await? {
         Some(row) => row.try_get::<Option<String>, _>(0)?,
         None => None,
@@ -1038,4 +1123,190 @@ fn push_pull_query<'a>(sql: &mut Sql<'a>, columns: &str, filter: &'a PullFilter)
         sql.push(" AND merged_at IS NULL AND closed_at IS NOT NULL");
     }
     sql.push(")");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::events::tests::sqlite_store;
+
+    fn pull_request(updated_at: i64) -> PullRequestRecord {
+        PullRequestRecord {
+            repo: "o/r".into(),
+            number: 7,
+            github_id: 700,
+            author_id: Some(1),
+            title: "Fix".into(),
+            state: "open",
+            draft: false,
+            base_ref: Some("main".into()),
+            head_ref: Some("fix".into()),
+            head_sha: Some("a".repeat(40)),
+            merge_commit_sha: None,
+            created_at: 1_000,
+            ready_for_review_at: None,
+            draft_change: None,
+            merged_at: None,
+            closed_at: None,
+            size: Some(PullRequestSize {
+                additions: 1,
+                deletions: 1,
+                changed_files: 1,
+                commits: 1,
+            }),
+            is_revert: false,
+            reverts_sha: None,
+            reverts_number: None,
+            is_hotfix: false,
+            labels: "[]".into(),
+            updated_at,
+        }
+    }
+
+    /// The indexed columns' update alone (rows it changed), then the whole upsert, committed.
+    async fn apply(store: &Store, pr: &PullRequestRecord) -> u64 {
+        let mut tx = store.write_transaction().await.unwrap();
+        let changed = update_indexed_columns(&mut *tx, pr).await.unwrap();
+        upsert_pull_request(&mut *tx, pr).await.unwrap();
+        tx.commit().await.unwrap();
+        changed
+    }
+
+    async fn stored(store: &Store) -> (i64, Option<String>, Option<i64>, String, i64) {
+        let row = sqlx::query(
+            "SELECT github_id, head_sha, merged_at, title, updated_at FROM pull_requests",
+        )
+        .fetch_one(&store.inner.read)
+        .await
+        .unwrap();
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+    }
+
+    /// Events that change no indexed column (most of a pull request's) write no index: the
+    /// indexed columns' update changes no row, while the other columns still follow them.
+    #[tokio::test]
+    async fn indexed_columns_are_written_only_when_they_change() {
+        let (store, dir) = sqlite_store("hookdock-indexed").await;
+        let a = "a".repeat(40);
+        let b = "b".repeat(40);
+        assert_eq!(
+            apply(&store, &pull_request(10)).await,
+            0,
+            "a new row is inserted"
+        );
+
+        let mut edited = pull_request(20);
+        edited.title = "Fix it".into();
+        edited.labels = r#"["bug"]"#.into();
+        assert_eq!(apply(&store, &edited).await, 0);
+        assert_eq!(
+            stored(&store).await,
+            (700, Some(a.clone()), None, "Fix it".into(), 20)
+        );
+
+        let mut pushed = pull_request(30);
+        pushed.head_sha = Some(b.clone());
+        assert_eq!(apply(&store, &pushed).await, 1);
+        assert_eq!(
+            stored(&store).await,
+            (700, Some(b.clone()), None, "Fix".into(), 30)
+        );
+
+        // Older than the stored state: neither its head nor its merge time is taken.
+        let mut stale = pull_request(25);
+        stale.head_sha = Some(a.clone());
+        stale.merged_at = Some(25);
+        assert_eq!(apply(&store, &stale).await, 0);
+        assert_eq!(
+            stored(&store).await,
+            (700, Some(b.clone()), None, "Fix".into(), 30)
+        );
+
+        // An earlier id is taken whatever the event's time; a later one is not.
+        let mut earlier = pull_request(5);
+        earlier.github_id = 699;
+        assert_eq!(apply(&store, &earlier).await, 1);
+        let mut later = pull_request(40);
+        later.github_id = 701;
+        later.head_sha = Some(b.clone());
+        assert_eq!(apply(&store, &later).await, 0);
+        assert_eq!(stored(&store).await, (699, Some(b), None, "Fix".into(), 40));
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// The `indexed` flags follow the schema: a column is flagged exactly when an index of
+    /// `pull_requests` holds it or its condition reads it.
+    #[tokio::test]
+    async fn indexed_flags_match_the_schema() {
+        let (store, dir) = sqlite_store("hookdock-indexed-flags").await;
+        let indexes: Vec<(String, Option<String>)> = sqlx::query(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'pull_requests'",
+        )
+        .fetch_all(&store.inner.read)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+        assert!(indexes.len() >= 10, "{indexes:?}");
+        let mut covered = std::collections::BTreeSet::new();
+        for (name, sql) in &indexes {
+            let columns = sqlx::query(&format!("SELECT name FROM pragma_index_info('{name}')"))
+                .fetch_all(&store.inner.read)
+                .await
+                .unwrap();
+            covered.extend(columns.iter().map(|r| r.get::<String, _>(0)));
+            // A partial index's condition: every merged column it names.
+            if let Some(condition) = sql.as_deref().and_then(|s| s.split_once(" WHERE ")) {
+                for (column, _, _) in MERGED_COLUMNS {
+                    if condition
+                        .1
+                        .split(|c: char| !c.is_alphanumeric() && c != '_')
+                        .any(|word| word == *column)
+                    {
+                        covered.insert((*column).to_owned());
+                    }
+                }
+            }
+        }
+        for (column, _, indexed) in MERGED_COLUMNS {
+            assert_eq!(covered.contains(*column), *indexed, "{column}");
+        }
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_members_login_is_written_only_when_a_newer_event_changes_it() {
+        let (store, dir) = sqlite_store("hookdock-login").await;
+        let member = |login: &str, seen_at| MemberRecord {
+            github_id: 9,
+            login: login.into(),
+            name: None,
+            is_bot: false,
+            seen_at,
+        };
+        let apply = |m: MemberRecord| {
+            let store = store.clone();
+            async move {
+                let mut tx = store.write_transaction().await.unwrap();
+                let changed = update_login(&mut *tx, &m).await.unwrap();
+                upsert_member(&mut *tx, &m).await.unwrap();
+                tx.commit().await.unwrap();
+                let login: String = sqlx::query("SELECT login FROM members WHERE github_id = 9")
+                    .fetch_one(&store.inner.read)
+                    .await
+                    .unwrap()
+                    .get(0);
+                (changed, login)
+            }
+        };
+        assert_eq!(apply(member("carol", 10)).await, (0, "carol".into()));
+        assert_eq!(apply(member("carol", 20)).await, (0, "carol".into()));
+        assert_eq!(apply(member("carol-2", 15)).await, (0, "carol".into()));
+        assert_eq!(apply(member("carol-2", 30)).await, (1, "carol-2".into()));
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
