@@ -1187,50 +1187,62 @@ mod tests {
     #[tokio::test]
     async fn indexed_columns_are_written_only_when_they_change() {
         let (store, dir) = sqlite_store("hookdock-indexed").await;
-        let a = "a".repeat(40);
-        let b = "b".repeat(40);
-        assert_eq!(
-            apply(&store, &pull_request(10)).await,
-            0,
-            "a new row is inserted"
-        );
-
-        let mut edited = pull_request(20);
-        edited.title = "Fix it".into();
-        edited.labels = r#"["bug"]"#.into();
-        assert_eq!(apply(&store, &edited).await, 0);
-        assert_eq!(
-            stored(&store).await,
-            (700, Some(a.clone()), None, "Fix it".into(), 20)
-        );
-
-        let mut pushed = pull_request(30);
-        pushed.head_sha = Some(b.clone());
-        assert_eq!(apply(&store, &pushed).await, 1);
-        assert_eq!(
-            stored(&store).await,
-            (700, Some(b.clone()), None, "Fix".into(), 30)
-        );
-
-        // Older than the stored state: neither its head nor its merge time is taken.
-        let mut stale = pull_request(25);
-        stale.head_sha = Some(a.clone());
-        stale.merged_at = Some(25);
-        assert_eq!(apply(&store, &stale).await, 0);
-        assert_eq!(
-            stored(&store).await,
-            (700, Some(b.clone()), None, "Fix".into(), 30)
-        );
-
-        // An earlier id is taken whatever the event's time; a later one is not.
-        let mut earlier = pull_request(5);
-        earlier.github_id = 699;
-        assert_eq!(apply(&store, &earlier).await, 1);
-        let mut later = pull_request(40);
-        later.github_id = 701;
-        later.head_sha = Some(b.clone());
-        assert_eq!(apply(&store, &later).await, 0);
-        assert_eq!(stored(&store).await, (699, Some(b), None, "Fix".into(), 40));
+        let (a, b) = (Some("a".repeat(40)), Some("b".repeat(40)));
+        let with = |updated_at, change: &dyn Fn(&mut PullRequestRecord)| {
+            let mut pr = pull_request(updated_at);
+            change(&mut pr);
+            pr
+        };
+        // Each event, the rows the indexed columns' update changes, and the stored
+        // (github_id, head_sha, merged_at, title, updated_at) after the whole upsert.
+        let steps = [
+            // A new row is inserted.
+            (pull_request(10), 0, (700, a.clone(), None, "Fix", 10)),
+            (
+                with(20, &|pr| {
+                    pr.title = "Fix it".into();
+                    pr.labels = r#"["bug"]"#.into();
+                }),
+                0,
+                (700, a.clone(), None, "Fix it", 20),
+            ),
+            (
+                with(30, &|pr| pr.head_sha = b.clone()),
+                1,
+                (700, b.clone(), None, "Fix", 30),
+            ),
+            // Older than the stored state: neither its head nor its merge time is taken.
+            (
+                with(25, &|pr| {
+                    pr.head_sha = a.clone();
+                    pr.merged_at = Some(25);
+                }),
+                0,
+                (700, b.clone(), None, "Fix", 30),
+            ),
+            // An earlier id is taken whatever the event's time; a later one is not.
+            (
+                with(5, &|pr| pr.github_id = 699),
+                1,
+                (699, b.clone(), None, "Fix", 30),
+            ),
+            (
+                with(40, &|pr| {
+                    pr.github_id = 701;
+                    pr.head_sha = b.clone();
+                }),
+                0,
+                (699, b.clone(), None, "Fix", 40),
+            ),
+        ];
+        for (i, (event, changed, (id, head, merged, title, updated))) in steps.iter().enumerate() {
+            assert_eq!(apply(&store, event).await, *changed, "step {i}");
+            assert_eq!(
+                stored(&store).await,
+                (*id, head.clone(), *merged, (*title).to_owned(), *updated),
+                "step {i}"
+            );
+        }
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
     }
