@@ -566,6 +566,14 @@ pub(crate) async fn upsert_review(
     conn: &mut impl WriteConn,
     r: &ReviewRecord,
 ) -> Result<(), sqlx::Error> {
+    merge_review(conn, r).await?;
+    refresh_review_comments(conn, r.github_id).await
+}
+
+/// Inserts a review or merges it into the stored one; returns the rows changed. A repeated
+/// event (an edit, a redelivery, a backfill run again) changes nothing and writes nothing:
+/// setting `submitted_at` even to its value would rewrite its index entry.
+async fn merge_review(conn: &mut impl WriteConn, r: &ReviewRecord) -> Result<u64, sqlx::Error> {
     let mut sql = Sql::new(
         "INSERT INTO reviews (github_id, repo, pr_number, reviewer_id, state, submitted_at) VALUES (",
     );
@@ -576,16 +584,22 @@ pub(crate) async fn upsert_review(
         .bind(r.reviewer_id);
     sql.push(", ").bind(r.state.as_str()).push(", ");
     sql.bind(r.submitted_at).push(")");
-    // A dismissal is final, whatever order submitted/edited/dismissed arrive in.
-    sql.push(&format!(
-        " ON CONFLICT (github_id) DO UPDATE SET \
-         state = CASE WHEN reviews.state = 'dismissed' OR excluded.state = 'dismissed' \
-             THEN 'dismissed' ELSE excluded.state END, submitted_at = {}",
-        min_known("reviews.submitted_at", "excluded.submitted_at")
-    ));
-    conn.exec(&sql).await?;
-    refresh_review_comments(conn, r.github_id).await
+    sql.push(&REVIEW_CONFLICT);
+    conn.exec(&sql).await
 }
+
+/// What inserting a stored review does: merges it, only where a value changes.
+static REVIEW_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    // A dismissal is final, whatever order submitted/edited/dismissed arrive in.
+    let state = "CASE WHEN reviews.state = 'dismissed' OR excluded.state = 'dismissed' \
+        THEN 'dismissed' ELSE excluded.state END";
+    let submitted = min_known("reviews.submitted_at", "excluded.submitted_at");
+    format!(
+        " ON CONFLICT (github_id) DO UPDATE SET state = {state}, submitted_at = {submitted} \
+         WHERE reviews.state IS DISTINCT FROM ({state}) \
+         OR reviews.submitted_at IS DISTINCT FROM ({submitted})"
+    )
+});
 
 /// Applies a [`DraftChangesRecord`].
 pub(crate) async fn draft_changes(
@@ -631,6 +645,20 @@ pub(crate) async fn record_pr_activity(
     conn: &mut impl WriteConn,
     a: &PrActivityRecord,
 ) -> Result<(), sqlx::Error> {
+    merge_pr_activity(conn, a).await?;
+    refresh_first_times(conn, &a.repo, a.pr_number).await?;
+    if let Some(review_id) = a.review_id {
+        refresh_review_comments(conn, review_id).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a review activity or merges it into the stored one; returns the rows changed. A
+/// repeated one changes nothing and writes nothing (its `at` and `review_id` are indexed).
+async fn merge_pr_activity(
+    conn: &mut impl WriteConn,
+    a: &PrActivityRecord,
+) -> Result<u64, sqlx::Error> {
     let mut sql = Sql::new(
         "INSERT INTO pr_activity (kind, source_id, repo, pr_number, actor_id, review_id, at, \
          counts, deleted) VALUES (",
@@ -643,20 +671,22 @@ pub(crate) async fn record_pr_activity(
     sql.push(", ").bind(a.actor_id).push(", ").bind(a.review_id);
     sql.push(", ").bind(a.at).push(", ").bind(flag(a.counts));
     sql.push(", ").bind(flag(a.deleted)).push(")");
-    // A deletion is final; the time is the earliest seen.
-    sql.push(&format!(
-        " ON CONFLICT (kind, source_id) DO UPDATE SET \
-         deleted = CASE WHEN pr_activity.deleted = 1 OR excluded.deleted = 1 THEN 1 ELSE 0 END, \
-         review_id = COALESCE(pr_activity.review_id, excluded.review_id), at = {}",
-        min_known("pr_activity.at", "excluded.at")
-    ));
-    conn.exec(&sql).await?;
-    refresh_first_times(conn, &a.repo, a.pr_number).await?;
-    if let Some(review_id) = a.review_id {
-        refresh_review_comments(conn, review_id).await?;
-    }
-    Ok(())
+    sql.push(&ACTIVITY_CONFLICT);
+    conn.exec(&sql).await
 }
+
+/// What inserting a stored review activity does: merges it, only where a value changes.
+static ACTIVITY_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    // A deletion is final; the time is the earliest seen.
+    let deleted = "CASE WHEN pr_activity.deleted = 1 OR excluded.deleted = 1 THEN 1 ELSE 0 END";
+    let review = "COALESCE(pr_activity.review_id, excluded.review_id)";
+    let at = min_known("pr_activity.at", "excluded.at");
+    format!(
+        " ON CONFLICT (kind, source_id) DO UPDATE SET deleted = {deleted}, review_id = {review}, \
+         at = {at} WHERE pr_activity.deleted IS DISTINCT FROM ({deleted}) \
+         OR pr_activity.review_id IS DISTINCT FROM ({review}) OR pr_activity.at IS DISTINCT FROM ({at})"
+    )
+});
 
 /// Which pull requests to read.
 #[derive(Debug, Clone, Default)]
@@ -1243,6 +1273,103 @@ mod tests {
                 "step {i}"
             );
         }
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A record with a merge of its own, and where to read the stored result.
+    trait Merged: Sized {
+        const READ: &str;
+        async fn merge(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> u64;
+    }
+
+    impl Merged for ReviewRecord {
+        const READ: &str = "SELECT state, submitted_at FROM reviews";
+        async fn merge(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> u64 {
+            merge_review(&mut **tx, self).await.unwrap()
+        }
+    }
+
+    impl Merged for PrActivityRecord {
+        const READ: &str = "SELECT review_id, at, deleted FROM pr_activity";
+        async fn merge(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> u64 {
+            merge_pr_activity(&mut **tx, self).await.unwrap()
+        }
+    }
+
+    /// Merges each record in a transaction of its own: the rows each changed, and then the
+    /// stored row.
+    async fn merges<R: Merged>(store: &Store, records: &[R]) -> (Vec<u64>, AnyRow) {
+        let mut changed = Vec::new();
+        for r in records {
+            let mut tx = store.write_transaction().await.unwrap();
+            changed.push(r.merge(&mut tx).await);
+            tx.commit().await.unwrap();
+        }
+        let row = sqlx::query(R::READ)
+            .fetch_one(&store.inner.read)
+            .await
+            .unwrap();
+        (changed, row)
+    }
+
+    /// A repeated review or activity (an edit, a redelivery, a backfill run again) changes no
+    /// row, so it rewrites none of their indexes; a real change still lands.
+    #[tokio::test]
+    async fn repeated_reviews_and_activities_change_no_row() {
+        let (store, dir) = sqlite_store("hookdock-repeats").await;
+        let review = |state: &str, submitted_at| ReviewRecord {
+            github_id: 5,
+            repo: "o/r".into(),
+            pr_number: 7,
+            reviewer_id: 2,
+            state: state.into(),
+            submitted_at,
+        };
+        let reviews = [
+            review("approved", 20),
+            review("approved", 20),
+            review("approved", 30),
+            review("dismissed", 30),
+            review("approved", 40),
+            review("approved", 10),
+        ];
+        let (changed, row) = merges(&store, &reviews).await;
+        assert_eq!(changed, [1, 0, 0, 1, 0, 1]);
+        assert_eq!(
+            (row.get::<String, _>(0), row.get::<i64, _>(1)),
+            ("dismissed".into(), 10)
+        );
+
+        let activity = |review_id, at, deleted| PrActivityRecord {
+            kind: ActivityKind::ReviewComment,
+            source_id: 9,
+            repo: "o/r".into(),
+            pr_number: 7,
+            actor_id: 2,
+            review_id,
+            at,
+            counts: true,
+            deleted,
+        };
+        let activities = [
+            activity(None, 50, false),
+            activity(None, 50, false),
+            activity(Some(5), 60, false),
+            activity(Some(5), 60, false),
+            activity(None, 50, true),
+            activity(None, 40, false),
+        ];
+        let (changed, row) = merges(&store, &activities).await;
+        assert_eq!(changed, [1, 0, 1, 0, 1, 1]);
+        assert_eq!(
+            (
+                row.get::<i64, _>(0),
+                row.get::<i64, _>(1),
+                row.get::<i64, _>(2)
+            ),
+            (5, 40, 1)
+        );
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
     }
