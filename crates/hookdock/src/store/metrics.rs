@@ -183,15 +183,7 @@ pub(crate) async fn upsert_member(
     sql.push(", ").bind(m.name.as_deref()).push(", ");
     sql.bind(flag(m.is_bot)).push(", ").bind(m.seen_at);
     sql.push(", ").bind(m.seen_at).push(")");
-    sql.push(&format!(
-        " ON CONFLICT (github_id) DO UPDATE SET \
-         name = CASE WHEN excluded.name IS NOT NULL AND (members.name IS NULL OR excluded.updated >= members.updated) \
-             THEN excluded.name ELSE members.name END, \
-         is_bot = CASE WHEN excluded.is_bot = 1 OR members.is_bot = 1 THEN 1 ELSE 0 END, \
-         first_seen = {}, updated = {}",
-        min_known("members.first_seen", "excluded.first_seen"),
-        max_known("members.updated", "excluded.updated"),
-    ));
+    sql.push(&MEMBER_CONFLICT);
     conn.exec(&sql).await?;
     // Every login a user was seen with: team members configured by login stay matched by id
     // after a rename.
@@ -201,13 +193,31 @@ pub(crate) async fn upsert_member(
         .bind(m.github_id)
         .push(", ")
         .bind(m.seen_at)
-        .push(&format!(
-            ") ON CONFLICT (login_lower, github_id) DO UPDATE SET seen = {}",
-            max_known("member_logins.seen", "excluded.seen")
-        ));
+        .push(&MEMBER_LOGIN_CONFLICT);
     conn.exec(&sql).await?;
     Ok(())
 }
+
+/// What inserting a stored member does (its login is [`update_login`]'s).
+static MEMBER_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        " ON CONFLICT (github_id) DO UPDATE SET \
+         name = CASE WHEN excluded.name IS NOT NULL AND (members.name IS NULL OR excluded.updated >= members.updated) \
+             THEN excluded.name ELSE members.name END, \
+         is_bot = CASE WHEN excluded.is_bot = 1 OR members.is_bot = 1 THEN 1 ELSE 0 END, \
+         first_seen = {}, updated = {}",
+        min_known("members.first_seen", "excluded.first_seen"),
+        max_known("members.updated", "excluded.updated"),
+    )
+});
+
+/// What inserting a login a member was already seen with does.
+static MEMBER_LOGIN_CONFLICT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        ") ON CONFLICT (login_lower, github_id) DO UPDATE SET seen = {}",
+        max_known("member_logins.seen", "excluded.seen")
+    )
+});
 
 /// How an event's value of a pull request column merges into the stored row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
