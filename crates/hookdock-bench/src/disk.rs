@@ -3,6 +3,11 @@
 //! directory (where the load benchmark's servers keep their data), `fdatasync`s after each
 //! append, at the open loop's rate, and prints the latencies of the `fdatasync` calls alone.
 //! An open-loop p99 that waits for the disk cannot be lower than this file system's.
+//!
+//! It also times writes into new page cache (no flush) three times: as the machine is, at once
+//! again, and after a pause. On a VM that hands freed memory back to its host, the first and
+//! the last are much slower than the second, and a receiver that appends a lot (the durable
+//! baseline: about 280 MB/s in the closed loop) pays that in CPU per request.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -26,6 +31,12 @@ pub struct DiskArgs {
     /// Appends (and flushes) per second, as the open loop's deliveries.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// MiB written into new page cache per pass of the page cache probe (0: skip it).
+    #[arg(long, default_value_t = 1024)]
+    cache_mb: u64,
+    /// Seconds of pause before the page cache probe's last pass.
+    #[arg(long, default_value_t = 10)]
+    cache_pause_secs: u64,
 }
 
 /// What the probe measured.
@@ -42,6 +53,30 @@ pub fn run(args: DiskArgs) -> anyhow::Result<ExitCode> {
         .prefix("hookdock-bench-disk-")
         .tempdir()
         .context("creating a directory for the probe's log")?;
+    if args.cache_mb > 0 {
+        let pause = Duration::from_secs(args.cache_pause_secs);
+        let bytes = args
+            .cache_mb
+            .checked_mul(1 << 20)
+            .context("--cache-mb is too large")?;
+        let [found, again, paused] = page_cache_passes(dir.path(), bytes, pause)?;
+        println!(
+            "{} MiB into new page cache, no flush, in {}:",
+            args.cache_mb,
+            dir.path().display()
+        );
+        println!(
+            "  as found {found:.2} GB/s, at once again {again:.2} GB/s, after {} s idle {paused:.2} GB/s",
+            pause.as_secs()
+        );
+        if found.min(paused) < again / 2.0 {
+            println!(
+                "  new page cache is slow to write here until it has just been used: this machine \
+                 seems to hand freed memory back to its host, so the durable baseline's CPU per \
+                 request depends on it (BENCHMARKS.md, \"The durable baseline on a VM\")"
+            );
+        }
+    }
     let window = Duration::from_secs(args.seconds.max(1));
     let probe = probe(dir.path(), args.bytes, args.rate, window)?;
     let l = Latency::from_histogram(&probe.flushes);
@@ -99,6 +134,36 @@ fn probe(dir: &Path, bytes: usize, rate: u64, window: Duration) -> anyhow::Resul
     Ok(Probe { flushes, log_bytes })
 }
 
+/// Writes `bytes` into a new file (1 MiB at a time, never flushed) and deletes it: as found,
+/// at once again, and again after `pause`. Returns the three write rates in GB/s.
+fn page_cache_passes(dir: &Path, bytes: u64, pause: Duration) -> anyhow::Result<[f64; 3]> {
+    let chunk = vec![b'x'; 1 << 20];
+    let path = dir.join("page-cache.probe");
+    let pass = || -> anyhow::Result<f64> {
+        let mut file =
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let start = Instant::now();
+        let mut written = 0u64;
+        while written < bytes {
+            let n = chunk
+                .len()
+                .min(usize::try_from(bytes - written).unwrap_or(usize::MAX));
+            file.write_all(&chunk[..n])
+                .with_context(|| format!("writing {}", path.display()))?;
+            written += n as u64;
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        drop(file);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(written as f64 / secs / 1e9)
+    };
+    let found = pass()?;
+    let again = pass()?;
+    std::thread::sleep(pause);
+    let paused = pass()?;
+    Ok([found, again, paused])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +181,16 @@ mod tests {
                 .len(),
             50 * 4096
         );
+    }
+
+    #[test]
+    fn page_cache_passes_write_and_remove_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rates = page_cache_passes(dir.path(), 3 << 20, Duration::ZERO).unwrap();
+        assert!(
+            rates.iter().all(|r| r.is_finite() && *r > 0.0),
+            "rates {rates:?}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! `cargo run --release -p hookdock-bench -- metrics` times the pull request metrics summary
 //! on a generated database instead (see `metrics.rs`), and `-- disk` the latency of this
-//! machine's `fdatasync` at the open loop's rate (see `disk.rs`).
+//! machine's `fdatasync` at the open loop's rate and how fast it writes new page cache (see
+//! `disk.rs`).
 
 mod baseline;
 mod disk;
@@ -60,6 +61,7 @@ enum Internal {
     Metrics(metrics::MetricsArgs),
     /// Times `fdatasync` after appends of the payload's size at a fixed rate, in the directory
     /// where the servers keep their data: the floor of any durable receiver's latency here.
+    /// First times writes into new page cache, which some VMs make slow.
     Disk(disk::DiskArgs),
     /// Baseline receiver that keeps deliveries in memory only (started by the bench).
     #[command(hide = true)]
