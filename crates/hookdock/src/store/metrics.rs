@@ -157,6 +157,19 @@ fn flag(v: bool) -> i64 {
     i64::from(v)
 }
 
+/// The `SET` list of `merges` (column, its merged value) and a condition on `table`'s row that
+/// holds only where one of them changes the stored value. An UPDATE rewrites the index entries
+/// of every column it sets, even to the same value (SQLite writes a page of each such index),
+/// so merges of indexed columns are applied only under that condition.
+fn set_where_changed(table: &str, merges: &[(&str, String)]) -> (String, String) {
+    let sets: Vec<String> = merges.iter().map(|(c, v)| format!("{c} = {v}")).collect();
+    let changes: Vec<String> = merges
+        .iter()
+        .map(|(c, v)| format!("{table}.{c} IS DISTINCT FROM ({v})"))
+        .collect();
+    (sets.join(", "), format!("({})", changes.join(" OR ")))
+}
+
 /// Takes the login of `m` for a stored member if it is at least as new as the stored one,
 /// and changes the row only if the login changes: setting it in the upsert would rewrite its
 /// index entry every time (see [`INDEXED_UPDATE`]). Runs before the upsert moves `updated`.
@@ -298,26 +311,19 @@ static UPSERT_CONFLICT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Merges the indexed columns of a stored pull request, and changes the row only if one of
-/// them changes. An UPDATE rewrites the index entries of every column it sets, even to the
-/// same value (SQLite writes a page of each such index), and most events of a pull request
-/// (comments, reviews, labels, edits) change none of these columns. The event's row `n` and
-/// the pull request follow (see [`update_indexed_columns`]).
+/// them changes (see [`set_where_changed`]): most events of a pull request (comments,
+/// reviews, labels, edits) change none of these columns. The event's row `n` and the pull
+/// request follow (see [`update_indexed_columns`]).
 static INDEXED_UPDATE: LazyLock<(String, String)> = LazyLock::new(|| {
-    let indexed = || MERGED_COLUMNS.iter().filter(|(_, _, indexed)| *indexed);
-    let sets: Vec<String> = indexed()
-        .map(|&(c, merge, _)| format!("{c} = {}", merged(c, merge, "n")))
+    let merges: Vec<(&str, String)> = MERGED_COLUMNS
+        .iter()
+        .filter(|(_, _, indexed)| *indexed)
+        .map(|&(c, merge, _)| (c, merged(c, merge, "n")))
         .collect();
-    let changes: Vec<String> = indexed()
-        .map(|&(c, merge, _)| {
-            format!(
-                "pull_requests.{c} IS DISTINCT FROM {}",
-                merged(c, merge, "n")
-            )
-        })
-        .collect();
+    let (sets, changed) = set_where_changed("pull_requests", &merges);
     (
-        format!("UPDATE pull_requests SET {} FROM (SELECT ", sets.join(", ")),
-        format!(" AND ({})", changes.join(" OR ")),
+        format!("UPDATE pull_requests SET {sets} FROM (SELECT "),
+        format!(" AND {changed}"),
     )
 });
 
@@ -603,12 +609,17 @@ static REVIEW_CONFLICT: LazyLock<String> = LazyLock::new(|| {
     // A dismissal is final, whatever order submitted/edited/dismissed arrive in.
     let state = "CASE WHEN reviews.state = 'dismissed' OR excluded.state = 'dismissed' \
         THEN 'dismissed' ELSE excluded.state END";
-    let submitted = min_known("reviews.submitted_at", "excluded.submitted_at");
-    format!(
-        " ON CONFLICT (github_id) DO UPDATE SET state = {state}, submitted_at = {submitted} \
-         WHERE reviews.state IS DISTINCT FROM ({state}) \
-         OR reviews.submitted_at IS DISTINCT FROM ({submitted})"
-    )
+    let (sets, changed) = set_where_changed(
+        "reviews",
+        &[
+            ("state", state.to_owned()),
+            (
+                "submitted_at",
+                min_known("reviews.submitted_at", "excluded.submitted_at"),
+            ),
+        ],
+    );
+    format!(" ON CONFLICT (github_id) DO UPDATE SET {sets} WHERE {changed}")
 });
 
 /// Applies a [`DraftChangesRecord`].
@@ -688,14 +699,22 @@ async fn merge_pr_activity(
 /// What inserting a stored review activity does: merges it, only where a value changes.
 static ACTIVITY_CONFLICT: LazyLock<String> = LazyLock::new(|| {
     // A deletion is final; the time is the earliest seen.
-    let deleted = "CASE WHEN pr_activity.deleted = 1 OR excluded.deleted = 1 THEN 1 ELSE 0 END";
-    let review = "COALESCE(pr_activity.review_id, excluded.review_id)";
-    let at = min_known("pr_activity.at", "excluded.at");
-    format!(
-        " ON CONFLICT (kind, source_id) DO UPDATE SET deleted = {deleted}, review_id = {review}, \
-         at = {at} WHERE pr_activity.deleted IS DISTINCT FROM ({deleted}) \
-         OR pr_activity.review_id IS DISTINCT FROM ({review}) OR pr_activity.at IS DISTINCT FROM ({at})"
-    )
+    let (sets, changed) = set_where_changed(
+        "pr_activity",
+        &[
+            (
+                "deleted",
+                "CASE WHEN pr_activity.deleted = 1 OR excluded.deleted = 1 THEN 1 ELSE 0 END"
+                    .to_owned(),
+            ),
+            (
+                "review_id",
+                "COALESCE(pr_activity.review_id, excluded.review_id)".to_owned(),
+            ),
+            ("at", min_known("pr_activity.at", "excluded.at")),
+        ],
+    );
+    format!(" ON CONFLICT (kind, source_id) DO UPDATE SET {sets} WHERE {changed}")
 });
 
 /// Which pull requests to read.
