@@ -242,7 +242,8 @@ fn phase_result(
 ) -> Phase {
     let secs = elapsed.as_secs_f64();
     let n = tally.ok.max(1) as f64;
-    let server = (after.server - before.server).as_secs_f64();
+    let server_total = after.server.saturating_sub(before.server);
+    let server = server_total.as_secs_f64();
     let client = (after.client - before.client).as_secs_f64();
     let machine = (after.machine - before.machine).as_secs_f64();
     Phase {
@@ -258,6 +259,12 @@ fn phase_result(
         req_per_sec: tally.ok as f64 / secs,
         latency: Latency::from_histogram(&tally.hist),
         server_cpu_us_per_req: server * 1e6 / n,
+        server_threads_us_per_req: crate::procfs::per_request_by_thread(
+            &before.server_threads,
+            &after.server_threads,
+            server_total,
+            tally.ok,
+        ),
         server_cores: server / secs,
         client_cpu_us_per_req: client * 1e6 / n,
         other_cores: ((machine - server - client) / secs).max(0.0),

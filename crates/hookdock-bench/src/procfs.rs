@@ -1,6 +1,8 @@
-//! What the kernel says about a process and the machine: CPU time from `/proc/<pid>/stat`,
-//! peak resident memory from `/proc/<pid>/status`, machine-wide busy time from `/proc/stat`.
+//! What the kernel says about a process and the machine: CPU time from `/proc/<pid>/stat`
+//! (and per thread from `/proc/<pid>/task/<tid>/stat`), peak resident memory from
+//! `/proc/<pid>/status`, machine-wide busy time from `/proc/stat`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -28,6 +30,67 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> anyhow::Result<u64> {
     let utime: u64 = fields[11].parse().context("utime")?;
     let stime: u64 = fields[12].parse().context("stime")?;
     Ok(utime + stime)
+}
+
+/// The command name (field 2, a thread's name in a task's `stat`) and its `utime + stime`.
+pub fn parse_stat_name_and_ticks(stat: &str) -> anyhow::Result<(String, u64)> {
+    let open = stat.find('(').context("no '(' in stat")?;
+    let close = stat.rfind(')').context("no ')' in stat")?;
+    let name = stat
+        .get(open + 1..close)
+        .context("the name in stat is not enclosed in parentheses")?;
+    Ok((name.to_owned(), parse_stat_cpu_ticks(stat)?))
+}
+
+/// CPU time of a process's live threads, summed per thread name (a runtime's workers share
+/// one). Threads that end between the listing and the read are left out.
+pub fn threads_cpu(pid: u32) -> anyhow::Result<BTreeMap<String, Duration>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = entry
+            .with_context(|| format!("reading {dir}"))?
+            .path()
+            .join("stat");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (name, ticks) = parse_stat_name_and_ticks(&text)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        *by_name.entry(name).or_default() += ticks;
+    }
+    Ok(by_name
+        .into_iter()
+        .map(|(name, ticks)| (name, ticks_to_duration(ticks)))
+        .collect())
+}
+
+/// Server CPU per request by thread name over a window, in µs, largest first: `after` minus
+/// `before` (a thread started in the window counts from zero). Time of threads that ended in
+/// the window is only in the process's total, so what the threads alive at the end do not
+/// account for is listed as `(ended threads)`.
+pub fn per_request_by_thread(
+    before: &BTreeMap<String, Duration>,
+    after: &BTreeMap<String, Duration>,
+    process_total: Duration,
+    requests: u64,
+) -> Vec<(String, f64)> {
+    let n = requests.max(1) as f64;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut counted = Duration::ZERO;
+    for (name, end) in after {
+        let spent = end.saturating_sub(before.get(name).copied().unwrap_or_default());
+        counted += spent;
+        if !spent.is_zero() {
+            rows.push((name.clone(), spent.as_secs_f64() * 1e6 / n));
+        }
+    }
+    let ended = process_total.saturating_sub(counted);
+    if !ended.is_zero() {
+        rows.push(("(ended threads)".to_owned(), ended.as_secs_f64() * 1e6 / n));
+    }
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    rows
 }
 
 /// A value in kB from `/proc/<pid>/status` (`VmHWM`, `VmRSS`, …).
@@ -83,11 +146,12 @@ pub fn machine_busy() -> anyhow::Result<Duration> {
     Ok(ticks_to_duration(parse_machine_busy_ticks(&text)?))
 }
 
-/// CPU times at one instant: the server under test, this process (the load generator), and
-/// the whole machine.
-#[derive(Debug, Clone, Copy)]
+/// CPU times at one instant: the server under test (in all and per thread name), this process
+/// (the load generator), and the whole machine.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub server: Duration,
+    pub server_threads: BTreeMap<String, Duration>,
     pub client: Duration,
     pub machine: Duration,
 }
@@ -95,6 +159,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn take(server_pid: u32) -> anyhow::Result<Snapshot> {
         Ok(Snapshot {
+            server_threads: threads_cpu(server_pid)?,
             server: process_cpu(server_pid)?,
             client: self_cpu()?,
             machine: machine_busy()?,
@@ -121,6 +186,81 @@ mod tests {
         parse_stat_cpu_ticks(&text).unwrap();
         assert!(peak_rss_kb(std::process::id()).unwrap() > 0);
         machine_busy().unwrap();
+    }
+
+    #[test]
+    fn thread_stat_name_and_ticks() {
+        let stat = "4243 (tokio-rt-worker) S 1 4242 4242 0 -1 4194560 12 0 0 0 \
+                    30 7 0 0 20 0 9 0 12345 1000000 500 18446744073709551615";
+        assert_eq!(
+            parse_stat_name_and_ticks(stat).unwrap(),
+            ("tokio-rt-worker".to_owned(), 37)
+        );
+        let odd = "7 (a (b) c) R 1 2 3 4 5 6 7 8 9 10 4 5 0 0";
+        assert_eq!(
+            parse_stat_name_and_ticks(odd).unwrap(),
+            ("a (b) c".to_owned(), 9)
+        );
+        assert!(parse_stat_name_and_ticks("7 no name 1 2").is_err());
+    }
+
+    #[test]
+    fn a_busy_thread_shows_under_its_name() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let spin = std::thread::Builder::new()
+            .name("procfs-spin".into())
+            .spawn(move || {
+                let mut x = 0u64;
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                x
+            })
+            .unwrap();
+        // Polled with a deadline: the kernel counts whole ticks, so the thread shows once one
+        // has passed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Duration::ZERO;
+        while seen.is_zero() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            let threads = threads_cpu(std::process::id()).unwrap();
+            seen = threads.get("procfs-spin").copied().unwrap_or_default();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spin.join().unwrap();
+        assert!(
+            seen > Duration::ZERO,
+            "the spinning thread's CPU was never seen"
+        );
+    }
+
+    #[test]
+    fn per_request_rows_subtract_sort_and_keep_ended_threads() {
+        let ms = Duration::from_millis;
+        let before = BTreeMap::from([
+            ("worker".to_owned(), ms(100)),
+            ("writer".to_owned(), ms(50)),
+        ]);
+        let after = BTreeMap::from([
+            ("worker".to_owned(), ms(300)),
+            ("writer".to_owned(), ms(450)),
+            ("new".to_owned(), ms(20)),
+            ("idle".to_owned(), ms(0)),
+        ]);
+        // 200 + 400 + 20 by the live threads; the process spent 700, so 80 were ended threads'.
+        let rows = per_request_by_thread(&before, &after, ms(700), 1000);
+        let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(names, ["writer", "worker", "(ended threads)", "new"]);
+        let us: Vec<f64> = rows
+            .iter()
+            .map(|r| (r.1 * 1000.0).round() / 1000.0)
+            .collect();
+        assert_eq!(us, [400.0, 200.0, 80.0, 20.0]);
+        assert_eq!(
+            per_request_by_thread(&before, &before, ms(0), 0),
+            Vec::new()
+        );
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct Phase {
     pub req_per_sec: f64,
     pub latency: Latency,
     pub server_cpu_us_per_req: f64,
+    /// The same split by the server's thread names (threads sharing a name summed), largest
+    /// first: where a server's time goes, without a profiler.
+    pub server_threads_us_per_req: Vec<(String, f64)>,
     /// Server CPU over the window, in cores (1.0 = one core busy all the time).
     pub server_cores: f64,
     pub client_cpu_us_per_req: f64,
@@ -394,8 +397,23 @@ pub fn table(results: &[TargetResult]) -> String {
             r.name,
             r.peak_rss_kb as f64 / 1024.0
         );
+        for p in r.closed.iter().chain(&r.open) {
+            if let Some(split) = thread_split(&p.server_threads_us_per_req) {
+                let _ = writeln!(s, "{:<22}   {} µs/req by thread: {split}", "", p.kind);
+            }
+        }
     }
     s
+}
+
+/// `name 112, other 63, …` for the threads that took at least 1 µs per request.
+fn thread_split(rows: &[(String, f64)]) -> Option<String> {
+    let shown: Vec<String> = rows
+        .iter()
+        .filter(|(_, us)| *us >= 0.5)
+        .map(|(name, us)| format!("{name} {us:.0}"))
+        .collect();
+    (!shown.is_empty()).then(|| shown.join(", "))
 }
 
 #[cfg(test)]
@@ -419,6 +437,10 @@ mod tests {
                 ..Latency::default()
             },
             server_cpu_us_per_req: cpu,
+            server_threads_us_per_req: vec![
+                ("tokio-rt-worker".into(), cpu * 0.7),
+                ("writer".into(), cpu * 0.3),
+            ],
             server_cores: 1.0,
             client_cpu_us_per_req: 10.0,
             other_cores: 0.0,
@@ -640,5 +662,14 @@ mod tests {
         let t = table(&[target("memory", 11800.0, 150.0, 1.0, 20_000)]);
         assert!(t.contains("closed 64c") && t.contains("open 1000/s"), "{t}");
         assert!(t.contains("19.5 MB"), "{t}");
+        assert!(
+            t.contains("closed µs/req by thread: tokio-rt-worker 105, writer 45"),
+            "{t}"
+        );
+        assert!(
+            t.contains("open µs/req by thread: tokio-rt-worker 105, writer 45"),
+            "{t}"
+        );
+        assert_eq!(thread_split(&[("idle".into(), 0.2)]), None);
     }
 }
