@@ -42,49 +42,54 @@ pub fn parse_stat_name_and_ticks(stat: &str) -> anyhow::Result<(String, u64)> {
     Ok((name.to_owned(), parse_stat_cpu_ticks(stat)?))
 }
 
-/// CPU time of a process's live threads, summed per thread name (a runtime's workers share
-/// one). Threads that end between the listing and the read are left out.
-pub fn threads_cpu(pid: u32) -> anyhow::Result<BTreeMap<String, Duration>> {
+/// A process's live threads at one instant: thread id to its name and CPU time. Threads that
+/// end between the listing and the read are left out.
+pub type Threads = BTreeMap<u32, (String, Duration)>;
+
+pub fn threads_cpu(pid: u32) -> anyhow::Result<Threads> {
     let dir = format!("/proc/{pid}/task");
-    let mut by_name: BTreeMap<String, u64> = BTreeMap::new();
+    let mut threads = Threads::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
-        let path = entry
-            .with_context(|| format!("reading {dir}"))?
-            .path()
-            .join("stat");
+        let entry = entry.with_context(|| format!("reading {dir}"))?;
+        let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let path = entry.path().join("stat");
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
         let (name, ticks) = parse_stat_name_and_ticks(&text)
             .with_context(|| format!("parsing {}", path.display()))?;
-        *by_name.entry(name).or_default() += ticks;
+        threads.insert(tid, (name, ticks_to_duration(ticks)));
     }
-    Ok(by_name
-        .into_iter()
-        .map(|(name, ticks)| (name, ticks_to_duration(ticks)))
-        .collect())
+    Ok(threads)
 }
 
-/// Server CPU per request by thread name over a window, in µs, largest first: `after` minus
-/// `before` (a thread started in the window counts from zero). Time of threads that ended in
-/// the window is only in the process's total, so what the threads alive at the end do not
-/// account for is listed as `(ended threads)`.
+/// Server CPU per request by thread name over a window, in µs, largest first: each thread
+/// alive at the end, `after` minus `before` (a thread started in the window counts from zero),
+/// summed per name (a runtime's workers share one). The time of threads that ended in the
+/// window is only in the process's total: what the live threads do not account for is listed
+/// as `(ended threads)`.
 pub fn per_request_by_thread(
-    before: &BTreeMap<String, Duration>,
-    after: &BTreeMap<String, Duration>,
+    before: &Threads,
+    after: &Threads,
     process_total: Duration,
     requests: u64,
 ) -> Vec<(String, f64)> {
     let n = requests.max(1) as f64;
-    let mut rows: Vec<(String, f64)> = Vec::new();
+    let mut by_name: BTreeMap<&str, Duration> = BTreeMap::new();
     let mut counted = Duration::ZERO;
-    for (name, end) in after {
-        let spent = end.saturating_sub(before.get(name).copied().unwrap_or_default());
+    for (tid, (name, end)) in after {
+        let start = before.get(tid).map(|t| t.1).unwrap_or_default();
+        let spent = end.saturating_sub(start);
         counted += spent;
-        if !spent.is_zero() {
-            rows.push((name.clone(), spent.as_secs_f64() * 1e6 / n));
-        }
+        *by_name.entry(name).or_default() += spent;
     }
+    let mut rows: Vec<(String, f64)> = by_name
+        .into_iter()
+        .filter(|(_, spent)| !spent.is_zero())
+        .map(|(name, spent)| (name.to_owned(), spent.as_secs_f64() * 1e6 / n))
+        .collect();
     let ended = process_total.saturating_sub(counted);
     if !ended.is_zero() {
         rows.push(("(ended threads)".to_owned(), ended.as_secs_f64() * 1e6 / n));
@@ -151,7 +156,7 @@ pub fn machine_busy() -> anyhow::Result<Duration> {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub server: Duration,
-    pub server_threads: BTreeMap<String, Duration>,
+    pub server_threads: Threads,
     pub client: Duration,
     pub machine: Duration,
 }
@@ -225,7 +230,11 @@ mod tests {
         while seen.is_zero() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
             let threads = threads_cpu(std::process::id()).unwrap();
-            seen = threads.get("procfs-spin").copied().unwrap_or_default();
+            seen = threads
+                .values()
+                .filter(|(name, _)| name == "procfs-spin")
+                .map(|t| t.1)
+                .sum();
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         spin.join().unwrap();
@@ -236,27 +245,32 @@ mod tests {
     }
 
     #[test]
-    fn per_request_rows_subtract_sort_and_keep_ended_threads() {
+    fn per_request_rows_subtract_per_thread_sum_per_name_and_keep_ended_threads() {
         let ms = Duration::from_millis;
-        let before = BTreeMap::from([
-            ("worker".to_owned(), ms(100)),
-            ("writer".to_owned(), ms(50)),
+        let t = |name: &str, spent: u64| (name.to_owned(), ms(spent));
+        let before = Threads::from([
+            (1, t("worker", 100)),
+            (2, t("worker", 60)),
+            (3, t("writer", 50)),
+            // Ends within the window, after 10 ms more (in the process's total only).
+            (4, t("worker", 500)),
         ]);
-        let after = BTreeMap::from([
-            ("worker".to_owned(), ms(300)),
-            ("writer".to_owned(), ms(450)),
-            ("new".to_owned(), ms(20)),
-            ("idle".to_owned(), ms(0)),
+        let after = Threads::from([
+            (1, t("worker", 300)),
+            (2, t("worker", 90)),
+            (3, t("writer", 450)),
+            (5, t("new", 20)),
+            (6, t("idle", 0)),
         ]);
-        // 200 + 400 + 20 by the live threads; the process spent 700, so 80 were ended threads'.
-        let rows = per_request_by_thread(&before, &after, ms(700), 1000);
+        // Live threads: workers 200 + 30, writer 400, new 20; the process spent 660 in all.
+        let rows = per_request_by_thread(&before, &after, ms(660), 1000);
         let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-        assert_eq!(names, ["writer", "worker", "(ended threads)", "new"]);
+        assert_eq!(names, ["writer", "worker", "new", "(ended threads)"]);
         let us: Vec<f64> = rows
             .iter()
             .map(|r| (r.1 * 1000.0).round() / 1000.0)
             .collect();
-        assert_eq!(us, [400.0, 200.0, 80.0, 20.0]);
+        assert_eq!(us, [400.0, 230.0, 20.0, 10.0]);
         assert_eq!(
             per_request_by_thread(&before, &before, ms(0), 0),
             Vec::new()
