@@ -406,7 +406,7 @@ pub fn table(results: &[TargetResult]) -> String {
     s
 }
 
-/// `name 112, other 63, …` for the threads that took at least 1 µs per request.
+/// `name 112, other 63, …` for the threads whose time per request rounds to at least 1 µs.
 fn thread_split(rows: &[(String, f64)]) -> Option<String> {
     let shown: Vec<String> = rows
         .iter()
