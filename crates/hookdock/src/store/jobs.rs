@@ -581,11 +581,28 @@ pub(crate) struct ClaimRequest {
 /// Claims due jobs in the caller's transaction: heads of their key (pending, failed with the
 /// retry time reached, or processing with an expired lease), oldest first, each with the jobs
 /// its chain takes behind it, and with what their handlers need of the event.
+///
+/// `now` is the transaction's clock: the claim takes what is due then, at least the jobs the
+/// transaction inserted (due at its `now`), however long before the request was made (its
+/// lease is pushed back as much). A request made in the millisecond before would otherwise
+/// leave them to the next poll.
 pub(crate) async fn claim_in(
     conn: &mut impl WriteConn,
     dialect: Dialect,
     request: &ClaimRequest,
+    now: i64,
 ) -> Result<Vec<ClaimedChain>, sqlx::Error> {
+    let later;
+    let request = if request.now < now {
+        later = ClaimRequest {
+            now,
+            lease_until: request.lease_until.saturating_add(now - request.now),
+            ..request.clone()
+        };
+        &later
+    } else {
+        request
+    };
     let now = request.now;
     let mut sql = take_jobs(dialect, request);
     sql.push(&format!(
@@ -773,7 +790,7 @@ impl Store {
         } else {
             let mut conn = self.inner.write.acquire().await?;
             let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
-            let claimed = claim_in(&mut *tx, self.inner.dialect, &request).await?;
+            let claimed = claim_in(&mut *tx, self.inner.dialect, &request, super::now_ms()).await?;
             tx.commit().await?;
             claimed
         };

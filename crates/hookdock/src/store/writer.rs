@@ -482,7 +482,7 @@ async fn apply<C: WriteConn>(
     }
     let mut claimed = Vec::with_capacity(claims.len());
     for claim in claims {
-        claimed.push(claim_in(conn, dialect, claim).await?);
+        claimed.push(claim_in(conn, dialect, claim, now).await?);
     }
     Ok(Written {
         ingested,

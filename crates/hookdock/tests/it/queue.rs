@@ -739,7 +739,41 @@ async fn a_chain_whose_worker_died_runs_again_in_order(backend: Backend) {
     app.stop().await;
 }
 
+/// A claim takes what is due when it runs, whatever clock it was asked with: the job's due
+/// time is the inserting transaction's clock, and an offer made in the millisecond before
+/// that transaction (the writer's, on SQLite) once left it to the next poll.
+async fn a_claim_takes_what_is_due_when_it_runs_whatever_clock_it_was_asked_with(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&backend, recorder, |s| s).await;
+    let id = post_issue(&app, 8, 0).await;
+    let a_minute_ago = now_ms() - 60_000;
+    let claimed = app
+        .store
+        .claim_jobs(
+            "slow-clock",
+            10,
+            a_minute_ago + 30_000,
+            a_minute_ago,
+            &Chains::default(),
+        )
+        .await
+        .unwrap();
+    let events: Vec<i64> = claimed.iter().flatten().map(|j| j.event_id).collect();
+    assert_eq!(events, [id]);
+    assert_eq!(store_status(&app.store, id).await, "processing");
+    // Its lease runs 30 s from the claim, not from the request's clock: another claim made
+    // now does not take it again.
+    let again = app
+        .store
+        .claim_jobs("other", 10, now_ms() + 30_000, now_ms(), &Chains::default())
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    a_claim_takes_what_is_due_when_it_runs_whatever_clock_it_was_asked_with,
     a_chain_takes_a_keys_backlog_in_one_claim_and_runs_it_in_order,
     a_failure_stops_its_chain_and_the_rest_waits_without_losing_an_attempt,
     a_dead_job_in_a_chain_lets_the_rest_of_its_key_run,
