@@ -268,9 +268,11 @@ impl Worker {
 
     /// Works until `shutdown`, then waits up to `grace` for running jobs and releases the rest.
     ///
-    /// Where the store hands jobs over as it inserts or unblocks them (SQLite), the worker only
-    /// claims for itself at start, when woken (a replay) and at each poll (retries that became
-    /// due, leases of a dead instance); elsewhere it also claims whenever a job ends.
+    /// Where the store hands jobs over as it inserts or unblocks them (SQLite), the worker
+    /// never claims for itself: at start, when woken (a replay) and at each poll (retries that
+    /// became due, leases of a dead instance) it asks the store to hand over what is due, so
+    /// that only the store takes its free slots. Elsewhere it claims at those times and
+    /// whenever a job ends.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
         let slots = Arc::new(AtomicUsize::new(self.concurrency));
         let mut pushed = match self
@@ -300,19 +302,26 @@ impl Worker {
             }
             if claim_now && claim_backoff.is_zero() {
                 claim_now = false;
-                let free = take_slots(&slots);
-                if free > 0 {
-                    match self.claim(free).await {
-                        Ok(chains) => {
-                            free_slots(&slots, free - chains.len().min(free));
-                            for chain in chains {
-                                running.start(&self, &slots, chain);
+                if pushed.is_some() {
+                    if let Err(error) = self.store.offer_jobs().await {
+                        tracing::error!(%error, "asking for jobs failed");
+                        claim_backoff = self.poll;
+                    }
+                } else {
+                    let free = take_slots(&slots);
+                    if free > 0 {
+                        match self.claim(free).await {
+                            Ok(chains) => {
+                                free_slots(&slots, free - chains.len().min(free));
+                                for chain in chains {
+                                    running.start(&self, &slots, chain);
+                                }
                             }
-                        }
-                        Err(error) => {
-                            free_slots(&slots, free);
-                            tracing::error!(%error, "claiming jobs failed");
-                            claim_backoff = self.poll;
+                            Err(error) => {
+                                free_slots(&slots, free);
+                                tracing::error!(%error, "claiming jobs failed");
+                                claim_backoff = self.poll;
+                            }
                         }
                     }
                 }
@@ -328,8 +337,12 @@ impl Worker {
                     let joined = running.ended(joined);
                     match joined {
                         Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed; it will run again when its lease expires"),
-                        // A task that panicked or was aborted did not give its slot back.
-                        Err(_) => free_slots(&slots, 1),
+                        // A task that panicked or was aborted did not give its slot back,
+                        // nor sent a result whose commit would fill it.
+                        Err(_) => {
+                            free_slots(&slots, 1);
+                            claim_now = true;
+                        }
                         Ok(_) => {}
                     }
                     if pushed.is_none() {

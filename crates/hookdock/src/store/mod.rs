@@ -462,6 +462,12 @@ impl Store {
         Ok(Some(rx))
     }
 
+    /// Asks the writer to claim what is due for the attached worker's free slots, in its next
+    /// transaction (see [`Store::attach_worker`]); the jobs arrive in the worker's channel.
+    pub async fn offer_jobs(&self) -> Result<(), StoreError> {
+        self.inner.writer.offer().await
+    }
+
     /// Stops handing jobs to the attached worker (see [`Store::attach_worker`]); returns once
     /// every job handed to it before has arrived in its channel.
     pub async fn detach_worker(&self) -> Result<(), StoreError> {

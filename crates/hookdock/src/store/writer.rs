@@ -98,7 +98,13 @@ pub(crate) fn free_slots(idle: &AtomicUsize, n: usize) {
 }
 
 /// A claim for the attached worker: the request, the slots it took, and where jobs go.
-type Offer = (ClaimRequest, usize, mpsc::UnboundedSender<ClaimedChain>);
+type Offer = (ClaimRequest, usize, Handover);
+
+/// Where claimed chains go, and the free slots they took (given back if they cannot go).
+struct Handover {
+    to: mpsc::UnboundedSender<ClaimedChain>,
+    idle: Arc<AtomicUsize>,
+}
 
 enum Op {
     /// Shared with the caller, who drops it last, once answered: so its memory is freed on the
@@ -109,6 +115,8 @@ enum Op {
     Finish(Vec<JobFinish>, Reply<Vec<bool>>),
     Claim(ClaimRequest, Reply<Vec<ClaimedChain>>),
     Attach(Attached),
+    /// Asks for a claim for the attached worker's free slots (see [`WriterHandle::offer`]).
+    Offer,
     /// Stops handing jobs over; answered once every job handed over before is on its way.
     Detach(oneshot::Sender<()>),
     /// Housekeeping that waits for no caller: merging deduplication keys when idle.
@@ -269,6 +277,14 @@ impl WriterHandle {
         rx.await.map_err(|_| StoreError::Closed)
     }
 
+    /// Asks the writer to claim what is due for the attached worker's free slots now (at its
+    /// start, after a replay, at each poll), in its next transaction; the jobs arrive in the
+    /// worker's channel. The worker never takes its slots itself: a claim of its own that held
+    /// them while a commit made jobs claimable would leave those jobs to the next poll.
+    pub async fn offer(&self) -> Result<(), StoreError> {
+        self.send(Op::Offer).await
+    }
+
     /// Lets the writer claim jobs for `worker` (see [`Attached`]).
     pub async fn attach(&self, worker: Attached) -> Result<(), StoreError> {
         self.send(Op::Attach(worker)).await
@@ -352,13 +368,15 @@ struct Batch {
     claims: Vec<(ClaimRequest, Reply<Vec<ClaimedChain>>)>,
     attach: Option<Attached>,
     detach: Option<oneshot::Sender<()>>,
+    /// The attached worker asked for jobs.
+    offer: bool,
     maintain: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.ingests.len() + self.finished_by.len() + self.claims.len()
+        self.ingests.len() + self.finished_by.len() + self.claims.len() + usize::from(self.offer)
     }
 
     fn take(&mut self, op: Op) {
@@ -370,6 +388,7 @@ impl Batch {
             }
             Op::Claim(c, reply) => self.claims.push((c, reply)),
             Op::Attach(worker) => self.attach = Some(worker),
+            Op::Offer => self.offer = true,
             Op::Detach(reply) => self.detach = Some(reply),
             Op::Maintain => self.maintain = true,
             Op::Shutdown(reply) => self.shutdown = Some(reply),
@@ -400,7 +419,7 @@ struct Durable {
     ingests: Vec<Answer<IngestOutcome>>,
     claims: Vec<Answer<Vec<ClaimedChain>>>,
     /// Chains claimed for the attached worker, and where they go.
-    offered: Option<(mpsc::UnboundedSender<ClaimedChain>, Vec<ClaimedChain>)>,
+    offered: Option<(Handover, Vec<ClaimedChain>)>,
 }
 
 impl Durable {
@@ -422,12 +441,14 @@ impl Durable {
         for (reply, result) in self.claims {
             send(reply, result, &flushed);
         }
-        if let Some((to, chains)) = self.offered {
-            // After a failed flush they are not handed over; their leases run out and they
-            // are claimed again (by then, after a restart).
-            if flushed.is_ok() {
+        if let Some((handover, chains)) = self.offered {
+            // After a failed flush they are not handed over (their slots are given back);
+            // their leases run out and they are claimed again.
+            if flushed.is_err() {
+                free_slots(&handover.idle, chains.len());
+            } else {
                 for chain in chains {
-                    if to.send(chain).is_err() {
+                    if handover.to.send(chain).is_err() {
                         tracing::warn!(
                             "the worker stopped; a job claimed for it runs again when its lease expires"
                         );
@@ -517,6 +538,7 @@ impl Writer {
                 && batch.shutdown.is_none()
                 && batch.attach.is_none()
                 && batch.detach.is_none()
+                && !batch.offer
                 && batch.len() < self.max_batch
             {
                 let Some(left) = wait.checked_sub(started.elapsed()) else {
@@ -598,9 +620,13 @@ impl Writer {
     }
 
     /// A claim for the attached worker's free slots, taken from them, when this batch may
-    /// have made jobs claimable (new jobs, or finished heads).
+    /// have made jobs claimable (new jobs, or finished heads) or the worker asked for one.
+    ///
+    /// Only the writer takes the worker's free slots (the worker's running chains hold the
+    /// rest and give theirs back before their results are sent here), so a batch that finds
+    /// none free is followed by one that offers: the finish of a running chain.
     fn offer(&self, batch: &Batch) -> Option<Offer> {
-        if batch.ingests.is_empty() && batch.finished_by.is_empty() {
+        if batch.ingests.is_empty() && batch.finished_by.is_empty() && !batch.offer {
             return None;
         }
         let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
@@ -628,7 +654,11 @@ impl Writer {
                 worker.chains.clone()
             },
         };
-        Some((request, free, worker.jobs.clone()))
+        let handover = Handover {
+            to: worker.jobs.clone(),
+            idle: Arc::clone(&worker.idle),
+        };
+        Some((request, free, handover))
     }
 
     /// Gives unfilled slots back to the attached worker.
@@ -662,6 +692,10 @@ impl Writer {
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         self.burst.record(batch.ingests.len());
         let offer = self.offer(&batch);
+        if offer.is_none() && batch.len() == usize::from(batch.offer) {
+            // Only the worker's request, and no free slot to fill (or no worker any more).
+            return;
+        }
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
         }
@@ -669,11 +703,11 @@ impl Writer {
         drop(deliveries);
         let mut durable = Durable::default();
         match (result, offer) {
-            (Ok(mut written), Some((_, free, to))) => {
+            (Ok(mut written), Some((_, free, handover))) => {
                 let chains = written.claimed.pop().unwrap_or_default();
                 self.give_back(free.saturating_sub(chains.len()));
                 if !chains.is_empty() {
-                    durable.offered = Some((to, chains));
+                    durable.offered = Some((handover, chains));
                 }
                 answer_written(&mut batch, written, &mut durable);
             }
@@ -908,7 +942,7 @@ fn refuse(op: Op) {
         Op::Claim(_, reply) => {
             let _ = reply.send(Err(StoreError::Closed));
         }
-        Op::Attach(_) | Op::Maintain => {}
+        Op::Attach(_) | Op::Offer | Op::Maintain => {}
         Op::Detach(reply) => {
             let _ = reply.send(());
         }

@@ -739,6 +739,50 @@ async fn a_chain_whose_worker_died_runs_again_in_order(backend: Backend) {
     app.stop().await;
 }
 
+/// SQLite hands jobs to the attached worker's free slots as its commits make them due; a job
+/// that became due while no slot was free is handed over when the worker asks (at its start,
+/// after a replay, at each poll), with the slot that asked. The worker never takes its slots
+/// for a claim of its own: one in flight while a commit made jobs due left them to the next
+/// poll (10 minutes in `jobs_run_as_soon_as_they_can_without_waiting_for_a_poll`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_hands_a_job_due_while_no_slot_was_free_to_the_worker_that_asks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let recorder = Recorder::new(vec![], false);
+    let app = manual_app(&Backend::Sqlite, recorder, |s| s).await;
+    let idle = Arc::new(AtomicUsize::new(0));
+    let mut handed = app
+        .store
+        .attach_worker(
+            "asking-worker",
+            Duration::from_secs(60),
+            Arc::clone(&idle),
+            Chains::default(),
+        )
+        .await
+        .unwrap()
+        .expect("SQLite hands jobs over");
+    let id = post_issue(&app, 7, 0).await;
+    app.store.offer_jobs().await.unwrap();
+    assert_eq!(
+        store_status(&app.store, id).await,
+        "pending",
+        "no free slot, nothing claimed"
+    );
+    idle.store(1, Ordering::SeqCst);
+    app.store.offer_jobs().await.unwrap();
+    let chain = tokio::time::timeout(Duration::from_secs(10), handed.recv())
+        .await
+        .expect("handed over within 10 s")
+        .expect("the channel is open");
+    let events: Vec<i64> = chain.iter().map(|j| j.event_id).collect();
+    assert_eq!(events, [id]);
+    assert_eq!(idle.load(Ordering::SeqCst), 0, "the chain took the slot");
+    assert_eq!(store_status(&app.store, id).await, "processing");
+    app.store.detach_worker().await.unwrap();
+    assert!(handed.try_recv().is_err(), "handed over once");
+    app.stop().await;
+}
+
 /// A claim takes what is due when it runs, whatever clock it was asked with: the job's due
 /// time is the inserting transaction's clock, and an offer made in the millisecond before
 /// that transaction (the writer's, on SQLite) once left it to the next poll.
