@@ -395,7 +395,10 @@ impl Store {
             .bind(ordering_key)
             .push(" AND j.event_id > ")
             .bind(event_id)
-            .push(" AND j.status IN ('pending', 'failed', 'processing') AND e.event = ")
+            .push(&format!(
+                " AND j.status {} AND e.event = ",
+                super::jobs::UNFINISHED
+            ))
             .bind(event)
             .push(" AND e.action IN ")
             .bind_list(actions.iter().copied());
