@@ -1,5 +1,5 @@
 //! Probes: `/healthz` (the process answers), `/readyz` (database reachable, schema current,
-//! writes still reaching the disk),
+//! writes still taken and reaching the disk),
 //! `/metrics` (Prometheus text).
 
 use axum::Json;
@@ -15,6 +15,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (status, database, migrations) = match state.store.migrations_current().await {
+        // Deliveries get 503: nothing takes writes any more.
+        _ if !state.store.writing() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "writer stopped (shutting down, or failed: see the log): restart hookdock",
+            "unknown",
+        ),
         // Writes can no longer be made durable (a failed flush): deliveries get 503.
         Ok(true) if !state.store.durable() => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -517,6 +517,13 @@ impl Store {
     }
 
     /// False once flushing to disk has failed (SQLite): the store then refuses deliveries.
+    /// Whether writes are still taken: false once the group-commit writer stopped (the store
+    /// was closed, or the writer's thread died), when every write fails with
+    /// [`StoreError::Closed`].
+    pub fn writing(&self) -> bool {
+        self.inner.writer.running()
+    }
+
     pub fn durable(&self) -> bool {
         self.inner.syncer.as_ref().is_none_or(|s| !s.failed())
     }

@@ -238,6 +238,11 @@ pub(crate) fn spawn(
 }
 
 impl WriterHandle {
+    /// Whether the writer still takes operations (it stops at shutdown, or if its thread died).
+    pub fn running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     async fn send(&self, op: Op) -> Result<(), StoreError> {
         self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
         if let Some(thread) = &self.thread {

@@ -207,7 +207,30 @@ async fn readiness_reports_database_and_metrics_are_prometheus_text(backend: Bac
     app.stop().await;
 }
 
+/// Once the store's writer no longer takes writes (closed here; a writer thread that died is
+/// the same to a caller) every delivery would get 503, so the instance is not ready either,
+/// while it is still alive.
+async fn readiness_fails_once_the_writer_takes_no_more_writes(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    assert_eq!(app.probe("/readyz").await.0, StatusCode::OK);
+    app.store.close().await;
+    let (status, answer) = app
+        .post("push", &fixture("push.none.0"), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    let (status, ready) = app.probe("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["status"], "not_ready");
+    assert_eq!(
+        ready["database"],
+        "writer stopped (shutting down, or failed: see the log): restart hookdock"
+    );
+    assert_eq!(app.probe("/healthz").await.0, StatusCode::OK);
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    readiness_fails_once_the_writer_takes_no_more_writes,
     api_requires_the_admin_token_but_health_does_not,
     events_are_listed_newest_first_with_filters_and_cursor_pages,
     event_detail_shows_headers_jobs_and_history,
