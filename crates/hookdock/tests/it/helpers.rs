@@ -175,6 +175,30 @@ impl Drop for TestDb {
     }
 }
 
+/// How many of `backend`'s migrations are `version` or newer: those a database migrated
+/// before `version` (see [`pool_migrated_before`]) still has to apply.
+pub fn migrations_from(backend: &Backend, version: &str) -> usize {
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres(_) => "postgres",
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .as_ref()
+                >= version
+        })
+        .count()
+}
+
 /// A pool on `db` with only the migrations older than `version` applied, from a copy of the
 /// migration files: the schema as an earlier hookdock left it, to seed before migrating on.
 pub async fn pool_migrated_before(db: &TestDb, backend: &Backend, version: &str) -> sqlx::AnyPool {

@@ -712,7 +712,10 @@ async fn deliveries_stored_before_the_key_tables_are_still_recognised() {
     pool.close().await;
 
     let store = Store::connect(&db.url, Default::default()).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap(), 1);
+    assert_eq!(
+        store.migrate().await.unwrap(),
+        migrations_from(&Backend::Sqlite, "0012")
+    );
     assert!(store.migrations_current().await.unwrap());
     assert_eq!(store.event_detail(1).await.unwrap().jobs.len(), 1);
     let delivery = |id: &str, body: [u8; 32]| NewDelivery {
