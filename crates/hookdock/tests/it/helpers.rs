@@ -175,17 +175,21 @@ impl Drop for TestDb {
     }
 }
 
-/// How many of `backend`'s migrations are `version` or newer: those a database migrated
-/// before `version` (see [`pool_migrated_before`]) still has to apply.
-pub fn migrations_from(backend: &Backend, version: &str) -> usize {
+/// The migration files of `backend`'s dialect.
+fn migrations_dir(backend: &Backend) -> PathBuf {
     let dialect = match backend {
         Backend::Sqlite => "sqlite",
         Backend::Postgres(_) => "postgres",
     };
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("migrations")
-        .join(dialect);
-    std::fs::read_dir(dir)
+        .join(dialect)
+}
+
+/// How many of `backend`'s migrations are `version` or newer: those a database migrated
+/// before `version` (see [`pool_migrated_before`]) still has to apply.
+pub fn migrations_from(backend: &Backend, version: &str) -> usize {
+    std::fs::read_dir(migrations_dir(backend))
         .unwrap()
         .filter(|entry| {
             entry
@@ -202,13 +206,7 @@ pub fn migrations_from(backend: &Backend, version: &str) -> usize {
 /// A pool on `db` with only the migrations older than `version` applied, from a copy of the
 /// migration files: the schema as an earlier hookdock left it, to seed before migrating on.
 pub async fn pool_migrated_before(db: &TestDb, backend: &Backend, version: &str) -> sqlx::AnyPool {
-    let dialect = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres(_) => "postgres",
-    };
-    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(dialect);
+    let all = migrations_dir(backend);
     let before = std::env::temp_dir().join(format!("hookdock-mig-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&before).unwrap();
     for entry in std::fs::read_dir(&all).unwrap() {
