@@ -516,7 +516,6 @@ impl Store {
         }
     }
 
-    /// False once flushing to disk has failed (SQLite): the store then refuses deliveries.
     /// Whether writes are still taken: false once the group-commit writer stopped (the store
     /// was closed, or the writer's thread died), when every write fails with
     /// [`StoreError::Closed`].
@@ -524,6 +523,7 @@ impl Store {
         self.inner.writer.running()
     }
 
+    /// False once flushing to disk has failed (SQLite): the store then refuses deliveries.
     pub fn durable(&self) -> bool {
         self.inner.syncer.as_ref().is_none_or(|s| !s.failed())
     }

@@ -699,6 +699,9 @@ impl Writer {
         let offer = self.offer(&batch);
         if offer.is_none() && batch.len() == usize::from(batch.offer) {
             // Only the worker's request, and no free slot to fill (or no worker any more).
+            if batch.maintain {
+                self.maintain();
+            }
             return;
         }
         if let Some((request, _, _)) = &offer {
