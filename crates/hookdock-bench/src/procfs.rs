@@ -22,6 +22,11 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> anyhow::Result<u64> {
         .rfind(')')
         .map(|i| &stat[i + 1..])
         .context("no ')' in /proc/<pid>/stat")?;
+    ticks_after_name(rest)
+}
+
+/// `utime + stime` from the fields after a `stat` line's command name.
+fn ticks_after_name(rest: &str) -> anyhow::Result<u64> {
     // After the name: field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     let fields: Vec<&str> = rest.split_whitespace().collect();
     if fields.len() < 13 {
@@ -39,7 +44,7 @@ pub fn parse_stat_name_and_ticks(stat: &str) -> anyhow::Result<(String, u64)> {
     let name = stat
         .get(open + 1..close)
         .context("the name in stat is not enclosed in parentheses")?;
-    Ok((name.to_owned(), parse_stat_cpu_ticks(stat)?))
+    Ok((name.to_owned(), ticks_after_name(&stat[close + 1..])?))
 }
 
 /// A process's live threads at one instant: thread id to its name and CPU time. Threads that

@@ -14,26 +14,31 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (status, database, migrations) = match state.store.migrations_current().await {
-        // Deliveries get 503: nothing takes writes any more.
-        _ if !state.store.writing() => (
+    // Deliveries get 503 once nothing takes writes any more; the database is not asked then.
+    let checked = if state.store.writing() {
+        Some(state.store.migrations_current().await)
+    } else {
+        None
+    };
+    let (status, database, migrations) = match checked {
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "writer stopped (shutting down, or failed: see the log): restart hookdock",
             "unknown",
         ),
         // Writes can no longer be made durable (a failed flush): deliveries get 503.
-        Ok(true) if !state.store.durable() => (
+        Some(Ok(true)) if !state.store.durable() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "flush to disk failed: restart hookdock",
             "current",
         ),
-        Ok(true) => (StatusCode::OK, "ok", "current"),
-        Ok(false) => (
+        Some(Ok(true)) => (StatusCode::OK, "ok", "current"),
+        Some(Ok(false)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "ok",
             "pending: run `hookdock migrate`",
         ),
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
             (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown")
         }

@@ -395,9 +395,10 @@ impl Store {
             .bind(ordering_key)
             .push(" AND j.event_id > ")
             .bind(event_id)
-            .push(&format!(
-                " AND j.status {} AND e.event = ",
-                super::jobs::UNFINISHED
+            .push(concat!(
+                " AND j.status ",
+                super::jobs::unfinished!(),
+                " AND e.event = "
             ))
             .bind(event)
             .push(" AND e.action IN ")

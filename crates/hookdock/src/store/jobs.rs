@@ -147,7 +147,15 @@ pub struct ReplayReport {
 /// saying it can use them), and SQLite evaluates it for each of them on every row a statement
 /// writes: named by the two finished statuses, it is two comparisons, where a list of the three
 /// others cost a temporary B-tree per index and statement (migration 0013).
-pub(crate) const UNFINISHED: &str = "NOT IN ('done', 'dead')";
+///
+/// A macro, so that statements embed it with `concat!` at compile time (the ingest path
+/// builds one such fragment per job row).
+macro_rules! unfinished {
+    () => {
+        "NOT IN ('done', 'dead')"
+    };
+}
+pub(crate) use unfinished;
 
 /// An event's status from its jobs (the worst of them), and its last error.
 const EVENT_STATUS_FROM_JOBS: &str = "(SELECT CASE COALESCE(MAX(CASE jobs.status \
@@ -278,7 +286,11 @@ pub(crate) async fn insert_jobs(
                 .bind(handler)
                 .push(" AND e.ordering_key = ")
                 .bind(key);
-            sql.push(&format!(" AND e.status {UNFINISHED}) THEN 1 ELSE 0 END)"));
+            sql.push(concat!(
+                " AND e.status ",
+                unfinished!(),
+                ") THEN 1 ELSE 0 END)"
+            ));
         }
         sql.push(" ON CONFLICT (event_id, handler) DO NOTHING");
         conn.exec(&sql).await?;
@@ -306,10 +318,12 @@ async fn promote_heads(
     for chunk in keys.chunks(128) {
         let mut sql = Sql::with(
             dialect,
-            &format!(
+            concat!(
                 "UPDATE jobs SET blocked = 0 WHERE blocked = 1 AND id IN (SELECT \
                  (SELECT MIN(j.id) FROM jobs j WHERE j.handler = k.column1 \
-                 AND j.ordering_key = k.column2 AND j.status {UNFINISHED}) FROM (VALUES "
+                 AND j.ordering_key = k.column2 AND j.status ",
+                unfinished!(),
+                ") FROM (VALUES "
             ),
         );
         for (n, (handler, key)) in chunk.iter().enumerate() {
@@ -319,9 +333,11 @@ async fn promote_heads(
                 .bind(key.as_str())
                 .push(")");
         }
-        sql.push(&format!(
+        sql.push(concat!(
             ") AS k WHERE NOT EXISTS (SELECT 1 FROM jobs h WHERE h.handler = k.column1 \
-             AND h.ordering_key = k.column2 AND h.blocked = 0 AND h.status {UNFINISHED}))"
+             AND h.ordering_key = k.column2 AND h.blocked = 0 AND h.status ",
+            unfinished!(),
+            "))"
         ));
         conn.exec(&sql).await?;
     }
@@ -610,8 +626,10 @@ pub(crate) async fn claim_in(
     };
     let now = request.now;
     let mut sql = take_jobs(dialect, request);
-    sql.push(&format!(
-        " WHERE id IN (SELECT j.id FROM jobs j WHERE j.blocked = 0 AND j.status {UNFINISHED} \
+    sql.push(concat!(
+        " WHERE id IN (SELECT j.id FROM jobs j WHERE j.blocked = 0 AND j.status ",
+        unfinished!(),
+        " \
          AND ((j.status = 'processing' AND j.lease_until < "
     ));
     sql.bind(now)
@@ -743,7 +761,7 @@ async fn take_behind(
         .bind(head.2.as_str())
         .push(" AND ordering_key = ")
         .bind(key);
-    sql.push(&format!(" AND status {UNFINISHED} AND id <> "))
+    sql.push(concat!(" AND status ", unfinished!(), " AND id <> "))
         .bind(head.0)
         .push(" ORDER BY id LIMIT ")
         .bind(i64::from(limit))
@@ -908,10 +926,14 @@ impl Store {
             // is still unfinished keeps its place.
             let mut sql = Sql::with(
                 self.inner.dialect,
-                &format!(
-                    "UPDATE jobs SET blocked = CASE WHEN status {UNFINISHED} THEN blocked \
+                concat!(
+                    "UPDATE jobs SET blocked = CASE WHEN status ",
+                    unfinished!(),
+                    " THEN blocked \
                      WHEN EXISTS (SELECT 1 FROM jobs e WHERE e.handler = jobs.handler \
-                     AND e.ordering_key = jobs.ordering_key AND e.status {UNFINISHED} \
+                     AND e.ordering_key = jobs.ordering_key AND e.status ",
+                    unfinished!(),
+                    " \
                      AND e.id <> jobs.id) THEN 1 ELSE 0 END, \
                      status = 'pending', attempts = 0, lease_owner = NULL, \
                      lease_until = NULL, last_error = NULL, run_at = "
@@ -960,8 +982,10 @@ impl Store {
 
     /// Number of jobs not yet finished (pending, processing, failed).
     pub async fn unfinished_jobs(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE status {UNFINISHED}"
+        let row = sqlx::query(concat!(
+            "SELECT COUNT(*) FROM jobs WHERE status ",
+            unfinished!(),
+            ""
         ))
         .fetch_one(&self.inner.read)
         .await?;

@@ -763,6 +763,15 @@ async fn sqlite_hands_a_job_due_while_no_slot_was_free_to_the_worker_that_asks()
         .expect("SQLite hands jobs over");
     let id = post_issue(&app, 7, 0).await;
     app.store.offer_jobs().await.unwrap();
+    // The writer takes operations in order: once a claim sent after the request is answered,
+    // the request has been through a transaction.
+    let now = now_ms();
+    let barrier = app
+        .store
+        .claim_jobs("barrier", 0, now, now, &Chains::default())
+        .await
+        .unwrap();
+    assert!(barrier.is_empty());
     assert_eq!(
         store_status(&app.store, id).await,
         "pending",
@@ -823,7 +832,6 @@ async fn a_claim_takes_what_is_due_when_it_runs_whatever_clock_it_was_asked_with
 /// through their index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_job_writes_build_no_temporary_b_trees_and_claims_read_the_heads_index() {
-    use sqlx::Row;
     let db = TestDb::create(&Backend::Sqlite).await;
     let store = hookdock::store::Store::connect(&db.url, Default::default())
         .await
@@ -836,13 +844,8 @@ async fn sqlite_job_writes_build_no_temporary_b_trees_and_claims_read_the_heads_
         "UPDATE jobs SET status = 'done', updated_at = 1 WHERE id = 1",
         "UPDATE jobs SET blocked = 0 WHERE id = 1",
     ] {
-        let opcodes: Vec<String> = sqlx::query(&format!("EXPLAIN {statement}"))
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<String, _>(1))
-            .collect();
+        // EXPLAIN's rows: addr, opcode, …
+        let opcodes = text_column(&pool, &format!("EXPLAIN {statement}"), 1).await;
         assert!(
             opcodes.iter().any(|op| op == "IdxInsert"),
             "{statement}: {opcodes:?}"
@@ -852,19 +855,29 @@ async fn sqlite_job_writes_build_no_temporary_b_trees_and_claims_read_the_heads_
             "{statement} builds a temporary B-tree: {opcodes:?}"
         );
     }
-    let plan: Vec<String> = sqlx::query(
+    // EXPLAIN QUERY PLAN's rows: id, parent, notused, detail.
+    let plan = text_column(
+        &pool,
         "EXPLAIN QUERY PLAN SELECT j.id FROM jobs j WHERE j.blocked = 0 \
          AND j.status NOT IN ('done', 'dead') ORDER BY j.id LIMIT 8",
+        3,
     )
-    .fetch_all(&pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get::<String, _>(3))
-    .collect();
+    .await;
     assert_eq!(plan, ["SCAN j USING INDEX jobs_heads"]);
     pool.close().await;
     store.close().await;
+}
+
+/// Column `index` of every row `sql` returns, as text.
+async fn text_column(pool: &sqlx::AnyPool, sql: &str, index: usize) -> Vec<String> {
+    use sqlx::Row;
+    sqlx::query(sql)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(index))
+        .collect()
 }
 
 crate::backend_tests!(
