@@ -967,7 +967,57 @@ fn clone_error(error: &sqlx::Error) -> sqlx::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::BurstGauge;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::mpsc;
+
+    use super::{BurstGauge, Durable, Handover, SLOTS_CLOSED};
+
+    /// Two chains claimed for a worker with one more slot free, as the writer offers them.
+    fn offered(
+        idle: usize,
+    ) -> (
+        Durable,
+        Arc<AtomicUsize>,
+        mpsc::UnboundedReceiver<super::ClaimedChain>,
+    ) {
+        let idle = Arc::new(AtomicUsize::new(idle));
+        let (to, rx) = mpsc::unbounded_channel();
+        let durable = Durable {
+            offered: Some((
+                Handover {
+                    to,
+                    idle: Arc::clone(&idle),
+                },
+                vec![Vec::new(), Vec::new()],
+            )),
+            ..Durable::default()
+        };
+        (durable, idle, rx)
+    }
+
+    #[test]
+    fn chains_claimed_in_a_commit_that_did_not_reach_the_disk_give_their_slots_back() {
+        let (durable, idle, mut rx) = offered(1);
+        durable.answer(Err("fdatasync failed".into()));
+        assert!(
+            rx.try_recv().is_err(),
+            "no chain may run for a commit not on disk"
+        );
+        assert_eq!(idle.load(Ordering::Acquire), 3, "both slots are free again");
+
+        // Once the commit is on disk they are handed over and keep their slots.
+        let (durable, idle, mut rx) = offered(1);
+        durable.answer(Ok(()));
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert_eq!(idle.load(Ordering::Acquire), 1);
+
+        // A worker that stopped taking jobs gets no slots back.
+        let (durable, idle, _rx) = offered(SLOTS_CLOSED);
+        durable.answer(Err("fdatasync failed".into()));
+        assert_eq!(idle.load(Ordering::Acquire), SLOTS_CLOSED);
+    }
 
     #[test]
     fn a_burst_is_many_deliveries_per_batch_for_a_while() {
