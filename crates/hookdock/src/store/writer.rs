@@ -974,7 +974,8 @@ mod tests {
 
     use super::{BurstGauge, Durable, Handover, SLOTS_CLOSED};
 
-    /// Two chains claimed for a worker with one more slot free, as the writer offers them.
+    /// Two chains claimed for a worker whose free-slot count is now `idle`, as the writer
+    /// offers them.
     fn offered(
         idle: usize,
     ) -> (
