@@ -122,6 +122,9 @@ enum Op {
     /// Housekeeping that waits for no caller: merging deduplication keys when idle.
     Maintain,
     Shutdown(oneshot::Sender<()>),
+    /// Makes the writer's thread panic, for tests of a writer that died.
+    #[cfg(test)]
+    Panic,
 }
 
 /// A worker of this process that the writer hands jobs to as soon as it can claim them: in
@@ -290,6 +293,12 @@ impl WriterHandle {
         self.send(Op::Offer).await
     }
 
+    /// Makes the writer's thread panic, as a bug in it would.
+    #[cfg(test)]
+    pub(crate) async fn panic(&self) -> Result<(), StoreError> {
+        self.send(Op::Panic).await
+    }
+
     /// Lets the writer claim jobs for `worker` (see [`Attached`]).
     pub async fn attach(&self, worker: Attached) -> Result<(), StoreError> {
         self.send(Op::Attach(worker)).await
@@ -397,6 +406,8 @@ impl Batch {
             Op::Detach(reply) => self.detach = Some(reply),
             Op::Maintain => self.maintain = true,
             Op::Shutdown(reply) => self.shutdown = Some(reply),
+            #[cfg(test)]
+            Op::Panic => panic!("the writer was asked to panic (a test of a writer that died)"),
         }
     }
 
@@ -957,6 +968,8 @@ fn refuse(op: Op) {
         Op::Shutdown(reply) => {
             let _ = reply.send(());
         }
+        #[cfg(test)]
+        Op::Panic => {}
     }
 }
 
@@ -996,6 +1009,53 @@ mod tests {
             ..Durable::default()
         };
         (durable, idle, rx)
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_died_refuses_deliveries_instead_of_leaving_them_waiting() {
+        use crate::store::events::tests::{delivery, sqlite_store};
+        use crate::store::{EventFilter, IngestOutcome, StoreError};
+
+        let (store, dir) = sqlite_store("hookdock-writer-died").await;
+        let before = store.ingest(delivery("before", 1, vec![])).await.unwrap();
+        let IngestOutcome::Stored { event_id, .. } = before else {
+            panic!("expected the first delivery stored, got {before:?}");
+        };
+        assert!(store.writing());
+
+        store.inner.writer.panic().await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.writing() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store still says it takes writes after its writer died"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Answered at once with an error (a 503 for GitHub to redeliver), not left waiting.
+        let after = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.ingest(delivery("after", 2, vec![])),
+        )
+        .await
+        .expect("a delivery sent to a dead writer waited for an answer");
+        assert!(matches!(after, Err(StoreError::Closed)), "{after:?}");
+        // What was committed before is still there; nothing of the refused delivery is.
+        let all = EventFilter {
+            limit: 10,
+            ..EventFilter::default()
+        };
+        let stored: Vec<(i64, String)> = store
+            .list_events(&all)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.id, e.delivery_id))
+            .collect();
+        assert_eq!(stored, vec![(event_id, "before".to_owned())]);
+
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
