@@ -155,7 +155,9 @@ async fn install_creates_a_verified_hook(backend: Backend) {
     assert_eq!(
         (ping.event.as_str(), ping.status_code),
         ("ping", 200),
-        "{}",
+        "{} after {:.2} s: {}",
+        ping.status,
+        ping.duration,
         ping.response_body
     );
     assert!(env.stored_delivery(&ping.guid).await.is_some());
