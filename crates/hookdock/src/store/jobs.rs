@@ -984,8 +984,7 @@ impl Store {
     pub async fn unfinished_jobs(&self) -> Result<i64, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT COUNT(*) FROM jobs WHERE status ",
-            unfinished!(),
-            ""
+            unfinished!()
         ))
         .fetch_one(&self.inner.read)
         .await?;

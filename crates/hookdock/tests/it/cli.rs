@@ -97,7 +97,31 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("HTTP 200") && stdout.contains("\"received\""),
+        stdout.contains("delivery cli-1 (pull_request) -> HTTP 200")
+            && stdout.contains("\"received\""),
+        "{stdout}"
+    );
+
+    // The same bytes under a new delivery id: stored, but held by the replay guard (README's
+    // quick start).
+    let out = run(args(&[
+        "send",
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--fixture",
+        "pull_request.opened",
+        "--delivery-id",
+        "cli-2",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("delivery cli-2 (pull_request) -> HTTP 200")
+            && stdout.contains("\"held\":\"replay_suspected\""),
         "{stdout}"
     );
 
@@ -187,7 +211,10 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
         .iter()
         .map(|a| a.events_handled)
         .sum();
-    assert_eq!(handled, 3, "two deliveries plus one replay");
+    assert_eq!(
+        handled, 3,
+        "two deliveries plus one replay; the held one runs nothing"
+    );
 
     let out = run(args(&["events", "release", &id.to_string()]))
         .await
