@@ -81,19 +81,21 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     };
     let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
 
-    let out = run(args(&[
-        "send",
-        "--url",
-        &url,
-        "--secret",
-        SECRET,
-        "--fixture",
-        "pull_request.opened",
-        "--delivery-id",
-        "cli-1",
-    ]))
-    .await
-    .unwrap();
+    // `hookdock send` of the pull request fixture under the delivery id `id`.
+    let send_pull_request = |id: &str| {
+        run(args(&[
+            "send",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+            "--fixture",
+            "pull_request.opened",
+            "--delivery-id",
+            id,
+        ]))
+    };
+    let out = send_pull_request("cli-1").await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
@@ -104,19 +106,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
 
     // The same bytes under a new delivery id: stored, but held by the replay guard (README's
     // quick start).
-    let out = run(args(&[
-        "send",
-        "--url",
-        &url,
-        "--secret",
-        SECRET,
-        "--fixture",
-        "pull_request.opened",
-        "--delivery-id",
-        "cli-2",
-    ]))
-    .await
-    .unwrap();
+    let out = send_pull_request("cli-2").await.unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
