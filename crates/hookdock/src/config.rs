@@ -356,19 +356,9 @@ impl Provider for EnvVars<'_> {
             root.insert("github_token".into(), Value::from(token.clone()));
         }
         for (key, raw) in self.0 {
-            let Some(name) = key.strip_prefix("HOOKDOCK_") else {
+            let Some(path) = env_setting_path(key) else {
                 continue;
             };
-            if key.starts_with(TEST_ENV_PREFIX) || name.is_empty() {
-                continue;
-            }
-            let mut path: Vec<String> = name.split("__").map(|p| p.to_lowercase()).collect();
-            // The conventional names HOOKDOCK_LLM_BASE_URL, _MODEL, _API_KEY belong to `llm`.
-            if let [single] = path.as_slice()
-                && let Some(rest) = single.strip_prefix("llm_")
-            {
-                path = vec!["llm".to_owned(), rest.to_owned()];
-            }
             let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
             insert_path(&mut root, &path, value);
         }
@@ -376,6 +366,39 @@ impl Provider for EnvVars<'_> {
         map.insert(Profile::Default, root);
         Ok(map)
     }
+}
+
+/// Values given as command-line flags, named as such in errors.
+struct Flags<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+/// What errors call the flags' layer.
+const FLAGS_SOURCE: &str = "command-line flag";
+
+impl Provider for Flags<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(FLAGS_SOURCE)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(serde_json::Value::Object(self.0.clone())).data()
+    }
+}
+
+/// The setting an environment variable names (`HOOKDOCK_QUEUE__WORKERS` → `queue.workers`), if
+/// it is one of hookdock's.
+fn env_setting_path(key: &str) -> Option<Vec<String>> {
+    let name = key.strip_prefix("HOOKDOCK_")?;
+    if key.starts_with(TEST_ENV_PREFIX) || name.is_empty() {
+        return None;
+    }
+    let path: Vec<String> = name.split("__").map(|p| p.to_lowercase()).collect();
+    // The conventional names HOOKDOCK_LLM_BASE_URL, _MODEL, _API_KEY belong to `llm`.
+    if let [single] = path.as_slice()
+        && let Some(rest) = single.strip_prefix("llm_")
+    {
+        return Some(vec!["llm".to_owned(), rest.to_owned()]);
+    }
+    Some(path)
 }
 
 fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
@@ -582,10 +605,10 @@ impl Settings {
             None => {}
         }
         figment = figment.merge(EnvVars(&sources.env));
-        figment = figment.merge(Serialized::defaults(serde_json::Value::Object(
-            sources.overrides.clone(),
-        )));
-        let settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        figment = figment.merge(Flags(&sources.overrides));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| describe_figment_error(e, &sources.env))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -793,34 +816,65 @@ impl Settings {
     }
 }
 
-/// Turns figment's error into one line naming the setting and its source.
-fn describe_figment_error(error: figment::Error) -> ConfigError {
+/// Turns figment's error into one line per problem, naming the setting as README writes it
+/// and where its value came from: the file, or the exact environment variable.
+fn describe_figment_error(error: figment::Error, env: &[(String, String)]) -> ConfigError {
     let mut lines = Vec::new();
     for e in error {
-        let key = if e.path.is_empty() {
-            String::new()
-        } else {
-            format!(" `{}`", e.path.join("."))
-        };
-        let source = match (&e.metadata, &e.kind) {
-            (_, figment::error::Kind::UnknownField(field, _)) => {
-                let mut path = e.path.clone();
-                path.push(field.clone());
-                let dotted = path.join(".");
-                let env = format!("HOOKDOCK_{}", path.join("__").to_uppercase());
-                lines.push(format!(
-                    "unknown setting `{dotted}` (in {} or environment variable {env}); \
-                     see README for the settings hookdock knows",
-                    DEFAULT_CONFIG_FILE
-                ));
-                continue;
-            }
-            (Some(meta), _) => format!(" (from {})", meta.name),
-            (None, _) => String::new(),
-        };
-        lines.push(format!("invalid setting{key}{source}: {}", e.kind));
+        // figment's path ends with the offending key, for unknown keys too.
+        let name = setting_name(&e.path);
+        let source = setting_source(&e, env);
+        lines.push(match &e.kind {
+            figment::error::Kind::UnknownField(..) => format!(
+                "unknown setting `{name}` ({source}); see README for the settings hookdock knows"
+            ),
+            kind if name.is_empty() => format!("invalid settings ({source}): {kind}"),
+            kind => format!("invalid setting `{name}` ({source}): {kind}"),
+        });
     }
     ConfigError::Load(lines.join("; "))
+}
+
+/// `queue.workers`, `webhook_secrets[0].secret`.
+fn setting_name(path: &[String]) -> String {
+    let mut name = String::new();
+    for part in path {
+        if part.parse::<usize>().is_ok() {
+            name.push_str(&format!("[{part}]"));
+        } else {
+            if !name.is_empty() {
+                name.push('.');
+            }
+            name.push_str(part);
+        }
+    }
+    name
+}
+
+/// Where the value behind an error came from, as precisely as can be told.
+fn setting_source(e: &figment::Error, env: &[(String, String)]) -> String {
+    let variable = || {
+        env.iter()
+            .map(|(key, _)| key)
+            .find(|key| env_setting_path(key).is_some_and(|path| path == e.path))
+    };
+    match e.metadata.as_ref() {
+        Some(meta) => match &meta.source {
+            Some(figment::Source::File(path)) => format!("in {}", path.display()),
+            _ if meta.name == FLAGS_SOURCE => match e.path.as_slice() {
+                [key] => format!("from command-line flag --{}", key.replace('_', "-")),
+                _ => format!("from a {FLAGS_SOURCE}"),
+            },
+            _ => match variable() {
+                Some(key) => format!("from environment variable {key}"),
+                None => format!("from {}", meta.name),
+            },
+        },
+        None => match variable() {
+            Some(key) => format!("from environment variable {key}"),
+            None => format!("in {DEFAULT_CONFIG_FILE} or a HOOKDOCK_ environment variable"),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -1012,13 +1066,44 @@ mod tests {
         );
     }
 
+    fn load_error(sources: &Sources) -> String {
+        match Settings::load(sources) {
+            Ok(_) => panic!("{sources:?} loaded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
     #[test]
-    fn unknown_env_setting_is_named() {
-        let err = Settings::load(&no_file(&[("HOOKDOCK_LISTNE", "x")])).unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.contains("listne") && msg.contains("HOOKDOCK_LISTNE"),
-            "{msg}"
+    fn unknown_env_setting_is_named_with_its_variable() {
+        for (variable, setting) in [
+            ("HOOKDOCK_LISTNE", "listne"),
+            ("HOOKDOCK_QUEUE__WORKERZ", "queue.workerz"),
+            ("HOOKDOCK_LLM_MODLE", "llm.modle"),
+        ] {
+            assert_eq!(
+                load_error(&no_file(&[(variable, "x")])),
+                format!(
+                    "unknown setting `{setting}` (from environment variable {variable}); \
+                     see README for the settings hookdock knows"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_flag_and_variable_are_named() {
+        assert_eq!(
+            load_error(&no_file(&[]).set("listen", "nonsense")),
+            "invalid setting `listen` (from command-line flag --listen): invalid socket address syntax"
+        );
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_LISTEN", "nonsense")])),
+            "invalid setting `listen` (from environment variable HOOKDOCK_LISTEN): invalid socket address syntax"
+        );
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_QUEUE__WORKERS", "many")])),
+            "invalid setting `queue.workers` (from environment variable HOOKDOCK_QUEUE__WORKERS): \
+             invalid type: found string \"many\", expected usize"
         );
     }
 
@@ -1063,8 +1148,33 @@ mod tests {
         assert!(!format!("{:?}", s.webhook_secrets).contains("\"a\""));
 
         std::fs::write(&path, "[queue]\nworkerz = 2\n").unwrap();
-        let err = Settings::load(&sources).unwrap_err().to_string();
-        assert!(err.contains("queue.workerz"), "{err}");
+        assert_eq!(
+            load_error(&sources),
+            format!(
+                "unknown setting `queue.workerz` (in {}); see README for the settings hookdock knows",
+                path.display()
+            )
+        );
+        std::fs::write(
+            &path,
+            "[[webhook_secrets]]\nrepository_id = 4\nsecret = \"a\"\nbogus = 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_error(&sources),
+            format!(
+                "unknown setting `webhook_secrets[0].bogus` (in {}); see README for the settings hookdock knows",
+                path.display()
+            )
+        );
+        std::fs::write(&path, "[queue]\nworkers = \"x\"\n").unwrap();
+        assert_eq!(
+            load_error(&sources),
+            format!(
+                "invalid setting `queue.workers` (in {}): invalid type: found string \"x\", expected usize",
+                path.display()
+            )
+        );
 
         std::fs::write(&path, "[[webhook_secrets]]\nsecret = \"a\"\n").unwrap();
         let err = Settings::load(&sources).unwrap_err().to_string();
