@@ -34,7 +34,8 @@ pub enum SendError {
         path: String,
         source: std::io::Error,
     },
-    #[error("request to {url} failed: {source}")]
+    /// Its causes (connection refused, timed out, …) follow in the error's chain.
+    #[error("request to {url} failed")]
     Request { url: String, source: reqwest::Error },
 }
 
@@ -130,10 +131,7 @@ pub async fn send(url: &str, outgoing: &Outgoing) -> Result<Answer, SendError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|source| SendError::Request {
-            url: url.to_owned(),
-            source,
-        })?;
+        .map_err(|e| request_error(url, e))?;
     let mut request = client.post(url);
     for (name, value) in outgoing.headers(&body) {
         request = request.header(name, value);
@@ -142,16 +140,18 @@ pub async fn send(url: &str, outgoing: &Outgoing) -> Result<Answer, SendError> {
         .body(body)
         .send()
         .await
-        .map_err(|source| SendError::Request {
-            url: url.to_owned(),
-            source,
-        })?;
+        .map_err(|e| request_error(url, e))?;
     let status = response.status().as_u16();
-    let body = response.text().await.map_err(|source| SendError::Request {
-        url: url.to_owned(),
-        source,
-    })?;
+    let body = response.text().await.map_err(|e| request_error(url, e))?;
     Ok(Answer { status, body })
+}
+
+/// reqwest's text names the URL again; the error says it once.
+fn request_error(url: &str, e: reqwest::Error) -> SendError {
+    SendError::Request {
+        url: url.to_owned(),
+        source: e.without_url(),
+    }
 }
 
 #[cfg(test)]

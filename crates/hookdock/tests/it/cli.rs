@@ -81,6 +81,35 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn send_to_nothing_says_what_failed_once() {
+    let url = format!("http://127.0.0.1:{}/api/v1/webhooks/github", free_port());
+    let out = hookdock(
+        &[
+            "send",
+            "--url",
+            &url,
+            "--secret",
+            "s",
+            "--event",
+            "ping",
+            "--fixture",
+            "ping",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "error: request to {url} failed: error sending request: "
+        )) && err.contains("Connection refused")
+            && err.matches(&url).count() == 1
+            && err.matches("error sending request").count() == 1,
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_then_list_show_and_replay_from_the_command_line() {
     let app = TestApp::spawn(&Backend::Sqlite).await;
