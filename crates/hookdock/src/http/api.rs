@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use crate::auth::SessionUser;
 use crate::store::{EventFilter, EventStatus, ReplayMode};
 
@@ -173,10 +174,8 @@ fn decode_cursor(s: &str) -> Option<i64> {
 
 pub async fn list_events(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     let filter = event_filter(query)?;
     let limit = filter.limit as usize;
     let mut probe = filter.clone();
@@ -195,7 +194,7 @@ pub async fn list_events(
 
 pub async fn show_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let detail = state.store.event_detail(id).await?;
     let actions = state.store.event_actions(id).await?;
@@ -206,7 +205,7 @@ pub async fn show_event(
 
 pub async fn event_payload(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Response, ApiError> {
     let body = state.store.event_body(id).await?;
     Ok((
@@ -228,11 +227,9 @@ pub struct ReplayQuery {
 
 pub async fn replay_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
-    query: Result<Query<ReplayQuery>, axum::extract::rejection::QueryRejection>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(query): ApiQuery<ReplayQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
     if query.dry_run {
         let Some(automations) = &state.automations else {
             return Err(ApiError::new(
@@ -263,7 +260,7 @@ pub async fn replay_event(
 /// Releases an event held as `replay_suspected` after an operator judged it genuine.
 pub async fn release_event(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let summary = state.store.event_summary(id).await?;
     if summary.status != EventStatus::ReplaySuspected.as_str() {
@@ -294,7 +291,7 @@ pub async fn replay_dead(
 /// made to the language model for it.
 pub async fn pull_reviews(
     State(state): State<AppState>,
-    Path((owner, repo, number)): Path<(String, String, i64)>,
+    ApiPath((owner, repo, number)): ApiPath<(String, String, i64)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let repository = format!("{owner}/{repo}");
     let reviews = state.store.review_runs(&repository, number).await?;

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{ApiPath, ApiQuery};
 use crate::config::MetricsSettings;
 use crate::handlers::backfill::{
     BackfillError, BackfillRuns, BackfillStatus, BackfillTask, backfill_status as stored_status,
@@ -131,18 +132,12 @@ fn team_param(teams: &Teams, v: Option<String>) -> Result<Option<usize>, ApiErro
     })
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
-}
-
 /// `GET /api/v1/metrics/pulls?repo=&author=&team=&since=&until=&format=json|csv`: pull
 /// requests created in [since, until), with their durations, raw and in working hours.
 pub async fn pulls(
     State(state): State<AppState>,
-    q: Result<Query<PullsQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<PullsQuery>,
 ) -> Result<Response, ApiError> {
-    let q = query(q)?;
     let now = now_ms();
     let csv = match non_empty(q.format).as_deref() {
         None | Some("json") => false,
@@ -191,9 +186,8 @@ pub async fn pulls(
 /// requests merged in [until - window, until), raw and in working hours.
 pub async fn summary(
     State(state): State<AppState>,
-    q: Result<Query<SummaryQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<SummaryQuery>,
 ) -> Result<Json<metrics::Summary>, ApiError> {
-    let q = query(q)?;
     let team = team_param(&state.metrics_api.teams, q.team)?;
     let now = now_ms();
     let repo = repo_param(q.repo)?;
@@ -308,7 +302,7 @@ pub async fn start_backfill(
 /// backfill, whichever instance (or the CLI) runs or ran it.
 pub async fn backfill_status(
     State(state): State<AppState>,
-    Path((owner, name)): Path<(String, String)>,
+    ApiPath((owner, name)): ApiPath<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let repo = format!("{owner}/{name}");
     let clock = state.hooks.clock();

@@ -4,12 +4,13 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::ApiPath;
 use crate::store::{RecordFilter, RecordRow};
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -93,7 +94,7 @@ fn page<T: Serialize>(
 
 pub async fn list(
     State(state): State<AppState>,
-    Path(kind): Path<String>,
+    ApiPath(kind): ApiPath<String>,
     query: Result<Query<RecordsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !KINDS.contains(&kind.as_str()) {

@@ -121,6 +121,7 @@ async fn events_are_listed_newest_first_with_filters_and_cursor_pages(backend: B
         ("limit=0", "limit"),
         ("limit=abc", "limit"),
         ("cursor=zzz", "cursor"),
+        ("stauts=done", "stauts"),
     ] {
         let (status, body) = app.api_get(&format!("/api/v1/events?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
@@ -164,6 +165,28 @@ async fn event_detail_shows_headers_jobs_and_history(backend: Backend) {
     assert!(detail["received_at"].as_str().unwrap().ends_with('Z'));
     let (status, missing) = app.api_get("/api/v1/events/424242").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+    // A malformed id gets the API's JSON error, not the router's plain text.
+    for (path, value) in [
+        ("/api/v1/events/abc", "abc"),
+        ("/api/v1/events/1x/payload", "1x"),
+        ("/api/v1/repos/o/r/pulls/two/reviews", "two"),
+    ] {
+        let (status, body) = app.api_get(path).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": "invalid_parameter",
+                    "message": format!("\"{value}\" in the path must be a whole number"),
+                })
+            ),
+            "{path}"
+        );
+    }
+    let (status, body) = app.api_post("/api/v1/events/abc/replay").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_parameter");
     let (_, activity) = app.api_get("/api/v1/activity").await;
     assert_eq!(
         activity["activity"][0]["repository"],

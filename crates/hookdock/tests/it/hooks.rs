@@ -446,6 +446,14 @@ async fn sweep_redelivers_failed_deliveries_once(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(bad["message"].as_str().is_some_and(|m| m.contains("since")));
+    // A misspelt parameter is named in the API's JSON error.
+    let (status, bad) = env.app.api_post("/api/v1/hooks/redeliver?sinse=1h").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    assert_eq!(bad["error"], "invalid_parameter", "{bad}");
+    assert!(
+        bad["message"].as_str().is_some_and(|m| m.contains("sinse")),
+        "{bad}"
+    );
     env.assert_contract_kept();
     env.app.stop().await;
 }
