@@ -121,6 +121,18 @@ pub fn router(state: AppState) -> Router {
                 "no such route; webhooks go to POST /api/v1/webhooks/github",
             )
         })
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                ApiError::new(
+                    axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!(
+                        "{method} is not allowed on {}; the Allow header lists what is",
+                        uri.path()
+                    ),
+                )
+            },
+        )
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

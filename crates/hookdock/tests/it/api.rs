@@ -227,6 +227,17 @@ async fn readiness_reports_database_and_metrics_are_prometheus_text(backend: Bac
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A known path with the wrong method: 405, the methods it takes, and the JSON error.
+    let response = app.client.get(app.webhook_url()).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({
+            "error": "method_not_allowed",
+            "message": "GET is not allowed on /api/v1/webhooks/github; the Allow header lists what is",
+        })
+    );
     app.stop().await;
 }
 
