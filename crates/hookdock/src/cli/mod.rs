@@ -141,7 +141,8 @@ enum EventsCommand {
         repo: Option<String>,
         #[arg(long)]
         delivery_id: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        /// Events per page, 1 to 10,000.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         /// Show events older than this id.
         #[arg(long)]
@@ -531,9 +532,12 @@ async fn events_command(
                 action,
                 repository: repo.clone(),
                 before_id: *before,
-                limit: (*limit).clamp(1, 10_000),
+                // One more than shown tells whether there is a next page.
+                limit: *limit + 1,
             };
-            let rows = store.list_events(&filter).await?;
+            let mut rows = store.list_events(&filter).await?;
+            let more = rows.len() > *limit as usize;
+            rows.truncate(*limit as usize);
             if *json {
                 println!(
                     "{}",
@@ -555,7 +559,7 @@ async fn events_command(
                         e.repository.as_deref().unwrap_or("-")
                     );
                 }
-                if let Some(last) = rows.last().filter(|_| rows.len() as u32 == filter.limit) {
+                if let Some(last) = rows.last().filter(|_| more) {
                     println!("(more: --before {})", last.id);
                 }
             }

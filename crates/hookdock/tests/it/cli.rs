@@ -207,6 +207,37 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
             && listing.contains("issues.opened"),
         "{listing}"
     );
+    // Pages: three events, so a page of two points at the rest and a page of three does not.
+    let page = |limit: &'static str| {
+        let run = run.clone();
+        async move {
+            let out = run(args(&["events", "list", "--limit", limit]))
+                .await
+                .unwrap();
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            text(&out.stdout)
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        }
+    };
+    let two = page("2").await;
+    assert_eq!(two.len(), 3, "{two:?}");
+    let second_id = two[1].split_whitespace().next().unwrap();
+    assert_eq!(two[2], format!("(more: --before {second_id})"));
+    let three = page("3").await;
+    assert_eq!(three.len(), 3, "{three:?}");
+    assert!(!three.iter().any(|l| l.starts_with("(more")), "{three:?}");
+    let out = run(args(&["events", "list", "--limit", "0"]))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("0 is not in 1..=10000"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let id = app
         .store
