@@ -29,11 +29,6 @@ pub enum SendError {
     UnknownFixture { name: String, available: String },
     #[error("--event is required with --file (the X-GitHub-Event header to send)")]
     MissingEvent,
-    #[error("cannot read {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
     /// Its causes (connection refused, timed out, …) follow in the error's chain.
     #[error("request to {url} failed")]
     Request { url: String, source: reqwest::Error },

@@ -222,7 +222,7 @@ impl Cli {
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url, StoreOptions::default())
         .await
-        .with_context(|| format!("opening {}", redact_url(&settings.database_url)))?;
+        .context("opening the database")?;
     if !store.migrations_current().await? {
         store.migrate().await.context("migrating the database")?;
     }

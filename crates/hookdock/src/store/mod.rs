@@ -651,12 +651,15 @@ fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String>
     Ok((out, std::path::PathBuf::from(path)))
 }
 
+/// How long opening the store waits for a first connection (the server may be starting).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, StoreError> {
     let setup = dialect.connection_setup(writer);
     let mut options = AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(if writer { 1 } else { 0 })
-        .acquire_timeout(Duration::from_secs(10));
+        .acquire_timeout(CONNECT_WAIT);
     if dialect == Dialect::Sqlite {
         // A local file does not drop connections: no ping (a round trip to the connection's
         // thread) before each use, and the write connection is kept for the life of the store.
@@ -665,7 +668,7 @@ async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<An
             options = options.max_lifetime(None).idle_timeout(None);
         }
     }
-    options
+    let connected = options
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 for statement in setup {
@@ -675,11 +678,35 @@ async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<An
             })
         })
         .connect(url)
-        .await
-        .map_err(|e| StoreError::Open {
-            url: redact_url(url),
-            reason: e.to_string(),
-        })
+        .await;
+    let reason = match connected {
+        Ok(pool) => return Ok(pool),
+        // The pool retried until its deadline and kept no cause: one more attempt shows it
+        // (connection refused, unknown host, ...).
+        Err(sqlx::Error::PoolTimedOut) => format!(
+            "no connection within {} s ({})",
+            CONNECT_WAIT.as_secs(),
+            connect_once(url).await
+        ),
+        Err(e) => e.to_string(),
+    };
+    Err(StoreError::Open {
+        url: redact_url(url),
+        reason,
+    })
+}
+
+/// Why a single connection to `url` fails, for an error message.
+async fn connect_once(url: &str) -> String {
+    use sqlx::Connection;
+    match tokio::time::timeout(Duration::from_secs(5), sqlx::AnyConnection::connect(url)).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(conn)) => {
+            conn.close().await.ok();
+            "the server answered too slowly".to_owned()
+        }
+        Err(_) => "no answer within 5 s".to_owned(),
+    }
 }
 
 /// Reads an optional text column.

@@ -81,6 +81,50 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The pool waits 10 s for a first connection (a database may be starting), then says why
+/// there was none, without the password.
+#[test]
+fn an_unreachable_database_is_named_with_its_cause() {
+    let port = free_port();
+    let url = format!("postgres://hookdock:hunter2@127.0.0.1:{port}/hookdock");
+    let out = hookdock(&["--database-url", &url, "events", "list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: opening the database: cannot open database \
+             postgres://hookdock:***@127.0.0.1:{port}/hookdock: no connection within 10 s \
+             (error communicating with database: Connection refused (os error 111))\n"
+        )
+    );
+}
+
+#[test]
+fn a_taken_address_is_named_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
+    let db = format!("sqlite://{}/hookdock.db", dir.display());
+    let out = hookdock(
+        &["serve", "--listen", &addr.to_string()],
+        &[("HOOKDOCK_DATABASE_URL", &db)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().last(),
+        Some(
+            format!(
+                "error: starting hookdock: cannot listen on {addr}: Address already in use \
+                 (os error 98) (set --listen or HOOKDOCK_LISTEN to a free address)"
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn send_to_nothing_says_what_failed_once() {
     let url = format!("http://127.0.0.1:{}/api/v1/webhooks/github", free_port());
