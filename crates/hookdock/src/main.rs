@@ -26,8 +26,46 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(cli::Failure::Other(e)) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes joined by `: `, each cause said once: many of the library's
+/// errors already quote their cause in their own text (which is all an API answer shows).
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Quoting(#[from] std::io::Error);
+
+    #[test]
+    fn a_cause_quoted_by_its_error_is_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::from(Quoting::from(io)).context("migrating the database");
+        assert_eq!(
+            message(&e),
+            "migrating the database: database error: disk on fire"
+        );
+        let plain = anyhow::anyhow!("disk on fire").context("opening the database");
+        assert_eq!(message(&plain), "opening the database: disk on fire");
     }
 }
