@@ -223,6 +223,14 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
 
     print_header(&args, &payload_path, template.len());
+    // Probed before the first phase, so that each run says what the durable baseline met.
+    let page_cache = if targets.contains(&Target::Durable) {
+        let state = disk::PageCacheState::measure(disk::PageCacheState::PROBE_BYTES)?;
+        println!("{}", page_cache_line(&state));
+        Some(state)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -248,6 +256,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     print!("{}", report::tables(&rounds));
     let summary = summarize(&rounds);
     print_summary(&summary, rounds.len());
+    if let Some(state) = &page_cache {
+        println!("\n{}", page_cache_line(state));
+    }
     if let Some(path) = &args.json {
         // `results` is round 1's, in the shape it had before there were rounds; `rounds` holds
         // every round's, `ratios` and `checks` the per-round values and their medians.
@@ -257,6 +268,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "ratios": summary.ratios,
             "checks": summary.checks,
             "targets_met": summary.targets_met(),
+            "page_cache_at_start": page_cache,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -366,6 +378,24 @@ fn run_round(
     }
 
     Ok(results)
+}
+
+/// What the page cache probe at the start of the run found, and what it means for the ratios.
+fn page_cache_line(state: &disk::PageCacheState) -> String {
+    let mut line = format!(
+        "new page cache at the start: {:.2} GB/s as found, {:.2} GB/s at once again ({} MiB each)",
+        state.found_gbps,
+        state.again_gbps,
+        disk::PageCacheState::PROBE_BYTES >> 20
+    );
+    if state.slow_until_used() {
+        line.push_str(
+            "; slow until used: on this machine the durable baseline pays for its first writes, \
+             so hookdock's ratios to it are kinder than where memory stays warm (BENCHMARKS.md, \
+             \"The durable baseline on a VM\")",
+        );
+    }
+    line
 }
 
 fn print_header(args: &BenchArgs, payload: &Path, size: usize) {
