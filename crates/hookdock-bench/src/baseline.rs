@@ -32,6 +32,9 @@ use serde::Deserialize;
 use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
+/// The durable baseline's thread that writes and flushes the log (its group commit).
+pub const LOG_THREAD: &str = "group-commit";
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Same as hookdock: GitHub does not send more than 25 MB.
@@ -70,7 +73,7 @@ pub fn serve(listen: SocketAddr, secret: Vec<u8>, log: Option<&Path>) -> anyhow:
                 .with_context(|| format!("opening log {}", path.display()))?;
             let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
             std::thread::Builder::new()
-                .name("group-commit".into())
+                .name(LOG_THREAD.into())
                 .spawn(move || group_commit(file, rx))
                 .context("starting the writer thread")?;
             Some(tx)

@@ -258,6 +258,18 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     print_summary(&summary, rounds.len());
     if let Some(state) = &page_cache {
         println!("\n{}", page_cache_line(state));
+        let log = report::closed_thread_us(&rounds, "durable", baseline::LOG_THREAD);
+        if !log.is_empty() {
+            println!(
+                "durable baseline's log thread ({}), closed loop: {} µs per request by round \
+                 (16-27 with its page cache warm on the machines of BENCHMARKS.md)",
+                baseline::LOG_THREAD,
+                log.iter()
+                    .map(|us| format!("{us:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
+        }
     }
     if let Some(path) = &args.json {
         // `results` is round 1's, in the shape it had before there were rounds; `rounds` holds

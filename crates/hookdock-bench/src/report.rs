@@ -154,6 +154,22 @@ impl PerRound {
     }
 }
 
+/// CPU per request of the thread named `thread` in `target`'s closed loop, round by round
+/// (rounds without that phase or thread left out).
+pub fn closed_thread_us(rounds: &[Vec<TargetResult>], target: &str, thread: &str) -> Vec<f64> {
+    rounds
+        .iter()
+        .filter_map(|round| {
+            let phase = find(round, target)?.closed.as_ref()?;
+            phase
+                .server_threads_us_per_req
+                .iter()
+                .find(|(name, _)| name == thread)
+                .map(|(_, us)| *us)
+        })
+        .collect()
+}
+
 /// The named target of one round's results.
 pub fn find<'a>(round: &'a [TargetResult], name: &str) -> Option<&'a TargetResult> {
     round.iter().find(|r| r.name == name)
@@ -455,6 +471,23 @@ mod tests {
             peak_rss_kb: rss_kb,
             disk_bytes_per_delivery: None,
         }
+    }
+
+    #[test]
+    fn a_threads_cpu_is_read_per_round_from_the_closed_loop() {
+        let rounds = vec![
+            vec![target("durable", 1.0, 100.0, 1.0, 1)],
+            vec![target("memory", 1.0, 50.0, 1.0, 1)],
+            vec![target("durable", 1.0, 60.0, 1.0, 1)],
+        ];
+        // 30 % of each durable closed loop's 100 and 60 µs; the round without it is left out.
+        let us = closed_thread_us(&rounds, "durable", "writer");
+        assert_eq!(us.len(), 2);
+        assert!(
+            (us[0] - 30.0).abs() < 1e-9 && (us[1] - 18.0).abs() < 1e-9,
+            "{us:?}"
+        );
+        assert!(closed_thread_us(&rounds, "durable", "nobody").is_empty());
     }
 
     #[test]
