@@ -302,10 +302,10 @@ fn list(ctx: &mut Ctx) -> Reply {
 fn create(ctx: &mut Ctx) -> Reply {
     let owner = owner_of(ctx);
     let body = ctx.body.clone();
-    if let Some(name) = body.get("name").and_then(Value::as_str) {
-        if name != "web" {
-            return Reply::validation_failed("Hook", "custom", Some("name"), "Name must be 'web'");
-        }
+    if let Some(name) = body.get("name").and_then(Value::as_str)
+        && name != "web"
+    {
+        return Reply::validation_failed("Hook", "custom", Some("name"), "Name must be 'web'");
     }
     let config = body.get("config").cloned().unwrap_or(Value::Null);
     let Some(url) = config
@@ -365,10 +365,10 @@ fn create(ctx: &mut Ctx) -> Reply {
 fn update(ctx: &mut Ctx) -> Reply {
     with_hook(ctx, |ctx, mut hook| {
         let body = ctx.body.clone();
-        if let Some(config) = body.get("config") {
-            if let Err(reply) = apply_config(&mut hook, config) {
-                return reply;
-            }
+        if let Some(config) = body.get("config")
+            && let Err(reply) = apply_config(&mut hook, config)
+        {
+            return reply;
         }
         if let Some(events) = body.get("events") {
             hook.events = string_list(events);

@@ -424,12 +424,11 @@ pub(crate) fn handle(ctx: &mut Ctx) -> Option<Reply> {
                 return Some(Reply::not_found());
             }
             let body = ctx.body.clone();
-            if let Some(files) = ctx.st.pull_files.get(&(key.clone(), number)) {
-                if body.get("in_reply_to").is_none() {
-                    if let Err(reply) = check_comment_position(files, &body) {
-                        return Some(reply);
-                    }
-                }
+            if let Some(files) = ctx.st.pull_files.get(&(key.clone(), number))
+                && body.get("in_reply_to").is_none()
+                && let Err(reply) = check_comment_position(files, &body)
+            {
+                return Some(reply);
             }
             let commit_id = body["commit_id"].as_str().unwrap_or_default().to_owned();
             let value = review_comment(ctx, &full, number, &body, &commit_id, None);

@@ -300,10 +300,10 @@ pub(crate) fn localize(value: &mut Value, base: &str, full_name: Option<&str>) {
             if s.contains("https://api.github.com") {
                 *s = s.replace("https://api.github.com", base);
             }
-            if let Some(full) = full_name {
-                if s.contains("octocat/Hello-World") {
-                    *s = s.replace("octocat/Hello-World", full);
-                }
+            if let Some(full) = full_name
+                && s.contains("octocat/Hello-World")
+            {
+                *s = s.replace("octocat/Hello-World", full);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|v| localize(v, base, full_name)),

@@ -310,13 +310,13 @@ impl Contract {
             });
         };
         for p in operation.params.iter().filter(|p| p.location == "path") {
-            if let Some(v) = path_params.get(&p.name) {
-                if let Some(problem) = check_scalar(&p.schema, v) {
-                    return Err(NoMatch::BadPathParam(format!(
-                        "path parameter `{}`: {problem}",
-                        p.name
-                    )));
-                }
+            if let Some(v) = path_params.get(&p.name)
+                && let Some(problem) = check_scalar(&p.schema, v)
+            {
+                return Err(NoMatch::BadPathParam(format!(
+                    "path parameter `{}`: {problem}",
+                    p.name
+                )));
             }
         }
         Ok(Matched {

@@ -81,65 +81,65 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
             return;
         }
     }
-    if let Some(t) = obj.get("type").and_then(Value::as_str) {
-        if !type_matches(t, value) {
-            push(
-                errors,
-                at,
-                format!("expected {t}, got {}", type_name(value)),
-            );
-            return;
-        }
+    if let Some(t) = obj.get("type").and_then(Value::as_str)
+        && !type_matches(t, value)
+    {
+        push(
+            errors,
+            at,
+            format!("expected {t}, got {}", type_name(value)),
+        );
+        return;
     }
-    if let Some(options) = obj.get("enum").and_then(Value::as_array) {
-        if !options.iter().any(|o| o == value) {
-            push(
-                errors,
-                at,
-                format!("{value} is not one of {}", Value::Array(options.clone())),
-            );
-        }
+    if let Some(options) = obj.get("enum").and_then(Value::as_array)
+        && !options.iter().any(|o| o == value)
+    {
+        push(
+            errors,
+            at,
+            format!("{value} is not one of {}", Value::Array(options.clone())),
+        );
     }
-    if let (Some(fmt), Some(s)) = (obj.get("format").and_then(Value::as_str), value.as_str()) {
-        if let Some(problem) = check_format(fmt, s) {
-            push(errors, at, problem);
-        }
+    if let (Some(fmt), Some(s)) = (obj.get("format").and_then(Value::as_str), value.as_str())
+        && let Some(problem) = check_format(fmt, s)
+    {
+        push(errors, at, problem);
     }
     if let Some(s) = value.as_str() {
         let len = s.chars().count() as u64;
-        if let Some(max) = obj.get("maxLength").and_then(Value::as_u64) {
-            if len > max {
-                push(errors, at, format!("longer than maxLength {max}"));
-            }
+        if let Some(max) = obj.get("maxLength").and_then(Value::as_u64)
+            && len > max
+        {
+            push(errors, at, format!("longer than maxLength {max}"));
         }
-        if let Some(min) = obj.get("minLength").and_then(Value::as_u64) {
-            if len < min {
-                push(errors, at, format!("shorter than minLength {min}"));
-            }
+        if let Some(min) = obj.get("minLength").and_then(Value::as_u64)
+            && len < min
+        {
+            push(errors, at, format!("shorter than minLength {min}"));
         }
     }
     if let Some(n) = value.as_f64() {
-        if let Some(min) = obj.get("minimum").and_then(Value::as_f64) {
-            if n < min {
-                push(errors, at, format!("{n} is less than minimum {min}"));
-            }
+        if let Some(min) = obj.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            push(errors, at, format!("{n} is less than minimum {min}"));
         }
-        if let Some(max) = obj.get("maximum").and_then(Value::as_f64) {
-            if n > max {
-                push(errors, at, format!("{n} is greater than maximum {max}"));
-            }
+        if let Some(max) = obj.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            push(errors, at, format!("{n} is greater than maximum {max}"));
         }
     }
     if let Some(items) = value.as_array() {
-        if let Some(min) = obj.get("minItems").and_then(Value::as_u64) {
-            if (items.len() as u64) < min {
-                push(errors, at, format!("fewer than minItems {min}"));
-            }
+        if let Some(min) = obj.get("minItems").and_then(Value::as_u64)
+            && (items.len() as u64) < min
+        {
+            push(errors, at, format!("fewer than minItems {min}"));
         }
-        if let Some(max) = obj.get("maxItems").and_then(Value::as_u64) {
-            if items.len() as u64 > max {
-                push(errors, at, format!("more than maxItems {max}"));
-            }
+        if let Some(max) = obj.get("maxItems").and_then(Value::as_u64)
+            && items.len() as u64 > max
+        {
+            push(errors, at, format!("more than maxItems {max}"));
         }
         if let Some(item_schema) = obj.get("items") {
             for (i, item) in items.iter().enumerate() {
@@ -175,35 +175,35 @@ fn check(schema: &Value, value: &Value, at: &str, errors: &mut Vec<String>) {
             check(branch, value, at, errors);
         }
     }
-    if let Some(any) = obj.get("anyOf").and_then(Value::as_array) {
-        if !any.iter().any(|b| validate_at(b, value, at).is_empty()) {
-            push(errors, at, "matches none of the anyOf schemas".into());
-        }
+    if let Some(any) = obj.get("anyOf").and_then(Value::as_array)
+        && !any.iter().any(|b| validate_at(b, value, at).is_empty())
+    {
+        push(errors, at, "matches none of the anyOf schemas".into());
     }
-    if let Some(one) = obj.get("oneOf").and_then(Value::as_array) {
-        if !(value.is_null() && one.iter().any(is_nullable)) {
-            let matching = one
-                .iter()
-                .filter(|b| validate_at(b, value, at).is_empty())
-                .count();
-            if matching != 1 {
-                let mut detail = String::new();
-                if matching == 0 {
-                    // Say why the closest branch (same type) failed: that is what a reader needs.
-                    if let Some(first) = one.iter().find(|b| {
-                        b.get("type")
-                            .and_then(Value::as_str)
-                            .is_none_or(|t| type_matches(t, value))
-                    }) {
-                        detail = format!(" ({})", validate_at(first, value, at).join("; "));
-                    }
+    if let Some(one) = obj.get("oneOf").and_then(Value::as_array)
+        && !(value.is_null() && one.iter().any(is_nullable))
+    {
+        let matching = one
+            .iter()
+            .filter(|b| validate_at(b, value, at).is_empty())
+            .count();
+        if matching != 1 {
+            let mut detail = String::new();
+            if matching == 0 {
+                // Say why the closest branch (same type) failed: that is what a reader needs.
+                if let Some(first) = one.iter().find(|b| {
+                    b.get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(|t| type_matches(t, value))
+                }) {
+                    detail = format!(" ({})", validate_at(first, value, at).join("; "));
                 }
-                push(
-                    errors,
-                    at,
-                    format!("matches {matching} of the oneOf schemas, expected exactly 1{detail}"),
-                );
             }
+            push(
+                errors,
+                at,
+                format!("matches {matching} of the oneOf schemas, expected exactly 1{detail}"),
+            );
         }
     }
 }

@@ -941,10 +941,11 @@ impl Writer {
             conn.execute_batch("COMMIT").map_err(direct_error)?;
             Ok(written)
         });
-        if outcome.is_err() && !conn.is_autocommit() {
-            if let Err(error) = conn.execute_batch("ROLLBACK") {
-                tracing::error!(%error, "rolling back a failed write failed");
-            }
+        if outcome.is_err()
+            && !conn.is_autocommit()
+            && let Err(error) = conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(%error, "rolling back a failed write failed");
         }
         outcome
     }
