@@ -137,19 +137,24 @@ fn probe(dir: &Path, bytes: usize, rate: u64, window: Duration) -> anyhow::Resul
 /// Whether [`page_cache_passes`]' rates show new page cache slow to write until it has just
 /// been used: the pass as found or the one after the pause at under half the one at once again.
 fn slow_until_used([found, again, paused]: [f64; 3]) -> bool {
-    found.min(paused) < again / 2.0
+    PageCacheState {
+        found_gbps: found.min(paused),
+        again_gbps: again,
+    }
+    .slow_until_used()
 }
 
 /// Writes `bytes` into a new file (1 MiB at a time, never flushed) and deletes it: as found,
 /// at once again, and again after `pause`. Returns the three write rates in GB/s.
 fn page_cache_passes(dir: &Path, bytes: u64, pause: Duration) -> anyhow::Result<[f64; 3]> {
-    let path = dir.join("page-cache.probe");
-    let found = page_cache_pass(&path, bytes)?;
-    let again = page_cache_pass(&path, bytes)?;
+    let state = PageCacheState::measure_in(dir, bytes)?;
     std::thread::sleep(pause);
-    let paused = page_cache_pass(&path, bytes)?;
-    Ok([found, again, paused])
+    let paused = page_cache_pass(&dir.join(PROBE_FILE), bytes)?;
+    Ok([state.found_gbps, state.again_gbps, paused])
 }
+
+/// The file the page cache passes write and delete.
+const PROBE_FILE: &str = "page-cache.probe";
 
 /// Writes `bytes` into a new file at `path` (1 MiB at a time, never flushed), deletes it and
 /// returns the write rate in GB/s.
@@ -192,7 +197,12 @@ impl PageCacheState {
             .prefix("hookdock-bench-cache-")
             .tempdir()
             .context("creating a directory for the page cache probe")?;
-        let path = dir.path().join("page-cache.probe");
+        PageCacheState::measure_in(dir.path(), bytes)
+    }
+
+    /// The same in `dir`, whose probe file is gone afterwards.
+    fn measure_in(dir: &Path, bytes: u64) -> anyhow::Result<PageCacheState> {
+        let path = dir.join(PROBE_FILE);
         let found_gbps = page_cache_pass(&path, bytes)?;
         let again_gbps = page_cache_pass(&path, bytes)?;
         Ok(PageCacheState {
@@ -239,7 +249,9 @@ mod tests {
 
     #[test]
     fn the_run_start_probe_measures_two_passes_and_leaves_nothing() {
-        let state = PageCacheState::measure(3 << 20).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = PageCacheState::measure_in(dir.path(), 3 << 20).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(
             state.found_gbps.is_finite()
                 && state.found_gbps > 0.0

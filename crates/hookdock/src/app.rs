@@ -36,12 +36,12 @@ pub enum AppError {
     Automations(#[from] crate::handlers::repo_config::RepoConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    // The I/O error is part of the message, not a source, so that a chain printed after it
-    // does not repeat it.
-    #[error("cannot listen on {addr}: {error} (set --listen or HOOKDOCK_LISTEN to a free address)")]
+    #[error(
+        "cannot listen on {addr}: {source} (set --listen or HOOKDOCK_LISTEN to a free address)"
+    )]
     Bind {
         addr: SocketAddr,
-        error: std::io::Error,
+        source: std::io::Error,
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -154,13 +154,13 @@ impl App {
         let listener =
             TcpListener::bind(settings.listen)
                 .await
-                .map_err(|error| AppError::Bind {
+                .map_err(|source| AppError::Bind {
                     addr: settings.listen,
-                    error,
+                    source,
                 })?;
-        let addr = listener.local_addr().map_err(|error| AppError::Bind {
+        let addr = listener.local_addr().map_err(|source| AppError::Bind {
             addr: settings.listen,
-            error,
+            source,
         })?;
         if settings.has_no_webhook_secret() && !settings.allow_unsigned {
             tracing::warn!(

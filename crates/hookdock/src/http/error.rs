@@ -3,6 +3,8 @@
 //! without detail.
 
 use axum::Json;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -38,6 +40,44 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
         (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::bad_request("invalid_parameter", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::bad_request("invalid_parameter", path_problem(&rejection))
+    }
+}
+
+/// `"abc" in the path must be a whole number`.
+fn path_problem(rejection: &PathRejection) -> String {
+    let PathRejection::FailedToDeserializePathParams(e) = rejection else {
+        return rejection.body_text();
+    };
+    match e.kind() {
+        ErrorKind::ParseErrorAtKey {
+            value,
+            expected_type,
+            ..
+        }
+        | ErrorKind::ParseError {
+            value,
+            expected_type,
+        }
+        | ErrorKind::ParseErrorAtIndex {
+            value,
+            expected_type,
+            ..
+        } if expected_type.starts_with(['i', 'u']) => {
+            format!("{value:?} in the path must be a whole number")
+        }
+        _ => e.body_text(),
     }
 }
 

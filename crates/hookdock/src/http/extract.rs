@@ -1,7 +1,6 @@
-//! Extractors whose rejections are the API's JSON errors instead of axum's plain text.
+//! Extractors whose rejections are the API's JSON errors instead of axum's plain text (the
+//! mapping is in `error`).
 
-use axum::extract::path::ErrorKind;
-use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -21,13 +20,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match Path::<T>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(ApiPath(value)),
-            Err(rejection) => Err(ApiError::bad_request(
-                "invalid_parameter",
-                path_problem(&rejection),
-            )),
-        }
+        let Path(value) = Path::from_request_parts(parts, state).await?;
+        Ok(ApiPath(value))
     }
 }
 
@@ -44,38 +38,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(value)) => Ok(ApiQuery(value)),
-            Err(rejection) => Err(ApiError::bad_request(
-                "invalid_parameter",
-                rejection.body_text(),
-            )),
-        }
-    }
-}
-
-/// `"abc" in the path must be a whole number`.
-fn path_problem(rejection: &PathRejection) -> String {
-    let PathRejection::FailedToDeserializePathParams(e) = rejection else {
-        return rejection.body_text();
-    };
-    match e.kind() {
-        ErrorKind::ParseErrorAtKey {
-            value,
-            expected_type,
-            ..
-        }
-        | ErrorKind::ParseError {
-            value,
-            expected_type,
-        }
-        | ErrorKind::ParseErrorAtIndex {
-            value,
-            expected_type,
-            ..
-        } if expected_type.starts_with(['i', 'u']) => {
-            format!("{value:?} in the path must be a whole number")
-        }
-        _ => e.body_text(),
+        let Query(value) = Query::from_request_parts(parts, state).await?;
+        Ok(ApiQuery(value))
     }
 }

@@ -107,7 +107,8 @@ pub async fn list(
             ),
         ));
     }
-    let Query(query) = query.map_err(|e| invalid(e.body_text()))?;
+    // Read here, not as an extractor, so that an unknown kind is a 404 whatever the query.
+    let Query(query) = query?;
     let filter = filter(query)?;
     let store = &state.store;
     let n = filter.limit;
