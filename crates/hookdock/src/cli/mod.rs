@@ -236,7 +236,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             telemetry::init_tracing(&settings.log, settings.log_format);
             let app = App::build(settings).await.context("starting hookdock")?;
             let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            tokio::spawn(stop_on_signal(shutdown.clone())?);
             app.run_until_stopped(shutdown)
                 .await
                 .context("running hookdock")?;
@@ -353,7 +353,7 @@ async fn store_command(
 
 /// `metrics backfill`: progress on stderr (one line per 10 pull requests, or a line redrawn in
 /// place on a terminal), the summary on stdout. Refused while a backfill of the repository runs
-/// elsewhere; Ctrl-C stops it, recorded as interrupted.
+/// elsewhere; Ctrl-C or SIGTERM stops it, recorded as interrupted.
 async fn backfill_command(
     repo: &str,
     since: &str,
@@ -407,21 +407,15 @@ async fn backfill_command(
             let _ = writeln!(err, "{line}");
         }
     };
+    // Listening from before the claim: a signal from then on is recorded as an interruption.
+    let cancel = CancellationToken::new();
+    let stop = tokio::spawn(stop_on_signal(cancel.clone())?);
     // One run per repository, whoever starts it: the API of any instance shows this one.
     let claimed = claim(store, clock.as_ref(), repo, since, "cli")
         .await
         .map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
-    let cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
     let result = claimed.run(&backfill, span, &cancel, &mut progress).await;
-    ctrl_c.abort();
+    stop.abort();
     if terminal {
         eprintln!();
     }
@@ -664,27 +658,35 @@ async fn events_command(
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM.
-async fn stop_on_signal(token: CancellationToken) {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Cancels `token` on Ctrl-C or SIGTERM. The handlers are installed here, before the
+/// returned future is first polled: a signal that arrives while that future waits to be
+/// scheduled still ends the work in an orderly way, not with the default action (which ends the
+/// process on the spot, recording nothing).
+fn stop_on_signal(token: CancellationToken) -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("cannot listen for {name}"))
+        };
+        let mut int = listen(SignalKind::interrupt(), "Ctrl-C (SIGINT)")?;
+        let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("Ctrl-C received; shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
-        _ = term => tracing::info!("SIGTERM received; shutting down"),
+            token.cancel();
+        })
     }
-    token.cancel();
+    #[cfg(not(unix))]
+    {
+        let ctrl_c = tokio::signal::windows::ctrl_c().context("cannot listen for Ctrl-C")?;
+        Ok(async move {
+            let mut ctrl_c = ctrl_c;
+            ctrl_c.recv().await;
+            tracing::info!("Ctrl-C received; shutting down");
+            token.cancel();
+        })
+    }
 }

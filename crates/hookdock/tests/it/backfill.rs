@@ -1117,6 +1117,17 @@ fn cli_backfill(args: &[&str], database_url: &str, api_url: &str) -> std::proces
 
 /// Ctrl-C stops the CLI's backfill, which records it as interrupted; the next run resumes it.
 async fn a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted(backend: Backend) {
+    cli_backfill_stopped_by(backend, "-INT").await;
+}
+
+/// So does SIGTERM (a service manager stopping it, `timeout`, `docker stop`).
+async fn a_cli_backfill_stopped_with_sigterm_is_shown_interrupted(backend: Backend) {
+    cli_backfill_stopped_by(backend, "-TERM").await;
+}
+
+/// Stops the CLI's backfill with `signal` (an argument of `kill`) once a pull request is done,
+/// and checks that it is recorded as interrupted and that the next run resumes it.
+async fn cli_backfill_stopped_by(backend: Backend, signal: &str) {
     let env = Env::new(&backend).await;
     seed(&env).await;
     env.fake.fail_next(
@@ -1126,30 +1137,49 @@ async fn a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted(backend: Backen
     );
     let app = TestApp::spawn(&backend).await;
     let url = app.settings.database_url.clone();
-    let child = cli_command(&["metrics", "backfill"], &url, &env.fake.url())
+    let mut child = cli_command(&["metrics", "backfill"], &url, &env.fake.url())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start hookdock");
-    let running = status_until(&app, STATUS, "the CLI's run with #12 done", |s| {
-        s["done"] == 1
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let (_, body) = app.api_get(STATUS).await;
+        if body["done"] == 1 {
+            break body;
+        }
+        if child.try_wait().expect("poll hookdock").is_some() {
+            let out = child.wait_with_output().expect("hookdock's output");
+            panic!(
+                "the CLI ended before #12 was done ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the CLI's run with #12 done; last status {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(
         (&running["state"], &running["started_by"]),
-        (&json!("running"), &json!("cli"))
+        (&json!("running"), &json!("cli")),
+        "{running}"
     );
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
-        .expect("kill -INT");
-    assert!(killed.success());
+        .expect("kill");
+    assert!(killed.success(), "kill {signal} {}", child.id());
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
         .expect("hookdock ends");
-    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Exit status 1 from an orderly stop, not the end by the signal itself (no code).
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("stopped before the end (shutdown or Ctrl-C); the progress is saved"),
         "{stderr}"
@@ -1304,6 +1334,7 @@ backend_tests!(
     a_backfill_runs_once_across_instances_and_survives_a_restart_as_interrupted,
     the_cli_backfills_with_progress_and_its_run_shows_in_the_api,
     a_cli_backfill_stopped_with_ctrl_c_is_shown_interrupted,
+    a_cli_backfill_stopped_with_sigterm_is_shown_interrupted,
     a_dead_run_shows_as_interrupted_once_its_lease_lapses,
     stores_pull_requests_and_reviews_and_a_second_run_changes_nothing,
     agrees_with_the_webhook_data_whatever_comes_first,
