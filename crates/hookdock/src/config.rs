@@ -27,8 +27,14 @@ pub const DEFAULT_CONFIG_FILE: &str = "hookdock.toml";
 pub enum ConfigError {
     #[error("{0}")]
     Load(String),
-    #[error("invalid setting `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
+    #[error("invalid setting `{key}`{}: {reason}", origin_note(.origin.as_deref()))]
+    Invalid {
+        key: String,
+        /// Where the value came from (`from environment variable HOOKDOCK_LISTEN`), when it
+        /// was not a default.
+        origin: Option<String>,
+        reason: String,
+    },
     #[error("config file {path} cannot be read: {source}")]
     File {
         path: PathBuf,
@@ -39,8 +45,13 @@ pub enum ConfigError {
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
+        origin: None,
         reason: reason.into(),
     }
+}
+
+fn origin_note(origin: Option<&str>) -> String {
+    origin.map(|o| format!(" ({o})")).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -609,7 +620,25 @@ impl Settings {
         let settings: Settings = figment
             .extract()
             .map_err(|e| describe_figment_error(e, &sources.env))?;
-        settings.validate()?;
+        settings.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, reason, .. } => {
+                // An array item's value is told by its array's (figment finds dict keys only).
+                let path: Vec<String> = key
+                    .split('[')
+                    .next()
+                    .unwrap_or_default()
+                    .split('.')
+                    .map(str::to_owned)
+                    .collect();
+                let meta = figment.find_metadata(&path.join("."));
+                ConfigError::Invalid {
+                    origin: value_origin(&path, meta, &sources.env),
+                    key,
+                    reason,
+                }
+            }
+            other => other,
+        })?;
         Ok(settings)
     }
 
@@ -853,27 +882,38 @@ fn setting_name(path: &[String]) -> String {
 
 /// Where the value behind an error came from, as precisely as can be told.
 fn setting_source(e: &figment::Error, env: &[(String, String)]) -> String {
+    value_origin(&e.path, e.metadata.as_ref(), env).unwrap_or_else(|| match &e.metadata {
+        Some(meta) => format!("from {}", meta.name),
+        None => format!("in {DEFAULT_CONFIG_FILE} or a HOOKDOCK_ environment variable"),
+    })
+}
+
+/// Where the value at `path` came from: the file, the command-line flag, or the exact
+/// environment variable; `None` when that cannot be told (a default).
+fn value_origin(
+    path: &[String],
+    meta: Option<&figment::Metadata>,
+    env: &[(String, String)],
+) -> Option<String> {
+    // The variable holding the value, or the table or array around it
+    // (`HOOKDOCK_WEBHOOK_SECRETS` for `webhook_secrets[0].repo`).
     let variable = || {
         env.iter()
-            .map(|(key, _)| key)
-            .find(|key| env_setting_path(key).is_some_and(|path| path == e.path))
+            .filter_map(|(key, _)| Some((key, env_setting_path(key)?)))
+            .filter(|(_, p)| path.starts_with(p))
+            .max_by_key(|(_, p)| p.len())
+            .map(|(key, _)| format!("from environment variable {key}"))
     };
-    match e.metadata.as_ref() {
+    match meta {
         Some(meta) => match &meta.source {
-            Some(figment::Source::File(path)) => format!("in {}", path.display()),
-            _ if meta.name == FLAGS_SOURCE => match e.path.as_slice() {
+            Some(figment::Source::File(file)) => Some(format!("in {}", file.display())),
+            _ if meta.name == FLAGS_SOURCE => Some(match path {
                 [key] => format!("from command-line flag --{}", key.replace('_', "-")),
                 _ => format!("from a {FLAGS_SOURCE}"),
-            },
-            _ => match variable() {
-                Some(key) => format!("from environment variable {key}"),
-                None => format!("from {}", meta.name),
-            },
+            }),
+            _ => variable(),
         },
-        None => match variable() {
-            Some(key) => format!("from environment variable {key}"),
-            None => format!("in {DEFAULT_CONFIG_FILE} or a HOOKDOCK_ environment variable"),
-        },
+        None => variable(),
     }
 }
 
@@ -1108,19 +1148,54 @@ mod tests {
     }
 
     #[test]
-    fn invalid_value_is_named() {
-        let err = Settings::load(&no_file(&[("HOOKDOCK_LISTEN", "not-an-address")])).unwrap_err();
-        assert!(err.to_string().contains("listen"), "{err}");
-        let err = Settings::load(&no_file(&[("HOOKDOCK_DATABASE_URL", "mysql://x")])).unwrap_err();
-        assert!(err.to_string().contains("database_url"), "{err}");
-        let err = Settings::load(&no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")])).unwrap_err();
-        assert!(err.to_string().contains("admin_token"), "{err}");
-        let err = Settings::load(&no_file(&[("HOOKDOCK_LOG", "hookdock=loud")])).unwrap_err();
-        assert!(err.to_string().contains("`log`"), "{err}");
-        let err = Settings::load(&no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")])).unwrap_err();
+    fn invalid_value_is_named_with_where_it_came_from() {
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_LISTEN", "not-an-address")])),
+            "invalid setting `listen` (from environment variable HOOKDOCK_LISTEN): invalid socket address syntax"
+        );
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_DATABASE_URL", "mysql://x")])),
+            "invalid setting `database_url` (from environment variable HOOKDOCK_DATABASE_URL): \
+             must start with sqlite: (embedded) or postgres:// (shared)"
+        );
+        assert_eq!(
+            load_error(&no_file(&[]).set("database_url", "mysql://x")),
+            "invalid setting `database_url` (from command-line flag --database-url): \
+             must start with sqlite: (embedded) or postgres:// (shared)"
+        );
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")])),
+            "invalid setting `admin_token` (from environment variable HOOKDOCK_ADMIN_TOKEN): \
+             must be at least 16 characters (use a random token)"
+        );
+        let log = load_error(&no_file(&[("HOOKDOCK_LOG", "hookdock=loud")]));
         assert!(
-            err.to_string().contains("queue.chain_max") && err.to_string().contains("at least 1"),
-            "{err}"
+            log.starts_with("invalid setting `log` (from environment variable HOOKDOCK_LOG): is not a log filter"),
+            "{log}"
+        );
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")])),
+            "invalid setting `queue.chain_max` (from environment variable HOOKDOCK_QUEUE__CHAIN_MAX): must be at least 1"
+        );
+        // A value inside a table or array given whole is told by that variable.
+        assert_eq!(
+            load_error(&no_file(&[("HOOKDOCK_QUEUE", "{chain_max = 0}")])),
+            "invalid setting `queue.chain_max` (from environment variable HOOKDOCK_QUEUE): must be at least 1"
+        );
+        assert_eq!(
+            load_error(&no_file(&[(
+                "HOOKDOCK_WEBHOOK_SECRETS",
+                "[{repository_id = 5, secret = \"\"}]"
+            )])),
+            "invalid setting `webhook_secrets[0].secret` (from environment variable HOOKDOCK_WEBHOOK_SECRETS): is empty"
+        );
+        assert_eq!(
+            load_error(&no_file(&[(
+                "HOOKDOCK_WEBHOOK_SECRETS",
+                "[{repository_id = 5, secret = \"a\", repo = 1}]"
+            )])),
+            "unknown setting `webhook_secrets[0].repo` (from environment variable HOOKDOCK_WEBHOOK_SECRETS); \
+             see README for the settings hookdock knows"
         );
     }
 
@@ -1179,6 +1254,18 @@ mod tests {
         std::fs::write(&path, "[[webhook_secrets]]\nsecret = \"a\"\n").unwrap();
         let err = Settings::load(&sources).unwrap_err().to_string();
         assert!(err.contains("webhook_secrets[0]"), "{err}");
+        std::fs::write(
+            &path,
+            "admin_token = \"short\"\n[[webhook_secrets]]\nrepository_id = 4\nsecret = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_error(&sources),
+            format!(
+                "invalid setting `admin_token` (in {}): must be at least 16 characters (use a random token)",
+                path.display()
+            )
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

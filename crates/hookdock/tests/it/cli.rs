@@ -41,6 +41,14 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
          HOOKDOCK_QUEUE__WORKERS): invalid type: found string \"many\", expected usize\n"
     );
 
+    let out = hookdock(&["serve"], &[("HOOKDOCK_ADMIN_TOKEN", "short")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: configuration: invalid setting `admin_token` (from environment variable \
+         HOOKDOCK_ADMIN_TOKEN): must be at least 16 characters (use a random token)\n"
+    );
+
     let out = hookdock(&["serve", "--listen", "127.0.0.1:99999"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
