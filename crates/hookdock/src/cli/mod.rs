@@ -537,6 +537,20 @@ async fn events_command(
                     "{}",
                     serde_json::to_string_pretty(&rows).unwrap_or_default()
                 );
+            } else if rows.is_empty() {
+                let filtered = filter.delivery_id.is_some()
+                    || filter.status.is_some()
+                    || filter.event.is_some()
+                    || filter.repository.is_some()
+                    || filter.before_id.is_some();
+                println!(
+                    "{}",
+                    if filtered {
+                        "no events match these filters"
+                    } else {
+                        "no events stored yet"
+                    }
+                );
             } else {
                 println!(
                     "{:>8}  {:<24}  {:<17}  {:<36}  {:<28}  REPOSITORY",

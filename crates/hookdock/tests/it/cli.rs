@@ -86,6 +86,9 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
         stdout.contains("configuration is valid") && !stdout.contains("\"s\""),
         "{stdout}"
     );
+    let out = hookdock(&["--database-url", &db, "events", "list"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no events stored yet\n");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -281,6 +284,10 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     let three = page("3").await;
     assert_eq!(three.len(), 3, "{three:?}");
     assert!(!three.iter().any(|l| l.starts_with("(more")), "{three:?}");
+    let out = run(args(&["events", "list", "--status", "dead"]))
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout), "no events match these filters\n");
     let out = run(args(&["events", "list", "--limit", "0"]))
         .await
         .unwrap();
