@@ -987,6 +987,15 @@ async fn status_until(
     last.into_inner()
 }
 
+/// Whether the fake has taken the run's `GET` of #11 (and with it the fault holding it back):
+/// from then on the run is waiting there, and a stop finds #12 done and #11 not.
+fn holding_11(env: &Env) -> bool {
+    env.fake
+        .requests()
+        .iter()
+        .any(|r| r.method == "GET" && r.path == "/repos/Codertocat/Hello-World/pulls/11")
+}
+
 async fn post_backfill(app: &TestApp, body: Value) -> (reqwest::StatusCode, Value) {
     let request = app
         .client
@@ -1018,6 +1027,10 @@ async fn a_backfill_runs_once_across_instances_and_survives_a_restart_as_interru
     assert_eq!(status, 202, "{started}");
     let running = status_until(&b, STATUS, "#12 done, seen from the other instance", |s| {
         s["done"] == 1
+    })
+    .await;
+    poll_until("GitHub to hold #11", Duration::from_secs(30), || async {
+        holding_11(&env)
     })
     .await;
     assert_eq!(
@@ -1145,7 +1158,9 @@ async fn cli_backfill_stopped_by(backend: Backend, signal: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let running = loop {
         let (_, body) = app.api_get(STATUS).await;
-        if body["done"] == 1 {
+        // #12 done is recorded a moment before #11 is asked for; a signal in between would
+        // leave the fault for the next run.
+        if body["done"] == 1 && holding_11(&env) {
             break body;
         }
         if child.try_wait().expect("poll hookdock").is_some() {
@@ -1159,7 +1174,7 @@ async fn cli_backfill_stopped_by(backend: Backend, signal: &str) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out waiting for the CLI's run with #12 done; last status {body}"
+            "timed out waiting for the CLI's run with #12 done and #11 held; last status {body}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
