@@ -1147,55 +1147,69 @@ mod tests {
         );
     }
 
+    /// Values that parse but fail validation name their origin like the parse errors above.
     #[test]
-    fn invalid_value_is_named_with_where_it_came_from() {
-        assert_eq!(
-            load_error(&no_file(&[("HOOKDOCK_LISTEN", "not-an-address")])),
-            "invalid setting `listen` (from environment variable HOOKDOCK_LISTEN): invalid socket address syntax"
-        );
-        assert_eq!(
-            load_error(&no_file(&[("HOOKDOCK_DATABASE_URL", "mysql://x")])),
-            "invalid setting `database_url` (from environment variable HOOKDOCK_DATABASE_URL): \
-             must start with sqlite: (embedded) or postgres:// (shared)"
-        );
-        assert_eq!(
-            load_error(&no_file(&[]).set("database_url", "mysql://x")),
-            "invalid setting `database_url` (from command-line flag --database-url): \
-             must start with sqlite: (embedded) or postgres:// (shared)"
-        );
-        assert_eq!(
-            load_error(&no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")])),
-            "invalid setting `admin_token` (from environment variable HOOKDOCK_ADMIN_TOKEN): \
-             must be at least 16 characters (use a random token)"
-        );
+    fn refused_value_is_named_with_where_it_came_from() {
+        let url_rule = "must start with sqlite: (embedded) or postgres:// (shared)";
+        for (sources, expected) in [
+            (
+                no_file(&[("HOOKDOCK_DATABASE_URL", "mysql://x")]),
+                format!(
+                    "invalid setting `database_url` (from environment variable HOOKDOCK_DATABASE_URL): {url_rule}"
+                ),
+            ),
+            (
+                no_file(&[]).set("database_url", "mysql://x"),
+                format!(
+                    "invalid setting `database_url` (from command-line flag --database-url): {url_rule}"
+                ),
+            ),
+            (
+                no_file(&[("HOOKDOCK_ADMIN_TOKEN", "short")]),
+                "invalid setting `admin_token` (from environment variable HOOKDOCK_ADMIN_TOKEN): \
+                 must be at least 16 characters (use a random token)"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")]),
+                "invalid setting `queue.chain_max` (from environment variable \
+                 HOOKDOCK_QUEUE__CHAIN_MAX): must be at least 1"
+                    .to_owned(),
+            ),
+            // A value inside a table or array given whole is told by that variable.
+            (
+                no_file(&[("HOOKDOCK_QUEUE", "{chain_max = 0}")]),
+                "invalid setting `queue.chain_max` (from environment variable HOOKDOCK_QUEUE): \
+                 must be at least 1"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[(
+                    "HOOKDOCK_WEBHOOK_SECRETS",
+                    "[{repository_id = 5, secret = \"\"}]",
+                )]),
+                "invalid setting `webhook_secrets[0].secret` (from environment variable \
+                 HOOKDOCK_WEBHOOK_SECRETS): is empty"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[(
+                    "HOOKDOCK_WEBHOOK_SECRETS",
+                    "[{repository_id = 5, secret = \"a\", repo = 1}]",
+                )]),
+                "unknown setting `webhook_secrets[0].repo` (from environment variable \
+                 HOOKDOCK_WEBHOOK_SECRETS); see README for the settings hookdock knows"
+                    .to_owned(),
+            ),
+        ] {
+            assert_eq!(load_error(&sources), expected, "{sources:?}");
+        }
         let log = load_error(&no_file(&[("HOOKDOCK_LOG", "hookdock=loud")]));
         assert!(
-            log.starts_with("invalid setting `log` (from environment variable HOOKDOCK_LOG): is not a log filter"),
+            log.starts_with(
+                "invalid setting `log` (from environment variable HOOKDOCK_LOG): is not a log filter"
+            ),
             "{log}"
-        );
-        assert_eq!(
-            load_error(&no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")])),
-            "invalid setting `queue.chain_max` (from environment variable HOOKDOCK_QUEUE__CHAIN_MAX): must be at least 1"
-        );
-        // A value inside a table or array given whole is told by that variable.
-        assert_eq!(
-            load_error(&no_file(&[("HOOKDOCK_QUEUE", "{chain_max = 0}")])),
-            "invalid setting `queue.chain_max` (from environment variable HOOKDOCK_QUEUE): must be at least 1"
-        );
-        assert_eq!(
-            load_error(&no_file(&[(
-                "HOOKDOCK_WEBHOOK_SECRETS",
-                "[{repository_id = 5, secret = \"\"}]"
-            )])),
-            "invalid setting `webhook_secrets[0].secret` (from environment variable HOOKDOCK_WEBHOOK_SECRETS): is empty"
-        );
-        assert_eq!(
-            load_error(&no_file(&[(
-                "HOOKDOCK_WEBHOOK_SECRETS",
-                "[{repository_id = 5, secret = \"a\", repo = 1}]"
-            )])),
-            "unknown setting `webhook_secrets[0].repo` (from environment variable HOOKDOCK_WEBHOOK_SECRETS); \
-             see README for the settings hookdock knows"
         );
     }
 

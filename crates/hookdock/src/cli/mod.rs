@@ -693,14 +693,14 @@ fn stop_on_signal(token: CancellationToken) -> anyhow::Result<impl Future<Output
             token.cancel();
         })
     }
+    // Elsewhere only Ctrl-C, through tokio's portable listener (installed when first polled).
     #[cfg(not(unix))]
     {
-        let ctrl_c = tokio::signal::windows::ctrl_c().context("cannot listen for Ctrl-C")?;
         Ok(async move {
-            let mut ctrl_c = ctrl_c;
-            ctrl_c.recv().await;
-            tracing::info!("Ctrl-C received; shutting down");
-            token.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("Ctrl-C received; shutting down");
+                token.cancel();
+            }
         })
     }
 }
