@@ -51,6 +51,7 @@ enum Command {
     CheckConfig,
     /// Delete done and ignored events older than the retention (or --days) now.
     Purge {
+        /// Age in days beyond which done and ignored events go (default: retention.done_days).
         #[arg(long)]
         days: Option<u32>,
     },
@@ -131,6 +132,8 @@ struct SendArgs {
 enum EventsCommand {
     /// List events, newest first.
     List {
+        /// Only events in this status: pending, processing, done, failed, dead, ignored or
+        /// replay_suspected.
         #[arg(long)]
         status: Option<String>,
         /// Event name, or name.action
@@ -139,6 +142,7 @@ enum EventsCommand {
         /// owner/repo
         #[arg(long)]
         repo: Option<String>,
+        /// Only the event with this delivery id (X-GitHub-Delivery).
         #[arg(long)]
         delivery_id: Option<String>,
         /// Events per page, 1 to 10,000.
@@ -548,7 +552,7 @@ async fn events_command(
                     if filtered {
                         "no events match these filters"
                     } else {
-                        "no events stored yet"
+                        "no events stored"
                     }
                 );
             } else {

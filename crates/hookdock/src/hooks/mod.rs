@@ -49,7 +49,7 @@ pub enum HookError {
     )]
     NoPublicUrl,
     #[error(
-        "no GitHub token: set HOOKDOCK_GITHUB_TOKEN (a classic token with the admin:repo_hook and repo scopes, admin:org_hook for organizations, or a fine-grained token with Webhooks read and write), or sign in"
+        "no GitHub token: set HOOKDOCK_GITHUB_TOKEN (a classic token with the admin:repo_hook and repo scopes, admin:org_hook for organizations, or a fine-grained token with Webhooks read and write), or sign in: `gh auth login` for the CLI, /auth/github/login for the API"
     )]
     NoToken,
     #[error(

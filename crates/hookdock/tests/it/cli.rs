@@ -88,7 +88,7 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
     );
     let out = hookdock(&["--database-url", &db, "events", "list"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "no events stored yet\n");
+    assert_eq!(text(&out.stdout), "no events stored\n");
     std::fs::remove_dir_all(dir).ok();
 }
 
@@ -132,6 +132,30 @@ fn a_taken_address_is_named_once() {
             .as_str()
         ),
         "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Without a token (and without `gh` to ask for one) a GitHub command says what to set.
+#[test]
+fn a_github_command_without_a_token_says_how_to_get_one() {
+    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = format!("sqlite://{}/hookdock.db", dir.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_hookdock"))
+        .args(["--database-url", &db, "redeliver", "--since", "24h"])
+        .env_clear()
+        .env("PATH", &dir)
+        .current_dir(&dir)
+        .output()
+        .expect("run hookdock");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "error: no GitHub token: set HOOKDOCK_GITHUB_TOKEN (a classic token with the \
+         admin:repo_hook and repo scopes, admin:org_hook for organizations, or a fine-grained \
+         token with Webhooks read and write), or sign in: `gh auth login` for the CLI, \
+         /auth/github/login for the API\n"
     );
     std::fs::remove_dir_all(dir).ok();
 }
