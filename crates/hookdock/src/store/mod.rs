@@ -295,13 +295,17 @@ pub(crate) fn ser_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S:
     s.serialize_str(&rfc3339(*ms))
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages. Everything up to the last `@` counts as
+/// user and password, so a password with characters that should have been escaped is still
+/// hidden; a URL without a password is shown as it is.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
         }
         _ => url.to_owned(),
     }
@@ -725,6 +729,16 @@ mod tests {
             "postgres://user:***@db:5432/x"
         );
         assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        // No password: nothing to hide, and no `***` to suggest there was one.
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        // An unescaped `@` or `/` in the password is still hidden.
+        assert_eq!(
+            redact_url("postgres://user:p@ss/w@db/x"),
+            "postgres://user:***@db/x"
+        );
     }
 
     #[test]
