@@ -14,7 +14,7 @@ use hookdock::github::{Github, GithubConfig};
 use hookdock::ingest::ContentType;
 use hookdock::send::{Outgoing, embedded_payload, send};
 use hookdock::store::{
-    EventFilter, EventStatus, ReplayMode, Store, StoreOptions, redact_url, rfc3339,
+    EventFilter, EventPage, EventStatus, ReplayMode, Store, StoreOptions, redact_url, rfc3339,
 };
 use hookdock::{App, events, handlers::HandlerRegistry, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -530,12 +530,12 @@ async fn events_command(
                 action,
                 repository: repo.clone(),
                 before_id: *before,
-                // One more than shown tells whether there is a next page.
-                limit: *limit + 1,
+                limit: *limit,
             };
-            let mut rows = store.list_events(&filter).await?;
-            let more = rows.len() > *limit as usize;
-            rows.truncate(*limit as usize);
+            let EventPage {
+                events: rows,
+                next_before,
+            } = store.list_events_page(&filter).await?;
             if *json {
                 println!(
                     "{}",
@@ -571,8 +571,8 @@ async fn events_command(
                         e.repository.as_deref().unwrap_or("-")
                     );
                 }
-                if let Some(last) = rows.last().filter(|_| more) {
-                    println!("(more: --before {})", last.id);
+                if let Some(id) = next_before {
+                    println!("(more: --before {id})");
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::Api;
 use crate::auth::SessionUser;
 use crate::store::{EventFilter, EventStatus, ReplayMode};
 
@@ -174,27 +174,18 @@ fn decode_cursor(s: &str) -> Option<i64> {
 
 pub async fn list_events(
     State(state): State<AppState>,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    Api(Query(query)): Api<Query<ListQuery>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let filter = event_filter(query)?;
-    let limit = filter.limit as usize;
-    let mut probe = filter.clone();
-    probe.limit = filter.limit + 1;
-    let mut events = state.store.list_events(&probe).await?;
-    let next_cursor = if events.len() > limit {
-        events.truncate(limit);
-        events.last().map(|e| encode_cursor(e.id))
-    } else {
-        None
-    };
+    let page = state.store.list_events_page(&event_filter(query)?).await?;
+    let next_cursor = page.next_before.map(encode_cursor);
     Ok(Json(
-        serde_json::json!({ "events": events, "next_cursor": next_cursor }),
+        serde_json::json!({ "events": page.events, "next_cursor": next_cursor }),
     ))
 }
 
 pub async fn show_event(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    Api(Path(id)): Api<Path<i64>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let detail = state.store.event_detail(id).await?;
     let actions = state.store.event_actions(id).await?;
@@ -205,7 +196,7 @@ pub async fn show_event(
 
 pub async fn event_payload(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    Api(Path(id)): Api<Path<i64>>,
 ) -> Result<Response, ApiError> {
     let body = state.store.event_body(id).await?;
     Ok((
@@ -227,8 +218,8 @@ pub struct ReplayQuery {
 
 pub async fn replay_event(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-    ApiQuery(query): ApiQuery<ReplayQuery>,
+    Api(Path(id)): Api<Path<i64>>,
+    Api(Query(query)): Api<Query<ReplayQuery>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if query.dry_run {
         let Some(automations) = &state.automations else {
@@ -260,7 +251,7 @@ pub async fn replay_event(
 /// Releases an event held as `replay_suspected` after an operator judged it genuine.
 pub async fn release_event(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    Api(Path(id)): Api<Path<i64>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let summary = state.store.event_summary(id).await?;
     if summary.status != EventStatus::ReplaySuspected.as_str() {
@@ -291,7 +282,7 @@ pub async fn replay_dead(
 /// made to the language model for it.
 pub async fn pull_reviews(
     State(state): State<AppState>,
-    ApiPath((owner, repo, number)): ApiPath<(String, String, i64)>,
+    Api(Path((owner, repo, number))): Api<Path<(String, String, i64)>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let repository = format!("{owner}/{repo}");
     let reviews = state.store.review_runs(&repository, number).await?;

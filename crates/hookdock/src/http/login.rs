@@ -2,7 +2,7 @@
 //! session cookie is HttpOnly, SameSite=Lax, and Secure when hookdock is served over HTTPS.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use secrecy::ExposeSecret;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::Api;
 use crate::auth::{AuthError, SESSION_COOKIE, SessionUser};
 
 pub async fn login(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -27,7 +27,7 @@ pub struct CallbackQuery {
 
 pub async fn callback(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<CallbackQuery>,
+    Api(Query(q)): Api<Query<CallbackQuery>>,
 ) -> Result<Response, ApiError> {
     let session = state
         .auth

@@ -6,15 +6,15 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::Api;
 use crate::config::MetricsSettings;
 use crate::handlers::backfill::{
     BackfillError, BackfillRuns, BackfillStatus, BackfillTask, backfill_status as stored_status,
@@ -136,7 +136,7 @@ fn team_param(teams: &Teams, v: Option<String>) -> Result<Option<usize>, ApiErro
 /// requests created in [since, until), with their durations, raw and in working hours.
 pub async fn pulls(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<PullsQuery>,
+    Api(Query(q)): Api<Query<PullsQuery>>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
     let csv = match non_empty(q.format).as_deref() {
@@ -186,7 +186,7 @@ pub async fn pulls(
 /// requests merged in [until - window, until), raw and in working hours.
 pub async fn summary(
     State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<SummaryQuery>,
+    Api(Query(q)): Api<Query<SummaryQuery>>,
 ) -> Result<Json<metrics::Summary>, ApiError> {
     let team = team_param(&state.metrics_api.teams, q.team)?;
     let now = now_ms();
@@ -302,7 +302,7 @@ pub async fn start_backfill(
 /// backfill, whichever instance (or the CLI) runs or ran it.
 pub async fn backfill_status(
     State(state): State<AppState>,
-    ApiPath((owner, name)): ApiPath<(String, String)>,
+    Api(Path((owner, name))): Api<Path<(String, String)>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let repo = format!("{owner}/{name}");
     let clock = state.hooks.clock();

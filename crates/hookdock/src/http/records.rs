@@ -4,13 +4,13 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::ApiPath;
+use super::extract::Api;
 use crate::store::{RecordFilter, RecordRow};
 
 const DEFAULT_LIMIT: u32 = 50;
@@ -94,7 +94,7 @@ fn page<T: Serialize>(
 
 pub async fn list(
     State(state): State<AppState>,
-    ApiPath(kind): ApiPath<String>,
+    Api(Path(kind)): Api<Path<String>>,
     query: Result<Query<RecordsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !KINDS.contains(&kind.as_str()) {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::AppState;
 use super::api::Caller;
 use super::error::ApiError;
-use super::extract::ApiQuery;
+use super::extract::Api;
 use crate::github::{GithubError, HookScope};
 use crate::hooks::{HookError, HookManager, InstallAction};
 
@@ -99,7 +99,7 @@ pub struct RedeliverQuery {
     since: Option<String>,
 }
 
-pub async fn redeliver(Hooks(hooks): Hooks, ApiQuery(q): ApiQuery<RedeliverQuery>) -> Answer {
+pub async fn redeliver(Hooks(hooks): Hooks, Api(Query(q)): Api<Query<RedeliverQuery>>) -> Answer {
     let since = match q.since.as_deref() {
         None | Some("") => None,
         Some(text) => Some(

@@ -138,6 +138,14 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
+/// One page of the events list.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<EventSummary>,
+    /// The `before_id` of the next page, when more events match.
+    pub next_before: Option<i64>,
+}
+
 /// Writes a batch of deliveries in the caller's transaction. Duplicates (already stored, or
 /// repeated within the batch) change nothing; a new delivery id whose body was seen before (or
 /// earlier in the batch) is stored as `replay_suspected` and gets no jobs.
@@ -398,6 +406,24 @@ pub fn decompress_body(compressed: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 impl Store {
+    /// [`Store::list_events`] as a page: one row more than `limit` is read to tell whether
+    /// another page follows.
+    pub async fn list_events_page(&self, filter: &EventFilter) -> Result<EventPage, StoreError> {
+        let limit = filter.limit as usize;
+        let probe = EventFilter {
+            limit: filter.limit.saturating_add(1),
+            ..filter.clone()
+        };
+        let mut events = self.list_events(&probe).await?;
+        let more = events.len() > limit;
+        events.truncate(limit);
+        let next_before = events.last().filter(|_| more).map(|e| e.id);
+        Ok(EventPage {
+            events,
+            next_before,
+        })
+    }
+
     /// Events newest first, filtered; at most `limit`.
     pub async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventSummary>, StoreError> {
         let mut sql = Sql::with(

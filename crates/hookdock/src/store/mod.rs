@@ -41,7 +41,8 @@ pub use backfill::{
 pub use dialect::Dialect;
 pub(crate) use events::BODY_DICTIONARY;
 pub use events::{
-    EventDetail, EventFilter, EventSummary, HistoryEntry, JobSummary, StoredBody, decompress_body,
+    EventDetail, EventFilter, EventPage, EventSummary, HistoryEntry, JobSummary, StoredBody,
+    decompress_body,
 };
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
 pub use jobs::{Chains, ClaimedChain, ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};

@@ -23,6 +23,20 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts that an output stream holds `part`, showing the stream when it does not.
+#[track_caller]
+fn assert_holds(stream: &[u8], part: &str) {
+    let stream = text(stream);
+    assert!(stream.contains(part), "{part:?} not in: {stream}");
+}
+
+/// A new, empty directory of this test's own under the system's temporary directory.
+fn scratch_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
 #[test]
 fn unknown_or_invalid_settings_are_named_at_start_up() {
     let out = hookdock(&["check-config"], &[("HOOKDOCK_LISTN", "127.0.0.1:1")]);
@@ -57,8 +71,7 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
          invalid socket address syntax\n"
     );
 
-    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir();
     let file = dir.join("hookdock.toml");
     std::fs::write(&file, "[retention]\ndone_dayz = 3\n").unwrap();
     let out = hookdock(&["--config", file.to_str().unwrap(), "check-config"], &[]);
@@ -114,7 +127,7 @@ fn an_unreachable_database_is_named_with_its_cause() {
 fn a_taken_address_is_named_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
+    let dir = scratch_dir();
     let db = format!("sqlite://{}/hookdock.db", dir.display());
     let out = hookdock(
         &["serve", "--listen", &addr.to_string()],
@@ -139,16 +152,12 @@ fn a_taken_address_is_named_once() {
 /// Without a token (and without `gh` to ask for one) a GitHub command says what to set.
 #[test]
 fn a_github_command_without_a_token_says_how_to_get_one() {
-    let dir = std::env::temp_dir().join(format!("hookdock-cli-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir();
     let db = format!("sqlite://{}/hookdock.db", dir.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_hookdock"))
-        .args(["--database-url", &db, "redeliver", "--since", "24h"])
-        .env_clear()
-        .env("PATH", &dir)
-        .current_dir(&dir)
-        .output()
-        .expect("run hookdock");
+    let out = hookdock(
+        &["--database-url", &db, "redeliver", "--since", "24h"],
+        &[("PATH", dir.to_str().expect("a UTF-8 path"))],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stderr),
@@ -249,11 +258,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     .await
     .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stdout).contains("HTTP 403"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_holds(&out.stdout, "HTTP 403");
 
     let payload = std::env::temp_dir().join(format!(
         "hookdock-cli-{}.json",
@@ -316,11 +321,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stderr).contains("0 is not in 1..=10000"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_holds(&out.stderr, "0 is not in 1..=10000");
 
     let id = app
         .store
@@ -344,11 +345,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
     let out = run(args(&["events", "replay", &id.to_string()]))
         .await
         .unwrap();
-    assert!(
-        text(&out.stdout).contains("queued [activity, metrics]"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert_holds(&out.stdout, "queued [activity, metrics]");
     app.wait_until_idle().await;
     let handled: i64 = app
         .store
@@ -367,11 +364,7 @@ async fn send_then_list_show_and_replay_from_the_command_line() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("not replay_suspected"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_holds(&out.stderr, "not replay_suspected");
     app.stop().await;
 }
 
@@ -456,10 +449,6 @@ async fn events_replay_dry_run_prints_the_writes_it_would_make() {
         &[("HOOKDOCK_DATABASE_URL", &db)],
     );
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stderr).contains("HOOKDOCK_GITHUB_TOKEN"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_holds(&out.stderr, "HOOKDOCK_GITHUB_TOKEN");
     app.stop().await;
 }
