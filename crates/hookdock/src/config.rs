@@ -858,7 +858,12 @@ fn describe_figment_error(error: figment::Error, env: &[(String, String)]) -> Co
                 "unknown setting `{name}` ({source}); see README for the settings hookdock knows"
             ),
             kind if name.is_empty() => format!("invalid settings ({source}): {kind}"),
-            kind => format!("invalid setting `{name}` ({source}): {kind}"),
+            kind => ConfigError::Invalid {
+                key: name,
+                origin: Some(source),
+                reason: kind.to_string(),
+            }
+            .to_string(),
         });
     }
     ConfigError::Load(lines.join("; "))
