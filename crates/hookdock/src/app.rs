@@ -4,6 +4,7 @@
 //! finish in-flight requests, let running jobs finish (or release them), stop background
 //! backfills (recorded as interrupted), commit what the writer holds, close the database.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,7 @@ impl App {
                 &settings.handlers.metrics,
             )?),
             jobs_ready,
+            body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),
         });
         let listener =
             TcpListener::bind(settings.listen)
@@ -243,12 +245,29 @@ impl App {
         });
         let backfills = Arc::clone(&self.state.metrics_api.backfills);
         let server_stop = shutdown.clone();
-        let served = axum::serve(
+        let serving = axum::serve(
             self.listener,
             router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .await;
+        .into_future();
+        // Requests in flight get the grace period too: one whose sender stalls must not hold
+        // the shutdown. Dropped unanswered, it was never acknowledged (its delivery is either
+        // committed and then a duplicate when redelivered, or not stored at all).
+        let drained = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = drained => {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "requests still unanswered after the shutdown grace period are dropped unanswered"
+                );
+                Ok(())
+            }
+        };
         tracing::info!("HTTP server stopped; waiting for workers");
         if let Some(workers) = workers
             && let Err(e) = workers.await

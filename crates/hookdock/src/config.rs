@@ -77,7 +77,7 @@ pub struct Settings {
     pub log: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
-    /// Seconds running jobs get to finish after SIGTERM/Ctrl-C.
+    /// Seconds running jobs and requests in flight get to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
     /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
     /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
@@ -242,6 +242,9 @@ pub struct IngestSettings {
     pub max_batch: usize,
     /// zstd level for stored bodies (1 = fastest).
     pub zstd_level: i32,
+    /// A request body that has not fully arrived this long after its headers is refused (408):
+    /// a stalled or trickling sender holds no request open for longer.
+    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -514,7 +517,7 @@ fn defaults() -> serde_json::Value {
             "redelivery_window_hours": 0,
             "reload_secs": 10
         },
-        "ingest": { "max_batch": 256, "zstd_level": 1 },
+        "ingest": { "max_batch": 256, "zstd_level": 1, "body_timeout_secs": 30 },
         "queue": {
             "workers": 8,
             "lease_secs": 60,
@@ -779,6 +782,12 @@ impl Settings {
         }
         if !(1..=19).contains(&self.ingest.zstd_level) {
             return Err(invalid("ingest.zstd_level", "must be between 1 and 19"));
+        }
+        if !(1..=3600).contains(&self.ingest.body_timeout_secs) {
+            return Err(invalid(
+                "ingest.body_timeout_secs",
+                "must be between 1 and 3600 seconds",
+            ));
         }
         if self.queue.lease_secs < 2 {
             return Err(invalid("queue.lease_secs", "must be at least 2"));
@@ -1179,6 +1188,12 @@ mod tests {
                 no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")]),
                 "invalid setting `queue.chain_max` (from environment variable \
                  HOOKDOCK_QUEUE__CHAIN_MAX): must be at least 1"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[("HOOKDOCK_INGEST__BODY_TIMEOUT_SECS", "0")]),
+                "invalid setting `ingest.body_timeout_secs` (from environment variable \
+                 HOOKDOCK_INGEST__BODY_TIMEOUT_SECS): must be between 1 and 3600 seconds"
                     .to_owned(),
             ),
             // A value inside a table or array given whole is told by that variable.

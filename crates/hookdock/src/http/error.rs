@@ -87,7 +87,9 @@ impl From<IngestError> for ApiError {
             IngestError::MissingHeader(_)
             | IngestError::InvalidHeader { .. }
             | IngestError::UnsupportedTarget(_)
-            | IngestError::Body(_) => StatusCode::BAD_REQUEST,
+            | IngestError::Body(_)
+            | IngestError::BodyUnreadable(_) => StatusCode::BAD_REQUEST,
+            IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::MissingSignature => StatusCode::UNAUTHORIZED,

@@ -47,6 +47,8 @@ pub struct Shared {
     /// What the metrics routes need beyond the store: teams, calendars, background backfills.
     pub metrics_api: Arc<metrics::MetricsApi>,
     pub jobs_ready: Arc<Notify>,
+    /// How long a delivery's body may take to arrive (`ingest.body_timeout_secs`).
+    pub body_timeout: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {

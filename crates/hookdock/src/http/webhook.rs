@@ -3,9 +3,11 @@
 use axum::Json;
 use axum::body::Body;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::AppState;
@@ -37,23 +39,16 @@ pub async fn receive(
             return Err(ApiError::new(status, refusal.code(), refusal.to_string()));
         }
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(IngestError::PayloadTooLarge.into());
-    }
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return Err(IngestError::PayloadTooLarge.into()),
-        Err(e) => {
-            return Err(ApiError::bad_request(
-                "body_unreadable",
-                format!("the request body could not be read: {e}"),
-            ));
-        }
-    };
+    let body = read_body(
+        headers.get(header::CONTENT_LENGTH),
+        body,
+        state.body_timeout,
+    )
+    .await
+    .map_err(|refusal| {
+        refusal.count();
+        ApiError::from(refusal)
+    })?;
     let text = |name: &'static str| -> Result<Option<&str>, ApiError> {
         match headers.get(name) {
             None => Ok(None),
@@ -78,4 +73,26 @@ pub async fn receive(
     };
     let receipt = state.ingestor.ingest(&delivery, body).await?;
     Ok(Json(receipt))
+}
+
+/// The whole body, refused when it is declared or turns out larger than GitHub's cap, cannot
+/// be read, or has not fully arrived within `timeout`: a stalled sender holds no request (and no
+/// shutdown) open for longer.
+async fn read_body(
+    declared: Option<&HeaderValue>,
+    body: Body,
+    timeout: Duration,
+) -> Result<Bytes, IngestError> {
+    let declared = declared
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(IngestError::PayloadTooLarge);
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(IngestError::BodyTimeout(timeout.as_secs())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::PayloadTooLarge),
+        Ok(Err(e)) => Err(IngestError::BodyUnreadable(e.to_string())),
+    }
 }

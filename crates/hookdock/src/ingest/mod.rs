@@ -72,6 +72,12 @@ pub enum IngestError {
     #[error("body is larger than GitHub's 25 MB limit")]
     PayloadTooLarge,
     #[error(
+        "the request body did not fully arrive within {0} s of its headers (ingest.body_timeout_secs); nothing was stored, send it again"
+    )]
+    BodyTimeout(u64),
+    #[error("the request body could not be read ({0}); nothing was stored, send it again")]
+    BodyUnreadable(String),
+    #[error(
         "missing X-Hub-Signature-256; set a secret on the GitHub hook (hookdock accepts unsigned deliveries only when allow_unsigned is configured)"
     )]
     MissingSignature,
@@ -96,6 +102,13 @@ pub enum IngestError {
 }
 
 impl IngestError {
+    /// Counts the refusal in `hookdock_webhook_rejected_total`, labelled with [`Self::code`].
+    /// [`Ingestor::ingest`] counts its own; callers count those they make before it (the body
+    /// could not be read).
+    pub fn count(&self) {
+        metrics::counter!("hookdock_webhook_rejected_total", "reason" => self.code()).increment(1);
+    }
+
     /// Short machine-readable code, also the `reason` label of the rejection metric.
     pub fn code(&self) -> &'static str {
         match self {
@@ -103,6 +116,8 @@ impl IngestError {
             IngestError::InvalidHeader { .. } => "invalid_header",
             IngestError::UnsupportedContentType(_) => "unsupported_content_type",
             IngestError::PayloadTooLarge => "payload_too_large",
+            IngestError::BodyTimeout(_) => "body_timeout",
+            IngestError::BodyUnreadable(_) => "body_unreadable",
             IngestError::MissingSignature => "missing_signature",
             IngestError::BadSignature(_) => "invalid_signature",
             IngestError::NoSecret => "no_secret_configured",
@@ -184,10 +199,7 @@ impl Ingestor {
                 metrics::counter!("hookdock_webhook_deliveries_total", "outcome" => outcome)
                     .increment(1);
             }
-            Err(e) => {
-                metrics::counter!("hookdock_webhook_rejected_total", "reason" => e.code())
-                    .increment(1);
-            }
+            Err(e) => e.count(),
         }
         result
     }

@@ -1049,7 +1049,49 @@ async fn shutdown_finishes_running_jobs_within_grace_and_releases_the_rest(backe
     pool.close().await;
 }
 
+/// A request whose sender stalls part-way through its body holds the shutdown for the grace
+/// period at most (1 s here; its body timeout is the default 30 s): the app stops, the delivery
+/// acknowledged before it is kept, and the stalled one, never answered, is not stored.
+async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| s.set("shutdown_grace_secs", 1), vec![]).await;
+    let body = fixture("issues.opened.0");
+    let acknowledged = new_delivery_id();
+    let (status, answer) = app.post("issues", &body, &acknowledged).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
+
+    let stalled = new_delivery_id();
+    let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
+    let mut raw = RawDelivery::head(&app, "issues", &stalled, &signature, body.len()).await;
+    raw.continued().await;
+    raw.send(&body[..100]).await;
+
+    let stopping = Instant::now();
+    let stopped = app.stop_keeping_data().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "the stalled request had its 1 s grace period, then the app stopped: {took:?}"
+    );
+
+    let app = stopped.start().await;
+    for (delivery, stored) in [(&acknowledged, 1), (&stalled, 0)] {
+        let (status, page) = app
+            .api_get(&format!("/api/v1/events?delivery_id={delivery}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(
+            page["events"].as_array().map(Vec::len),
+            Some(stored),
+            "delivery {delivery}: {page}"
+        );
+    }
+    drop(raw);
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    a_stalled_request_holds_the_shutdown_only_for_the_grace_period,
     kill_9_under_load_loses_no_acknowledged_delivery_and_handles_each_once,
     sigterm_under_load_answers_in_flight_requests_and_exits_cleanly,
     shutdown_finishes_running_jobs_within_grace_and_releases_the_rest,

@@ -318,8 +318,9 @@ impl TestApp {
     pub async fn stop_keeping_data(mut self) -> StoppedApp {
         self.shutdown.cancel();
         if let Some(server) = self.server.take() {
-            server
+            tokio::time::timeout(Duration::from_secs(30), server)
                 .await
+                .expect("the app stops within 30 s")
                 .expect("server task")
                 .expect("server stopped cleanly");
         }
@@ -456,6 +457,99 @@ impl TestApp {
 
     pub async fn stop(self) {
         drop(self.stop_keeping_data().await);
+    }
+}
+
+/// A delivery over a bare connection, for what an HTTP client does not do: declare a body
+/// length and send less of it, or stop part-way.
+pub struct RawDelivery {
+    stream: tokio::net::TcpStream,
+    /// Bytes read past the `100 Continue`.
+    read: Vec<u8>,
+}
+
+impl RawDelivery {
+    /// Sends the head of a signed delivery: GitHub's headers, `Content-Length: declared`,
+    /// `Expect: 100-continue` (answered once the handler reads the body) and `Connection:
+    /// close` (the server closes after its answer).
+    pub async fn head(
+        app: &TestApp,
+        event: &str,
+        delivery: &str,
+        signature: &str,
+        declared: usize,
+    ) -> RawDelivery {
+        use tokio::io::AsyncWriteExt;
+        let addr = app.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nX-GitHub-Event: {event}\r\n\
+             X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {signature}\r\n\
+             Expect: 100-continue\r\nContent-Length: {declared}\r\n\r\n"
+        );
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .expect("write request head");
+        RawDelivery {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    /// Waits for the server's `100 Continue`: from then on the request is in its handler,
+    /// which is reading the body.
+    pub async fn continued(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            while !self.read.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 256];
+                let n = self.stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "connection closed before 100 Continue");
+                self.read.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the server asks for the body within 10 s");
+        let end = self
+            .read
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |i| i + 4);
+        let interim: Vec<u8> = self.read.drain(..end).collect();
+        assert!(
+            interim.starts_with(b"HTTP/1.1 100"),
+            "expected 100 Continue, got {}",
+            String::from_utf8_lossy(&interim)
+        );
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write body");
+    }
+
+    /// The answer's status and JSON body, read until the server closes (at most 10 s).
+    pub async fn answer(mut self) -> (u16, Value) {
+        use tokio::io::AsyncReadExt;
+        let mut raw = std::mem::take(&mut self.read);
+        tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut raw))
+            .await
+            .expect("the server answers within 10 s")
+            .expect("read answer");
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP answer");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+        )
     }
 }
 

@@ -266,7 +266,10 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backen
     ];
     // Over GitHub's 25 MB cap: refused from the declared length, before the body is read. Sent
     // raw so that the client does not race the early answer with its upload.
-    let (status, answer) = oversized_request(&app, &signature).await;
+    let delivery = new_delivery_id();
+    let oversized = hookdock::ingest::MAX_BODY_BYTES + 1;
+    let raw = RawDelivery::head(&app, "pull_request", &delivery, &signature, oversized).await;
+    let (status, answer) = raw.answer().await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "payload_too_large", "{answer}");
     for case in cases {
@@ -558,6 +561,50 @@ async fn scoped_secrets_take_precedence_and_rotate(backend: Backend) {
     app.stop().await;
 }
 
+/// A sender that stops part-way through the body is answered 408 once
+/// `ingest.body_timeout_secs` has passed, not held open; nothing of it is stored, and the same
+/// delivery sent whole afterwards is received.
+async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| s.set("ingest.body_timeout_secs", 1), vec![]).await;
+    let body = fixture("pull_request.opened.0");
+    let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
+    let delivery = new_delivery_id();
+    let before = metrics_text(&app).await;
+
+    let mut raw = RawDelivery::head(&app, "pull_request", &delivery, &signature, body.len()).await;
+    raw.continued().await;
+    let asked = std::time::Instant::now();
+    raw.send(&body[..body.len() / 2]).await;
+    let (status, answer) = raw.answer().await;
+    assert_eq!(status, 408, "{answer}");
+    assert_eq!(answer["error"], "body_timeout", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("within 1 s") && m.contains("ingest.body_timeout_secs")),
+        "the answer names the limit and its setting: {answer}"
+    );
+    assert!(
+        asked.elapsed() >= std::time::Duration::from_secs(1),
+        "answered only once the timeout had passed"
+    );
+    assert_eq!(app.count_events().await, 0, "nothing stored");
+    let grew = metric(
+        &metrics_text(&app).await,
+        "hookdock_webhook_rejected_total{reason=\"body_timeout\"}",
+    ) - metric(
+        &before,
+        "hookdock_webhook_rejected_total{reason=\"body_timeout\"}",
+    );
+    assert!(grew >= 1.0, "the refusal is counted (grew by {grew})");
+
+    let (status, answer) = app.post("pull_request", &body, &delivery).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
+    assert_eq!(app.count_events().await, 1);
+    app.stop().await;
+}
+
 async fn unsigned_deliveries_only_when_allowed(backend: Backend) {
     let app = TestApp::spawn_with(&backend, |s| s.set("allow_unsigned", true), vec![]).await;
     let body = fixture("ping.none.0");
@@ -780,43 +827,7 @@ crate::backend_tests!(
     replayed_body_with_new_delivery_id_is_held_until_released,
     scoped_secrets_take_precedence_and_rotate,
     unsigned_deliveries_only_when_allowed,
+    a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored,
     events_without_subscribers_are_stored_as_ignored,
     storage_failure_answers_503_and_stores_nothing,
 );
-
-/// Declares a body one byte over the cap, sends none of it, and reads the answer.
-async fn oversized_request(app: &TestApp, signature: &str) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = app.base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!(
-        "POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nX-GitHub-Event: pull_request\r\n\
-         X-GitHub-Delivery: {}\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {}\r\n\r\n",
-        new_delivery_id(),
-        hookdock::ingest::MAX_BODY_BYTES + 1
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("write request head");
-    let mut raw = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut raw),
-    )
-    .await
-    .expect("the server answers without waiting for the body")
-    .expect("read answer");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete HTTP answer");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
-    )
-}
