@@ -66,8 +66,9 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// In words, from [`migration_problem`].
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
     #[error("cannot open database {url}: {reason}")]
     Open { url: String, reason: String },
     #[error("the store is shutting down")]
@@ -332,14 +333,18 @@ impl Store {
         let (read, write, sqlite) = match dialect {
             Dialect::Sqlite => {
                 let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
-                let write = pool(dialect, true, 1, &url).await?;
-                let read = pool(dialect, false, options.max_connections.max(2), &url).await?;
+                let write = pool(dialect, true, 1, &url).await.map_err(open_error)?;
+                let read = pool(dialect, false, options.max_connections.max(2), &url)
+                    .await
+                    .map_err(open_error)?;
                 let conn = writer::open_sqlite(&path).map_err(open_error)?;
                 let syncer = syncer::Syncer::spawn(path)?;
                 (read, write, Some(writer::SqliteWriter { conn, syncer }))
             }
             Dialect::Postgres => {
-                let pool = pool(dialect, true, options.max_connections.max(4), url).await?;
+                let pool = pool(dialect, true, options.max_connections.max(4), url)
+                    .await
+                    .map_err(open_error)?;
                 (pool.clone(), pool, None)
             }
         };
@@ -656,11 +661,42 @@ fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String>
     Ok((out, std::path::PathBuf::from(path)))
 }
 
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        StoreError::Migrate(migration_problem(&e))
+    }
+}
+
+/// What a failed migration means for the operator: the cases that come from running another
+/// version of hookdock on the database say so and what to do.
+fn migration_problem(e: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::VersionMissing(v) => format!(
+            "the database has migration {v}, which this hookdock does not know: a newer hookdock \
+             has migrated it; run that version (or restore a backup taken before the upgrade)"
+        ),
+        MigrateError::VersionMismatch(v) => format!(
+            "migration {v} in the database differs from this hookdock's: another build of \
+             hookdock has migrated it; run that build (or restore a backup taken before it ran)"
+        ),
+        MigrateError::Dirty(v) => format!(
+            "migration {v} was started but did not finish; restore a backup taken before it ran"
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// How long opening the store waits for a first connection (the server may be starting).
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
-async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, StoreError> {
+/// A pool of connections set up for `dialect`; why not, in words, if none can be opened.
+async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, String> {
     let setup = dialect.connection_setup(writer);
+    if dialect == Dialect::Sqlite {
+        // A local file opens at once or not at all: say why now, not after the pool's retries.
+        connect_once(url, setup).await?;
+    }
     let mut options = AnyPoolOptions::new()
         .max_connections(size)
         .min_connections(if writer { 1 } else { 0 })
@@ -684,33 +720,49 @@ async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<An
         })
         .connect(url)
         .await;
-    let reason = match connected {
-        Ok(pool) => return Ok(pool),
+    match connected {
+        Ok(pool) => Ok(pool),
         // The pool retried until its deadline and kept no cause: one more attempt shows it
         // (connection refused, unknown host, ...).
-        Err(sqlx::Error::PoolTimedOut) => format!(
+        Err(sqlx::Error::PoolTimedOut) => Err(format!(
             "no connection within {} s ({})",
             CONNECT_WAIT.as_secs(),
-            connect_once(url).await
-        ),
-        Err(e) => e.to_string(),
-    };
-    Err(StoreError::Open {
-        url: redact_url(url),
-        reason,
-    })
+            connect_once(url, setup)
+                .await
+                .err()
+                .unwrap_or_else(|| "the server answered too slowly".to_owned())
+        )),
+        Err(e) => Err(connection_problem(&e)),
+    }
 }
 
-/// Why a single connection to `url` fails, for an error message.
-async fn connect_once(url: &str) -> String {
+/// Opens one connection to `url` and sets it up as the pool's are; the first error, in words.
+async fn connect_once(url: &str, setup: &[&str]) -> Result<(), String> {
     use sqlx::Connection;
-    match tokio::time::timeout(Duration::from_secs(5), sqlx::AnyConnection::connect(url)).await {
-        Ok(Err(e)) => e.to_string(),
-        Ok(Ok(conn)) => {
-            conn.close().await.ok();
-            "the server answered too slowly".to_owned()
+    let attempt = async {
+        let mut conn = sqlx::AnyConnection::connect(url).await?;
+        for statement in setup {
+            sqlx::query(statement).execute(&mut conn).await?;
         }
-        Err(_) => "no answer within 5 s".to_owned(),
+        conn.close().await
+    };
+    match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(connection_problem(&e)),
+        Err(_) => Err("no answer within 5 s".to_owned()),
+    }
+}
+
+/// A connection error, with what to do where the fix is the operator's.
+fn connection_problem(e: &sqlx::Error) -> String {
+    let text = e.to_string();
+    if text.contains("readonly database") {
+        format!(
+            "{text}; hookdock must be able to write the database file and to create files \
+             beside it (its -wal and -shm): check the permissions of both"
+        )
+    } else {
+        text
     }
 }
 

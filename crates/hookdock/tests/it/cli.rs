@@ -123,6 +123,72 @@ fn an_unreachable_database_is_named_with_its_cause() {
     );
 }
 
+/// A SQLite database hookdock may not write is refused at once, with the cause and what to
+/// check (the pool would otherwise retry for 10 s and blame a slow server).
+#[test]
+fn a_database_hookdock_cannot_write_is_named_at_once() {
+    let dir = scratch_dir();
+    let db = dir.join("hookdock.db");
+    // An empty file is an empty database; opened read-only (root ignores file permissions),
+    // it cannot be switched to write-ahead logging, as a file the user may not write cannot.
+    std::fs::write(&db, b"").expect("create the database file");
+    let read_only = format!("sqlite://{}?mode=ro", db.display());
+    let out = hookdock(&["--database-url", &read_only, "events", "list"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: opening the database: cannot open database {read_only}: error returned from \
+             database: (code: 8) attempt to write a readonly database; hookdock must be able to \
+             write the database file and to create files beside it (its -wal and -shm): check \
+             the permissions of both\n"
+        )
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A database migrated by a newer hookdock (a migration this build does not have) is refused
+/// with what happened and what to do, by `migrate` and `serve` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_hookdock_is_refused_with_what_to_do() {
+    let dir = scratch_dir();
+    let url = format!("sqlite://{}", dir.join("hookdock.db").display());
+    let out = hookdock(&["--database-url", &url, "migrate"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .expect("open the database");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer hookdock', 1, x'00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .expect("record a migration from the future");
+    pool.close().await;
+    let refusal = "database migration failed: the database has migration 9999, which this \
+                   hookdock does not know: a newer hookdock has migrated it; run that version \
+                   (or restore a backup taken before the upgrade)\n";
+    let out = hookdock(&["--database-url", &url, "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with(refusal),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = hookdock(
+        &["--database-url", &url, "serve", "--listen", "127.0.0.1:0"],
+        &[("HOOKDOCK_WEBHOOK_SECRET", SECRET)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).ends_with(refusal),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_taken_address_is_named_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
