@@ -4,7 +4,6 @@
 //! finish in-flight requests, let running jobs finish (or release them), stop background
 //! backfills (recorded as interrupted), commit what the writer holds, close the database.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +43,6 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
     #[error(transparent)]
     Hooks(#[from] HookError),
     #[error(transparent)]
@@ -151,7 +148,7 @@ impl App {
                 &settings.handlers.metrics,
             )?),
             jobs_ready,
-            body_timeout: Duration::from_secs(settings.ingest.body_timeout_secs),
+            body_timeout: settings.read_timeout(),
         });
         let listener =
             TcpListener::bind(settings.listen)
@@ -244,30 +241,17 @@ impl App {
             ))
         });
         let backfills = Arc::clone(&self.state.metrics_api.backfills);
-        let server_stop = shutdown.clone();
-        let serving = axum::serve(
-            self.listener,
-            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { server_stop.cancelled().await })
-        .into_future();
         // Requests in flight get the grace period too: one whose sender stalls must not hold
-        // the shutdown. Dropped unanswered, it was never acknowledged (its delivery is either
+        // the shutdown. Closed unanswered, it was never acknowledged (its delivery is either
         // committed and then a duplicate when redelivered, or not stored at all).
-        let drained = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(grace).await;
-        };
-        let served = tokio::select! {
-            served = serving => served,
-            () = drained => {
-                tracing::warn!(
-                    grace_secs = grace.as_secs(),
-                    "requests still unanswered after the shutdown grace period are dropped unanswered"
-                );
-                Ok(())
-            }
-        };
+        crate::http::serve(
+            self.listener,
+            router(self.state),
+            self.settings.read_timeout(),
+            grace,
+            shutdown.cancelled(),
+        )
+        .await;
         tracing::info!("HTTP server stopped; waiting for workers");
         if let Some(workers) = workers
             && let Err(e) = workers.await
@@ -284,7 +268,7 @@ impl App {
         }
         self.store.close().await;
         tracing::info!("shutdown complete");
-        served.map_err(AppError::Serve)
+        Ok(())
     }
 }
 

@@ -79,6 +79,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seconds running jobs and requests in flight get to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
+    /// A request's headers, and then a delivery's body, must each arrive within this many
+    /// seconds (a keep-alive connection idle this long is closed): a stalled or trickling
+    /// sender holds nothing open for longer.
+    pub read_timeout_secs: u64,
     /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
     /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
     #[serde(default)]
@@ -242,9 +246,6 @@ pub struct IngestSettings {
     pub max_batch: usize,
     /// zstd level for stored bodies (1 = fastest).
     pub zstd_level: i32,
-    /// A request body that has not fully arrived this long after its headers is refused (408):
-    /// a stalled or trickling sender holds no request open for longer.
-    pub body_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -500,6 +501,7 @@ fn defaults() -> serde_json::Value {
         "log": "info",
         "log_format": "text",
         "shutdown_grace_secs": 20,
+        "read_timeout_secs": 30,
         "github_api_url": "https://api.github.com",
         "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
         "auth": { "allowed_users": [], "session_hours": 168 },
@@ -517,7 +519,7 @@ fn defaults() -> serde_json::Value {
             "redelivery_window_hours": 0,
             "reload_secs": 10
         },
-        "ingest": { "max_batch": 256, "zstd_level": 1, "body_timeout_secs": 30 },
+        "ingest": { "max_batch": 256, "zstd_level": 1 },
         "queue": {
             "workers": 8,
             "lease_secs": 60,
@@ -783,9 +785,9 @@ impl Settings {
         if !(1..=19).contains(&self.ingest.zstd_level) {
             return Err(invalid("ingest.zstd_level", "must be between 1 and 19"));
         }
-        if !(1..=3600).contains(&self.ingest.body_timeout_secs) {
+        if !(1..=3600).contains(&self.read_timeout_secs) {
             return Err(invalid(
-                "ingest.body_timeout_secs",
+                "read_timeout_secs",
                 "must be between 1 and 3600 seconds",
             ));
         }
@@ -846,6 +848,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
     }
 
     /// True when no delivery could be verified: no secret anywhere and unsigned not allowed.
@@ -1191,9 +1197,9 @@ mod tests {
                     .to_owned(),
             ),
             (
-                no_file(&[("HOOKDOCK_INGEST__BODY_TIMEOUT_SECS", "0")]),
-                "invalid setting `ingest.body_timeout_secs` (from environment variable \
-                 HOOKDOCK_INGEST__BODY_TIMEOUT_SECS): must be between 1 and 3600 seconds"
+                no_file(&[("HOOKDOCK_READ_TIMEOUT_SECS", "0")]),
+                "invalid setting `read_timeout_secs` (from environment variable \
+                 HOOKDOCK_READ_TIMEOUT_SECS): must be between 1 and 3600 seconds"
                     .to_owned(),
             ),
             // A value inside a table or array given whole is told by that variable.

@@ -1,5 +1,6 @@
-//! HTTP: routes, the admin-token guard and error mapping. Handlers here only extract, call the
-//! domain (`ingest`, `store`, `events`, `hooks`) and map its typed errors to statuses.
+//! HTTP: serving connections (`serve`), routes, the admin-token guard and error mapping.
+//! Handlers here only extract, call the domain (`ingest`, `store`, `events`, `hooks`) and map
+//! its typed errors to statuses.
 
 mod api;
 mod error;
@@ -9,6 +10,7 @@ mod login;
 pub(crate) mod metrics;
 mod records;
 mod repos;
+mod serve;
 mod webhook;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tower_http::trace::TraceLayer;
 
 pub use api::encode_cursor;
 pub use error::ApiError;
+pub use serve::serve;
 
 use crate::auth::Auth;
 use crate::handlers::HandlerRegistry;
@@ -47,7 +50,7 @@ pub struct Shared {
     /// What the metrics routes need beyond the store: teams, calendars, background backfills.
     pub metrics_api: Arc<metrics::MetricsApi>,
     pub jobs_ready: Arc<Notify>,
-    /// How long a delivery's body may take to arrive (`ingest.body_timeout_secs`).
+    /// How long a delivery's body may take to arrive after its headers (`read_timeout_secs`).
     pub body_timeout: std::time::Duration,
 }
 

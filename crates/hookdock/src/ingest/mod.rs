@@ -72,7 +72,7 @@ pub enum IngestError {
     #[error("body is larger than GitHub's 25 MB limit")]
     PayloadTooLarge,
     #[error(
-        "the request body did not fully arrive within {0} s of its headers (ingest.body_timeout_secs); nothing was stored, send it again"
+        "the request body did not fully arrive within {0} s of its headers (read_timeout_secs); nothing was stored, send it again"
     )]
     BodyTimeout(u64),
     #[error("the request body could not be read ({0}); nothing was stored, send it again")]

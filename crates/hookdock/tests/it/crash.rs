@@ -1050,8 +1050,9 @@ async fn shutdown_finishes_running_jobs_within_grace_and_releases_the_rest(backe
 }
 
 /// A request whose sender stalls part-way through its body holds the shutdown for the grace
-/// period at most (1 s here; its body timeout is the default 30 s): the app stops, the delivery
-/// acknowledged before it is kept, and the stalled one, never answered, is not stored.
+/// period at most (1 s here; its read timeout is the default 30 s): its connection is then
+/// closed unanswered, the app stops, the delivery acknowledged before is kept, and the stalled
+/// one is not stored.
 async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend: Backend) {
     let app = TestApp::spawn_with(&backend, |s| s.set("shutdown_grace_secs", 1), vec![]).await;
     let body = fixture("issues.opened.0");
@@ -1073,6 +1074,7 @@ async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend:
         took >= Duration::from_secs(1) && took < Duration::from_secs(10),
         "the stalled request had its 1 s grace period, then the app stopped: {took:?}"
     );
+    raw.closed_unanswered().await;
 
     let app = stopped.start().await;
     for (delivery, stored) in [(&acknowledged, 1), (&stalled, 0)] {
@@ -1086,7 +1088,6 @@ async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend:
             "delivery {delivery}: {page}"
         );
     }
-    drop(raw);
     app.stop().await;
 }
 

@@ -479,23 +479,26 @@ impl RawDelivery {
         signature: &str,
         declared: usize,
     ) -> RawDelivery {
-        use tokio::io::AsyncWriteExt;
         let addr = app.base.trim_start_matches("http://");
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let head = format!(
             "POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
              Content-Type: application/json\r\nX-GitHub-Event: {event}\r\n\
              X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {signature}\r\n\
              Expect: 100-continue\r\nContent-Length: {declared}\r\n\r\n"
         );
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("write request head");
-        RawDelivery {
+        RawDelivery::connect(app, head.as_bytes()).await
+    }
+
+    /// Connects and sends `bytes`, whatever they are.
+    pub async fn connect(app: &TestApp, bytes: &[u8]) -> RawDelivery {
+        let addr = app.base.trim_start_matches("http://");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut raw = RawDelivery {
             stream,
             read: Vec::new(),
-        }
+        };
+        raw.send(bytes).await;
+        raw
     }
 
     /// Waits for the server's `100 Continue`: from then on the request is in its handler,
@@ -529,6 +532,24 @@ impl RawDelivery {
     pub async fn send(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.stream.write_all(bytes).await.expect("write body");
+    }
+
+    /// Asserts that the server closes the connection (within 10 s) without answering.
+    pub async fn closed_unanswered(mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut raw = std::mem::take(&mut self.read);
+        let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut raw))
+            .await
+            .expect("the server closes the connection within 10 s");
+        // A reset is a close too.
+        if let Err(e) = read {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+        }
+        assert!(
+            raw.is_empty(),
+            "closed without an answer, got: {}",
+            String::from_utf8_lossy(&raw)
+        );
     }
 
     /// The answer's status and JSON body, read until the server closes (at most 10 s).

@@ -562,18 +562,19 @@ async fn scoped_secrets_take_precedence_and_rotate(backend: Backend) {
 }
 
 /// A sender that stops part-way through the body is answered 408 once
-/// `ingest.body_timeout_secs` has passed, not held open; nothing of it is stored, and the same
+/// `read_timeout_secs` has passed, not held open; nothing of it is stored, and the same
 /// delivery sent whole afterwards is received.
 async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backend: Backend) {
-    let app = TestApp::spawn_with(&backend, |s| s.set("ingest.body_timeout_secs", 1), vec![]).await;
+    let app = TestApp::spawn_with(&backend, |s| s.set("read_timeout_secs", 1), vec![]).await;
     let body = fixture("pull_request.opened.0");
     let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
     let delivery = new_delivery_id();
     let before = metrics_text(&app).await;
 
+    // Before the server can start its clock.
+    let asked = std::time::Instant::now();
     let mut raw = RawDelivery::head(&app, "pull_request", &delivery, &signature, body.len()).await;
     raw.continued().await;
-    let asked = std::time::Instant::now();
     raw.send(&body[..body.len() / 2]).await;
     let (status, answer) = raw.answer().await;
     assert_eq!(status, 408, "{answer}");
@@ -581,7 +582,7 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
     assert!(
         answer["message"]
             .as_str()
-            .is_some_and(|m| m.contains("within 1 s") && m.contains("ingest.body_timeout_secs")),
+            .is_some_and(|m| m.contains("within 1 s") && m.contains("read_timeout_secs")),
         "the answer names the limit and its setting: {answer}"
     );
     assert!(
@@ -602,6 +603,28 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "received", "{answer}");
     assert_eq!(app.count_events().await, 1);
+    app.stop().await;
+}
+
+/// A sender that stops part-way through its headers is disconnected once `read_timeout_secs`
+/// has passed instead of holding its connection (and a task) for good; others are served
+/// meanwhile.
+async fn a_sender_that_stops_in_its_headers_is_disconnected(backend: Backend) {
+    let app = TestApp::spawn_with(&backend, |s| s.set("read_timeout_secs", 1), vec![]).await;
+    // Before the server can start its clock.
+    let started = std::time::Instant::now();
+    let stalled = RawDelivery::connect(
+        &app,
+        b"POST /api/v1/webhooks/github HTTP/1.1\r\nHost: hookdock\r\nX-GitHub-Ev",
+    )
+    .await;
+    let (status, answer) = app.probe("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    stalled.closed_unanswered().await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "disconnected only once the timeout had passed"
+    );
     app.stop().await;
 }
 
@@ -828,6 +851,7 @@ crate::backend_tests!(
     scoped_secrets_take_precedence_and_rotate,
     unsigned_deliveries_only_when_allowed,
     a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored,
+    a_sender_that_stops_in_its_headers_is_disconnected,
     events_without_subscribers_are_stored_as_ignored,
     storage_failure_answers_503_and_stores_nothing,
 );
