@@ -291,9 +291,77 @@ pub(crate) struct Direct<'c> {
     pub conn: &'c rusqlite::Connection,
 }
 
-/// A SQLite error of the writer's connection, as sqlx reports errors.
+/// A SQLite error of the writer's connection, as sqlx reports errors: what SQLite refused
+/// (`database or disk is full`) as a database error with its code, anything else as a
+/// protocol error.
 pub(crate) fn direct_error(e: rusqlite::Error) -> sqlx::Error {
-    sqlx::Error::Protocol(format!("SQLite: {e}"))
+    match e {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            sqlx::Error::Database(Box::new(CopiedDatabaseError {
+                code: Some(failure.extended_code.to_string()),
+                message: message.unwrap_or_else(|| failure.to_string()),
+            }))
+        }
+        other => sqlx::Error::Protocol(format!("SQLite: {other}")),
+    }
+}
+
+/// sqlx errors are not `Clone`: callers sharing a failed batch each get a copy that reads as
+/// the original does (a database error stays one, with its code and message).
+pub(crate) fn copy_error(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::Database(e) => sqlx::Error::Database(Box::new(CopiedDatabaseError {
+            code: e.code().map(Cow::into_owned),
+            message: e.message().to_owned(),
+        })),
+        sqlx::Error::Protocol(message) => sqlx::Error::Protocol(message.clone()),
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// A database error from the writer's own SQLite connection, or a copy of one: shown as sqlx
+/// shows SQLite's, `(code: 13) database or disk is full`.
+#[derive(Debug)]
+struct CopiedDatabaseError {
+    code: Option<String>,
+    message: String,
+}
+
+impl std::fmt::Display for CopiedDatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "(code: {code}) {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for CopiedDatabaseError {}
+
+impl sqlx::error::DatabaseError for CopiedDatabaseError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn code(&self) -> Option<Cow<'_, str>> {
+        self.code.as_deref().map(Cow::Borrowed)
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
 }
 
 impl Direct<'_> {
@@ -380,6 +448,23 @@ pub(crate) fn padded_chunks(dialect: Dialect, n: usize, max: usize) -> Vec<(usiz
 
 #[cfg(test)]
 mod tests {
+    /// A refusal of the writer's SQLite connection reads as sqlx's own SQLite errors do, and
+    /// so does each copy handed to the callers of a failed batch (a copy of a copy too).
+    #[test]
+    fn sqlite_refusals_read_as_database_errors_and_copies_read_the_same() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".to_owned()),
+        );
+        let error = direct_error(full);
+        let text = "error returned from database: (code: 13) database or disk is full";
+        assert_eq!(error.to_string(), text);
+        assert!(matches!(error, sqlx::Error::Database(_)));
+        assert_eq!(copy_error(&copy_error(&error)).to_string(), text);
+        let other = sqlx::Error::Protocol("stored body hash of 3 bytes".into());
+        assert_eq!(copy_error(&other).to_string(), other.to_string());
+    }
+
     use super::*;
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::events::insert_deliveries;
 use super::jobs::{Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs};
 use super::keys::DeliveryKeys;
-use super::sql::{Direct, WriteConn, direct_error, ready};
+use super::sql::{Direct, WriteConn, copy_error, direct_error, ready};
 use super::syncer::Syncer;
 use super::{Dialect, IngestOutcome, NewDelivery, StoreError, now_ms};
 
@@ -774,7 +774,7 @@ impl Writer {
     ) {
         if size == 1 {
             tracing::error!(%error, "write failed");
-            let failed = || StoreError::Database(clone_error(&error));
+            let failed = || StoreError::Database(copy_error(&error));
             for (_, reply) in batch.finished_by.drain(..) {
                 let _ = reply.send(Err(failed()));
             }
@@ -972,11 +972,6 @@ fn refuse(op: Op) {
         #[cfg(test)]
         Op::Panic => {}
     }
-}
-
-/// sqlx errors are not `Clone`; callers sharing a failed batch each get its description.
-fn clone_error(error: &sqlx::Error) -> sqlx::Error {
-    sqlx::Error::Protocol(error.to_string())
 }
 
 #[cfg(test)]

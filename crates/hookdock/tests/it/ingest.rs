@@ -703,6 +703,15 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
     let (status, answer) = app.post("push", &body, &delivery).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["error"], "storage_unavailable");
+    // The database's own words, once, as sqlx words a database error.
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "the delivery could not be stored (database error: error returned from database: "
+        ) && message.contains("disk full")
+            && !message.contains("unexpected or invalid data"),
+        "{answer}"
+    );
     for statement in heal {
         sqlx::query(statement).execute(&admin).await.unwrap();
     }
