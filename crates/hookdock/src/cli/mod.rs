@@ -676,10 +676,13 @@ async fn events_command(
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM. The handlers are installed here, before the
-/// returned future is first polled: a signal that arrives while that future waits to be
-/// scheduled still ends the work in an orderly way, not with the default action (which ends the
-/// process on the spot, recording nothing).
+/// Cancels `token` on Ctrl-C or SIGTERM; a second one ends the process at once (exit status
+/// 130 for Ctrl-C, 143 for SIGTERM), as one who presses Ctrl-C twice means. That loses nothing
+/// acknowledged, as `kill -9` does not: deliveries are answered only once on disk, and jobs
+/// still running are claimed again when their leases lapse. The handlers are installed here,
+/// before the returned future is first polled: a signal that arrives while that future waits
+/// to be scheduled still ends the work in an orderly way, not with the default action (which
+/// ends the process on the spot, recording nothing).
 fn stop_on_signal(token: CancellationToken) -> anyhow::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
@@ -691,10 +694,18 @@ fn stop_on_signal(token: CancellationToken) -> anyhow::Result<impl Future<Output
         let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
         Ok(async move {
             tokio::select! {
-                _ = int.recv() => tracing::info!("Ctrl-C received; shutting down"),
-                _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+                _ = int.recv() => tracing::info!("Ctrl-C received; shutting down (again to stop at once)"),
+                _ = term.recv() => tracing::info!("SIGTERM received; shutting down (again to stop at once)"),
             }
             token.cancel();
+            let status = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            tracing::warn!(
+                "second stop signal: exiting at once; requests in flight go unanswered, running jobs are claimed again when their leases lapse"
+            );
+            std::process::exit(status);
         })
     }
     // Elsewhere only Ctrl-C, through tokio's portable listener (installed when first polled).

@@ -1063,7 +1063,7 @@ async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend:
 
     let stalled = new_delivery_id();
     let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
-    let mut raw = RawDelivery::head(&app, "issues", &stalled, &signature, body.len()).await;
+    let mut raw = RawDelivery::head(&app.base, "issues", &stalled, &signature, body.len()).await;
     raw.continued().await;
     raw.send(&body[..100]).await;
 
@@ -1089,6 +1089,48 @@ async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend:
         );
     }
     app.stop().await;
+}
+
+/// A second SIGTERM while the shutdown waits ends the process at once, with exit status 143
+/// (as a second Ctrl-C does, with 130): here a request stalled part-way through its body would
+/// otherwise hold the shutdown for the 5 s grace period, and the clean stop exits with 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_stops_at_once() {
+    let db = TestDb::create(&Backend::Sqlite).await;
+    let scratch = Scratch::new();
+    let mut server = Server::start(&scratch, "server", &db.url).await;
+    let body = fixture("issues.opened.0");
+    let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
+    let mut stalled = RawDelivery::head(
+        &server.base,
+        "issues",
+        &new_delivery_id(),
+        &signature,
+        body.len(),
+    )
+    .await;
+    stalled.continued().await;
+    stalled.send(&body[..100]).await;
+
+    server.terminate();
+    let log = server.log.clone();
+    poll_until(
+        "the first SIGTERM is logged",
+        Duration::from_secs(10),
+        || {
+            let log = log.clone();
+            async move { tail(&log, 1_000_000).contains("SIGTERM received") }
+        },
+    )
+    .await;
+    server.terminate();
+    let status = server.wait_exit(Duration::from_secs(20)).await;
+    let log = server.log_text();
+    assert_eq!(status.code(), Some(143), "exit status:\n{log}");
+    assert!(
+        log.contains("second stop signal: exiting at once") && !log.contains("shutdown complete"),
+        "the forced exit is logged:\n{log}"
+    );
 }
 
 crate::backend_tests!(

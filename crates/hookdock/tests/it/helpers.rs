@@ -469,29 +469,30 @@ pub struct RawDelivery {
 }
 
 impl RawDelivery {
-    /// Sends the head of a signed delivery: GitHub's headers, `Content-Length: declared`,
+    /// Sends the head of a signed delivery to the server at `base`: GitHub's headers, `Content-Length: declared`,
     /// `Expect: 100-continue` (answered once the handler reads the body) and `Connection:
     /// close` (the server closes after its answer).
     pub async fn head(
-        app: &TestApp,
+        base: &str,
         event: &str,
         delivery: &str,
         signature: &str,
         declared: usize,
     ) -> RawDelivery {
-        let addr = app.base.trim_start_matches("http://");
+        let addr = base.trim_start_matches("http://");
         let head = format!(
             "POST /api/v1/webhooks/github HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
              Content-Type: application/json\r\nX-GitHub-Event: {event}\r\n\
              X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {signature}\r\n\
              Expect: 100-continue\r\nContent-Length: {declared}\r\n\r\n"
         );
-        RawDelivery::connect(app, head.as_bytes()).await
+        RawDelivery::connect(base, head.as_bytes()).await
     }
 
-    /// Connects and sends `bytes`, whatever they are.
-    pub async fn connect(app: &TestApp, bytes: &[u8]) -> RawDelivery {
-        let addr = app.base.trim_start_matches("http://");
+    /// Connects to the server at `base` (`http://host:port`) and sends `bytes`, whatever they
+    /// are.
+    pub async fn connect(base: &str, bytes: &[u8]) -> RawDelivery {
+        let addr = base.trim_start_matches("http://");
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let mut raw = RawDelivery {
             stream,

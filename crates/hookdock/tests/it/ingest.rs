@@ -268,7 +268,7 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backen
     // raw so that the client does not race the early answer with its upload.
     let delivery = new_delivery_id();
     let oversized = hookdock::ingest::MAX_BODY_BYTES + 1;
-    let raw = RawDelivery::head(&app, "pull_request", &delivery, &signature, oversized).await;
+    let raw = RawDelivery::head(&app.base, "pull_request", &delivery, &signature, oversized).await;
     let (status, answer) = raw.answer().await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"], "payload_too_large", "{answer}");
@@ -573,7 +573,8 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
 
     // Before the server can start its clock.
     let asked = std::time::Instant::now();
-    let mut raw = RawDelivery::head(&app, "pull_request", &delivery, &signature, body.len()).await;
+    let mut raw =
+        RawDelivery::head(&app.base, "pull_request", &delivery, &signature, body.len()).await;
     raw.continued().await;
     raw.send(&body[..body.len() / 2]).await;
     let (status, answer) = raw.answer().await;
@@ -614,7 +615,7 @@ async fn a_sender_that_stops_in_its_headers_is_disconnected(backend: Backend) {
     // Before the server can start its clock.
     let started = std::time::Instant::now();
     let stalled = RawDelivery::connect(
-        &app,
+        &app.base,
         b"POST /api/v1/webhooks/github HTTP/1.1\r\nHost: hookdock\r\nX-GitHub-Ev",
     )
     .await;
