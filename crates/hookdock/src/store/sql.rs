@@ -448,6 +448,8 @@ pub(crate) fn padded_chunks(dialect: Dialect, n: usize, max: usize) -> Vec<(usiz
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// A refusal of the writer's SQLite connection reads as sqlx's own SQLite errors do, and
     /// so does each copy handed to the callers of a failed batch (a copy of a copy too).
     #[test]
@@ -464,8 +466,6 @@ mod tests {
         let other = sqlx::Error::Protocol("stored body hash of 3 bytes".into());
         assert_eq!(copy_error(&other).to_string(), other.to_string());
     }
-
-    use super::*;
 
     #[test]
     fn placeholders_are_numbered_in_order() {
