@@ -103,7 +103,7 @@ struct BackfillArgs {
 #[derive(Debug, Args)]
 struct SendArgs {
     /// Webhook URL, e.g. http://127.0.0.1:3000/api/v1/webhooks/github
-    #[arg(long, default_value = "http://127.0.0.1:3000/api/v1/webhooks/github")]
+    #[arg(long, default_value = "http://127.0.0.1:3000/api/v1/webhooks/github", value_parser = http_url)]
     url: String,
     /// Secret to sign with; without it the delivery is sent unsigned.
     #[arg(long, env = "HOOKDOCK_WEBHOOK_SECRET", hide_env_values = true)]
@@ -126,6 +126,19 @@ struct SendArgs {
     /// X-GitHub-Hook-ID to send.
     #[arg(long)]
     hook_id: Option<u64>,
+}
+
+/// `--url`: an absolute http(s) URL, as clap checks it before anything is sent.
+fn http_url(value: &str) -> Result<String, String> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+            Ok(value.to_owned())
+        }
+        _ => Err(
+            "give an absolute http(s) URL, e.g. http://127.0.0.1:3000/api/v1/webhooks/github"
+                .to_owned(),
+        ),
+    }
 }
 
 #[derive(Debug, Subcommand)]

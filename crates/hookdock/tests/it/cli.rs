@@ -262,6 +262,18 @@ fn send_to_nothing_says_what_failed_once() {
             && err.matches("error sending request").count() == 1,
         "{err}"
     );
+    // A URL that is not one is refused before anything is sent, saying what to give.
+    for bad in ["127.0.0.1:3000", "ftp://host/hook"] {
+        let out = hookdock(&["send", "--url", bad, "--fixture", "ping"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert_holds(
+            &out.stderr,
+            &format!(
+                "invalid value '{bad}' for '--url <URL>': give an absolute http(s) URL, e.g. \
+                 http://127.0.0.1:3000/api/v1/webhooks/github"
+            ),
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
