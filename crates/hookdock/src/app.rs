@@ -247,7 +247,7 @@ impl App {
         crate::http::serve(
             self.listener,
             router(self.state),
-            self.settings.read_timeout(),
+            self.settings.idle_timeout(),
             grace,
             shutdown.cancelled(),
         )

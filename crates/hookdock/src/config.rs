@@ -79,10 +79,14 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Seconds running jobs and requests in flight get to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
-    /// A request's headers, and then a delivery's body, must each arrive within this many
-    /// seconds (a keep-alive connection idle this long is closed): a stalled or trickling
-    /// sender holds nothing open for longer.
+    /// A delivery's body must arrive within this many seconds of its headers (else 408): a
+    /// stalled or trickling sender holds no request open for longer.
     pub read_timeout_secs: u64,
+    /// A connection that brings no complete request head for this many seconds is closed: a
+    /// keep-alive connection left idle, or a sender stalled in its headers. Longer than the
+    /// idle timeout of the proxies put in front (60 s to 2 min), so that hookdock never closes
+    /// a connection a proxy is about to reuse for a delivery.
+    pub idle_timeout_secs: u64,
     /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
     /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
     #[serde(default)]
@@ -502,6 +506,7 @@ fn defaults() -> serde_json::Value {
         "log_format": "text",
         "shutdown_grace_secs": 20,
         "read_timeout_secs": 30,
+        "idle_timeout_secs": 300,
         "github_api_url": "https://api.github.com",
         "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
         "auth": { "allowed_users": [], "session_hours": 168 },
@@ -791,6 +796,12 @@ impl Settings {
                 "must be between 1 and 3600 seconds",
             ));
         }
+        if !(1..=86_400).contains(&self.idle_timeout_secs) {
+            return Err(invalid(
+                "idle_timeout_secs",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
         if self.queue.lease_secs < 2 {
             return Err(invalid("queue.lease_secs", "must be at least 2"));
         }
@@ -852,6 +863,10 @@ impl Settings {
 
     pub fn read_timeout(&self) -> Duration {
         Duration::from_secs(self.read_timeout_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 
     /// True when no delivery could be verified: no secret anywhere and unsigned not allowed.
@@ -1200,6 +1215,12 @@ mod tests {
                 no_file(&[("HOOKDOCK_READ_TIMEOUT_SECS", "0")]),
                 "invalid setting `read_timeout_secs` (from environment variable \
                  HOOKDOCK_READ_TIMEOUT_SECS): must be between 1 and 3600 seconds"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[("HOOKDOCK_IDLE_TIMEOUT_SECS", "0")]),
+                "invalid setting `idle_timeout_secs` (from environment variable \
+                 HOOKDOCK_IDLE_TIMEOUT_SECS): must be between 1 and 86400 seconds"
                     .to_owned(),
             ),
             // A value inside a table or array given whole is told by that variable.

@@ -1,6 +1,7 @@
 //! Serving: accepts connections and serves the router on each over HTTP/1.1, with a limit on
-//! how long a request's headers may take to arrive (which also closes keep-alive connections
-//! left idle that long), and a graceful stop that lets requests in flight finish.
+//! how long a connection may go without bringing a complete request head (a keep-alive
+//! connection left idle, or a sender stalled in its headers), and a graceful stop that lets
+//! requests in flight finish.
 //!
 //! `axum::serve` offers no such limit: with it, one client that sent part of its headers and
 //! stopped held its connection, and its task, for good.
@@ -26,14 +27,14 @@ use tower::ServiceExt;
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    header_timeout: Duration,
+    idle_timeout: Duration,
     grace: Duration,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(idle_timeout);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(stop);

@@ -607,11 +607,11 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
     app.stop().await;
 }
 
-/// A sender that stops part-way through its headers is disconnected once `read_timeout_secs`
-/// has passed instead of holding its connection (and a task) for good; others are served
-/// meanwhile.
+/// A sender that stops part-way through its headers is disconnected once `idle_timeout_secs`
+/// has passed instead of holding its connection (and a task) for good, others being served
+/// meanwhile; so is a keep-alive connection left idle.
 async fn a_sender_that_stops_in_its_headers_is_disconnected(backend: Backend) {
-    let app = TestApp::spawn_with(&backend, |s| s.set("read_timeout_secs", 1), vec![]).await;
+    let app = TestApp::spawn_with(&backend, |s| s.set("idle_timeout_secs", 1), vec![]).await;
     // Before the server can start its clock.
     let started = std::time::Instant::now();
     let stalled = RawDelivery::connect(
@@ -626,6 +626,15 @@ async fn a_sender_that_stops_in_its_headers_is_disconnected(backend: Backend) {
         started.elapsed() >= std::time::Duration::from_secs(1),
         "disconnected only once the timeout had passed"
     );
+    // A keep-alive connection is answered, then closed once idle that long (the answer is
+    // read until the server closes).
+    let idle = RawDelivery::connect(
+        &app.base,
+        b"GET /healthz HTTP/1.1\r\nHost: hookdock\r\n\r\n",
+    )
+    .await;
+    let (status, answer) = idle.answer().await;
+    assert_eq!(status, 200, "{answer}");
     app.stop().await;
 }
 
