@@ -307,13 +307,18 @@ pub(crate) fn direct_error(e: rusqlite::Error) -> sqlx::Error {
 }
 
 /// sqlx errors are not `Clone`: callers sharing a failed batch each get a copy that reads as
-/// the original does (a database error stays one, with its code and message).
+/// the original does (a database error stays one, with its code and message; a pool that timed
+/// out or an I/O error stays that).
 pub(crate) fn copy_error(error: &sqlx::Error) -> sqlx::Error {
     match error {
         sqlx::Error::Database(e) => sqlx::Error::Database(Box::new(CopiedDatabaseError {
             code: e.code().map(Cow::into_owned),
             message: e.message().to_owned(),
         })),
+        sqlx::Error::Io(e) => sqlx::Error::Io(std::io::Error::new(e.kind(), e.to_string())),
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
         sqlx::Error::Protocol(message) => sqlx::Error::Protocol(message.clone()),
         other => sqlx::Error::Protocol(other.to_string()),
     }
@@ -451,7 +456,8 @@ mod tests {
     use super::*;
 
     /// A refusal of the writer's SQLite connection reads as sqlx's own SQLite errors do, and
-    /// so does each copy handed to the callers of a failed batch (a copy of a copy too).
+    /// each copy handed to the callers of a failed batch (a copy of a copy too) reads as its
+    /// original, whatever the error.
     #[test]
     fn sqlite_refusals_read_as_database_errors_and_copies_read_the_same() {
         let full = rusqlite::Error::SqliteFailure(
@@ -463,8 +469,16 @@ mod tests {
         assert_eq!(error.to_string(), text);
         assert!(matches!(error, sqlx::Error::Database(_)));
         assert_eq!(copy_error(&copy_error(&error)).to_string(), text);
-        let other = sqlx::Error::Protocol("stored body hash of 3 bytes".into());
-        assert_eq!(copy_error(&other).to_string(), other.to_string());
+        for other in [
+            sqlx::Error::Protocol("stored body hash of 3 bytes".into()),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "Connection refused (os error 111)",
+            )),
+        ] {
+            assert_eq!(copy_error(&other).to_string(), other.to_string());
+        }
     }
 
     #[test]
