@@ -689,8 +689,8 @@ async fn events_command(
     }
 }
 
-/// Cancels `token` on Ctrl-C or SIGTERM; a second one ends the process at once (exit status
-/// 130 for Ctrl-C, 143 for SIGTERM), as one who presses Ctrl-C twice means. That loses nothing
+/// Cancels `token` on Ctrl-C or SIGTERM; on Unix a second one ends the process at once (exit
+/// status 130 for Ctrl-C, 143 for SIGTERM), as one who presses Ctrl-C twice means. That loses nothing
 /// acknowledged, as `kill -9` does not: deliveries are answered only once on disk, and jobs
 /// still running are claimed again when their leases lapse. The handlers are installed here,
 /// before the returned future is first polled: a signal that arrives while that future waits

@@ -756,7 +756,12 @@ async fn connect_once(url: &str, setup: &[&str]) -> Result<(), String> {
 /// A connection error, with what to do where the fix is the operator's.
 fn connection_problem(e: &sqlx::Error) -> String {
     let text = e.to_string();
-    if text.contains("readonly database") {
+    // SQLITE_READONLY (8) and its extended codes (8 + n * 256: the file, its directory, ...).
+    let read_only = e
+        .as_database_error()
+        .and_then(|d| d.code()?.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 8);
+    if read_only {
         format!(
             "{text}; hookdock must be able to write the database file and to create files \
              beside it (its -wal and -shm): check the permissions of both"

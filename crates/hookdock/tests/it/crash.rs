@@ -172,11 +172,16 @@ impl Server {
 
     /// SIGTERM, as a service manager stops it.
     fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// `kill -NAME`: `TERM`, or `INT` as Ctrl-C sends it.
+    fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{name}"), &self.pid().to_string()])
             .status()
-            .expect("run kill -TERM");
-        assert!(status.success(), "kill -TERM {} failed", self.pid());
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.pid());
     }
 
     /// Waits for the process to end; panics after `timeout`.
@@ -1091,46 +1096,56 @@ async fn a_stalled_request_holds_the_shutdown_only_for_the_grace_period(backend:
     app.stop().await;
 }
 
-/// A second SIGTERM while the shutdown waits ends the process at once, with exit status 143
-/// (as a second Ctrl-C does, with 130): here a request stalled part-way through its body would
-/// otherwise hold the shutdown for the 5 s grace period, and the clean stop exits with 0.
+/// A second SIGTERM while the shutdown waits ends the process at once, with exit status 143,
+/// and a second Ctrl-C (SIGINT) with 130: here a request stalled part-way through its body
+/// would otherwise hold the shutdown for the 5 s grace period, and the clean stop exits with 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_sigterm_stops_at_once() {
-    let db = TestDb::create(&Backend::Sqlite).await;
-    let scratch = Scratch::new();
-    let mut server = Server::start(&scratch, "server", &db.url).await;
-    let body = fixture("issues.opened.0");
-    let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
-    let mut stalled = RawDelivery::head(
-        &server.base,
-        "issues",
-        &new_delivery_id(),
-        &signature,
-        body.len(),
-    )
-    .await;
-    stalled.continued().await;
-    stalled.send(&body[..100]).await;
+async fn a_second_stop_signal_stops_at_once() {
+    for (signal, logged, status) in [
+        ("TERM", "SIGTERM received", 143),
+        ("INT", "Ctrl-C received", 130),
+    ] {
+        let db = TestDb::create(&Backend::Sqlite).await;
+        let scratch = Scratch::new();
+        let mut server = Server::start(&scratch, "server", &db.url).await;
+        let body = fixture("issues.opened.0");
+        let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
+        let mut stalled = RawDelivery::head(
+            &server.base,
+            "issues",
+            &new_delivery_id(),
+            &signature,
+            body.len(),
+        )
+        .await;
+        stalled.continued().await;
+        stalled.send(&body[..100]).await;
 
-    server.terminate();
-    let log = server.log.clone();
-    poll_until(
-        "the first SIGTERM is logged",
-        Duration::from_secs(10),
-        || {
-            let log = log.clone();
-            async move { tail(&log, 1_000_000).contains("SIGTERM received") }
-        },
-    )
-    .await;
-    server.terminate();
-    let status = server.wait_exit(Duration::from_secs(20)).await;
-    let log = server.log_text();
-    assert_eq!(status.code(), Some(143), "exit status:\n{log}");
-    assert!(
-        log.contains("second stop signal: exiting at once") && !log.contains("shutdown complete"),
-        "the forced exit is logged:\n{log}"
-    );
+        server.signal(signal);
+        let log = server.log.clone();
+        poll_until(
+            "the first signal is logged",
+            Duration::from_secs(10),
+            || {
+                let log = log.clone();
+                async move { tail(&log, 1_000_000).contains(logged) }
+            },
+        )
+        .await;
+        server.signal(signal);
+        let exit = server.wait_exit(Duration::from_secs(20)).await;
+        let log = server.log_text();
+        assert_eq!(
+            exit.code(),
+            Some(status),
+            "SIG{signal}, exit status:\n{log}"
+        );
+        assert!(
+            log.contains("second stop signal: exiting at once")
+                && !log.contains("shutdown complete"),
+            "the forced exit is logged:\n{log}"
+        );
+    }
 }
 
 crate::backend_tests!(
