@@ -392,14 +392,45 @@ impl Load {
     }
 }
 
-/// A connection of the test's own to the database, for checking rows directly.
+/// The `application_name` of the test's own PostgreSQL sessions.
+const TEST_SESSION: &str = "hookdock-crash-test";
+
+/// A connection of the test's own to the database, for checking rows directly (on PostgreSQL
+/// its sessions are named [`TEST_SESSION`]).
 async fn db_pool(url: &str) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
+    let url = if url.starts_with("postgres") {
+        let joint = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joint}application_name={TEST_SESSION}")
+    } else {
+        url.to_owned()
+    };
     sqlx::any::AnyPoolOptions::new()
         .max_connections(2)
-        .connect(url)
+        .connect(&url)
         .await
         .expect("connect to the test database")
+}
+
+/// After `kill -9` on PostgreSQL: waits until the killed server's sessions have ended. A
+/// session may still run a COMMIT its client sent just before it died, so rows counted before
+/// then can grow afterwards. (SQLite has no server: what the process wrote is all there is.)
+async fn wait_for_killed_sessions(backend: &Backend, pool: &sqlx::AnyPool) {
+    if !matches!(backend, Backend::Postgres(_)) {
+        return;
+    }
+    let sql = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND application_name <> '{TEST_SESSION}'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(pool, &sql).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the killed server's database sessions did not end within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
@@ -629,6 +660,7 @@ async fn kill_9_under_load_loses_no_acknowledged_delivery_and_handles_each_once(
     // Killed with requests in flight: the senders are still running.
     server.kill_9().await;
     let sent = load.finish().await;
+    wait_for_killed_sessions(&backend, &pool).await;
     let at_kill = job_states(&pool).await;
     let stored_at_kill = count(&pool, "SELECT COUNT(*) FROM events").await;
 
