@@ -10,7 +10,9 @@ use sqlx::any::AnyRow;
 use super::jobs::insert_jobs;
 use super::keys::{DeliveryKeys, delivery_conflict_clause, events_with_delivery_ids};
 use super::sql::{Sql, WriteConn, padded_chunks};
-use super::{Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, opt_text};
+use super::{
+    Dialect, EventStatus, IngestOutcome, NewDelivery, Store, StoreError, now_ms, opt_text,
+};
 
 /// Most rows in one multi-row statement (SQLite allows 32,766 parameters; rows have 21).
 const MAX_ROWS_PER_STATEMENT: usize = 64;
@@ -570,14 +572,36 @@ impl Store {
 
     /// Deletes done and ignored events received before `cutoff_ms`, in small transactions so
     /// ingest is never held up for long. Pending, failed, dead and suspected events are kept.
+    ///
+    /// Ids grow with arrival, so only events before the first one received since the cutoff
+    /// can have expired: each transaction reads the status index up to that event instead of
+    /// checking the time of every finished event (a month of them between two purges; on
+    /// SQLite the delete holds the write lock while it reads, and ingest waits). An event
+    /// stamped later than now (a clock that ran ahead) does not bound the purge, and one
+    /// stamped before an earlier event (a clock set back) goes in a later purge, once the
+    /// events before it have expired too.
     pub async fn purge_finished(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let mut first_kept = Sql::new("SELECT id FROM events WHERE received_at >= ");
+        first_kept
+            .bind(cutoff_ms)
+            .push(" AND received_at <= ")
+            .bind(now_ms())
+            .push(" ORDER BY id LIMIT 1");
+        let bound: Option<i64> = match first_kept.fetch_optional(&self.inner.read).await? {
+            Some(row) => Some(row.try_get(0)?),
+            None => None,
+        };
         let mut total = 0;
         loop {
             let mut sql = Sql::new(
                 "DELETE FROM events WHERE id IN (SELECT id FROM events \
                  WHERE status IN ('done', 'ignored') AND received_at < ",
             );
-            sql.bind(cutoff_ms).push(" ORDER BY id LIMIT 500)");
+            sql.bind(cutoff_ms);
+            if let Some(bound) = bound {
+                sql.push(" AND id < ").bind(bound);
+            }
+            sql.push(" ORDER BY id LIMIT 500)");
             let deleted = sql.execute(&self.inner.write).await?.rows_affected();
             total += deleted;
             if deleted == 0 {

@@ -411,6 +411,71 @@ async fn retention_purges_only_old_finished_events(backend: Backend) {
     app.stop().await;
 }
 
+/// The purge reads only up to the first event received since the cutoff (ids grow with
+/// arrival); clocks that jumped must neither stop it nor make it delete a recent event.
+async fn retention_purge_holds_with_clocks_that_jumped(backend: Backend) {
+    use sqlx::Row;
+    let recorder = Recorder::new(vec![], true);
+    let app = manual_app(&backend, recorder, |s| s).await;
+    let mut ids = Vec::new();
+    for seq in 0..6 {
+        ids.push(post_issue(&app, 20 + seq as i64, seq).await);
+    }
+    assert_eq!(app.manual_worker().run_once().await.unwrap(), 6);
+    let day = 86_400_000;
+    let now = now_ms();
+    // In delivery order: stamped a year ahead, expired, recent, expired (the clock set back),
+    // recent, expired.
+    let stamps = [
+        now + 365 * day,
+        now - 40 * day,
+        now - day,
+        now - 41 * day,
+        now - day,
+        now - 40 * day,
+    ];
+    let pool = raw_pool(&app).await;
+    for (id, at) in ids.iter().zip(stamps) {
+        sqlx::query("UPDATE events SET received_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let remaining = |pool: sqlx::AnyPool| async move {
+        let rows = sqlx::query("SELECT id FROM events ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).unwrap())
+            .collect::<Vec<_>>()
+    };
+    // The future stamp does not bound the purge; the first recent event does, so the
+    // set-back one after it waits for a later purge.
+    assert_eq!(app.store.purge_finished(now - 30 * day).await.unwrap(), 1);
+    assert_eq!(
+        remaining(pool.clone()).await,
+        [ids[0], ids[2], ids[3], ids[4], ids[5]]
+    );
+    // Once the recent ones have expired too, everything old enough goes; the one stamped
+    // ahead stays until its own time has passed.
+    assert_eq!(app.store.purge_finished(now).await.unwrap(), 4);
+    assert_eq!(remaining(pool.clone()).await, [ids[0]]);
+    assert_eq!(app.store.purge_finished(i64::MAX).await.unwrap(), 1);
+    assert!(remaining(pool.clone()).await.is_empty());
+    pool.close().await;
+    app.stop().await;
+}
+
+async fn raw_pool(app: &TestApp) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::AnyPool::connect(&app.settings.database_url)
+        .await
+        .expect("a second pool on the test database")
+}
+
 async fn a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order(backend: Backend) {
     let recorder = Recorder::new(vec![4], true);
     let app = manual_app(&backend, recorder.clone(), |s| s).await;
@@ -897,4 +962,5 @@ crate::backend_tests!(
     released_jobs_run_again_without_counting_the_attempt,
     replay_of_a_done_event_runs_its_handlers_again,
     retention_purges_only_old_finished_events,
+    retention_purge_holds_with_clocks_that_jumped,
 );
