@@ -118,6 +118,18 @@ impl From<StoreError> for ApiError {
                 "shutting_down",
                 "hookdock is shutting down; try again",
             ),
+            // Retrying cannot help here: the row is there but its bytes do not decode.
+            corrupt @ (StoreError::CorruptBody { .. } | StoreError::Corrupt(_)) => {
+                tracing::error!(error = %corrupt, "stored data unreadable");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "stored_data_unreadable",
+                    format!(
+                        "{corrupt}; the row is kept as it is (restore it from a backup to read \
+                         it); see the server log"
+                    ),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::new(

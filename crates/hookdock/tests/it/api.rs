@@ -263,7 +263,43 @@ async fn readiness_fails_once_the_writer_takes_no_more_writes(backend: Backend) 
     app.stop().await;
 }
 
+/// A body whose bytes no longer decode (a damaged disk, a row edited by hand) is a server
+/// error that says which event, not "the database is unavailable": retrying cannot help.
+async fn an_unreadable_stored_body_is_a_500_naming_the_event(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    let (status, answer) = app
+        .post("push", &fixture("push.none.0"), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let id = answer["event_id"].as_i64().unwrap();
+    let pool = app.raw_pool().await;
+    let damaged = sqlx::query("UPDATE events SET body = $1 WHERE id = $2")
+        .bind(vec![0u8, 1, 2, 3])
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(damaged.rows_affected(), 1);
+    pool.close().await;
+    let (status, error) = app.api_get(&format!("/api/v1/events/{id}/payload")).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
+    assert_eq!(error["error"], "stored_data_unreadable");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "stored body of event {id} cannot be read back: zstd"
+        )),
+        "{message}"
+    );
+    // The event's other fields still read.
+    let (status, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(detail["id"], id);
+    app.stop().await;
+}
+
 crate::backend_tests!(
+    an_unreadable_stored_body_is_a_500_naming_the_event,
     readiness_fails_once_the_writer_takes_no_more_writes,
     api_requires_the_admin_token_but_health_does_not,
     events_are_listed_newest_first_with_filters_and_cursor_pages,

@@ -366,6 +366,14 @@ impl TestApp {
         json_answer(response).await
     }
 
+    /// A pool of its own on the app's database, for what a test sets or reads directly.
+    pub async fn raw_pool(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.settings.database_url)
+            .await
+            .expect("a second pool on the test database")
+    }
+
     pub async fn api_get(&self, path: &str) -> (StatusCode, Value) {
         let response = self
             .client

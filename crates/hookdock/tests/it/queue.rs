@@ -434,7 +434,7 @@ async fn retention_purge_holds_with_clocks_that_jumped(backend: Backend) {
         now - day,
         now - 40 * day,
     ];
-    let pool = raw_pool(&app).await;
+    let pool = app.raw_pool().await;
     for (id, at) in ids.iter().zip(stamps) {
         sqlx::query("UPDATE events SET received_at = $1 WHERE id = $2")
             .bind(at)
@@ -467,13 +467,6 @@ async fn retention_purge_holds_with_clocks_that_jumped(backend: Backend) {
     assert!(remaining(pool.clone()).await.is_empty());
     pool.close().await;
     app.stop().await;
-}
-
-async fn raw_pool(app: &TestApp) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    sqlx::AnyPool::connect(&app.settings.database_url)
-        .await
-        .expect("a second pool on the test database")
 }
 
 async fn a_replayed_dead_job_waits_for_its_keys_head_then_runs_in_delivery_order(backend: Backend) {
