@@ -124,10 +124,7 @@ impl From<StoreError> for ApiError {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "stored_data_unreadable",
-                    format!(
-                        "{corrupt}; the row is kept as it is (restore it from a backup to read \
-                         it); see the server log"
-                    ),
+                    format!("{corrupt}; the row is kept as it is"),
                 )
             }
             other => {
