@@ -26,7 +26,7 @@ use crate::http::{AppState, Shared, router};
 use crate::ingest::{Ingestor, SourceGuard, WebhookSecrets};
 use crate::queue::Worker;
 use crate::store::{Store, StoreError, StoreOptions, now_ms, redact_url};
-use crate::telemetry::metrics_handle;
+use crate::telemetry::{QueueGauges, metrics_handle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -144,6 +144,7 @@ impl App {
             automations: automations.clone(),
             admin_token: settings.admin_token.clone(),
             metrics: metrics_handle(),
+            queue_gauges: QueueGauges::new(store.clone()),
             metrics_api: Arc::new(crate::http::metrics::MetricsApi::new(
                 &settings.handlers.metrics,
             )?),

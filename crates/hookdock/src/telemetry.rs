@@ -1,12 +1,15 @@
 //! Logging and metrics set-up. Tracing goes to stderr (text or JSON); metrics are kept by the
-//! Prometheus recorder, installed once per process and rendered by `/metrics`.
+//! Prometheus recorder, installed once per process and rendered by `/metrics`, with the queue's
+//! gauges read from the store when they are scraped.
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::store::{QueueState, Store};
 
 /// Installs the global tracing subscriber. Call once, from the binary. The filter was checked
 /// when the settings were loaded. Colours only when stderr is a terminal.
@@ -57,4 +60,74 @@ fn describe() {
         "hookdock_retention_purged_total",
         "Events deleted by retention"
     );
+}
+
+/// The queue's gauges (`hookdock_jobs{status}`, `hookdock_events_replay_suspected`), read from
+/// the store when `/metrics` is scraped: at most once a second however often that is, and
+/// given up after two seconds (the scrape then shows the values read last). They describe this
+/// instance's database, so they are rendered beside the process-wide recorder's text rather
+/// than kept in it; every instance on one database reports the same values.
+pub struct QueueGauges {
+    store: Store,
+    last: tokio::sync::Mutex<Option<(Instant, Option<QueueState>)>>,
+}
+
+impl QueueGauges {
+    const MIN_INTERVAL: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(2);
+
+    pub fn new(store: Store) -> QueueGauges {
+        QueueGauges {
+            store,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The gauges in Prometheus' text format (nothing if the store was never read).
+    pub async fn render(&self) -> String {
+        let mut last = self.last.lock().await;
+        let state = match &*last {
+            Some((at, state)) if at.elapsed() < Self::MIN_INTERVAL => *state,
+            previous => {
+                let previous = previous.and_then(|(_, state)| state);
+                let state =
+                    match tokio::time::timeout(Self::TIMEOUT, self.store.queue_state()).await {
+                        Ok(Ok(state)) => Some(state),
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "reading the queue's state for /metrics failed");
+                            previous
+                        }
+                        Err(_) => {
+                            tracing::warn!("reading the queue's state for /metrics took over 2 s");
+                            previous
+                        }
+                    };
+                *last = Some((Instant::now(), state));
+                state
+            }
+        };
+        state.map(queue_text).unwrap_or_default()
+    }
+}
+
+fn queue_text(state: QueueState) -> String {
+    let mut text = String::from(
+        "# HELP hookdock_jobs Jobs in the queue by status (failed: waiting for a retry)\n\
+         # TYPE hookdock_jobs gauge\n",
+    );
+    for (status, count) in [
+        ("pending", state.pending),
+        ("processing", state.processing),
+        ("failed", state.failed),
+        ("dead", state.dead),
+    ] {
+        text.push_str(&format!("hookdock_jobs{{status=\"{status}\"}} {count}\n"));
+    }
+    text.push_str(&format!(
+        "# HELP hookdock_events_replay_suspected Events held as suspected replays, to be released or left\n\
+         # TYPE hookdock_events_replay_suspected gauge\n\
+         hookdock_events_replay_suspected {}\n",
+        state.replay_suspected
+    ));
+    text
 }

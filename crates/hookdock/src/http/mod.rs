@@ -47,6 +47,7 @@ pub struct Shared {
     pub automations: Option<Arc<crate::handlers::automation::AutomationSet>>,
     pub admin_token: Option<SecretString>,
     pub metrics: PrometheusHandle,
+    pub queue_gauges: crate::telemetry::QueueGauges,
     /// What the metrics routes need beyond the store: teams, calendars, background backfills.
     pub metrics_api: Arc<metrics::MetricsApi>,
     pub jobs_ready: Arc<Notify>,

@@ -237,6 +237,17 @@ pub(super) async fn lock_keys<'k>(
     Ok(())
 }
 
+/// Jobs by status, and events held as suspected replays: the queue's gauges on `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    pub pending: i64,
+    pub processing: i64,
+    /// Failed and waiting for a retry.
+    pub failed: i64,
+    pub dead: i64,
+    pub replay_suspected: i64,
+}
+
 /// Most job rows in one multi-row statement (10 parameters each).
 const MAX_JOBS_PER_STATEMENT: usize = 128;
 
@@ -978,6 +989,41 @@ impl Store {
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// What the queue holds now: jobs by status (all but done) and events held as suspected
+    /// replays. Each count reads an index whose condition matches it (the unfinished jobs',
+    /// the dead jobs', the events' status), never the done jobs.
+    pub async fn queue_state(&self) -> Result<QueueState, StoreError> {
+        let mut state = QueueState::default();
+        let unfinished = sqlx::query(concat!(
+            "SELECT status, COUNT(*) FROM jobs WHERE status ",
+            unfinished!(),
+            " GROUP BY status"
+        ))
+        .fetch_all(&self.inner.read)
+        .await?;
+        for row in &unfinished {
+            let count: i64 = row.try_get(1)?;
+            match row.try_get::<String, _>(0)?.as_str() {
+                "pending" => state.pending = count,
+                "processing" => state.processing = count,
+                "failed" => state.failed = count,
+                other => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{count} job(s) with the unknown status {other:?}"
+                    )));
+                }
+            }
+        }
+        let count = |sql: &'static str| async move {
+            let row = sqlx::query(sql).fetch_one(&self.inner.read).await?;
+            Ok::<i64, StoreError>(row.try_get(0)?)
+        };
+        state.dead = count("SELECT COUNT(*) FROM jobs WHERE status = 'dead'").await?;
+        state.replay_suspected =
+            count("SELECT COUNT(*) FROM events WHERE status = 'replay_suspected'").await?;
+        Ok(state)
     }
 
     /// Number of jobs not yet finished (pending, processing, failed).

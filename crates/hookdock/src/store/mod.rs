@@ -45,7 +45,9 @@ pub use events::{
     decompress_body,
 };
 pub use hooks::{HookRegistration, LastDelivery, LastEvent, Redelivery, RegistrationUpdate};
-pub use jobs::{Chains, ClaimedChain, ClaimedJob, JobFinish, JobOutcome, ReplayMode, ReplayReport};
+pub use jobs::{
+    Chains, ClaimedChain, ClaimedJob, JobFinish, JobOutcome, QueueState, ReplayMode, ReplayReport,
+};
 pub use metrics::{
     ActivityKind, DraftChangesRecord, MemberRecord, MemberRow, PrActivityRecord, PrCommitsRecord,
     PullFilter, PullRequestRecord, PullRequestRow, PullRequestSize, ReviewRecord, ReviewRow,

@@ -411,6 +411,69 @@ async fn retention_purges_only_old_finished_events(backend: Backend) {
     app.stop().await;
 }
 
+/// `/metrics` shows what the queue holds now, read from the database: jobs by status and
+/// events held as suspected replays; a later scrape sees the queue drained.
+async fn metrics_show_the_queue_by_status(backend: Backend) {
+    let recorder = Recorder::new(vec![8], true);
+    let app = manual_app(&backend, recorder, |s| s).await;
+    post_issue(&app, 7, 0).await;
+    post_issue(&app, 8, 1).await;
+    assert_eq!(app.manual_worker().run_once().await.unwrap(), 2);
+    post_issue(&app, 10, 2).await;
+    post_issue(&app, 11, 3).await;
+    let (status, held) = app.post("issues", &issue(11, 3), &new_delivery_id()).await;
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(held["held"], "replay_suspected");
+
+    let gauges = |app: &TestApp| {
+        let request = app.client.get(format!("{}/metrics", app.base));
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("hookdock_jobs{") || l.starts_with("hookdock_events_replay")
+                })
+                .map(str::to_owned)
+                .collect();
+            assert!(text.contains("# TYPE hookdock_jobs gauge"), "{text}");
+            lines
+        }
+    };
+    assert_eq!(
+        gauges(&app).await,
+        [
+            "hookdock_jobs{status=\"pending\"} 2",
+            "hookdock_jobs{status=\"processing\"} 0",
+            "hookdock_jobs{status=\"failed\"} 0",
+            "hookdock_jobs{status=\"dead\"} 1",
+            "hookdock_events_replay_suspected 1",
+        ]
+    );
+    assert_eq!(app.manual_worker().run_once().await.unwrap(), 2);
+    let drained = [
+        "hookdock_jobs{status=\"pending\"} 0",
+        "hookdock_jobs{status=\"processing\"} 0",
+        "hookdock_jobs{status=\"failed\"} 0",
+        "hookdock_jobs{status=\"dead\"} 1",
+        "hookdock_events_replay_suspected 1",
+    ];
+    // Read at most once a second: poll until the scrape shows the drained queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = gauges(&app).await;
+        if now == drained {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {now:?} 10 s after the jobs ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
 /// The purge reads only up to the first event received since the cutoff (ids grow with
 /// arrival); clocks that jumped must neither stop it nor make it delete a recent event.
 async fn retention_purge_holds_with_clocks_that_jumped(backend: Backend) {
@@ -956,4 +1019,5 @@ crate::backend_tests!(
     replay_of_a_done_event_runs_its_handlers_again,
     retention_purges_only_old_finished_events,
     retention_purge_holds_with_clocks_that_jumped,
+    metrics_show_the_queue_by_status,
 );
