@@ -64,7 +64,8 @@ fn describe() {
 
 /// The queue's gauges (`hookdock_jobs{status}`, `hookdock_events_replay_suspected`), read from
 /// the store when `/metrics` is scraped: at most once a second however often that is, and
-/// given up after two seconds (the scrape then shows the values read last). They describe this
+/// given up after two seconds. When the store cannot be read they are left out (no stale
+/// values; `/readyz` says what is wrong) rather than shown as they last were. They describe this
 /// instance's database, so they are rendered beside the process-wide recorder's text rather
 /// than kept in it; every instance on one database reports the same values.
 pub struct QueueGauges {
@@ -83,23 +84,22 @@ impl QueueGauges {
         }
     }
 
-    /// The gauges in Prometheus' text format (nothing if the store was never read).
+    /// The gauges in Prometheus' text format (nothing when the store could not be read).
     pub async fn render(&self) -> String {
         let mut last = self.last.lock().await;
         let state = match &*last {
             Some((at, state)) if at.elapsed() < Self::MIN_INTERVAL => *state,
-            previous => {
-                let previous = previous.and_then(|(_, state)| state);
+            _ => {
                 let state =
                     match tokio::time::timeout(Self::TIMEOUT, self.store.queue_state()).await {
                         Ok(Ok(state)) => Some(state),
                         Ok(Err(error)) => {
                             tracing::warn!(%error, "reading the queue's state for /metrics failed");
-                            previous
+                            None
                         }
                         Err(_) => {
                             tracing::warn!("reading the queue's state for /metrics took over 2 s");
-                            previous
+                            None
                         }
                     };
                 *last = Some((Instant::now(), state));
