@@ -25,6 +25,13 @@ fn main() -> ExitCode {
             eprintln!("error: configuration: {e}");
             ExitCode::from(2)
         }
+        // The reader of the output went away (`| head`): it has what it wanted.
+        Err(cli::Failure::Other(e))
+            if e.downcast_ref::<cli::StdoutError>()
+                .is_some_and(cli::StdoutError::is_closed) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(cli::Failure::Other(e)) => {
             eprintln!("error: {}", message(&e));
             ExitCode::from(1)

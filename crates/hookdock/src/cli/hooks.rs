@@ -73,20 +73,22 @@ fn manager(settings: &Settings, store: &Store) -> Result<HookManager, Failure> {
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
-fn print_table(items: &[HookStatus]) {
+fn print_table(items: &[HookStatus]) -> Result<(), Failure> {
     if items.is_empty() {
-        println!(
-            "no repository or organization is tracked; run `hookdock repos install owner/repo`"
-        );
-        return;
+        out!("no repository or organization is tracked; run `hookdock repos install owner/repo`");
+        return Ok(());
     }
-    println!(
+    out!(
         "{:<13} {:<32} {:>12} {:<10} {:<28} LAST EVENT",
-        "SCOPE", "NAME", "HOOK", "STATUS", "LAST DELIVERY"
+        "SCOPE",
+        "NAME",
+        "HOOK",
+        "STATUS",
+        "LAST DELIVERY"
     );
     for h in items {
         let delivery = h
@@ -99,7 +101,7 @@ fn print_table(items: &[HookStatus]) {
             .as_ref()
             .map(|e| format!("{} {}", e.event, rfc3339(e.received_at)))
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<13} {:<32} {:>12} {:<10} {:<28} {event}",
             h.scope,
             h.name,
@@ -110,9 +112,10 @@ fn print_table(items: &[HookStatus]) {
             delivery
         );
         if let Some(error) = &h.last_error {
-            println!("{:>14}{error}", "");
+            out!("{:>14}{error}", "");
         }
     }
+    Ok(())
 }
 
 pub async fn repos(
@@ -129,7 +132,7 @@ pub async fn repos(
             if *json {
                 print_json(&items)?;
             } else {
-                print_table(&items);
+                print_table(&items)?;
             }
         }
         ReposCommand::Install { repo } => act(&hooks, Act::Install, &scope(repo)?).await?,
@@ -138,7 +141,7 @@ pub async fn repos(
         ReposCommand::Ping { repo } => act(&hooks, Act::Ping, &scope(repo)?).await?,
         ReposCommand::Check => {
             let items = hooks.check_all().await.map_err(anyhow::Error::from)?;
-            print_table(&items);
+            print_table(&items)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -173,7 +176,7 @@ async fn act(hooks: &HookManager, what: Act, scope: &HookScope) -> Result<(), Fa
     match what {
         Act::Install => {
             let done = hooks.install(scope).await.map_err(anyhow::Error::from)?;
-            println!(
+            out!(
                 "{name}: webhook {} {} ({}), events: {}",
                 done.hook.hook_id.unwrap_or_default(),
                 match done.action {
@@ -191,14 +194,14 @@ async fn act(hooks: &HookManager, what: Act, scope: &HookScope) -> Result<(), Fa
             for warning in &done.warnings {
                 eprintln!("warning: {warning}");
             }
-            println!("{name}: webhook removed; no longer tracked");
+            out!("{name}: webhook removed; no longer tracked");
         }
         Act::Rotate => {
             let done = hooks
                 .rotate_secret(scope)
                 .await
                 .map_err(anyhow::Error::from)?;
-            println!(
+            out!(
                 "{name}: webhook {} has a new secret; the previous one verifies until {}",
                 done.hook_id,
                 rfc3339(done.previous_valid_until)
@@ -206,7 +209,7 @@ async fn act(hooks: &HookManager, what: Act, scope: &HookScope) -> Result<(), Fa
         }
         Act::Ping => {
             let status = hooks.ping(scope).await.map_err(anyhow::Error::from)?;
-            println!(
+            out!(
                 "{name}: GitHub is sending a ping to webhook {}",
                 status.hook_id.unwrap_or_default()
             );
@@ -228,7 +231,7 @@ pub async fn redeliver(
     if json {
         print_json(&report)?;
     } else {
-        println!(
+        out!(
             "swept {} webhook(s), {} delivery attempt(s); {} failed but already stored; {} redelivery request(s)",
             report.hooks_swept,
             report.deliveries_seen,
@@ -236,7 +239,7 @@ pub async fn redeliver(
             report.redelivered.len()
         );
         for r in &report.redelivered {
-            println!("  {} {} ({})", r.name, r.guid, r.event);
+            out!("  {} {} ({})", r.name, r.guid, r.event);
         }
         for e in &report.errors {
             eprintln!("error: {e}");
@@ -253,13 +256,14 @@ pub async fn rotate_key_command(settings: &Settings, store: &Store) -> Result<Ex
     let done = rotate_key(settings, store)
         .await
         .map_err(anyhow::Error::from)?;
-    println!(
+    out!(
         "{} sealed secret(s) resealed under key {}",
-        done.resealed, done.key_id
+        done.resealed,
+        done.key_id
     );
     match &done.key_file {
-        Some(path) => println!("{path} now holds the new key; back it up with the database"),
-        None => println!(
+        Some(path) => out!("{path} now holds the new key; back it up with the database"),
+        None => out!(
             "every sealed secret now opens with secret_key alone: remove the old key from secret_old_keys on every instance"
         ),
     }

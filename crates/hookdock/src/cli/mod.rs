@@ -1,5 +1,16 @@
 //! Command-line interface: clap types and what each subcommand does with the library.
 
+/// `println!` for a command's output: a closed stdout (`hookdock events list | head`) ends the
+/// command quietly instead of panicking; any other write error is the command's error.
+macro_rules! out {
+    () => {
+        $crate::cli::write_out(format_args!(""))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))?
+    };
+}
+
 mod hooks;
 
 use std::path::PathBuf;
@@ -193,6 +204,30 @@ enum EventsCommand {
     Release { id: i64 },
 }
 
+/// Writing a command's output failed (see [`out!`]).
+#[derive(Debug, thiserror::Error)]
+#[error("writing to stdout: {0}")]
+pub struct StdoutError(std::io::Error);
+
+impl StdoutError {
+    /// Whatever reads the output went away (`| head`): not hookdock's failure.
+    pub fn is_closed(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// One line of output (what [`out!`] calls).
+pub(crate) fn write_out(line: std::fmt::Arguments) -> Result<(), StdoutError> {
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{line}").map_err(StdoutError)
+}
+
+impl From<StdoutError> for Failure {
+    fn from(e: StdoutError) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
 /// How a command failed: configuration errors exit 2, everything else 1.
 pub enum Failure {
     Config(ConfigError),
@@ -265,16 +300,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .await
                 .context("opening the database")?;
             let applied = store.migrate().await.context("migrating the database")?;
-            println!("{applied} migration(s) applied; schema is current");
+            out!("{applied} migration(s) applied; schema is current");
             store.close().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
             let settings = cli.settings(None)?;
-            println!("configuration is valid");
-            println!("  listen:          {}", settings.listen);
-            println!("  database_url:    {}", redact_url(&settings.database_url));
-            println!(
+            out!("configuration is valid");
+            out!("  listen:          {}", settings.listen);
+            out!("  database_url:    {}", redact_url(&settings.database_url));
+            out!(
                 "  webhook secrets: global {}, scoped {}",
                 if settings.webhook_secret.is_some() {
                     "set"
@@ -283,8 +318,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 },
                 settings.webhook_secrets.len()
             );
-            println!("  allow_unsigned:  {}", settings.allow_unsigned);
-            println!(
+            out!("  allow_unsigned:  {}", settings.allow_unsigned);
+            out!(
                 "  admin_token:     {}",
                 if settings.admin_token.is_some() {
                     "set"
@@ -292,9 +327,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     "not set (API answers 401)"
                 }
             );
-            println!("  workers:         {}", settings.queue.workers);
+            out!("  workers:         {}", settings.queue.workers);
             let handlers = HandlerRegistry::from_settings(&settings.handlers).names();
-            println!("  handlers:        {}", handlers.join(", "));
+            out!("  handlers:        {}", handlers.join(", "));
             let store = Store::connect(&settings.database_url, StoreOptions::default())
                 .await
                 .context("the database is not reachable")?;
@@ -302,7 +337,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .migrations_current()
                 .await
                 .context("reading the schema version")?;
-            println!(
+            out!(
                 "  database:        reachable, migrations {}",
                 if current {
                     "current"
@@ -312,7 +347,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             store.close().await;
             if settings.has_no_webhook_secret() && !settings.allow_unsigned {
-                println!("warning: no webhook secret is set; every delivery will be refused");
+                out!("warning: no webhook secret is set; every delivery will be refused");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -338,7 +373,7 @@ async fn store_command(
             let days = days.unwrap_or(settings.retention.done_days);
             let cutoff = hookdock::store::now_ms() - i64::from(days) * 86_400_000;
             let n = store.purge_finished(cutoff).await?;
-            println!("purged {n} done/ignored event(s) older than {days} day(s)");
+            out!("purged {n} done/ignored event(s) older than {days} day(s)");
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(command) => events_command(command, &settings, store).await,
@@ -350,12 +385,14 @@ async fn store_command(
             let report = hookdock::handlers::metrics::rebuild(store, &settings.handlers.metrics)
                 .await
                 .map_err(|e| anyhow::anyhow!("metrics rebuild failed: {e}"))?;
-            println!(
+            out!(
                 "metrics rebuilt from {} event(s) and {} API answer(s); {} skipped",
-                report.events, report.snapshots, report.skipped
+                report.events,
+                report.snapshots,
+                report.skipped
             );
             if let Some(error) = &report.first_error {
-                println!("first skipped: {error}");
+                out!("first skipped: {error}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -437,7 +474,7 @@ async fn backfill_command(
         eprintln!();
     }
     let report = result.map_err(|e| anyhow::anyhow!("metrics backfill of {repo}: {e}"))?;
-    println!(
+    out!(
         "backfilled {}: {} pull request(s) updated in the last {since}: {} fetched, {} done by an earlier run; {} review(s) stored, {} pending or by deleted accounts left out; {} comment(s), {} commit(s), {} draft change(s) read",
         report.repo,
         report.listed,
@@ -488,11 +525,12 @@ async fn send_command(args: &SendArgs) -> Result<ExitCode, Failure> {
         eprintln!("note: no --secret given; sending unsigned");
     }
     let answer = send(&args.url, &outgoing).await?;
-    println!(
+    out!(
         "delivery {} ({event}) -> HTTP {}",
-        outgoing.delivery_id, answer.status
+        outgoing.delivery_id,
+        answer.status
     );
-    println!("{}", answer.body);
+    out!("{}", answer.body);
     Ok(if (200..300).contains(&answer.status) {
         ExitCode::SUCCESS
     } else {
@@ -550,7 +588,7 @@ async fn events_command(
                 next_before,
             } = store.list_events_page(&filter).await?;
             if *json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&rows).unwrap_or_default()
                 );
@@ -560,7 +598,7 @@ async fn events_command(
                     || filter.event.is_some()
                     || filter.repository.is_some()
                     || filter.before_id.is_some();
-                println!(
+                out!(
                     "{}",
                     if filtered {
                         "no events match these filters"
@@ -569,12 +607,16 @@ async fn events_command(
                     }
                 );
             } else {
-                println!(
+                out!(
                     "{:>8}  {:<24}  {:<17}  {:<36}  {:<28}  REPOSITORY",
-                    "ID", "RECEIVED", "STATUS", "DELIVERY", "EVENT"
+                    "ID",
+                    "RECEIVED",
+                    "STATUS",
+                    "DELIVERY",
+                    "EVENT"
                 );
                 for e in &rows {
-                    println!(
+                    out!(
                         "{:>8}  {:<24}  {:<17}  {:<36}  {:<28}  {}",
                         e.id,
                         rfc3339(e.received_at),
@@ -585,7 +627,7 @@ async fn events_command(
                     );
                 }
                 if let Some(id) = next_before {
-                    println!("(more: --before {id})");
+                    out!("(more: --before {id})");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -602,7 +644,7 @@ async fn events_command(
                 let mut value = serde_json::to_value(detail).unwrap_or_default();
                 value["actions"] =
                     serde_json::to_value(store.event_actions(*id).await?).unwrap_or_default();
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
@@ -625,7 +667,7 @@ async fn events_command(
                 .dry_run(*id)
                 .await
                 .map_err(|e| anyhow::anyhow!("dry run of event {id} failed: {e}"))?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(
                     &serde_json::json!({ "event_id": id, "dry_run": true, "automations": reports })
@@ -652,7 +694,7 @@ async fn events_command(
                 vec![events::replay(store, &registry, id, mode).await?]
             };
             for r in &reports {
-                println!(
+                out!(
                     "event {}: queued [{}]{}; status {}",
                     r.event_id,
                     r.queued.join(", "),
@@ -665,7 +707,7 @@ async fn events_command(
                 );
             }
             if reports.is_empty() {
-                println!("no dead jobs");
+                out!("no dead jobs");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -679,7 +721,7 @@ async fn events_command(
                 .into());
             }
             let r = events::replay(store, &registry, *id, ReplayMode::All).await?;
-            println!(
+            out!(
                 "event {id} released: queued [{}]; status {}",
                 r.queued.join(", "),
                 r.status

@@ -189,6 +189,48 @@ async fn a_database_from_a_newer_hookdock_is_refused_with_what_to_do() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `hookdock … | head`: the reader of the output may go away before all of it is written; the
+/// command then ends quietly with success (it panicked: "failed printing to stdout: Broken
+/// pipe", status 101). Any other failure to write is an error that says so.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_and_a_full_disk_is_an_error() {
+    let dir = scratch_dir();
+    let db = format!("sqlite://{}/hookdock.db", dir.display());
+    let command = |stdout: std::process::Stdio| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hookdock"));
+        command
+            .arg("check-config")
+            .env_clear()
+            .env("HOOKDOCK_DATABASE_URL", &db)
+            .env("HOOKDOCK_WEBHOOK_SECRET", "s")
+            .current_dir(&dir)
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    let mut child = command(std::process::Stdio::piped())
+        .spawn()
+        .expect("run hookdock");
+    // The reader goes away before anything is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for hookdock");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("panicked"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let full = std::fs::File::create("/dev/full").expect("open /dev/full");
+    let out = command(full.into()).output().expect("run hookdock");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_holds(
+        &out.stderr,
+        "error: writing to stdout: No space left on device",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_taken_address_is_named_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
