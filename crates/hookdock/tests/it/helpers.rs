@@ -366,6 +366,18 @@ impl TestApp {
         json_answer(response).await
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A pool of its own on the app's database, for what a test sets or reads directly.
     pub async fn raw_pool(&self) -> sqlx::AnyPool {
         sqlx::any::install_default_drivers();

@@ -120,22 +120,11 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
     let body = fixture("pull_request.opened.0");
     let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
-    let before = metrics_text(&app).await;
+    let before = app.metrics_text().await;
 
     struct Case {
         name: &'static str,
@@ -311,7 +300,7 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backen
         0,
         "nothing may be stored for refused deliveries"
     );
-    let after = metrics_text(&app).await;
+    let after = app.metrics_text().await;
     for (series, at_least) in [
         (
             "hookdock_webhook_rejected_total{reason=\"missing_signature\"}",
@@ -569,7 +558,7 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
     let body = fixture("pull_request.opened.0");
     let signature = hookdock::ingest::sign(SECRET.as_bytes(), &body);
     let delivery = new_delivery_id();
-    let before = metrics_text(&app).await;
+    let before = app.metrics_text().await;
 
     // Before the server can start its clock.
     let asked = std::time::Instant::now();
@@ -592,7 +581,7 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
     );
     assert_eq!(app.count_events().await, 0, "nothing stored");
     let grew = metric(
-        &metrics_text(&app).await,
+        &app.metrics_text().await,
         "hookdock_webhook_rejected_total{reason=\"body_timeout\"}",
     ) - metric(
         &before,

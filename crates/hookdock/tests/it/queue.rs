@@ -411,6 +411,22 @@ async fn retention_purges_only_old_finished_events(backend: Backend) {
     app.stop().await;
 }
 
+/// The queue's gauge lines of `/metrics`.
+async fn queue_gauges(app: &TestApp) -> Vec<String> {
+    let text = app.metrics_text().await;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("hookdock_jobs{") || l.starts_with("hookdock_events_replay"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        text.contains("# TYPE hookdock_jobs gauge"),
+        !lines.is_empty(),
+        "{text}"
+    );
+    lines
+}
+
 /// `/metrics` shows what the queue holds now, read from the database: jobs by status and
 /// events held as suspected replays; a later scrape sees the queue drained.
 async fn metrics_show_the_queue_by_status(backend: Backend) {
@@ -425,27 +441,8 @@ async fn metrics_show_the_queue_by_status(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{held}");
     assert_eq!(held["held"], "replay_suspected");
 
-    let gauges = |app: &TestApp| {
-        let request = app.client.get(format!("{}/metrics", app.base));
-        async move {
-            let text = request.send().await.unwrap().text().await.unwrap();
-            let lines: Vec<String> = text
-                .lines()
-                .filter(|l| {
-                    l.starts_with("hookdock_jobs{") || l.starts_with("hookdock_events_replay")
-                })
-                .map(str::to_owned)
-                .collect();
-            assert_eq!(
-                text.contains("# TYPE hookdock_jobs gauge"),
-                !lines.is_empty(),
-                "{text}"
-            );
-            lines
-        }
-    };
     assert_eq!(
-        gauges(&app).await,
+        queue_gauges(&app).await,
         [
             "hookdock_jobs{status=\"pending\"} 2",
             "hookdock_jobs{status=\"processing\"} 0",
@@ -468,7 +465,7 @@ async fn metrics_show_the_queue_by_status(backend: Backend) {
         async move {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                let now = gauges(app).await;
+                let now = queue_gauges(app).await;
                 if now == expected {
                     return;
                 }
@@ -484,15 +481,7 @@ async fn metrics_show_the_queue_by_status(backend: Backend) {
     // A database that cannot be read leaves the gauges out instead of showing old values.
     app.store.close().await;
     until(Vec::new()).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("hookdock_webhook_deliveries_total"), "{text}");
     app.stop().await;
 }
