@@ -62,8 +62,8 @@ fn describe() {
     );
 }
 
-/// The queue's gauges (`hookdock_jobs{status}`, `hookdock_events_replay_suspected`), read from
-/// the store when `/metrics` is scraped: at most once a second however often that is, and
+/// The queue's gauges (`hookdock_queue_jobs{status}`, `hookdock_events_replay_suspected`),
+/// read from the store when `/metrics` is scraped: at most once a second however often, and
 /// given up after two seconds. When the store cannot be read they are left out (no stale
 /// values; `/readyz` says what is wrong) rather than shown as they last were. They describe this
 /// instance's database, so they are rendered beside the process-wide recorder's text rather
@@ -112,8 +112,8 @@ impl QueueGauges {
 
 fn queue_text(state: QueueState) -> String {
     let mut text = String::from(
-        "# HELP hookdock_jobs Jobs in the queue by status (failed: waiting for a retry)\n\
-         # TYPE hookdock_jobs gauge\n",
+        "# HELP hookdock_queue_jobs Jobs in the queue by status (failed: waiting for a retry)\n\
+         # TYPE hookdock_queue_jobs gauge\n",
     );
     for (status, count) in [
         ("pending", state.pending),
@@ -121,7 +121,9 @@ fn queue_text(state: QueueState) -> String {
         ("failed", state.failed),
         ("dead", state.dead),
     ] {
-        text.push_str(&format!("hookdock_jobs{{status=\"{status}\"}} {count}\n"));
+        text.push_str(&format!(
+            "hookdock_queue_jobs{{status=\"{status}\"}} {count}\n"
+        ));
     }
     text.push_str(&format!(
         "# HELP hookdock_events_replay_suspected Events held as suspected replays, to be released or left\n\

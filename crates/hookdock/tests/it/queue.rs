@@ -416,11 +416,13 @@ async fn queue_gauges(app: &TestApp) -> Vec<String> {
     let text = app.metrics_text().await;
     let lines: Vec<String> = text
         .lines()
-        .filter(|l| l.starts_with("hookdock_jobs{") || l.starts_with("hookdock_events_replay"))
+        .filter(|l| {
+            l.starts_with("hookdock_queue_jobs{") || l.starts_with("hookdock_events_replay")
+        })
         .map(str::to_owned)
         .collect();
     assert_eq!(
-        text.contains("# TYPE hookdock_jobs gauge"),
+        text.contains("# TYPE hookdock_queue_jobs gauge"),
         !lines.is_empty(),
         "{text}"
     );
@@ -444,19 +446,19 @@ async fn metrics_show_the_queue_by_status(backend: Backend) {
     assert_eq!(
         queue_gauges(&app).await,
         [
-            "hookdock_jobs{status=\"pending\"} 2",
-            "hookdock_jobs{status=\"processing\"} 0",
-            "hookdock_jobs{status=\"failed\"} 0",
-            "hookdock_jobs{status=\"dead\"} 1",
+            "hookdock_queue_jobs{status=\"pending\"} 2",
+            "hookdock_queue_jobs{status=\"processing\"} 0",
+            "hookdock_queue_jobs{status=\"failed\"} 0",
+            "hookdock_queue_jobs{status=\"dead\"} 1",
             "hookdock_events_replay_suspected 1",
         ]
     );
     assert_eq!(app.manual_worker().run_once().await.unwrap(), 2);
     let drained = [
-        "hookdock_jobs{status=\"pending\"} 0",
-        "hookdock_jobs{status=\"processing\"} 0",
-        "hookdock_jobs{status=\"failed\"} 0",
-        "hookdock_jobs{status=\"dead\"} 1",
+        "hookdock_queue_jobs{status=\"pending\"} 0",
+        "hookdock_queue_jobs{status=\"processing\"} 0",
+        "hookdock_queue_jobs{status=\"failed\"} 0",
+        "hookdock_queue_jobs{status=\"dead\"} 1",
         "hookdock_events_replay_suspected 1",
     ];
     // Read at most once a second: poll until the scrape shows the drained queue.
