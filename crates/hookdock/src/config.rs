@@ -83,9 +83,9 @@ pub struct Settings {
     /// stalled or trickling sender holds no request open for longer.
     pub read_timeout_secs: u64,
     /// A connection that brings no complete request head for this many seconds is closed: a
-    /// keep-alive connection left idle, or a sender stalled in its headers. Longer than the
-    /// idle timeout of the proxies put in front (60 s to 2 min), so that hookdock never closes
-    /// a connection a proxy is about to reuse for a delivery.
+    /// keep-alive connection left idle, or a sender stalled in its headers. Keep it above the
+    /// idle timeout of a proxy in front (60 s to 2 min for nginx, ALB, Caddy), so that the proxy
+    /// gives up an idle connection before hookdock closes it under a delivery.
     pub idle_timeout_secs: u64,
     /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
     /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
@@ -670,16 +670,14 @@ impl Settings {
             ));
         }
         if let Some(url) = &self.public_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
+            && !is_http_url(url)
         {
             return Err(invalid(
                 "public_url",
                 "must be the http(s) address GitHub reaches hookdock at, e.g. https://hooks.example.com",
             ));
         }
-        if !(self.github_api_url.starts_with("https://")
-            || self.github_api_url.starts_with("http://"))
-        {
+        if !is_http_url(&self.github_api_url) {
             return Err(invalid(
                 "github_api_url",
                 "must be an http(s) URL: https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server",
@@ -756,7 +754,7 @@ impl Settings {
             )
         })?;
         if let Some(url) = &self.llm.base_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && !is_http_url(url)
         {
             return Err(invalid(
                 "llm.base_url",
@@ -955,6 +953,34 @@ fn value_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every URL setting takes an absolute http(s) URL with a host, and nothing less.
+    #[test]
+    fn http_urls_need_a_scheme_and_a_host() {
+        for good in [
+            "https://api.github.com",
+            "https://ghe.example.com/api/v3",
+            "http://localhost:11434/v1",
+            "http://127.0.0.1:3000/api/v1/webhooks/github",
+        ] {
+            assert!(is_http_url(good), "{good}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:3000",
+            "ftp://host/x",
+            "http://",
+            "api.github.com",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+        let refused = Settings::load(&no_file(&[("HOOKDOCK_GITHUB_API_URL", "https://")]))
+            .expect_err("a URL without a host");
+        assert!(
+            refused.to_string().contains("`github_api_url`"),
+            "{refused}"
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
         Sources {
@@ -1329,6 +1355,12 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// An absolute http(s) URL with a host: what every URL setting and `hookdock send --url` need.
+pub fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text)
+        .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
 }
 
 /// Parses a span such as `90s`, `15m`, `24h` or `7d` (a bare number is seconds).

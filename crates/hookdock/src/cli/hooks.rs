@@ -14,7 +14,7 @@ use hookdock::ingest::WebhookSecrets;
 use hookdock::store::{Store, rfc3339};
 use secrecy::SecretString;
 
-use super::Failure;
+use super::{Failure, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum ReposCommand {
@@ -69,12 +69,6 @@ fn manager(settings: &Settings, store: &Store) -> Result<HookManager, Failure> {
     let secrets = Arc::new(WebhookSecrets::from_settings(settings));
     HookManager::from_settings(settings, store.clone(), secrets, Arc::new(SystemClock))
         .map_err(|e| Failure::Other(e.into()))
-}
-
-fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
-    out!("{text}");
-    Ok(())
 }
 
 fn print_table(items: &[HookStatus]) -> Result<(), Failure> {

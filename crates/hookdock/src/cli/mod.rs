@@ -141,14 +141,13 @@ struct SendArgs {
 
 /// `--url`: an absolute http(s) URL, as clap checks it before anything is sent.
 fn http_url(value: &str) -> Result<String, String> {
-    match reqwest::Url::parse(value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
-            Ok(value.to_owned())
-        }
-        _ => Err(
+    if hookdock::config::is_http_url(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(
             "give an absolute http(s) URL, e.g. http://127.0.0.1:3000/api/v1/webhooks/github"
                 .to_owned(),
-        ),
+        )
     }
 }
 
@@ -220,6 +219,13 @@ impl StdoutError {
 pub(crate) fn write_out(line: std::fmt::Arguments) -> Result<(), StdoutError> {
     use std::io::Write;
     writeln!(std::io::stdout().lock(), "{line}").map_err(StdoutError)
+}
+
+/// A value as indented JSON, one document on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
+    out!("{text}");
+    Ok(())
 }
 
 impl From<StdoutError> for Failure {
@@ -588,10 +594,7 @@ async fn events_command(
                 next_before,
             } = store.list_events_page(&filter).await?;
             if *json {
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).unwrap_or_default()
-                );
+                print_json(&rows)?;
             } else if rows.is_empty() {
                 let filtered = filter.delivery_id.is_some()
                     || filter.status.is_some()
@@ -644,10 +647,7 @@ async fn events_command(
                 let mut value = serde_json::to_value(detail).unwrap_or_default();
                 value["actions"] =
                     serde_json::to_value(store.event_actions(*id).await?).unwrap_or_default();
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).unwrap_or_default()
-                );
+                print_json(&value)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -667,13 +667,9 @@ async fn events_command(
                 .dry_run(*id)
                 .await
                 .map_err(|e| anyhow::anyhow!("dry run of event {id} failed: {e}"))?;
-            out!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({ "event_id": id, "dry_run": true, "automations": reports })
-                )
-                .unwrap_or_default()
-            );
+            print_json(
+                &serde_json::json!({ "event_id": id, "dry_run": true, "automations": reports }),
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         EventsCommand::Replay {

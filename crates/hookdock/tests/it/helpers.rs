@@ -489,9 +489,9 @@ pub struct RawDelivery {
 }
 
 impl RawDelivery {
-    /// Sends the head of a signed delivery to the server at `base`: GitHub's headers, `Content-Length: declared`,
-    /// `Expect: 100-continue` (answered once the handler reads the body) and `Connection:
-    /// close` (the server closes after its answer).
+    /// Sends the head of a signed delivery to the server at `base`: GitHub's headers,
+    /// `Content-Length: declared`, `Expect: 100-continue` (answered once the handler reads the
+    /// body) and `Connection: close` (the server closes after its answer).
     pub async fn head(
         base: &str,
         event: &str,

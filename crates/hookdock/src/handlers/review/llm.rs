@@ -163,9 +163,9 @@ Answer with one JSON object and nothing else, exactly of this shape:
 impl LlmReviewer {
     pub fn new(config: LlmConfig, clock: Arc<dyn Clock>) -> Result<LlmReviewer, LlmError> {
         let base = config.base_url.trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        if !crate::config::is_http_url(base) {
             return Err(LlmError::Transport(
-                "the LLM base URL must start with http:// or https://".to_owned(),
+                "the LLM base URL must be an http:// or https:// URL with a host, e.g. http://localhost:11434/v1".to_owned(),
             ));
         }
         let url = format!("{base}/chat/completions");
