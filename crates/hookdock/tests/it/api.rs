@@ -264,7 +264,8 @@ async fn readiness_fails_once_the_writer_takes_no_more_writes(backend: Backend) 
 }
 
 /// A body whose bytes no longer decode (a damaged disk, a row edited by hand) is a server
-/// error that says which event, not "the database is unavailable": retrying cannot help.
+/// error that says which event, not "the database is unavailable": retrying cannot help. A
+/// database that cannot be reached is that 503.
 async fn an_unreadable_stored_body_is_a_500_naming_the_event(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
     let (status, answer) = app
@@ -295,6 +296,11 @@ async fn an_unreadable_stored_body_is_a_500_naming_the_event(backend: Backend) {
     let (status, detail) = app.api_get(&format!("/api/v1/events/{id}")).await;
     assert_eq!(status, StatusCode::OK, "{detail}");
     assert_eq!(detail["id"], id);
+    // A database that cannot be reached is another matter: 503, to be retried.
+    app.store.close().await;
+    let (status, error) = app.api_get(&format!("/api/v1/events/{id}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    assert_eq!(error["error"], "storage_unavailable");
     app.stop().await;
 }
 
