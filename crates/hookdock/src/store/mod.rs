@@ -301,18 +301,39 @@ pub(crate) fn ser_time<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S:
 
 /// The URL without its password, for messages. Everything up to the last `@` counts as
 /// user and password, so a password with characters that should have been escaped is still
-/// hidden; a URL without a password is shown as it is.
+/// hidden; so is a `password=` query parameter (PostgreSQL takes one there too). A URL without
+/// a password is shown as it is.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    // The query starts after the user info (an unescaped `?` may be in the password).
+    let after_at = url.rfind('@').unwrap_or(0);
+    let (base, query) = match url[after_at..].find('?') {
+        Some(i) => (&url[..after_at + i], Some(&url[after_at + i + 1..])),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
+            let userinfo = &base[scheme_end + 3..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
-                None => url.to_owned(),
+                Some((user, _)) => {
+                    format!("{}{}:***{}", &base[..scheme_end + 3], user, &base[at..])
+                }
+                None => base.to_owned(),
             }
         }
-        _ => url.to_owned(),
+        _ => base.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
     }
+    out
 }
 
 fn install_drivers() {
@@ -798,6 +819,19 @@ mod tests {
         assert_eq!(
             redact_url("postgres://user:p@ss/w@db/x"),
             "postgres://user:***@db/x"
+        );
+        assert_eq!(
+            redact_url("postgres://user:p?ss@db/x?sslmode=require"),
+            "postgres://user:***@db/x?sslmode=require"
+        );
+        // A password given as a query parameter, alone or beside one in the user info.
+        assert_eq!(
+            redact_url("postgres://user@db/x?sslmode=require&password=hunter2&x=1"),
+            "postgres://user@db/x?sslmode=require&password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("postgres://user:a@db/x?PASSWORD=b"),
+            "postgres://user:***@db/x?PASSWORD=***"
         );
     }
 
