@@ -2,6 +2,8 @@
 
 use std::process::{Command, Output};
 
+use reqwest::StatusCode;
+
 use crate::helpers::*;
 
 fn hookdock(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -121,6 +123,70 @@ fn an_unreachable_database_is_named_with_its_cause() {
              (error communicating with database: Connection refused (os error 111))\n"
         )
     );
+}
+
+/// PostgreSQL over TLS, as managed services require it: `sslmode=require` in the URL encrypts
+/// every connection hookdock opens, and deliveries are stored as usual; a URL that asks to
+/// verify a certificate no trusted root signed (the test server's own) is refused with the
+/// cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_use_tls_when_the_url_asks() {
+    let test = "postgres_connections_use_tls_when_the_url_asks";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let Backend::Postgres(admin_url) = &backend else {
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(admin_url)
+        .await
+        .expect("connect to HOOKDOCK_TEST_DATABASE_URL");
+    let ssl: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'ssl'")
+        .fetch_one(&admin)
+        .await
+        .expect("read the server's ssl setting");
+    if ssl != "on" {
+        eprintln!("skipped {test}: the PostgreSQL server has ssl = {ssl}");
+        return;
+    }
+    let db = TestDb::create(&backend).await;
+    let name = db.url.rsplit('/').next().unwrap_or_default();
+    let name = name.split('?').next().unwrap_or_default().to_owned();
+    let joint = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{joint}sslmode=require", db.url);
+    let app = TestApp::spawn_on(db, &url).await;
+    let delivery = new_delivery_id();
+    let (status, answer) = app.post("push", &fixture("push.none.0"), &delivery).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received");
+    let (_, event) = app
+        .api_get(&format!("/api/v1/events?delivery_id={delivery}"))
+        .await;
+    assert_eq!(event["events"].as_array().map(Vec::len), Some(1), "{event}");
+    let (encrypted, all): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = $1",
+    )
+    .bind(&name)
+    .fetch_one(&admin)
+    .await
+    .expect("read the connections' TLS state");
+    assert!(all >= 1, "hookdock holds no connection to {name}");
+    assert_eq!(encrypted, all, "connections to {name} without TLS");
+    app.stop().await;
+
+    let joint = if admin_url.contains('?') { '&' } else { '?' };
+    let verify = format!("{admin_url}{joint}sslmode=verify-full");
+    let out = hookdock(&["--database-url", &verify, "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_holds(
+        &out.stderr,
+        "error: opening the database: cannot open database ",
+    );
+    assert_holds(&out.stderr, "sslmode=verify-full: ");
+    assert_holds(&out.stderr, "invalid peer certificate");
+    admin.close().await;
 }
 
 /// A SQLite database hookdock may not write is refused at once, with the cause and what to

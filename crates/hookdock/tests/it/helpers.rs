@@ -287,6 +287,13 @@ impl TestApp {
         TestApp::start(settings, handlers, db).await
     }
 
+    /// Like [`TestApp::spawn`], on `db` reached through `url`: the same database with other
+    /// connection parameters.
+    pub async fn spawn_on(db: TestDb, url: &str) -> TestApp {
+        let settings = Settings::load(&test_sources(url)).expect("test settings are valid");
+        TestApp::start(settings, Vec::new(), db).await
+    }
+
     async fn start(settings: Settings, handlers: Vec<Arc<dyn Handler>>, db: TestDb) -> TestApp {
         let app = App::build_with_handlers(settings.clone(), handlers)
             .await
