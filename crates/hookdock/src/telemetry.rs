@@ -57,6 +57,10 @@ fn describe() {
     metrics::describe_histogram!("hookdock_store_batch_size", "Operations per group commit");
     metrics::describe_histogram!("hookdock_store_batch_seconds", "Time per group commit");
     metrics::describe_counter!(
+        "hookdock_store_write_errors_total",
+        "Group-commit transactions the database refused (a full disk, a lost connection)"
+    );
+    metrics::describe_counter!(
         "hookdock_retention_purged_total",
         "Events deleted by retention"
     );

@@ -80,6 +80,10 @@ impl RetryPolicy {
     }
 }
 
+/// The first pause before a failed write of job results is tried again, and the longest.
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+const RECORD_RETRY_CAP: Duration = Duration::from_secs(5);
+
 pub struct Worker {
     store: Store,
     registry: HandlerRegistry,
@@ -184,7 +188,7 @@ impl Worker {
             free_slots(slots, 1);
         }
         let ids: Vec<i64> = finishes.iter().map(|f| f.job_id).collect();
-        let recorded = self.store.finish_jobs(finishes).await?;
+        let recorded = self.record(finishes).await?;
         for (job_id, recorded) in ids.into_iter().zip(recorded) {
             if !recorded {
                 tracing::warn!(
@@ -194,6 +198,30 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Records a chain's results. A write that fails (a full disk, a lost connection) is
+    /// tried again with backoff for up to a lease's time, while the running worker keeps
+    /// renewing the chain's leases: a job whose handler ran is not run a second time, nor its
+    /// key held back until its lease expires, only because its result could not be written at
+    /// once. A result written after the lease passed to another worker is discarded as usual.
+    async fn record(&self, finishes: Vec<JobFinish>) -> Result<Vec<bool>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.lease;
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match self.store.finish_jobs(finishes.clone()).await {
+                Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                        "recording job results failed; trying again"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_CAP);
+                }
+                result => return result,
+            }
+        }
     }
 
     fn finish(&self, job: &ClaimedJob, outcome: JobOutcome) -> JobFinish {
@@ -336,7 +364,7 @@ impl Worker {
                 Some(joined) = running.set.join_next_with_id(), if !running.set.is_empty() => {
                     let joined = running.ended(joined);
                     match joined {
-                        Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed; it will run again when its lease expires"),
+                        Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed for a lease's time; it will run again when its lease expires"),
                         // A task that panicked or was aborted did not give its slot back,
                         // nor sent a result whose commit would fill it.
                         Err(_) => {

@@ -836,7 +836,8 @@ impl Writer {
     }
 
     /// One transaction (on PostgreSQL, job results first in one of their own). If it fails,
-    /// what the writer knows of stored keys is read again from the database next time.
+    /// it is counted (`hookdock_store_write_errors_total`) and what the writer knows of stored
+    /// keys is read again from the database next time.
     async fn write(
         &self,
         deliveries: &[&NewDelivery],
@@ -845,6 +846,8 @@ impl Writer {
     ) -> Result<Written, sqlx::Error> {
         let result = self.write_once(deliveries, finishes, claims).await;
         if result.is_err() {
+            metrics::counter!("hookdock_store_write_errors_total", "dialect" => self.dialect.name())
+                .increment(1);
             self.keys
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -626,6 +626,16 @@ where
 }
 
 /// The shared fixtures directory (`../shared/fixtures/webhooks` beside the checkout).
+/// The value of one series (`name{labels}` as rendered) in a /metrics text; 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/webhooks")
 }

@@ -111,15 +111,6 @@ async fn signature_is_checked_before_parsing(backend: Backend) {
     app.stop().await;
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(name_and_labels)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
 async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backend: Backend) {
     let app = TestApp::spawn(&backend).await;
     let body = fixture("pull_request.opened.0");

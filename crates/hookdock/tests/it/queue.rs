@@ -707,6 +707,87 @@ async fn jobs_run_as_soon_as_they_can_without_waiting_for_a_poll(backend: Backen
     app.stop().await;
 }
 
+/// A job whose handler ran but whose result cannot be written at once (the database refuses
+/// the write: a full disk, a lost connection) is recorded as soon as the database takes it
+/// again: it does not run a second time, and its key is not held back until its lease (a
+/// minute here) expires.
+async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend: Backend) {
+    let recorder = Recorder::new(vec![], false);
+    let app = TestApp::spawn_with(
+        &backend,
+        |s| {
+            s.set("queue.lease_secs", 60)
+                .set("handlers.activity.enabled", false)
+        },
+        vec![recorder.clone() as Arc<dyn Handler>],
+    )
+    .await;
+    let admin = app.raw_pool().await;
+    let (fail, heal): (&[&str], &[&str]) = match backend {
+        Backend::Sqlite => (
+            &[
+                "CREATE TRIGGER refuse BEFORE UPDATE OF status ON jobs WHEN NEW.status = 'done' \
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+            ],
+            &["DROP TRIGGER refuse"],
+        ),
+        Backend::Postgres(_) => (
+            &[
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse BEFORE UPDATE ON jobs FOR EACH ROW WHEN (NEW.status = 'done') \
+                 EXECUTE FUNCTION refuse()",
+            ],
+            &["DROP TRIGGER refuse ON jobs", "DROP FUNCTION refuse()"],
+        ),
+    };
+    for statement in fail {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    let errors = |text: &str| {
+        metric(
+            text,
+            &format!(
+                "hookdock_store_write_errors_total{{dialect=\"{}\"}}",
+                match backend {
+                    Backend::Sqlite => "sqlite",
+                    Backend::Postgres(_) => "postgres",
+                }
+            ),
+        )
+    };
+    let before = errors(&app.metrics_text().await);
+    let first = post_issue(&app, 31, 0).await;
+    poll_until("the handler ran", Duration::from_secs(10), || async {
+        recorder.seen().len() == 1
+    })
+    .await;
+    poll_until(
+        "a refused write of the result",
+        Duration::from_secs(10),
+        || async { errors(&app.metrics_text().await) > before },
+    )
+    .await;
+    assert_eq!(app.job(first, "recorder").await["status"], "processing");
+    // The next delivery on the same key waits behind it meanwhile.
+    let second = post_issue(&app, 31, 1).await;
+    for statement in heal {
+        sqlx::query(statement).execute(&admin).await.unwrap();
+    }
+    poll_until(
+        "both jobs done, well within the lease",
+        Duration::from_secs(15),
+        || async {
+            app.job(first, "recorder").await["status"] == "done"
+                && app.job(second, "recorder").await["status"] == "done"
+        },
+    )
+    .await;
+    assert_eq!(app.job(first, "recorder").await["attempts"], 1);
+    assert_eq!(recorder.seen_of(31), [0, 1], "each ran once, in order");
+    admin.close().await;
+    app.stop().await;
+}
+
 /// The statuses in an event's history, and the errors recorded with them.
 async fn history(app: &TestApp, event_id: i64) -> Vec<(String, Option<String>)> {
     let (_, detail) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
@@ -1034,4 +1115,5 @@ crate::backend_tests!(
     retention_purges_only_old_finished_events,
     retention_purge_holds_with_clocks_that_jumped,
     metrics_show_the_queue_by_status,
+    a_result_that_cannot_be_written_at_once_is_written_when_it_can,
 );
