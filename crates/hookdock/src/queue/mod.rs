@@ -200,17 +200,21 @@ impl Worker {
         Ok(())
     }
 
-    /// Records a chain's results. A write that fails (a full disk, a lost connection) is
-    /// tried again with backoff for up to a lease's time, while the running worker keeps
-    /// renewing the chain's leases: a job whose handler ran is not run a second time, nor its
-    /// key held back until its lease expires, only because its result could not be written at
-    /// once. A result written after the lease passed to another worker is discarded as usual.
+    /// Records a chain's results. A write the database refuses (a full disk, a lost
+    /// connection) is tried again with backoff for up to a lease's time, while the running
+    /// worker keeps renewing the chain's leases: a job whose handler ran is not run a second
+    /// time, nor its key held back until its lease expires, only because its result could not
+    /// be written at once. A result written after the lease passed to another worker is
+    /// discarded as usual.
     async fn record(&self, finishes: Vec<JobFinish>) -> Result<Vec<bool>, StoreError> {
         let deadline = tokio::time::Instant::now() + self.lease;
         let mut pause = RECORD_RETRY_FIRST;
         loop {
             match self.store.finish_jobs(finishes.clone()).await {
-                Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                // A refused transaction may go through later; a closed or failed writer won't.
+                Err(StoreError::Database(error))
+                    if tokio::time::Instant::now() + pause < deadline =>
+                {
                     tracing::warn!(
                         %error,
                         retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
@@ -364,7 +368,7 @@ impl Worker {
                 Some(joined) = running.set.join_next_with_id(), if !running.set.is_empty() => {
                     let joined = running.ended(joined);
                     match joined {
-                        Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed for a lease's time; it will run again when its lease expires"),
+                        Ok((_, Err(error))) => tracing::error!(%error, "recording a job result failed; it will run again when its lease expires"),
                         // A task that panicked or was aborted did not give its slot back,
                         // nor sent a result whose commit would fill it.
                         Err(_) => {
