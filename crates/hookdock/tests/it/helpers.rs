@@ -625,7 +625,6 @@ where
     }
 }
 
-/// The shared fixtures directory (`../shared/fixtures/webhooks` beside the checkout).
 /// The value of one series (`name{labels}` as rendered) in a /metrics text; 0 when absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
@@ -636,6 +635,7 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The shared fixtures directory (`../shared/fixtures/webhooks` beside the checkout).
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/webhooks")
 }

@@ -770,6 +770,7 @@ async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend:
     assert_eq!(app.job(first, "recorder").await["status"], "processing");
     // The next delivery on the same key waits behind it meanwhile.
     let second = post_issue(&app, 31, 1).await;
+    assert_eq!(app.job(second, "recorder").await["status"], "pending");
     for statement in heal {
         sqlx::query(statement).execute(&admin).await.unwrap();
     }
