@@ -27,6 +27,7 @@ mod issues;
 mod llm;
 mod meta;
 mod oauth;
+mod partition;
 mod pulls;
 mod repos;
 mod server;
@@ -41,6 +42,7 @@ pub use contract::EXTRA_ENDPOINTS;
 pub use deliveries::{signature_256, signature_sha1};
 pub use faults::Fault;
 pub use llm::{FakeLlm, LlmReply};
+pub use partition::TcpProxy;
 pub use state::{
     DEFAULT_META_HOOKS, FakeCommit, FakeDelivery, FakeHook, FakeLabel, HookOwner, RecordedRequest,
 };
