@@ -155,6 +155,10 @@ pub(crate) struct SqliteWriter {
     pub syncer: Syncer,
 }
 
+/// How long a group-commit transaction on a database server may go unanswered: under the 10 s
+/// GitHub waits for its answer, and far over what a write takes.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Opens the writer's SQLite connection on the database file at `path`.
 pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, String> {
     let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
@@ -900,20 +904,32 @@ impl Writer {
         claims: &[ClaimRequest],
     ) -> Result<Written, sqlx::Error> {
         let mut conn = pool.acquire().await?;
-        let mut tx = super::begin_write(&mut conn, self.dialect, !deliveries.is_empty()).await?;
-        // PostgreSQL's keys are the events table itself: nothing is kept between transactions.
-        let mut keys = DeliveryKeys::new(self.dialect);
-        let written = apply(
-            &mut *tx,
-            self.dialect,
-            &mut keys,
-            deliveries,
-            finishes,
-            claims,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(written)
+        let dialect = self.dialect;
+        let work = async {
+            let mut tx = super::begin_write(&mut conn, dialect, !deliveries.is_empty()).await?;
+            // PostgreSQL's keys are the events table itself: nothing is kept between
+            // transactions.
+            let mut keys = DeliveryKeys::new(dialect);
+            let written = apply(&mut *tx, dialect, &mut keys, deliveries, finishes, claims).await?;
+            tx.commit().await?;
+            Ok(written)
+        };
+        match tokio::time::timeout(WRITE_WAIT, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                // No answer (a network partition leaves the connection open and silent, and with
+                // the request acknowledged nothing makes the operating system give it up):
+                // close the connection, which may be mid-message, rather than return it.
+                drop(conn.detach());
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer from the database within {} s; the connection was closed",
+                        WRITE_WAIT.as_secs()
+                    ),
+                )))
+            }
+        }
     }
 
     fn direct_transaction(

@@ -2,6 +2,7 @@
 //! refused without storing anything.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -711,6 +712,110 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "received");
     admin.close().await;
+    app.stop().await;
+}
+
+/// `postgres://user@HOST:PORT/db…` with another `HOST:PORT`.
+fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    (
+        format!("{}{host_port}{}", &url[..start], &url[end..]),
+        url[start..end].to_owned(),
+    )
+}
+
+/// A network partition between hookdock and PostgreSQL in the middle of a write (the server's
+/// answer never arrives, nor does a reset, as when a link drops packets or a failed-over host
+/// vanishes): the delivery is answered 503 within GitHub's wait rather than never (the request
+/// was acknowledged, so the operating system does not give the connection up), `/readyz` says
+/// the database is unreachable, and once the network is back deliveries are stored again
+/// without a restart. The delivery answered 503 is not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a_restart() {
+    let test = "a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a_restart";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let db = TestDb::create(&backend).await;
+    let direct = sqlx::AnyPool::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let (_, upstream) = replace_host_port(&db.url, "");
+    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
+    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    let app = TestApp::spawn_on(db, &url).await;
+    let (status, answer) = app
+        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // The next write takes two seconds on the server; the partition starts meanwhile.
+    for statement in [
+        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
+    ] {
+        sqlx::query(statement).execute(&direct).await.unwrap();
+    }
+    let lost = new_delivery_id();
+    let body = unique_body("push.none.0", 1);
+    let partition = async {
+        poll_until(
+            "the write under way on the server",
+            Duration::from_secs(10),
+            || async {
+                let sleeping: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event = 'PgSleep'",
+                )
+                .fetch_one(&direct)
+                .await
+                .unwrap_or(0);
+                sleeping > 0
+            },
+        )
+        .await;
+        proxy.cut();
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(40), async {
+        tokio::join!(app.post("push", &body, &lost), partition).0
+    })
+    .await;
+    let (status, answer) = answered.expect("no answer within 40 s of a partition");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"], "storage_unavailable", "{answer}");
+    let ready = tokio::time::timeout(Duration::from_secs(20), app.probe("/readyz"))
+        .await
+        .expect("/readyz answers during the partition");
+    assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.1);
+    assert_eq!(ready.1["database"], "unreachable");
+
+    // The server rolls the cut-off write back once the healed network closes its connection;
+    // until then that write's locks keep the trigger from being dropped.
+    proxy.heal();
+    for statement in ["DROP TRIGGER slow ON events", "DROP FUNCTION slow()"] {
+        sqlx::query(statement).execute(&direct).await.unwrap();
+    }
+    let back = new_delivery_id();
+    let back_body = unique_body("push.none.0", 2);
+    poll_until(
+        "a delivery stored after the partition",
+        Duration::from_secs(30),
+        || async { app.post("push", &back_body, &back).await.0 == StatusCode::OK },
+    )
+    .await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM events ORDER BY id")
+        .fetch_all(&direct)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(
+        !stored.contains(&lost),
+        "the delivery answered 503 was stored"
+    );
+    assert_eq!(stored[1], back);
+    direct.close().await;
     app.stop().await;
 }
 
