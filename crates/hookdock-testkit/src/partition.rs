@@ -1,8 +1,10 @@
 //! A network partition between hookdock and a server, for tests: [`TcpProxy`] forwards TCP
 //! connections to an upstream address until [`TcpProxy::cut`]; from then on every connection
 //! stays open but nothing crosses it (no reset, no answer, as when a link or a failed-over host
-//! drops packets), and new connections are accepted and left unanswered. [`TcpProxy::heal`]
-//! closes those connections and forwards new ones again.
+//! drops packets), and new connections are accepted and left unanswered. Then either
+//! [`TcpProxy::heal`] closes those connections and forwards new ones again, or
+//! [`TcpProxy::forget`] forwards new ones again and leaves those silent for good: the server
+//! dropped them during the partition, and nothing tells the client, which waits for an answer.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,9 +13,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Forward,
+    Cut,
+    Forgotten,
+}
+
 pub struct TcpProxy {
     addr: SocketAddr,
-    cut: watch::Sender<bool>,
+    state: watch::Sender<Link>,
     /// Connections accepted while cut, held open and unanswered until healed.
     held: Arc<Mutex<Vec<TcpStream>>>,
     accept: JoinHandle<()>,
@@ -26,24 +35,24 @@ impl TcpProxy {
             .await
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let (cut, cut_rx) = watch::channel(false);
+        let (state, state_rx) = watch::channel(Link::Forward);
         let held = Arc::new(Mutex::new(Vec::new()));
         let upstream = upstream.to_owned();
         let accept = tokio::spawn({
             let held = Arc::clone(&held);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    if *cut_rx.borrow() {
+                    if *state_rx.borrow() == Link::Cut {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(inbound);
                     } else {
-                        tokio::spawn(link(inbound, upstream.clone(), cut_rx.clone()));
+                        tokio::spawn(link(inbound, upstream.clone(), state_rx.clone()));
                     }
                 }
             }
         });
         TcpProxy {
             addr,
-            cut,
+            state,
             held,
             accept,
         }
@@ -56,13 +65,18 @@ impl TcpProxy {
 
     /// Nothing crosses from now on; connections stay open.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.state.send_replace(Link::Cut);
     }
 
     /// Closes the connections the partition held and forwards new ones again.
     pub fn heal(&self) {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.cut.send_replace(false);
+        self.state.send_replace(Link::Forward);
+    }
+
+    /// Forwards new connections again; those the partition held stay open and silent.
+    pub fn forget(&self) {
+        self.state.send_replace(Link::Forgotten);
     }
 }
 
@@ -72,9 +86,9 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Copies both ways until either side closes; once cut, holds both sockets open and silent
-/// until healed, then closes them.
-async fn link(inbound: TcpStream, upstream: String, mut cut: watch::Receiver<bool>) {
+/// Copies both ways until either side closes. Once cut, holds both sockets open and silent;
+/// closes them when healed, never when forgotten.
+async fn link(inbound: TcpStream, upstream: String, mut state: watch::Receiver<Link>) {
     let Ok(outbound) = TcpStream::connect(&upstream).await else {
         return;
     };
@@ -88,9 +102,9 @@ async fn link(inbound: TcpStream, upstream: String, mut cut: watch::Receiver<boo
     };
     let was_cut = tokio::select! {
         _ = copy => false,
-        _ = cut.wait_for(|cut| *cut) => true,
+        _ = state.wait_for(|s| *s == Link::Cut) => true,
     };
     if was_cut {
-        let _ = cut.wait_for(|cut| !*cut).await;
+        let _ = state.wait_for(|s| *s == Link::Forward).await;
     }
 }
