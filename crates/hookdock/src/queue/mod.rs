@@ -388,9 +388,18 @@ impl Worker {
                     claim_now = true;
                 }
                 _ = renew.tick() => {
+                    // Bounded by the renewal interval: a renewal whose connection went silent
+                    // (a network partition) would otherwise hold this loop, and every claim
+                    // and result with it, until the connection dies.
                     let ids = running.job_ids();
-                    if let Err(error) = self.store.renew_leases(&self.owner, &ids, self.lease_until()).await {
-                        tracing::warn!(%error, "renewing leases failed");
+                    let renewal = self.store.renew_leases(&self.owner, &ids, self.lease_until());
+                    match tokio::time::timeout(self.lease / 3, renewal).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => tracing::warn!(%error, "renewing leases failed"),
+                        Err(_) => tracing::warn!(
+                            wait_ms = u64::try_from((self.lease / 3).as_millis()).unwrap_or(u64::MAX),
+                            "renewing leases got no answer in time; trying again at the next renewal"
+                        ),
                     }
                 }
             }

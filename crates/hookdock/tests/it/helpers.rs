@@ -294,6 +294,15 @@ impl TestApp {
         TestApp::start(settings, Vec::new(), db).await
     }
 
+    /// Starts an app with these settings and handlers on `db`.
+    pub async fn start_with(
+        settings: Settings,
+        handlers: Vec<Arc<dyn Handler>>,
+        db: TestDb,
+    ) -> TestApp {
+        TestApp::start(settings, handlers, db).await
+    }
+
     async fn start(settings: Settings, handlers: Vec<Arc<dyn Handler>>, db: TestDb) -> TestApp {
         let app = App::build_with_handlers(settings.clone(), handlers)
             .await
@@ -623,6 +632,29 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `postgres://user@HOST:PORT/db…` with another `HOST:PORT`.
+pub fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
+    let start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    (
+        format!("{}{host_port}{}", &url[..start], &url[end..]),
+        url[start..end].to_owned(),
+    )
+}
+
+/// How many of the connections to `pool`'s PostgreSQL database are in `pg_sleep` now (a test's
+/// slow trigger running); -1 if that cannot be read.
+pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event = 'PgSleep'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(-1)
 }
 
 /// The value of one series (`name{labels}` as rendered) in a /metrics text; 0 when absent.

@@ -715,17 +715,6 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
     app.stop().await;
 }
 
-/// `postgres://user@HOST:PORT/db…` with another `HOST:PORT`.
-fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..].find('/').map_or(url.len(), |i| start + i);
-    let start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
-    (
-        format!("{}{host_port}{}", &url[..start], &url[end..]),
-        url[start..end].to_owned(),
-    )
-}
-
 /// A network partition between hookdock and PostgreSQL in the middle of a write (the server's
 /// answer never arrives, nor does a reset, as when a link drops packets or a failed-over host
 /// vanishes): the delivery is answered 503 within GitHub's wait rather than never (the request
@@ -764,16 +753,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
         poll_until(
             "the write under way on the server",
             Duration::from_secs(10),
-            || async {
-                let sleeping: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event = 'PgSleep'",
-                )
-                .fetch_one(&direct)
-                .await
-                .unwrap_or(0);
-                sleeping > 0
-            },
+            || async { sleeping_on_server(&direct).await > 0 },
         )
         .await;
         proxy.cut();

@@ -789,6 +789,116 @@ async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend:
     app.stop().await;
 }
 
+/// Runs issue 41's job until told to finish; records every issue number it is given.
+struct Blocker {
+    seen: Mutex<Vec<i64>>,
+    release: tokio::sync::Notify,
+}
+
+impl Handler for Blocker {
+    fn name(&self) -> &'static str {
+        "blocker"
+    }
+
+    fn subscribes(&self, event: &str, _action: Option<&str>) -> bool {
+        event == "issues"
+    }
+
+    fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let payload = ctx.payload().await?;
+            let number = payload["issue"]["number"].as_i64().unwrap_or(-1);
+            self.seen.lock().unwrap().push(number);
+            if number == 41 {
+                self.release.notified().await;
+            }
+            Ok(Vec::new())
+        })
+    }
+}
+
+/// A lease renewal cut off by a network partition while the server runs it, on a connection
+/// the server then forgets (nothing ever answers it, nothing closes it): the worker gives the
+/// renewal up at its next turn instead of waiting on it for good, so it goes on claiming and
+/// running other keys' jobs once the database can be reached again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
+    let test = "a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let db = TestDb::create(&backend).await;
+    let direct = sqlx::AnyPool::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let (_, upstream) = replace_host_port(&db.url, "");
+    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
+    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    let blocker = Arc::new(Blocker {
+        seen: Mutex::new(Vec::new()),
+        release: tokio::sync::Notify::new(),
+    });
+    let settings = hookdock::config::Settings::load(
+        &test_sources(&url)
+            .set("queue.lease_secs", 3)
+            .set("handlers.activity.enabled", false),
+    )
+    .expect("test settings are valid");
+    let app = TestApp::start_with(settings, vec![blocker.clone() as Arc<dyn Handler>], db).await;
+    post_issue(&app, 41, 0).await;
+    poll_until(
+        "issue 41's job running",
+        Duration::from_secs(10),
+        || async { blocker.seen.lock().unwrap().contains(&41) },
+    )
+    .await;
+    // The next renewal (every second) takes two seconds on the server; the partition starts
+    // meanwhile, and the server forgets the connection.
+    for statement in [
+        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER slow BEFORE UPDATE OF lease_until ON jobs FOR EACH ROW EXECUTE FUNCTION slow()",
+    ] {
+        sqlx::query(statement).execute(&direct).await.unwrap();
+    }
+    poll_until(
+        "a renewal under way on the server",
+        Duration::from_secs(10),
+        || async { sleeping_on_server(&direct).await > 0 },
+    )
+    .await;
+    proxy.cut();
+    // The renewal's transaction ends on the server; the network is back for new connections.
+    poll_until(
+        "the cut-off renewal over",
+        Duration::from_secs(10),
+        || async { sleeping_on_server(&direct).await == 0 },
+    )
+    .await;
+    for statement in ["DROP TRIGGER slow ON jobs", "DROP FUNCTION slow()"] {
+        sqlx::query(statement).execute(&direct).await.unwrap();
+    }
+    proxy.forget();
+    // Another key's delivery: stored, claimed and run by the same worker.
+    poll_until(
+        "a delivery stored after the partition",
+        Duration::from_secs(40),
+        || async {
+            app.post("issues", &issue(42, 1), &new_delivery_id())
+                .await
+                .0
+                == StatusCode::OK
+        },
+    )
+    .await;
+    poll_until("issue 42's job run", Duration::from_secs(40), || async {
+        blocker.seen.lock().unwrap().contains(&42)
+    })
+    .await;
+    blocker.release.notify_one();
+    direct.close().await;
+    app.stop().await;
+}
+
 /// The statuses in an event's history, and the errors recorded with them.
 async fn history(app: &TestApp, event_id: i64) -> Vec<(String, Option<String>)> {
     let (_, detail) = app.api_get(&format!("/api/v1/events/{event_id}")).await;
