@@ -635,7 +635,7 @@ where
 }
 
 /// `postgres://user@HOST:PORT/db…` with another `HOST:PORT`.
-pub fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
+fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
     let start = url.find("://").map_or(0, |i| i + 3);
     let end = url[start..].find('/').map_or(url.len(), |i| start + i);
     let start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
@@ -643,6 +643,45 @@ pub fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
         format!("{}{host_port}{}", &url[..start], &url[end..]),
         url[start..end].to_owned(),
     )
+}
+
+/// A new PostgreSQL test database reached through a [`hookdock_testkit::TcpProxy`] that can
+/// cut the network: the database, a pool connected to it directly (which no partition
+/// touches), the proxy, and the URL through the proxy.
+pub async fn behind_a_proxy(
+    backend: &Backend,
+) -> (TestDb, sqlx::AnyPool, hookdock_testkit::TcpProxy, String) {
+    let db = TestDb::create(backend).await;
+    let direct = sqlx::AnyPool::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    let (_, upstream) = replace_host_port(&db.url, "");
+    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
+    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    (db, direct, proxy, url)
+}
+
+/// Makes every `operation` (`INSERT`, `UPDATE OF column`, …) on `table` take two seconds on
+/// the PostgreSQL server, until [`drop_slow_trigger`].
+pub async fn slow_trigger(direct: &sqlx::AnyPool, operation: &str, table: &str) {
+    for statement in [
+        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql".to_owned(),
+        format!("CREATE TRIGGER slow BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION slow()"),
+    ] {
+        sqlx::query(&statement).execute(direct).await.expect("create the slow trigger");
+    }
+}
+
+pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
+    for statement in [
+        format!("DROP TRIGGER slow ON {table}"),
+        "DROP FUNCTION slow()".to_owned(),
+    ] {
+        sqlx::query(&statement)
+            .execute(direct)
+            .await
+            .expect("drop the slow trigger");
+    }
 }
 
 /// How many of the connections to `pool`'s PostgreSQL database are in `pg_sleep` now (a test's

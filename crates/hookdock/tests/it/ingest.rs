@@ -727,13 +727,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     let Some(backend) = Backend::postgres(test) else {
         return;
     };
-    let db = TestDb::create(&backend).await;
-    let direct = sqlx::AnyPool::connect(&db.url)
-        .await
-        .expect("connect to the test database");
-    let (_, upstream) = replace_host_port(&db.url, "");
-    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
-    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
     let app = TestApp::spawn_on(db, &url).await;
     let (status, answer) = app
         .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
@@ -741,12 +735,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     assert_eq!(status, StatusCode::OK, "{answer}");
 
     // The next write takes two seconds on the server; the partition starts meanwhile.
-    for statement in [
-        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql",
-        "CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()",
-    ] {
-        sqlx::query(statement).execute(&direct).await.unwrap();
-    }
+    slow_trigger(&direct, "INSERT", "events").await;
     let lost = new_delivery_id();
     let body = unique_body("push.none.0", 1);
     let partition = async {
@@ -774,9 +763,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     // The server rolls the cut-off write back once the healed network closes its connection;
     // until then that write's locks keep the trigger from being dropped.
     proxy.heal();
-    for statement in ["DROP TRIGGER slow ON events", "DROP FUNCTION slow()"] {
-        sqlx::query(statement).execute(&direct).await.unwrap();
-    }
+    drop_slow_trigger(&direct, "events").await;
     let back = new_delivery_id();
     let back_body = unique_body("push.none.0", 2);
     poll_until(

@@ -827,13 +827,7 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     let Some(backend) = Backend::postgres(test) else {
         return;
     };
-    let db = TestDb::create(&backend).await;
-    let direct = sqlx::AnyPool::connect(&db.url)
-        .await
-        .expect("connect to the test database");
-    let (_, upstream) = replace_host_port(&db.url, "");
-    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
-    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
     let blocker = Arc::new(Blocker {
         seen: Mutex::new(Vec::new()),
         release: tokio::sync::Notify::new(),
@@ -854,12 +848,7 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     .await;
     // The next renewal (every second) takes two seconds on the server; the partition starts
     // meanwhile, and the server forgets the connection.
-    for statement in [
-        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql",
-        "CREATE TRIGGER slow BEFORE UPDATE OF lease_until ON jobs FOR EACH ROW EXECUTE FUNCTION slow()",
-    ] {
-        sqlx::query(statement).execute(&direct).await.unwrap();
-    }
+    slow_trigger(&direct, "UPDATE OF lease_until", "jobs").await;
     poll_until(
         "a renewal under way on the server",
         Duration::from_secs(10),
@@ -874,9 +863,7 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
         || async { sleeping_on_server(&direct).await == 0 },
     )
     .await;
-    for statement in ["DROP TRIGGER slow ON jobs", "DROP FUNCTION slow()"] {
-        sqlx::query(statement).execute(&direct).await.unwrap();
-    }
+    drop_slow_trigger(&direct, "jobs").await;
     proxy.forget();
     // Another key's delivery: stored, claimed and run by the same worker.
     poll_until(
