@@ -3,9 +3,6 @@
 /// `println!` for a command's output: a closed stdout (`hookdock events list | head`) ends the
 /// command quietly instead of panicking; any other write error is the command's error.
 macro_rules! out {
-    () => {
-        $crate::cli::write_out(format_args!(""))?
-    };
     ($($arg:tt)*) => {
         $crate::cli::write_out(format_args!($($arg)*))?
     };

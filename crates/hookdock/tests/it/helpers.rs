@@ -295,15 +295,7 @@ impl TestApp {
     }
 
     /// Starts an app with these settings and handlers on `db`.
-    pub async fn start_with(
-        settings: Settings,
-        handlers: Vec<Arc<dyn Handler>>,
-        db: TestDb,
-    ) -> TestApp {
-        TestApp::start(settings, handlers, db).await
-    }
-
-    async fn start(settings: Settings, handlers: Vec<Arc<dyn Handler>>, db: TestDb) -> TestApp {
+    pub async fn start(settings: Settings, handlers: Vec<Arc<dyn Handler>>, db: TestDb) -> TestApp {
         let app = App::build_with_handlers(settings.clone(), handlers)
             .await
             .expect("app starts");
@@ -634,15 +626,12 @@ where
     }
 }
 
-/// `postgres://user@HOST:PORT/db…` with another `HOST:PORT`.
-fn replace_host_port(url: &str, host_port: &str) -> (String, String) {
+/// Where `HOST:PORT` is in `postgres://user@HOST:PORT/db…`.
+fn host_port(url: &str) -> std::ops::Range<usize> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let end = url[start..].find('/').map_or(url.len(), |i| start + i);
     let start = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
-    (
-        format!("{}{host_port}{}", &url[..start], &url[end..]),
-        url[start..end].to_owned(),
-    )
+    start..end
 }
 
 /// A new PostgreSQL test database reached through a [`hookdock_testkit::TcpProxy`] that can
@@ -655,9 +644,10 @@ pub async fn behind_a_proxy(
     let direct = sqlx::AnyPool::connect(&db.url)
         .await
         .expect("connect to the test database");
-    let (_, upstream) = replace_host_port(&db.url, "");
-    let proxy = hookdock_testkit::TcpProxy::start(&upstream).await;
-    let (url, _) = replace_host_port(&db.url, &proxy.addr().to_string());
+    let at = host_port(&db.url);
+    let proxy = hookdock_testkit::TcpProxy::start(&db.url[at.clone()]).await;
+    let mut url = db.url.clone();
+    url.replace_range(at, &proxy.addr().to_string());
     (db, direct, proxy, url)
 }
 
@@ -672,6 +662,7 @@ pub async fn slow_trigger(direct: &sqlx::AnyPool, operation: &str, table: &str) 
     }
 }
 
+/// Removes what [`slow_trigger`] made.
 pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
     for statement in [
         format!("DROP TRIGGER slow ON {table}"),

@@ -838,7 +838,7 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
             .set("handlers.activity.enabled", false),
     )
     .expect("test settings are valid");
-    let app = TestApp::start_with(settings, vec![blocker.clone() as Arc<dyn Handler>], db).await;
+    let app = TestApp::start(settings, vec![blocker.clone() as Arc<dyn Handler>], db).await;
     post_issue(&app, 41, 0).await;
     poll_until(
         "issue 41's job running",
