@@ -5,8 +5,10 @@
 //! [`TcpProxy::heal`] closes those connections and forwards new ones again, or
 //! [`TcpProxy::forget`] forwards new ones again and leaves those silent for good: the server
 //! dropped them during the partition, and nothing tells the client, which waits for an answer.
+//! [`TcpProxy::silenced`] counts the cut connections their clients still hold open.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +27,8 @@ pub struct TcpProxy {
     state: watch::Sender<Link>,
     /// Connections accepted while cut, held open and unanswered until healed.
     held: Arc<Mutex<Vec<TcpStream>>>,
+    /// Forwarded connections the partition cut that their client has not closed.
+    silenced: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -37,15 +41,23 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("the proxy's address");
         let (state, state_rx) = watch::channel(Link::Forward);
         let held = Arc::new(Mutex::new(Vec::new()));
+        let silenced = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
         let accept = tokio::spawn({
             let held = Arc::clone(&held);
+            let silenced = Arc::clone(&silenced);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
                     if *state_rx.borrow() == Link::Cut {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(inbound);
                     } else {
-                        tokio::spawn(link(inbound, upstream.clone(), state_rx.clone()));
+                        let link = link(
+                            inbound,
+                            upstream.clone(),
+                            state_rx.clone(),
+                            Arc::clone(&silenced),
+                        );
+                        tokio::spawn(link);
                     }
                 }
             }
@@ -54,6 +66,7 @@ impl TcpProxy {
             addr,
             state,
             held,
+            silenced,
             accept,
         }
     }
@@ -78,6 +91,12 @@ impl TcpProxy {
     pub fn forget(&self) {
         self.state.send_replace(Link::Forgotten);
     }
+
+    /// How many of the connections that were forwarded when the partition began their clients
+    /// still hold open (until healed): a client that gives a silent connection up closes it.
+    pub fn silenced(&self) -> usize {
+        self.silenced.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for TcpProxy {
@@ -86,9 +105,15 @@ impl Drop for TcpProxy {
     }
 }
 
-/// Copies both ways until either side closes. Once cut, holds both sockets open and silent;
-/// closes them when healed, never when forgotten.
-async fn link(inbound: TcpStream, upstream: String, mut state: watch::Receiver<Link>) {
+/// Copies both ways until either side closes. Once cut, holds both sockets open and silent
+/// (what the client sends is read and dropped) until healed or until the client closes its
+/// side, which never happens by itself when forgotten.
+async fn link(
+    inbound: TcpStream,
+    upstream: String,
+    mut state: watch::Receiver<Link>,
+    silenced: Arc<AtomicUsize>,
+) {
     let Ok(outbound) = TcpStream::connect(&upstream).await else {
         return;
     };
@@ -105,6 +130,12 @@ async fn link(inbound: TcpStream, upstream: String, mut state: watch::Receiver<L
         _ = state.wait_for(|s| *s == Link::Cut) => true,
     };
     if was_cut {
-        let _ = state.wait_for(|s| *s == Link::Forward).await;
+        silenced.fetch_add(1, Ordering::SeqCst);
+        let mut dropped = tokio::io::sink();
+        tokio::select! {
+            _ = state.wait_for(|s| *s == Link::Forward) => {}
+            _ = tokio::io::copy(&mut in_read, &mut dropped) => {}
+        }
+        silenced.fetch_sub(1, Ordering::SeqCst);
     }
 }

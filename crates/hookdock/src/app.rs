@@ -61,6 +61,15 @@ pub struct App {
     settings: Settings,
 }
 
+/// The store's options from the settings (`ingest.max_batch`, `database_timeout_secs`).
+pub fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
+        max_batch: settings.ingest.max_batch,
+        timeout: settings.database_timeout(),
+        ..StoreOptions::default()
+    }
+}
+
 impl App {
     pub async fn build(settings: Settings) -> Result<App, AppError> {
         App::build_with_handlers(settings, Vec::new()).await
@@ -71,14 +80,7 @@ impl App {
         settings: Settings,
         extra: Vec<Arc<dyn Handler>>,
     ) -> Result<App, AppError> {
-        let store = Store::connect(
-            &settings.database_url,
-            StoreOptions {
-                max_batch: settings.ingest.max_batch,
-                ..StoreOptions::default()
-            },
-        )
-        .await?;
+        let store = Store::connect(&settings.database_url, store_options(&settings)).await?;
         let applied = store.migrate().await?;
         if applied > 0 {
             tracing::info!(applied, "database migrations applied");

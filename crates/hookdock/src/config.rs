@@ -61,6 +61,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `sqlite://path` (embedded default) or `postgres://…` (`HOOKDOCK_DATABASE_URL`).
     pub database_url: String,
+    /// PostgreSQL: a query without an answer for this many seconds fails and its connection is
+    /// closed (a network partition leaves a connection open and silent). Deliveries' writes
+    /// give up sooner, in time to answer GitHub.
+    pub database_timeout_secs: u64,
     /// Global webhook secret, used when no per-hook or per-repository secret exists.
     #[serde(default, deserialize_with = "optional_secret")]
     pub webhook_secret: Option<SecretString>,
@@ -501,6 +505,7 @@ fn defaults() -> serde_json::Value {
     serde_json::json!({
         "listen": "127.0.0.1:3000",
         "database_url": "sqlite://hookdock-data/hookdock.db",
+        "database_timeout_secs": 30,
         "allow_unsigned": false,
         "log": "info",
         "log_format": "text",
@@ -788,6 +793,12 @@ impl Settings {
         if !(1..=19).contains(&self.ingest.zstd_level) {
             return Err(invalid("ingest.zstd_level", "must be between 1 and 19"));
         }
+        if !(1..=3600).contains(&self.database_timeout_secs) {
+            return Err(invalid(
+                "database_timeout_secs",
+                "must be between 1 and 3600 seconds",
+            ));
+        }
         if !(1..=3600).contains(&self.read_timeout_secs) {
             return Err(invalid(
                 "read_timeout_secs",
@@ -857,6 +868,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_timeout_secs)
     }
 
     pub fn read_timeout(&self) -> Duration {
@@ -1235,6 +1250,12 @@ mod tests {
                 no_file(&[("HOOKDOCK_QUEUE__CHAIN_MAX", "0")]),
                 "invalid setting `queue.chain_max` (from environment variable \
                  HOOKDOCK_QUEUE__CHAIN_MAX): must be at least 1"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[("HOOKDOCK_DATABASE_TIMEOUT_SECS", "0")]),
+                "invalid setting `database_timeout_secs` (from environment variable \
+                 HOOKDOCK_DATABASE_TIMEOUT_SECS): must be between 1 and 3600 seconds"
                     .to_owned(),
             ),
             (

@@ -16,13 +16,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use hookdock::app::store_options;
 use hookdock::clock::{Clock, SystemClock};
 use hookdock::config::{ConfigError, Settings, Sources};
 use hookdock::github::{Github, GithubConfig};
 use hookdock::ingest::ContentType;
 use hookdock::send::{Outgoing, embedded_payload, send};
 use hookdock::store::{
-    EventFilter, EventPage, EventStatus, ReplayMode, Store, StoreOptions, redact_url, rfc3339,
+    EventFilter, EventPage, EventStatus, ReplayMode, Store, redact_url, rfc3339,
 };
 use hookdock::{App, events, handlers::HandlerRegistry, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -275,7 +276,7 @@ impl Cli {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database_url, StoreOptions::default())
+    let store = Store::connect(&settings.database_url, store_options(settings))
         .await
         .context("opening the database")?;
     if !store.migrations_current().await? {
@@ -299,7 +300,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Migrate => {
             let settings = cli.settings(None)?;
-            let store = Store::connect(&settings.database_url, StoreOptions::default())
+            let store = Store::connect(&settings.database_url, store_options(&settings))
                 .await
                 .context("opening the database")?;
             let applied = store.migrate().await.context("migrating the database")?;
@@ -333,7 +334,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out!("  workers:         {}", settings.queue.workers);
             let handlers = HandlerRegistry::from_settings(&settings.handlers).names();
             out!("  handlers:        {}", handlers.join(", "));
-            let store = Store::connect(&settings.database_url, StoreOptions::default())
+            let store = Store::connect(&settings.database_url, store_options(&settings))
                 .await
                 .context("the database is not reachable")?;
             let current = store

@@ -248,7 +248,7 @@ impl Store {
         sql.push(" WHERE event_id = ")
             .bind(event_id)
             .push(" ORDER BY id");
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(action_row)
@@ -270,7 +270,7 @@ impl Store {
             .push(" AND head_sha = ")
             .bind(head_sha)
             .push(" AND status = 'reviewed'");
-        match sql.fetch_optional(&self.inner.read).await? {
+        match sql.fetch_optional(self.inner.reads()).await? {
             Some(row) => Ok(Some(self.review_row(&row).await?)),
             None => Ok(None),
         }
@@ -288,7 +288,7 @@ impl Store {
             .push(" AND number = ")
             .bind(number)
             .push(" ORDER BY id");
-        let rows = sql.fetch_all(&self.inner.read).await?;
+        let rows = sql.fetch_all(self.inner.reads()).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             out.push(self.review_row(row).await?);
@@ -308,7 +308,7 @@ impl Store {
         );
         sql.bind(id).push(" ORDER BY position");
         let findings = sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|f| {
@@ -354,7 +354,7 @@ impl Store {
             .push(" AND number = ")
             .bind(number)
             .push(" ORDER BY id");
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -403,7 +403,7 @@ impl Store {
             .bind(event)
             .push(" AND e.action IN ")
             .bind_list(actions.iter().copied());
-        let row = sql.fetch_optional(&self.inner.read).await?;
+        let row = sql.fetch_optional(self.inner.reads()).await?;
         Ok(row.and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()))
     }
 
@@ -421,7 +421,7 @@ impl Store {
             .bind(since)
             .push(" AND status <> 'replay_suspected' ORDER BY id LIMIT ")
             .bind(limit);
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {

@@ -86,7 +86,7 @@ impl Store {
              updated, completed_at FROM backfill_progress WHERE repo = ",
         );
         sql.bind(repo);
-        let Some(r) = sql.fetch_optional(&self.inner.read).await? else {
+        let Some(r) = sql.fetch_optional(self.inner.reads()).await? else {
             return Ok(None);
         };
         let cursor_at: Option<i64> = r.try_get(3)?;
@@ -123,7 +123,7 @@ impl Store {
              since_at = excluded.since_at, cursor_updated_at = NULL, cursor_number = NULL, \
              pulls_done = 0, updated = excluded.updated, completed_at = NULL",
         );
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
@@ -137,25 +137,28 @@ impl Store {
         cursor: Option<(i64, i64)>,
         now: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_transaction().await?;
-        for effect in effects {
-            super::jobs::apply_effect(&mut *tx, effect).await?;
-        }
-        let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
-        if let Some((at, number)) = cursor {
-            sql.push("cursor_updated_at = ")
-                .bind(at)
-                .push(", cursor_number = ")
-                .bind(number)
-                .push(", ");
-        }
-        sql.push("updated = ")
-            .bind(now)
-            .push(" WHERE repo = ")
-            .bind(repo);
-        sql.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
+        self.bounded(async {
+            let mut tx = self.write_transaction().await?;
+            for effect in effects {
+                super::jobs::apply_effect(&mut *tx, effect).await?;
+            }
+            let mut sql = Sql::new("UPDATE backfill_progress SET pulls_done = pulls_done + 1, ");
+            if let Some((at, number)) = cursor {
+                sql.push("cursor_updated_at = ")
+                    .bind(at)
+                    .push(", cursor_number = ")
+                    .bind(number)
+                    .push(", ");
+            }
+            sql.push("updated = ")
+                .bind(now)
+                .push(" WHERE repo = ")
+                .bind(repo);
+            sql.execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Marks `repo`'s run as complete.
@@ -166,7 +169,7 @@ impl Store {
             .bind(now)
             .push(" WHERE repo = ")
             .bind(repo);
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
@@ -175,7 +178,7 @@ impl Store {
         let mut sql = Sql::new("SELECT number, updated_at FROM pull_requests WHERE repo = ");
         sql.bind(repo);
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -197,7 +200,7 @@ impl Store {
         sql.bind(after)
             .push(" ORDER BY id LIMIT ")
             .bind(i64::from(limit));
-        let rows = sql.fetch_all(&self.inner.read).await?;
+        let rows = sql.fetch_all(self.inner.reads()).await?;
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get(0)?;
@@ -306,7 +309,7 @@ impl Store {
              OR backfill_runs.lease_until < ",
         )
         .bind(run.now);
-        Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected() == 1)
     }
 
     /// The latest run of a repository (lowercase `owner/name`).
@@ -315,7 +318,7 @@ impl Store {
             "SELECT {RUN_COLUMNS} FROM backfill_runs WHERE repo_key = "
         ));
         sql.bind(repo_key);
-        let Some(r) = sql.fetch_optional(&self.inner.read).await? else {
+        let Some(r) = sql.fetch_optional(self.inner.reads()).await? else {
             return Ok(None);
         };
         Ok(Some(BackfillRunRow {
@@ -355,7 +358,7 @@ impl Store {
         sql.push(" AND run_id = ")
             .bind(run_id)
             .push(" AND state = 'running'");
-        Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected() == 1)
     }
 
     /// Records how a run ended (and its last progress), unless the repository's run is another
@@ -385,7 +388,7 @@ impl Store {
         sql.push(" AND run_id = ")
             .bind(run_id)
             .push(" AND state = 'running'");
-        Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected() == 1)
     }
 }
 

@@ -453,7 +453,7 @@ impl Store {
         }
         sql.push(" ORDER BY id DESC LIMIT ")
             .bind(i64::from(filter.limit));
-        let rows = sql.fetch_all(&self.inner.read).await?;
+        let rows = sql.fetch_all(self.inner.reads()).await?;
         Ok(rows
             .iter()
             .map(EventSummary::from_row)
@@ -467,7 +467,7 @@ impl Store {
         );
         sql.bind(id);
         let row = sql
-            .fetch_optional(&self.inner.read)
+            .fetch_optional(self.inner.reads())
             .await?
             .ok_or(StoreError::EventNotFound(id))?;
         Ok(EventSummary::from_row(&row)?)
@@ -478,7 +478,7 @@ impl Store {
         let summary = self.event_summary(id).await?;
         let mut sql = Sql::new("SELECT headers FROM events WHERE id = ");
         sql.bind(id);
-        let headers_text: String = match sql.fetch_optional(&self.inner.read).await? {
+        let headers_text: String = match sql.fetch_optional(self.inner.reads()).await? {
             Some(row) => row.try_get(0)?,
             None => return Err(StoreError::EventNotFound(id)),
         };
@@ -490,7 +490,7 @@ impl Store {
         );
         sql.bind(id).push(" ORDER BY id");
         let jobs = sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -512,7 +512,7 @@ impl Store {
         );
         sql.bind(id).push(" ORDER BY h.id");
         let history = sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -539,7 +539,7 @@ impl Store {
         let mut sql = Sql::new("SELECT content_type, body, body_sha256 FROM events WHERE id = ");
         sql.bind(id);
         let row = sql
-            .fetch_optional(&self.inner.read)
+            .fetch_optional(self.inner.reads())
             .await?
             .ok_or(StoreError::EventNotFound(id))?;
         let compressed: Vec<u8> = row.try_get(1)?;
@@ -562,7 +562,7 @@ impl Store {
     /// Counts events per status (for the CLI summary and tests).
     pub async fn count_events_by_status(&self) -> Result<HashMap<String, i64>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) FROM events GROUP BY status")
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?;
         Ok(rows
             .iter()
@@ -587,7 +587,7 @@ impl Store {
             .push(" AND received_at <= ")
             .bind(now_ms())
             .push(" ORDER BY id LIMIT 1");
-        let bound: Option<i64> = match first_kept.fetch_optional(&self.inner.read).await? {
+        let bound: Option<i64> = match first_kept.fetch_optional(self.inner.reads()).await? {
             Some(row) => Some(row.try_get(0)?),
             None => None,
         };
@@ -602,7 +602,7 @@ impl Store {
                 sql.push(" AND id < ").bind(bound);
             }
             sql.push(" ORDER BY id LIMIT 500)");
-            let deleted = sql.execute(&self.inner.write).await?.rows_affected();
+            let deleted = sql.execute(self.inner.writes()).await?.rows_affected();
             total += deleted;
             if deleted == 0 {
                 return Ok(total);

@@ -141,7 +141,7 @@ impl Store {
         let sql = Sql::new(&format!(
             "SELECT {COLUMNS} FROM hook_registrations ORDER BY scope, name"
         ));
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(registration)
@@ -157,7 +157,7 @@ impl Store {
             "SELECT {COLUMNS} FROM hook_registrations WHERE scope = "
         ));
         sql.bind(scope).push(" AND name = ").bind(name);
-        sql.fetch_optional(&self.inner.read)
+        sql.fetch_optional(self.inner.reads())
             .await?
             .as_ref()
             .map(registration)
@@ -194,7 +194,7 @@ impl Store {
         );
         sql.push(&format!(" RETURNING {COLUMNS}"));
         let row = sql
-            .fetch_optional(&self.inner.write)
+            .fetch_optional(self.inner.writes())
             .await?
             .ok_or_else(|| StoreError::Corrupt("upsert returned no row".into()))?;
         // GitHub is given this secret next: it must survive a power cut.
@@ -223,7 +223,7 @@ impl Store {
         sql.push(", rotated_at = ").bind(now);
         sql.push(", updated_at = ").bind(now);
         sql.push(" WHERE id = ").bind(id);
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         self.sync().await
     }
 
@@ -247,21 +247,21 @@ impl Store {
         sql.push(", checked_at = ").bind(now);
         sql.push(", updated_at = ").bind(now);
         sql.push(" WHERE id = ").bind(id);
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
     pub async fn set_hook_swept(&self, id: i64, at: i64) -> Result<(), StoreError> {
         let mut sql = Sql::new("UPDATE hook_registrations SET swept_at = ");
         sql.bind(at).push(" WHERE id = ").bind(id);
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
     pub async fn delete_hook_registration(&self, id: i64) -> Result<(), StoreError> {
         let mut sql = Sql::new("DELETE FROM hook_registrations WHERE id = ");
         sql.bind(id);
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         self.sync().await
     }
 
@@ -292,7 +292,7 @@ impl Store {
         sql.bind(max_attempts)
             .push(" AND redeliveries.requested_at < ")
             .bind(failed_since);
-        Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected() == 1)
     }
 
     /// Every redelivery requested for a registration, oldest first.
@@ -302,7 +302,7 @@ impl Store {
         );
         sql.bind(registration_id)
             .push(" ORDER BY requested_at, guid");
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -321,7 +321,7 @@ impl Store {
         let mut sql =
             Sql::new("SELECT id, event, action, received_at FROM events WHERE hook_id = ");
         sql.bind(hook_id).push(" ORDER BY id DESC LIMIT 1");
-        let Some(row) = sql.fetch_optional(&self.inner.read).await? else {
+        let Some(row) = sql.fetch_optional(self.inner.reads()).await? else {
             return Ok(None);
         };
         Ok(Some(LastEvent {
@@ -345,7 +345,7 @@ impl Store {
                 self.inner.dialect,
                 chunk.iter().map(String::as_str),
             );
-            for row in sql.fetch_all(&self.inner.read).await? {
+            for row in sql.fetch_all(self.inner.reads()).await? {
                 found.insert(row.try_get::<String, _>(0)?);
             }
         }
@@ -372,7 +372,7 @@ impl Store {
                 sql.push(&format!(", {col} = "))
                     .bind(STANDARD.encode(&new.bytes));
                 sql.push(" WHERE id = ").bind(r.id);
-                sql.execute(&self.inner.write).await?;
+                sql.execute(self.inner.writes()).await?;
                 changed += 1;
             }
         }

@@ -822,11 +822,15 @@ impl Store {
         let claimed = if self.inner.dialect.claims_through_writer() {
             self.inner.writer.claim(request).await?
         } else {
-            let mut conn = self.inner.write.acquire().await?;
-            let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
-            let claimed = claim_in(&mut *tx, self.inner.dialect, &request, super::now_ms()).await?;
-            tx.commit().await?;
-            claimed
+            self.bounded(async {
+                let mut conn = self.inner.write.acquire().await?;
+                let mut tx = super::begin_write(&mut conn, self.inner.dialect, false).await?;
+                let claimed =
+                    claim_in(&mut *tx, self.inner.dialect, &request, super::now_ms()).await?;
+                tx.commit().await?;
+                Ok(claimed)
+            })
+            .await?
         };
         Ok(claimed)
     }
@@ -846,30 +850,33 @@ impl Store {
             .push(" WHERE status = 'processing' AND lease_owner = ")
             .bind(owner);
         sql.push(" AND id IN ").bind_list(job_ids.iter().copied());
-        Ok(sql.execute(&self.inner.write).await?.rows_affected())
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected())
     }
 
     /// Gives back jobs a worker will not finish (shutdown): they run again as soon as another
     /// worker looks, and the interrupted attempt does not count.
     pub async fn release_jobs(&self, owner: &str, job_ids: &[i64]) -> Result<u64, StoreError> {
-        if job_ids.is_empty() {
-            return Ok(0);
-        }
-        let now = super::now_ms();
-        let mut tx = self.write_transaction().await?;
-        let dialect = self.inner.dialect;
-        let released = release_in(&mut *tx, dialect, owner, job_ids, now).await?;
-        let history: Vec<_> = released
-            .iter()
-            .map(|&(job, event, status, attempt)| {
-                (job, event, status, attempt, Some("released at shutdown"))
-            })
-            .collect();
-        record_history(&mut *tx, dialect, &history, now).await?;
-        refresh_events(&mut *tx, dialect, released.iter().map(|r| r.1), now).await?;
-        tx.commit().await?;
-        self.sync().await?;
-        Ok(released.len() as u64)
+        self.bounded(async {
+            if job_ids.is_empty() {
+                return Ok(0);
+            }
+            let now = super::now_ms();
+            let mut tx = self.write_transaction().await?;
+            let dialect = self.inner.dialect;
+            let released = release_in(&mut *tx, dialect, owner, job_ids, now).await?;
+            let history: Vec<_> = released
+                .iter()
+                .map(|&(job, event, status, attempt)| {
+                    (job, event, status, attempt, Some("released at shutdown"))
+                })
+                .collect();
+            record_history(&mut *tx, dialect, &history, now).await?;
+            refresh_events(&mut *tx, dialect, released.iter().map(|r| r.1), now).await?;
+            tx.commit().await?;
+            self.sync().await?;
+            Ok(released.len() as u64)
+        })
+        .await
     }
 
     /// Queues an event's jobs again. `subscribed` are the handlers that take this event now.
@@ -879,101 +886,104 @@ impl Store {
         subscribed: &[&'static str],
         mode: ReplayMode,
     ) -> Result<ReplayReport, StoreError> {
-        let now = super::now_ms();
-        let mut tx = self.write_transaction().await?;
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "SELECT ordering_key FROM events WHERE id = ",
-        );
-        sql.bind(event_id);
-        let key: String = match sql.fetch_optional(&mut *tx).await? {
-            Some(r) => r.try_get(0)?,
-            None => return Err(StoreError::EventNotFound(event_id)),
-        };
-        let mut sql = Sql::with(
-            self.inner.dialect,
-            "SELECT id, handler, status, attempts FROM jobs WHERE event_id = ",
-        );
-        sql.bind(event_id).push(" ORDER BY id");
-        let existing: Vec<(i64, String, String, i64)> = sql
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-
-        let mut report = ReplayReport {
-            event_id,
-            queued: Vec::new(),
-            skipped_running: Vec::new(),
-            status: String::new(),
-        };
-        let mut reset = Vec::new();
-        let mut history = Vec::new();
-        for (job_id, handler, status, attempts) in &existing {
-            let wanted = match mode {
-                ReplayMode::All => subscribed.contains(&handler.as_str()),
-                ReplayMode::DeadOnly => status == JobStatus::Dead.as_str(),
-            };
-            if !wanted {
-                continue;
-            }
-            if status == JobStatus::Processing.as_str() {
-                report.skipped_running.push(handler.clone());
-                continue;
-            }
-            reset.push(*job_id);
-            report.queued.push(handler.clone());
-            history.push((*job_id, event_id, "pending", *attempts, Some("replayed")));
-        }
-        let keys: Vec<(&str, &str)> = existing
-            .iter()
-            .map(|e| (e.1.as_str(), key.as_str()))
-            .chain(subscribed.iter().map(|h| (*h, key.as_str())))
-            .collect();
-        lock_keys(&mut *tx, self.inner.dialect, keys).await?;
-        if !reset.is_empty() {
-            // A finished job queued again waits behind any unfinished job of its key; one that
-            // is still unfinished keeps its place.
+        self.bounded(async {
+            let now = super::now_ms();
+            let mut tx = self.write_transaction().await?;
             let mut sql = Sql::with(
                 self.inner.dialect,
-                concat!(
-                    "UPDATE jobs SET blocked = CASE WHEN status ",
-                    unfinished!(),
-                    " THEN blocked \
-                     WHEN EXISTS (SELECT 1 FROM jobs e WHERE e.handler = jobs.handler \
-                     AND e.ordering_key = jobs.ordering_key AND e.status ",
-                    unfinished!(),
-                    " \
-                     AND e.id <> jobs.id) THEN 1 ELSE 0 END, \
-                     status = 'pending', attempts = 0, lease_owner = NULL, \
-                     lease_until = NULL, last_error = NULL, run_at = "
-                ),
+                "SELECT ordering_key FROM events WHERE id = ",
             );
-            sql.bind(now).push(", updated_at = ").bind(now);
-            sql.push(" WHERE id IN ").bind_list(reset.iter().copied());
-            sql.execute(&mut *tx).await?;
-        }
-        if mode == ReplayMode::All {
-            let missing: Vec<(i64, &'static str, &str)> = subscribed
+            sql.bind(event_id);
+            let key: String = match sql.fetch_optional(&mut *tx).await? {
+                Some(r) => r.try_get(0)?,
+                None => return Err(StoreError::EventNotFound(event_id)),
+            };
+            let mut sql = Sql::with(
+                self.inner.dialect,
+                "SELECT id, handler, status, attempts FROM jobs WHERE event_id = ",
+            );
+            sql.bind(event_id).push(" ORDER BY id");
+            let existing: Vec<(i64, String, String, i64)> = sql
+                .fetch_all(&mut *tx)
+                .await?
                 .iter()
-                .filter(|h| !existing.iter().any(|e| e.1 == **h))
-                .map(|h| (event_id, *h, key.as_str()))
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+
+            let mut report = ReplayReport {
+                event_id,
+                queued: Vec::new(),
+                skipped_running: Vec::new(),
+                status: String::new(),
+            };
+            let mut reset = Vec::new();
+            let mut history = Vec::new();
+            for (job_id, handler, status, attempts) in &existing {
+                let wanted = match mode {
+                    ReplayMode::All => subscribed.contains(&handler.as_str()),
+                    ReplayMode::DeadOnly => status == JobStatus::Dead.as_str(),
+                };
+                if !wanted {
+                    continue;
+                }
+                if status == JobStatus::Processing.as_str() {
+                    report.skipped_running.push(handler.clone());
+                    continue;
+                }
+                reset.push(*job_id);
+                report.queued.push(handler.clone());
+                history.push((*job_id, event_id, "pending", *attempts, Some("replayed")));
+            }
+            let keys: Vec<(&str, &str)> = existing
+                .iter()
+                .map(|e| (e.1.as_str(), key.as_str()))
+                .chain(subscribed.iter().map(|h| (*h, key.as_str())))
                 .collect();
-            insert_jobs(&mut *tx, self.inner.dialect, &missing, now).await?;
-            report.queued.extend(missing.iter().map(|m| m.1.to_owned()));
-        }
-        record_history(&mut *tx, self.inner.dialect, &history, now).await?;
-        refresh_events(&mut *tx, self.inner.dialect, [event_id], now).await?;
-        let mut sql = Sql::with(self.inner.dialect, "SELECT status FROM events WHERE id = ");
-        sql.bind(event_id);
-        report.status = match sql.fetch_optional(&mut *tx).await? {
-            Some(r) => r.try_get(0)?,
-            None => EventStatus::Ignored.as_str().to_owned(),
-        };
-        tx.commit().await?;
-        self.sync().await?;
-        Ok(report)
+            lock_keys(&mut *tx, self.inner.dialect, keys).await?;
+            if !reset.is_empty() {
+                // A finished job queued again waits behind any unfinished job of its key; one that
+                // is still unfinished keeps its place.
+                let mut sql = Sql::with(
+                    self.inner.dialect,
+                    concat!(
+                        "UPDATE jobs SET blocked = CASE WHEN status ",
+                        unfinished!(),
+                        " THEN blocked \
+                         WHEN EXISTS (SELECT 1 FROM jobs e WHERE e.handler = jobs.handler \
+                         AND e.ordering_key = jobs.ordering_key AND e.status ",
+                        unfinished!(),
+                        " \
+                         AND e.id <> jobs.id) THEN 1 ELSE 0 END, \
+                         status = 'pending', attempts = 0, lease_owner = NULL, \
+                         lease_until = NULL, last_error = NULL, run_at = "
+                    ),
+                );
+                sql.bind(now).push(", updated_at = ").bind(now);
+                sql.push(" WHERE id IN ").bind_list(reset.iter().copied());
+                sql.execute(&mut *tx).await?;
+            }
+            if mode == ReplayMode::All {
+                let missing: Vec<(i64, &'static str, &str)> = subscribed
+                    .iter()
+                    .filter(|h| !existing.iter().any(|e| e.1 == **h))
+                    .map(|h| (event_id, *h, key.as_str()))
+                    .collect();
+                insert_jobs(&mut *tx, self.inner.dialect, &missing, now).await?;
+                report.queued.extend(missing.iter().map(|m| m.1.to_owned()));
+            }
+            record_history(&mut *tx, self.inner.dialect, &history, now).await?;
+            refresh_events(&mut *tx, self.inner.dialect, [event_id], now).await?;
+            let mut sql = Sql::with(self.inner.dialect, "SELECT status FROM events WHERE id = ");
+            sql.bind(event_id);
+            report.status = match sql.fetch_optional(&mut *tx).await? {
+                Some(r) => r.try_get(0)?,
+                None => EventStatus::Ignored.as_str().to_owned(),
+            };
+            tx.commit().await?;
+            self.sync().await?;
+            Ok(report)
+        })
+        .await
     }
 
     /// Ids of events with at least one dead job, oldest first.
@@ -984,7 +994,7 @@ impl Store {
         );
         sql.bind(i64::from(limit));
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| r.try_get::<i64, _>(0))
@@ -1001,7 +1011,7 @@ impl Store {
             unfinished!(),
             " GROUP BY status"
         ))
-        .fetch_all(&self.inner.read)
+        .fetch_all(self.inner.reads())
         .await?;
         for row in &unfinished {
             let count: i64 = row.try_get(1)?;
@@ -1017,7 +1027,7 @@ impl Store {
             }
         }
         let count = |sql: &'static str| async move {
-            let row = sqlx::query(sql).fetch_one(&self.inner.read).await?;
+            let row = sqlx::query(sql).fetch_one(self.inner.reads()).await?;
             Ok::<i64, StoreError>(row.try_get(0)?)
         };
         state.dead = count("SELECT COUNT(*) FROM jobs WHERE status = 'dead'").await?;
@@ -1032,7 +1042,7 @@ impl Store {
             "SELECT COUNT(*) FROM jobs WHERE status ",
             unfinished!()
         ))
-        .fetch_one(&self.inner.read)
+        .fetch_one(self.inner.reads())
         .await?;
         Ok(row.try_get(0)?)
     }

@@ -927,7 +927,7 @@ impl Store {
         let mut sql = Sql::new("");
         push_pull_query(&mut sql, PULL_COLUMNS, filter);
         sql.push(" ORDER BY p.repo, p.created_at, p.number");
-        sql.fetch_all(&self.inner.read)
+        sql.fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(pull_row)
@@ -947,7 +947,7 @@ impl Store {
         let mut sql = Sql::new(&self.inner.dialect.json_rows(SUMMARY_ALIASES));
         push_pull_query(&mut sql, SUMMARY_COLUMNS, filter);
         sql.push(") t");
-        let text: Option<String> = match sql.fetch_optional(&self.inner.read).await? {
+        let text: Option<String> = match sql.fetch_optional(self.inner.reads()).await? {
             Some(row) => row.try_get(0)?,
             None => None,
         };
@@ -992,7 +992,7 @@ impl Store {
         );
         sql.push(" GROUP BY m.login ORDER BY n DESC, m.login");
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1010,7 +1010,7 @@ impl Store {
         sql.bind_list(logins.iter().map(String::as_str))
             .push(" ORDER BY login_lower, github_id");
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1028,7 +1028,7 @@ impl Store {
             .bind(number)
             .push(" ORDER BY github_id");
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -1050,7 +1050,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT github_id, login, name, is_bot, first_seen, updated FROM members ORDER BY github_id",
         )
-        .fetch_all(&self.inner.read)
+        .fetch_all(self.inner.reads())
         .await?;
         Ok(rows
             .iter()
@@ -1080,33 +1080,39 @@ impl Store {
     /// Applies effects in one transaction, as a finished job does. For `metrics rebuild` and
     /// tests; handlers return effects to the queue instead.
     pub async fn apply_effects(&self, effects: &[super::Effect]) -> Result<(), StoreError> {
-        let mut tx = self.write_transaction().await?;
-        for effect in effects {
-            super::jobs::apply_effect(&mut *tx, effect).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.bounded(async {
+            let mut tx = self.write_transaction().await?;
+            for effect in effects {
+                super::jobs::apply_effect(&mut *tx, effect).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Empties the metrics tables (members, pull requests, reviews, activity, draft changes,
     /// first commits) before a rebuild; the events and API snapshots they come from stay.
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
-        let mut tx = self.write_transaction().await?;
-        for table in [
-            "pr_activity",
-            "pr_draft_changes",
-            "pr_first_commits",
-            "reviews",
-            "pull_requests",
-            "member_logins",
-            "members",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.bounded(async {
+            let mut tx = self.write_transaction().await?;
+            for table in [
+                "pr_activity",
+                "pr_draft_changes",
+                "pr_first_commits",
+                "reviews",
+                "pull_requests",
+                "member_logins",
+                "members",
+            ] {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stored events of the given types with an id above `after`, oldest first.
@@ -1125,7 +1131,7 @@ impl Store {
             .bind_list(types.iter().copied());
         sql.push(" ORDER BY id LIMIT ").bind(i64::from(limit));
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {

@@ -12,6 +12,7 @@
 
 mod automation;
 mod backfill;
+mod bounded;
 mod dialect;
 mod events;
 mod hooks;
@@ -230,11 +231,15 @@ pub struct Activity {
     pub events_handled: i64,
 }
 
-/// Pool sizes and batching.
+/// Pool sizes, batching and the database timeout.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub max_batch: usize,
     pub max_connections: u32,
+    /// PostgreSQL: a query (or a transaction the store runs) without an answer for this long
+    /// fails and its connection is closed (see [`bounded`]). The group-commit writer's
+    /// transactions have their own, shorter limit (a delivery is answered within GitHub's 10 s).
+    pub timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -242,6 +247,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_batch: 256,
             max_connections: 8,
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -262,6 +268,27 @@ struct Inner {
     syncer: Option<syncer::Syncer>,
     /// A worker is attached to the writer.
     pushes_jobs: std::sync::atomic::AtomicBool,
+    /// How long a query may go unanswered ([`StoreOptions::timeout`]); `None` on SQLite, whose
+    /// local file answers or fails by itself.
+    limit: Option<Duration>,
+}
+
+impl Inner {
+    /// The read pool, every query bounded by the database timeout.
+    fn reads(&self) -> bounded::Bounded<'_> {
+        bounded::Bounded {
+            pool: &self.read,
+            limit: self.limit,
+        }
+    }
+
+    /// The write pool, every query bounded by the database timeout.
+    fn writes(&self) -> bounded::Bounded<'_> {
+        bounded::Bounded {
+            pool: &self.write,
+            limit: self.limit,
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -356,8 +383,10 @@ impl Store {
         let (read, write, sqlite) = match dialect {
             Dialect::Sqlite => {
                 let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
-                let write = pool(dialect, true, 1, &url).await.map_err(open_error)?;
-                let read = pool(dialect, false, options.max_connections.max(2), &url)
+                let write = pool(dialect, true, 1, &url, None)
+                    .await
+                    .map_err(open_error)?;
+                let read = pool(dialect, false, options.max_connections.max(2), &url, None)
                     .await
                     .map_err(open_error)?;
                 let conn = writer::open_sqlite(&path).map_err(open_error)?;
@@ -365,7 +394,8 @@ impl Store {
                 (read, write, Some(writer::SqliteWriter { conn, syncer }))
             }
             Dialect::Postgres => {
-                let pool = pool(dialect, true, options.max_connections.max(4), url)
+                let limit = Some(options.timeout);
+                let pool = pool(dialect, true, options.max_connections.max(4), url, limit)
                     .await
                     .map_err(open_error)?;
                 (pool.clone(), pool, None)
@@ -384,12 +414,22 @@ impl Store {
                 writer,
                 syncer,
                 pushes_jobs: std::sync::atomic::AtomicBool::new(false),
+                limit: (dialect == Dialect::Postgres).then_some(options.timeout),
             }),
         })
     }
 
     pub fn dialect(&self) -> Dialect {
         self.inner.dialect
+    }
+
+    /// `work`, a transaction (or several queries) on the store's pools, failed if it does not
+    /// end within the database timeout (PostgreSQL; see [`bounded`]).
+    pub(crate) async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        bounded::within(self.inner.limit, work).await
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -443,7 +483,7 @@ impl Store {
     async fn applied_migrations(&self) -> Result<Vec<i64>, StoreError> {
         let rows =
             sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.inner.read)
+                .fetch_all(self.inner.reads())
                 .await?;
         rows.iter()
             .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
@@ -582,7 +622,7 @@ impl Store {
 
     /// Reachability check for `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.read).await?;
+        sqlx::query("SELECT 1").execute(self.inner.reads()).await?;
         Ok(())
     }
 
@@ -591,7 +631,7 @@ impl Store {
             "SELECT repository, event, last_event_id, last_received_at, events_handled \
              FROM repo_activity ORDER BY repository, event",
         )
-        .fetch_all(&self.inner.read)
+        .fetch_all(self.inner.reads())
         .await?;
         rows.iter()
             .map(|r| {
@@ -714,7 +754,14 @@ fn migration_problem(e: &sqlx::migrate::MigrateError) -> String {
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A pool of connections set up for `dialect`; why not, in words, if none can be opened.
-async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<AnyPool, String> {
+/// `limit`: how long a connection handed back may take to show it still answers.
+async fn pool(
+    dialect: Dialect,
+    writer: bool,
+    size: u32,
+    url: &str,
+    limit: Option<Duration>,
+) -> Result<AnyPool, String> {
     let setup = dialect.connection_setup(writer);
     if dialect == Dialect::Sqlite {
         // A local file opens at once or not at all: say why now, not after the pool's retries.
@@ -731,6 +778,14 @@ async fn pool(dialect: Dialect, writer: bool, size: u32, url: &str) -> Result<An
         if writer {
             options = options.max_lifetime(None).idle_timeout(None);
         }
+    }
+    if let Some(limit) = limit {
+        // A connection handed back in the middle of a query (its caller gave up: a deadline,
+        // a request whose client went away) is pinged before it is kept, and a connection a
+        // partition silenced never answers: that ping, and the pool slot with it, would wait
+        // for good. One without an answer in time is closed instead.
+        options = options
+            .after_release(move |conn, _meta| Box::pin(bounded::check_released(conn, limit)));
     }
     let connected = options
         .after_connect(move |conn, _meta| {

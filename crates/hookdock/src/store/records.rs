@@ -566,7 +566,7 @@ impl Store {
         sql.push(" ORDER BY id DESC LIMIT ")
             .bind(i64::from(filter.limit));
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(|r| {
@@ -626,7 +626,7 @@ impl Store {
         }
         sql.push(" ORDER BY repository");
         Ok(sql
-            .fetch_all(&self.inner.read)
+            .fetch_all(self.inner.reads())
             .await?
             .iter()
             .map(social_counts_row)

@@ -24,7 +24,7 @@ impl Store {
     pub async fn put_oauth_state(&self, state_hash: &str) -> Result<(), StoreError> {
         let mut sql = Sql::new("INSERT INTO oauth_states (state_hash, created_at) VALUES (");
         sql.bind(state_hash).push(", ").bind(now_ms()).push(")");
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
@@ -39,10 +39,10 @@ impl Store {
         sql.bind(state_hash)
             .push(" AND created_at >= ")
             .bind(not_before);
-        let taken = sql.execute(&self.inner.write).await?.rows_affected() == 1;
+        let taken = sql.execute(self.inner.writes()).await?.rows_affected() == 1;
         let mut purge = Sql::new("DELETE FROM oauth_states WHERE created_at < ");
         purge.bind(not_before);
-        purge.execute(&self.inner.write).await?;
+        purge.execute(self.inner.writes()).await?;
         Ok(taken)
     }
 
@@ -62,7 +62,7 @@ impl Store {
             .bind(now_ms())
             .push(", ");
         sql.bind(s.expires_at).push(")");
-        sql.execute(&self.inner.write).await?;
+        sql.execute(self.inner.writes()).await?;
         Ok(())
     }
 
@@ -72,7 +72,7 @@ impl Store {
             "SELECT id_hash, user_id, login, token_key_id, token, scopes, expires_at FROM sessions WHERE id_hash = ",
         );
         sql.bind(id_hash).push(" AND expires_at > ").bind(now);
-        sql.fetch_optional(&self.inner.read)
+        sql.fetch_optional(self.inner.reads())
             .await?
             .map(|row| session_row(&row))
             .transpose()
@@ -81,14 +81,14 @@ impl Store {
     pub async fn delete_session(&self, id_hash: &str) -> Result<bool, StoreError> {
         let mut sql = Sql::new("DELETE FROM sessions WHERE id_hash = ");
         sql.bind(id_hash);
-        Ok(sql.execute(&self.inner.write).await?.rows_affected() == 1)
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected() == 1)
     }
 
     /// Removes sessions that expired before `now`.
     pub async fn purge_sessions(&self, now: i64) -> Result<u64, StoreError> {
         let mut sql = Sql::new("DELETE FROM sessions WHERE expires_at <= ");
         sql.bind(now);
-        Ok(sql.execute(&self.inner.write).await?.rows_affected())
+        Ok(sql.execute(self.inner.writes()).await?.rows_affected())
     }
 
     /// Reseals every session token with `reseal` (key rotation); returns how many changed.
@@ -99,7 +99,7 @@ impl Store {
         let rows = Sql::new(
             "SELECT id_hash, user_id, login, token_key_id, token, scopes, expires_at FROM sessions",
         )
-        .fetch_all(&self.inner.read)
+        .fetch_all(self.inner.reads())
         .await?;
         let mut changed = 0;
         for row in &rows {
@@ -112,7 +112,7 @@ impl Store {
             sql.bind(STANDARD.encode(&new.bytes))
                 .push(" WHERE id_hash = ")
                 .bind(s.id_hash.as_str());
-            sql.execute(&self.inner.write).await?;
+            sql.execute(self.inner.writes()).await?;
             changed += 1;
         }
         // The old key is forgotten after this returns.

@@ -1,6 +1,7 @@
 //! The JSON API: authentication, listing with filters and cursors, details, health, metrics.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 
@@ -312,3 +313,69 @@ crate::backend_tests!(
     event_detail_shows_headers_jobs_and_history,
     readiness_reports_database_and_metrics_are_prometheus_text,
 );
+
+/// API requests whose PostgreSQL connections a network partition silences mid-query: each is
+/// answered once `database_timeout_secs` has passed (503) rather than never, and every
+/// connection the partition silenced is closed rather than kept for good (a pool slot each);
+/// once the network is back, the API answers again with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_connections() {
+    let test = "api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_connections";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
+    let settings = hookdock::config::Settings::load(
+        &test_sources(&url)
+            .set("database_timeout_secs", 2)
+            .set("handlers.activity.enabled", false),
+    )
+    .expect("test settings are valid");
+    let app = TestApp::start(settings, Vec::new(), db).await;
+    let (status, answer) = app
+        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Reads of the events table wait on the server (a lock another session holds) when the
+    // partition starts; the server answers them once the lock is gone, into the cut.
+    let mut lock = direct.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let listed = || async {
+        tokio::time::timeout(Duration::from_secs(40), app.api_get("/api/v1/events")).await
+    };
+    let cut_off = async {
+        poll_until(
+            "API reads waiting on the lock",
+            Duration::from_secs(10),
+            || async { waiting_on_a_lock(&direct).await >= 4 },
+        )
+        .await;
+        proxy.cut();
+        lock.rollback().await.unwrap();
+        proxy.forget();
+    };
+    let (answers, ()) = tokio::join!(
+        futures_util::future::join_all((0..4).map(|_| listed())),
+        cut_off
+    );
+    for answer in answers {
+        let (status, body) = answer.expect("an API request unanswered 40 s into a partition");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"], "storage_unavailable", "{body}");
+    }
+    poll_until(
+        "every connection the partition silenced closed",
+        Duration::from_secs(30),
+        || async { proxy.silenced() == 0 },
+    )
+    .await;
+    let (status, body) = app.api_get("/api/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
+    direct.close().await;
+    app.stop().await;
+}

@@ -687,6 +687,18 @@ pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {
     .unwrap_or(-1)
 }
 
+/// How many of the connections to `pool`'s PostgreSQL database wait for a lock now; -1 if that
+/// cannot be read.
+pub async fn waiting_on_a_lock(pool: &sqlx::AnyPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(-1)
+}
+
 /// The value of one series (`name{labels}` as rendered) in a /metrics text; 0 when absent.
 pub fn metric(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
