@@ -22,9 +22,13 @@ enum Link {
     Forgotten,
 }
 
+/// The link's state, and how many partitions have begun: a connection forwarded since the
+/// last began is cut by the next one only, even if it was opened after `forget`.
+type State = (Link, u64);
+
 pub struct TcpProxy {
     addr: SocketAddr,
-    state: watch::Sender<Link>,
+    state: watch::Sender<State>,
     /// Connections accepted while cut, held open and unanswered until healed.
     held: Arc<Mutex<Vec<TcpStream>>>,
     /// Forwarded connections the partition cut that their client has not closed.
@@ -39,7 +43,7 @@ impl TcpProxy {
             .await
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let (state, state_rx) = watch::channel(Link::Forward);
+        let (state, state_rx) = watch::channel((Link::Forward, 0));
         let held = Arc::new(Mutex::new(Vec::new()));
         let silenced = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
@@ -48,13 +52,15 @@ impl TcpProxy {
             let silenced = Arc::clone(&silenced);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    if *state_rx.borrow() == Link::Cut {
+                    let (now, cuts) = *state_rx.borrow();
+                    if now == Link::Cut {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(inbound);
                     } else {
                         let link = link(
                             inbound,
                             upstream.clone(),
                             state_rx.clone(),
+                            cuts,
                             Arc::clone(&silenced),
                         );
                         tokio::spawn(link);
@@ -78,18 +84,21 @@ impl TcpProxy {
 
     /// Nothing crosses from now on; connections stay open.
     pub fn cut(&self) {
-        self.state.send_replace(Link::Cut);
+        self.state.send_modify(|(link, cuts)| {
+            *link = Link::Cut;
+            *cuts += 1;
+        });
     }
 
     /// Closes the connections the partition held and forwards new ones again.
     pub fn heal(&self) {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.state.send_replace(Link::Forward);
+        self.state.send_modify(|(link, _)| *link = Link::Forward);
     }
 
     /// Forwards new connections again; those the partition held stay open and silent.
     pub fn forget(&self) {
-        self.state.send_replace(Link::Forgotten);
+        self.state.send_modify(|(link, _)| *link = Link::Forgotten);
     }
 
     /// How many of the connections that were forwarded when the partition began their clients
@@ -111,7 +120,8 @@ impl Drop for TcpProxy {
 async fn link(
     inbound: TcpStream,
     upstream: String,
-    mut state: watch::Receiver<Link>,
+    mut state: watch::Receiver<State>,
+    born: u64,
     silenced: Arc<AtomicUsize>,
 ) {
     let Ok(outbound) = TcpStream::connect(&upstream).await else {
@@ -127,13 +137,13 @@ async fn link(
     };
     let was_cut = tokio::select! {
         _ = copy => false,
-        _ = state.wait_for(|s| *s == Link::Cut) => true,
+        _ = state.wait_for(|s| s.1 != born) => true,
     };
     if was_cut {
         silenced.fetch_add(1, Ordering::SeqCst);
         let mut dropped = tokio::io::sink();
         tokio::select! {
-            _ = state.wait_for(|s| *s == Link::Forward) => {}
+            _ = state.wait_for(|s| s.0 == Link::Forward) => {}
             _ = tokio::io::copy(&mut in_read, &mut dropped) => {}
         }
         silenced.fetch_sub(1, Ordering::SeqCst);

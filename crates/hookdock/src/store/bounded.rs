@@ -3,14 +3,17 @@
 //! operating system give the connection up, so an unbounded query waits for good. Every query
 //! the store runs on its pool goes through [`Bounded`] (and its transactions through
 //! [`Store::bounded`](super::Store::bounded)): with no answer within the database timeout it
-//! fails, and the pool closes its connection when it is handed back ([`check_released`])
-//! instead of keeping the slot for good.
+//! fails. The pool's own checks of its connections ([`check_idle`], [`check_released`]) are
+//! bounded too, and close a silent connection without the protocol's goodbye, which would
+//! wait for good: a partition neither holds a request nor uses up the pool.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt, future::BoxFuture};
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::{Any, AnyPool, Describe, Either, Execute, Executor};
 
 /// A pool whose queries fail with a timeout after `limit` without an answer; `None`: no limit
@@ -47,25 +50,113 @@ pub(crate) async fn within<T, E: From<sqlx::Error>>(
     }
 }
 
-/// The pool's check of a connection handed back (`after_release`): true to keep it; an error
-/// to close it, when it does not answer a ping within `limit`. sqlx closes a connection with
-/// the protocol's goodbye, which over TLS waits for the server (its flush reads): on a silent
-/// connection that close, and the pool slot with it, would wait for good. A silent connection
-/// is therefore closed here, by dropping it, and the pool is given a stand-in to close (an
-/// in-memory SQLite connection, opened in a fraction of a millisecond).
-pub(crate) async fn check_released(
-    conn: &mut sqlx::AnyConnection,
-    limit: Duration,
-) -> Result<bool, sqlx::Error> {
-    use sqlx::Connection;
-    match tokio::time::timeout(limit, conn.ping()).await {
-        Ok(answered) => answered.map(|()| true),
-        Err(_) => {
-            let stand_in = sqlx::AnyConnection::connect("sqlite::memory:").await?;
-            drop(std::mem::replace(conn, stand_in));
-            Err(no_answer(limit))
+/// Longest wait for a ping before its connection is taken for silent (a live server answers
+/// one at once); shorter where the database timeout is.
+const PING_WAIT: Duration = Duration::from_secs(5);
+
+/// Age after which a connection handed back is closed and later replaced, as sqlx's own
+/// `max_lifetime` would (a server name that moved, the server process's memory); sqlx's is off
+/// because it closes with the protocol's goodbye, before any check, a connection that may be
+/// silent (see [`check_released`]).
+const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
+
+/// When a connection of the pool was last found silent. Connections that have sat idle since
+/// then were most likely cut off by the same partition: they are given up without a ping each,
+/// so a request does not wait [`PING_WAIT`] for every one of them in turn.
+#[derive(Debug)]
+pub(crate) struct Silence {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, plus one; 0: never.
+    last: AtomicU64,
+}
+
+impl Silence {
+    pub fn new() -> Silence {
+        Silence {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
         }
     }
+
+    fn found(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// True when a connection idle for `idle_for` went idle before the last silence found.
+    fn predates(&self, idle_for: Duration) -> bool {
+        match self.last.load(Ordering::Relaxed) {
+            0 => false,
+            last => {
+                let idle_since = self.epoch.elapsed().saturating_sub(idle_for);
+                idle_since < Duration::from_millis(last - 1)
+            }
+        }
+    }
+}
+
+/// Pings `conn` within the ping wait; a connection that stays silent is closed here (see
+/// [`close_silent`]) and the silence recorded.
+async fn ping(
+    conn: &mut sqlx::AnyConnection,
+    limit: Duration,
+    silence: &Silence,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let wait = limit.min(PING_WAIT);
+    match tokio::time::timeout(wait, conn.ping()).await {
+        Ok(answered) => answered,
+        Err(_) => {
+            silence.found();
+            close_silent(conn).await?;
+            Err(no_answer(wait))
+        }
+    }
+}
+
+/// Closes a silent connection by dropping it (its socket closes), leaving the pool an
+/// in-memory SQLite stand-in (opened in a fraction of a millisecond) to close in its place:
+/// sqlx closes with the protocol's goodbye, whose TLS flush waits for the server, so on a silent
+/// connection that close, and the pool slot with it, would wait for good.
+async fn close_silent(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let stand_in = sqlx::AnyConnection::connect("sqlite::memory:").await?;
+    drop(std::mem::replace(conn, stand_in));
+    Ok(())
+}
+
+/// The pool's check of an idle connection before handing it out (`before_acquire`): true to
+/// use it; an error to close it and try another, when it went idle before a connection was last
+/// found silent, or does not answer a ping in time.
+pub(crate) async fn check_idle(
+    conn: &mut sqlx::AnyConnection,
+    meta: PoolConnectionMetadata,
+    limit: Duration,
+    silence: &Silence,
+) -> Result<bool, sqlx::Error> {
+    if silence.predates(meta.idle_for) {
+        close_silent(conn).await?;
+        return Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "idle since before a connection to the database was found silent; closed",
+        )));
+    }
+    ping(conn, limit, silence).await.map(|()| true)
+}
+
+/// The pool's check of a connection handed back (`after_release`), which may be in the
+/// middle of a query its caller gave up on (a deadline, a request whose client went away):
+/// true to keep it; false to close it (past [`MAX_LIFETIME`]); an error to close it, when it
+/// does not answer a ping in time (a connection a partition silenced never does: sqlx's own
+/// ping, and the pool slot with it, would wait for good).
+pub(crate) async fn check_released(
+    conn: &mut sqlx::AnyConnection,
+    meta: PoolConnectionMetadata,
+    limit: Duration,
+    silence: &Silence,
+) -> Result<bool, sqlx::Error> {
+    ping(conn, limit, silence).await?;
+    Ok(meta.age < MAX_LIFETIME)
 }
 
 impl<'p> Executor<'p> for Bounded<'p> {

@@ -605,8 +605,14 @@ impl Store {
     /// the pools. Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.inner.writer.shutdown().await;
-        self.inner.read.close().await;
-        self.inner.write.close().await;
+        // Closing says goodbye on each idle connection, which waits for good on one a partition
+        // silenced: bounded, so a shutdown never hangs on it.
+        let pools = async {
+            self.inner.read.close().await;
+            self.inner.write.close().await;
+            Ok::<_, StoreError>(())
+        };
+        let _ = bounded::within(self.inner.limit, pools).await;
     }
 
     /// A transaction on the write pool that holds the write lock from its start (see
@@ -780,12 +786,27 @@ async fn pool(
         }
     }
     if let Some(limit) = limit {
-        // A connection handed back in the middle of a query (its caller gave up: a deadline,
-        // a request whose client went away) is pinged before it is kept, and a connection a
-        // partition silenced never answers: that ping, and the pool slot with it, would wait
-        // for good. One without an answer in time is closed instead.
+        // A network partition leaves connections open and silent: every check of a connection
+        // is bounded, and sqlx's own (an unbounded ping before use, closing idle or old
+        // connections with a goodbye that waits for the server) is replaced (see [`bounded`]).
+        let silence = Arc::new(bounded::Silence::new());
+        let released = Arc::clone(&silence);
+        // No connection kept open regardless: sqlx opens those in the background with a 5
+        // minute deadline, so one started as a partition began would hold its socket and
+        // its pool slot that long.
         options = options
-            .after_release(move |conn, _meta| Box::pin(bounded::check_released(conn, limit)));
+            .min_connections(0)
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .before_acquire(move |conn, meta| {
+                let silence = Arc::clone(&silence);
+                Box::pin(async move { bounded::check_idle(conn, meta, limit, &silence).await })
+            })
+            .after_release(move |conn, meta| {
+                let silence = Arc::clone(&released);
+                Box::pin(async move { bounded::check_released(conn, meta, limit, &silence).await })
+            });
     }
     let connected = options
         .after_connect(move |conn, _meta| {

@@ -786,6 +786,82 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     app.stop().await;
 }
 
+/// Connections that sat idle in the pool through a network partition that the server did not
+/// outlive for them (it dropped them, or moved to another address): the first delivery after
+/// the network is back is stored and answered within GitHub's 10 s wait rather than after
+/// the pool's wait on a silent connection, the next ones wait on none of them, and a shutdown
+/// during a partition is not held by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_a_partition_silenced_hold_neither_deliveries_nor_the_shutdown() {
+    let test = "connections_a_partition_silenced_hold_neither_deliveries_nor_the_shutdown";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
+    let settings = hookdock::config::Settings::load(
+        &test_sources(&url)
+            .set("database_timeout_secs", 2)
+            // No worker: nothing but the test's requests uses the pool, whose idle
+            // connections the partitions silence.
+            .set("queue.workers", 0),
+    )
+    .expect("test settings are valid");
+    let app = TestApp::start(settings, Vec::new(), db).await;
+    // Several connections in the pool, idle once these are answered.
+    let deliveries: Vec<(Vec<u8>, String)> = (0..8)
+        .map(|i| (unique_body("push.none.0", i), new_delivery_id()))
+        .collect();
+    let answers = futures_util::future::join_all(
+        deliveries
+            .iter()
+            .map(|(body, id)| app.post("push", body, id)),
+    )
+    .await;
+    for (status, answer) in answers {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let listed =
+        futures_util::future::join_all((0..6).map(|_| app.api_get("/api/v1/events"))).await;
+    for (status, answer) in listed {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    proxy.cut();
+    proxy.forget();
+    let after = new_delivery_id();
+    let body = unique_body("push.none.0", 8);
+    let (status, answer) =
+        tokio::time::timeout(Duration::from_secs(10), app.post("push", &body, &after))
+            .await
+            .expect("a delivery after the partition answered within GitHub's 10 s");
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_id = $1")
+        .bind(&after)
+        .fetch_one(&direct)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    // The next ones do not wait on the other connections the partition silenced, one by one
+    // (the ping wait is 2 s here): once one is found silent, those idle since are given up.
+    let next = tokio::time::timeout(Duration::from_secs(3), async {
+        for i in 9..12 {
+            let (status, answer) = app
+                .post("push", &unique_body("push.none.0", i), &new_delivery_id())
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+        }
+    });
+    next.await
+        .expect("three more deliveries answered within 3 s of the first");
+
+    // Another partition, and a shutdown during it: idle connections it silenced are in the
+    // pool when it closes (TestApp::stop allows 30 s).
+    proxy.cut();
+    proxy.forget();
+    direct.close().await;
+    app.stop().await;
+}
+
 /// Once the write-ahead log cannot be flushed, nothing more is acknowledged: the delivery whose
 /// flush failed and every later one get 503 (so GitHub records failures it can redeliver), and
 /// the instance reports itself not ready.
