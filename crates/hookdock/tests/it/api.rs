@@ -321,17 +321,13 @@ crate::backend_tests!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_connections() {
     let test = "api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_connections";
-    let Some(backend) = Backend::postgres(test) else {
+    let configure = |s: hookdock::config::Sources| {
+        s.set("database_timeout_secs", 2)
+            .set("handlers.activity.enabled", false)
+    };
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
         return;
     };
-    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
-    let settings = hookdock::config::Settings::load(
-        &test_sources(&url)
-            .set("database_timeout_secs", 2)
-            .set("handlers.activity.enabled", false),
-    )
-    .expect("test settings are valid");
-    let app = TestApp::start(settings, Vec::new(), db).await;
     let (status, answer) = app
         .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
         .await;

@@ -634,13 +634,17 @@ fn host_port(url: &str) -> std::ops::Range<usize> {
     start..end
 }
 
-/// A new PostgreSQL test database reached through a [`hookdock_testkit::TcpProxy`] that can
-/// cut the network: the database, a pool connected to it directly (which no partition
-/// touches), the proxy, and the URL through the proxy.
-pub async fn behind_a_proxy(
-    backend: &Backend,
-) -> (TestDb, sqlx::AnyPool, hookdock_testkit::TcpProxy, String) {
-    let db = TestDb::create(backend).await;
+/// An app on a new PostgreSQL test database that it reaches through a
+/// [`hookdock_testkit::TcpProxy`] that can cut the network, with the test settings that
+/// `configure` changes and `handlers`: the app, a pool connected to the database directly
+/// (which no partition touches), and the proxy. `None` (the test skips) without PostgreSQL.
+pub async fn app_behind_a_proxy(
+    test: &str,
+    configure: impl FnOnce(Sources) -> Sources,
+    handlers: Vec<Arc<dyn Handler>>,
+) -> Option<(TestApp, sqlx::AnyPool, hookdock_testkit::TcpProxy)> {
+    let backend = Backend::postgres(test)?;
+    let db = TestDb::create(&backend).await;
     let direct = sqlx::AnyPool::connect(&db.url)
         .await
         .expect("connect to the test database");
@@ -648,7 +652,9 @@ pub async fn behind_a_proxy(
     let proxy = hookdock_testkit::TcpProxy::start(&db.url[at.clone()]).await;
     let mut url = db.url.clone();
     url.replace_range(at, &proxy.addr().to_string());
-    (db, direct, proxy, url)
+    let settings = Settings::load(&configure(test_sources(&url))).expect("test settings are valid");
+    let app = TestApp::start(settings, handlers, db).await;
+    Some((app, direct, proxy))
 }
 
 /// Makes every `operation` (`INSERT`, `UPDATE OF column`, …) on `table` take two seconds on
@@ -678,22 +684,19 @@ pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
 /// How many of the connections to `pool`'s PostgreSQL database are in `pg_sleep` now (a test's
 /// slow trigger running); -1 if that cannot be read.
 pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event = 'PgSleep'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap_or(-1)
+    sessions_where(pool, "wait_event = 'PgSleep'").await
 }
 
 /// How many of the connections to `pool`'s PostgreSQL database wait for a lock now; -1 if that
 /// cannot be read.
 pub async fn waiting_on_a_lock(pool: &sqlx::AnyPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    )
+    sessions_where(pool, "wait_event_type = 'Lock'").await
+}
+
+async fn sessions_where(pool: &sqlx::AnyPool, condition: &str) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+    ))
     .fetch_one(pool)
     .await
     .unwrap_or(-1)

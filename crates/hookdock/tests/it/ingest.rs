@@ -724,11 +724,9 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a_restart() {
     let test = "a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a_restart";
-    let Some(backend) = Backend::postgres(test) else {
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, |s| s, Vec::new()).await else {
         return;
     };
-    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
-    let app = TestApp::spawn_on(db, &url).await;
     let (status, answer) = app
         .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
         .await;
@@ -794,19 +792,13 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_a_partition_silenced_hold_neither_deliveries_nor_the_shutdown() {
     let test = "connections_a_partition_silenced_hold_neither_deliveries_nor_the_shutdown";
-    let Some(backend) = Backend::postgres(test) else {
+    // No worker: nothing but the test's requests uses the pool, whose idle connections the
+    // partitions silence.
+    let configure =
+        |s: hookdock::config::Sources| s.set("database_timeout_secs", 2).set("queue.workers", 0);
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
         return;
     };
-    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
-    let settings = hookdock::config::Settings::load(
-        &test_sources(&url)
-            .set("database_timeout_secs", 2)
-            // No worker: nothing but the test's requests uses the pool, whose idle
-            // connections the partitions silence.
-            .set("queue.workers", 0),
-    )
-    .expect("test settings are valid");
-    let app = TestApp::start(settings, Vec::new(), db).await;
     // Several connections in the pool, idle once these are answered.
     let deliveries: Vec<(Vec<u8>, String)> = (0..8)
         .map(|i| (unique_body("push.none.0", i), new_delivery_id()))

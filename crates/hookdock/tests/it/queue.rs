@@ -824,21 +824,18 @@ impl Handler for Blocker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     let test = "a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker";
-    let Some(backend) = Backend::postgres(test) else {
-        return;
-    };
-    let (db, direct, proxy, url) = behind_a_proxy(&backend).await;
     let blocker = Arc::new(Blocker {
         seen: Mutex::new(Vec::new()),
         release: tokio::sync::Notify::new(),
     });
-    let settings = hookdock::config::Settings::load(
-        &test_sources(&url)
-            .set("queue.lease_secs", 3)
-            .set("handlers.activity.enabled", false),
-    )
-    .expect("test settings are valid");
-    let app = TestApp::start(settings, vec![blocker.clone() as Arc<dyn Handler>], db).await;
+    let configure = |s: hookdock::config::Sources| {
+        s.set("queue.lease_secs", 3)
+            .set("handlers.activity.enabled", false)
+    };
+    let handlers = vec![blocker.clone() as Arc<dyn Handler>];
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, handlers).await else {
+        return;
+    };
     post_issue(&app, 41, 0).await;
     poll_until(
         "issue 41's job running",
