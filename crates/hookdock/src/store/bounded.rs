@@ -25,7 +25,7 @@ pub(crate) struct Bounded<'p> {
 }
 
 /// The error a query without an answer within `limit` ends with.
-pub(crate) fn no_answer(limit: Duration) -> sqlx::Error {
+fn no_answer(limit: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!(
@@ -109,7 +109,14 @@ async fn ping(
         Err(_) => {
             silence.found();
             close_silent(conn).await?;
-            Err(no_answer(wait))
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "a database connection did not answer a ping within {} s (a network \
+                     partition, or the server gone); it is closed and a new one opened",
+                    wait.as_secs()
+                ),
+            )))
         }
     }
 }
