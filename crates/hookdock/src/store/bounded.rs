@@ -3,8 +3,7 @@
 //! operating system give the connection up, so an unbounded query waits for good. Every query
 //! the store runs on its pool goes through [`Bounded`] (and its transactions through
 //! [`Store::bounded`](super::Store::bounded)): with no answer within the database timeout it
-//! fails. The pool's own checks of its connections ([`check_idle`], [`check_released`]) are
-//! bounded too, and close a silent connection without the protocol's goodbye, which would
+//! fails. The pool's own checks of its connections ([`PoolChecks`]) are bounded too, and close a silent connection without the protocol's goodbye, which would
 //! wait for good: a partition neither holds a request nor uses up the pool.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,15 +23,20 @@ pub(crate) struct Bounded<'p> {
     pub limit: Option<Duration>,
 }
 
-/// The error a query without an answer within `limit` ends with.
-fn no_answer(limit: Duration) -> sqlx::Error {
+/// A timeout, in words, as the store's errors give it.
+pub(crate) fn timed_out(message: impl Into<String>) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!(
-            "no answer from the database within {} s (setting `database_timeout_secs`); the \
-             connection is closed",
-            limit.as_secs()
-        ),
+        message.into(),
+    ))
+}
+
+/// The error a query without an answer within `limit` ends with.
+fn no_answer(limit: Duration) -> sqlx::Error {
+    timed_out(format!(
+        "no answer from the database within {} s (setting `database_timeout_secs`); the \
+         connection is closed",
+        limit.as_secs()
     ))
 }
 
@@ -57,66 +61,89 @@ const PING_WAIT: Duration = Duration::from_secs(5);
 /// Age after which a connection handed back is closed and later replaced, as sqlx's own
 /// `max_lifetime` would (a server name that moved, the server process's memory); sqlx's is off
 /// because it closes with the protocol's goodbye, before any check, a connection that may be
-/// silent (see [`check_released`]).
+/// silent (see [`PoolChecks::released`]).
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
-/// When a connection of the pool was last found silent. Connections that have sat idle since
-/// then were most likely cut off by the same partition: they are given up without a ping each,
-/// so a request does not wait [`PING_WAIT`] for every one of them in turn.
+/// The pool's checks of its connections, in place of sqlx's unbounded ones: before handing an
+/// idle connection out (`before_acquire`) and when one is handed back (`after_release`).
+/// Each pings within `wait`; a connection that stays silent is closed by dropping it (see
+/// [`close_silent`]), and the time it was found is kept: connections that have sat idle since
+/// before then were most likely cut off by the same partition, and are given up without a
+/// ping each, so requests do not wait `wait` for every one of them in turn.
 #[derive(Debug)]
-pub(crate) struct Silence {
+pub(crate) struct PoolChecks {
+    wait: Duration,
     epoch: Instant,
-    /// Milliseconds after `epoch`, plus one; 0: never.
-    last: AtomicU64,
+    /// When a connection was last found silent: milliseconds after `epoch`, plus one; 0: never.
+    silent_at: AtomicU64,
 }
 
-impl Silence {
-    pub fn new() -> Silence {
-        Silence {
+impl PoolChecks {
+    /// Checks whose pings wait at most [`PING_WAIT`], or `limit` if shorter.
+    pub fn new(limit: Duration) -> PoolChecks {
+        PoolChecks {
+            wait: limit.min(PING_WAIT),
             epoch: Instant::now(),
-            last: AtomicU64::new(0),
+            silent_at: AtomicU64::new(0),
         }
     }
 
-    fn found(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(now.saturating_add(1), Ordering::Relaxed);
+    /// Before use: true to hand the connection out; an error to close it (the pool then opens
+    /// another), when it went idle before a connection was last found silent, or does not
+    /// answer a ping in time.
+    pub async fn idle(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        meta: PoolConnectionMetadata,
+    ) -> Result<bool, sqlx::Error> {
+        if self.predates(meta.idle_for) {
+            close_silent(conn).await?;
+            return Err(timed_out(
+                "idle since before a connection to the database was found silent; closed",
+            ));
+        }
+        self.ping(conn).await.map(|()| true)
     }
 
-    /// True when a connection idle for `idle_for` went idle before the last silence found.
+    /// Handed back, maybe in the middle of a query its caller gave up on (a deadline, a request
+    /// whose client went away): true to keep it; false to close it (past [`MAX_LIFETIME`]); an
+    /// error to close it, when it does not answer a ping in time (a connection a partition
+    /// silenced never does: sqlx's own ping, and the pool slot with it, would wait for good).
+    pub async fn released(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        meta: PoolConnectionMetadata,
+    ) -> Result<bool, sqlx::Error> {
+        self.ping(conn).await?;
+        Ok(meta.age < MAX_LIFETIME)
+    }
+
+    async fn ping(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        use sqlx::Connection;
+        match tokio::time::timeout(self.wait, conn.ping()).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.silent_at
+                    .store(now.saturating_add(1), Ordering::Relaxed);
+                close_silent(conn).await?;
+                Err(timed_out(format!(
+                    "a database connection did not answer a ping within {} s (a network \
+                     partition, or the server gone); it is closed and a new one opened",
+                    self.wait.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// True when a connection idle for `idle_for` went idle before one was last found silent.
     fn predates(&self, idle_for: Duration) -> bool {
-        match self.last.load(Ordering::Relaxed) {
+        match self.silent_at.load(Ordering::Relaxed) {
             0 => false,
             last => {
                 let idle_since = self.epoch.elapsed().saturating_sub(idle_for);
                 idle_since < Duration::from_millis(last - 1)
             }
-        }
-    }
-}
-
-/// Pings `conn` within the ping wait; a connection that stays silent is closed here (see
-/// [`close_silent`]) and the silence recorded.
-async fn ping(
-    conn: &mut sqlx::AnyConnection,
-    limit: Duration,
-    silence: &Silence,
-) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
-    let wait = limit.min(PING_WAIT);
-    match tokio::time::timeout(wait, conn.ping()).await {
-        Ok(answered) => answered,
-        Err(_) => {
-            silence.found();
-            close_silent(conn).await?;
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "a database connection did not answer a ping within {} s (a network \
-                     partition, or the server gone); it is closed and a new one opened",
-                    wait.as_secs()
-                ),
-            )))
         }
     }
 }
@@ -130,40 +157,6 @@ async fn close_silent(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error>
     let stand_in = sqlx::AnyConnection::connect("sqlite::memory:").await?;
     drop(std::mem::replace(conn, stand_in));
     Ok(())
-}
-
-/// The pool's check of an idle connection before handing it out (`before_acquire`): true to
-/// use it; an error to close it and try another, when it went idle before a connection was last
-/// found silent, or does not answer a ping in time.
-pub(crate) async fn check_idle(
-    conn: &mut sqlx::AnyConnection,
-    meta: PoolConnectionMetadata,
-    limit: Duration,
-    silence: &Silence,
-) -> Result<bool, sqlx::Error> {
-    if silence.predates(meta.idle_for) {
-        close_silent(conn).await?;
-        return Err(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "idle since before a connection to the database was found silent; closed",
-        )));
-    }
-    ping(conn, limit, silence).await.map(|()| true)
-}
-
-/// The pool's check of a connection handed back (`after_release`), which may be in the
-/// middle of a query its caller gave up on (a deadline, a request whose client went away):
-/// true to keep it; false to close it (past [`MAX_LIFETIME`]); an error to close it, when it
-/// does not answer a ping in time (a connection a partition silenced never does: sqlx's own
-/// ping, and the pool slot with it, would wait for good).
-pub(crate) async fn check_released(
-    conn: &mut sqlx::AnyConnection,
-    meta: PoolConnectionMetadata,
-    limit: Duration,
-    silence: &Silence,
-) -> Result<bool, sqlx::Error> {
-    ping(conn, limit, silence).await?;
-    Ok(meta.age < MAX_LIFETIME)
 }
 
 impl<'p> Executor<'p> for Bounded<'p> {

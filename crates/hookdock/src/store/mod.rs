@@ -789,8 +789,8 @@ async fn pool(
         // A network partition leaves connections open and silent: every check of a connection
         // is bounded, and sqlx's own (an unbounded ping before use, closing idle or old
         // connections with a goodbye that waits for the server) is replaced (see [`bounded`]).
-        let silence = Arc::new(bounded::Silence::new());
-        let released = Arc::clone(&silence);
+        let checks = Arc::new(bounded::PoolChecks::new(limit));
+        let released = Arc::clone(&checks);
         // No connection kept open regardless: sqlx opens those in the background with a 5
         // minute deadline, so one started as a partition began would hold its socket and
         // its pool slot that long.
@@ -800,12 +800,12 @@ async fn pool(
             .idle_timeout(None)
             .max_lifetime(None)
             .before_acquire(move |conn, meta| {
-                let silence = Arc::clone(&silence);
-                Box::pin(async move { bounded::check_idle(conn, meta, limit, &silence).await })
+                let checks = Arc::clone(&checks);
+                Box::pin(async move { checks.idle(conn, meta).await })
             })
             .after_release(move |conn, meta| {
-                let silence = Arc::clone(&released);
-                Box::pin(async move { bounded::check_released(conn, meta, limit, &silence).await })
+                let checks = Arc::clone(&released);
+                Box::pin(async move { checks.released(conn, meta).await })
             });
     }
     let connected = options

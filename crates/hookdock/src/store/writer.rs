@@ -916,19 +916,14 @@ impl Writer {
         };
         match tokio::time::timeout(WRITE_WAIT, work).await {
             Ok(result) => result,
-            Err(_) => {
-                // No answer (a network partition leaves the connection open and silent, and with
-                // the request acknowledged nothing makes the operating system give it up):
-                // close the connection, which may be mid-message, rather than return it.
-                drop(conn.detach());
-                Err(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no answer from the database within {} s; the connection was closed",
-                        WRITE_WAIT.as_secs()
-                    ),
-                )))
-            }
+            // No answer (a network partition leaves the connection open and silent, and with
+            // the request acknowledged nothing makes the operating system give it up): the
+            // connection goes back to the pool, whose release check closes it if it stays
+            // silent (`bounded::PoolChecks`).
+            Err(_) => Err(super::bounded::timed_out(format!(
+                "no answer from the database within {} s; the connection is closed",
+                WRITE_WAIT.as_secs()
+            ))),
         }
     }
 

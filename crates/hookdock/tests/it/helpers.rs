@@ -681,6 +681,20 @@ pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
     }
 }
 
+/// Cuts `proxy` once a statement the [`slow_trigger`] slows is running on the server.
+pub async fn cut_while_the_server_sleeps(
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+) {
+    poll_until(
+        "a slowed statement under way on the server",
+        Duration::from_secs(10),
+        || async { sleeping_on_server(direct).await > 0 },
+    )
+    .await;
+    proxy.cut();
+}
+
 /// How many of the connections to `pool`'s PostgreSQL database are in `pg_sleep` now (a test's
 /// slow trigger running); -1 if that cannot be read.
 pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {

@@ -736,15 +736,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     slow_trigger(&direct, "INSERT", "events").await;
     let lost = new_delivery_id();
     let body = unique_body("push.none.0", 1);
-    let partition = async {
-        poll_until(
-            "the write under way on the server",
-            Duration::from_secs(10),
-            || async { sleeping_on_server(&direct).await > 0 },
-        )
-        .await;
-        proxy.cut();
-    };
+    let partition = cut_while_the_server_sleeps(&direct, &proxy);
     let answered = tokio::time::timeout(Duration::from_secs(40), async {
         tokio::join!(app.post("push", &body, &lost), partition).0
     })

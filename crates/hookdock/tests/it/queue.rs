@@ -846,13 +846,7 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     // The next renewal (every second) takes two seconds on the server; the partition starts
     // meanwhile, and the server forgets the connection.
     slow_trigger(&direct, "UPDATE OF lease_until", "jobs").await;
-    poll_until(
-        "a renewal under way on the server",
-        Duration::from_secs(10),
-        || async { sleeping_on_server(&direct).await > 0 },
-    )
-    .await;
-    proxy.cut();
+    cut_while_the_server_sleeps(&direct, &proxy).await;
     // The renewal's transaction ends on the server; the network is back for new connections.
     poll_until(
         "the cut-off renewal over",
