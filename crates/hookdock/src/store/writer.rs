@@ -18,8 +18,17 @@
 //! results commit first in a transaction of their own that does not wait for the WAL flush, so
 //! their keys are free again without waiting for the disk.
 //!
-//! If a batch fails, its operations are retried one by one so that a single bad operation
-//! cannot fail its neighbours; an operation that fails alone is answered with its error.
+//! If a batch fails on an error the database reported, its operations are retried one by one
+//! so that a single bad operation cannot fail its neighbours; an operation that fails alone is
+//! answered with its error. If the connection failed (no answer, no connection to be had), the
+//! batch's operations are answered with that error at once: one by one, each would wait as long
+//! again.
+//!
+//! On PostgreSQL a delivery is answered within [`WRITE_WAIT`] of reaching the writer: the wait
+//! for a connection and the transaction are bounded by the earliest delivery's deadline, and a
+//! delivery whose deadline passed while it was queued (behind a write the database did not
+//! answer) is answered 503 without being tried, so that GitHub hears the failure before it stops
+//! waiting and the queue does not pile up during an outage.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -110,7 +119,8 @@ enum Op {
     /// Shared with the caller, who drops it last, once answered: so its memory is freed on the
     /// thread that allocated it, not on the writer's (a free across threads costs the writer
     /// the allocator's locks).
-    Ingest(Arc<NewDelivery>, Reply<IngestOutcome>),
+    /// With the time it was queued, from which its deadline runs (PostgreSQL).
+    Ingest(Arc<NewDelivery>, Reply<IngestOutcome>, Instant),
     /// One job's result, or a chain's results in order.
     Finish(Vec<JobFinish>, Reply<Vec<bool>>),
     Claim(ClaimRequest, Reply<Vec<ClaimedChain>>),
@@ -155,8 +165,9 @@ pub(crate) struct SqliteWriter {
     pub syncer: Syncer,
 }
 
-/// How long a group-commit transaction on a database server may go unanswered: under the 10 s
-/// GitHub waits for its answer, and far over what a write takes.
+/// How long a group-commit transaction on a database server may take, the wait for a
+/// connection included, and how long after it was queued a delivery may wait for its write:
+/// under the 10 s GitHub waits for its answer, and far over what a write takes.
 const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Opens the writer's SQLite connection on the database file at `path`.
@@ -267,7 +278,7 @@ impl WriterHandle {
     pub async fn ingest(&self, delivery: NewDelivery) -> Result<IngestOutcome, StoreError> {
         let delivery = Arc::new(delivery);
         let outcome = self
-            .call(|reply| Op::Ingest(Arc::clone(&delivery), reply))
+            .call(|reply| Op::Ingest(Arc::clone(&delivery), reply, Instant::now()))
             .await;
         drop(delivery);
         outcome
@@ -378,7 +389,7 @@ struct Writer {
 /// The operations of one batch.
 #[derive(Default)]
 struct Batch {
-    ingests: Vec<(Arc<NewDelivery>, Reply<IngestOutcome>)>,
+    ingests: Vec<(Arc<NewDelivery>, Reply<IngestOutcome>, Instant)>,
     /// Job results of every `Finish` operation, in order, and per operation how many of them
     /// are its own and where its answer goes.
     finishes: Vec<JobFinish>,
@@ -399,7 +410,7 @@ impl Batch {
 
     fn take(&mut self, op: Op) {
         match op {
-            Op::Ingest(d, reply) => self.ingests.push((d, reply)),
+            Op::Ingest(d, reply, queued) => self.ingests.push((d, reply, queued)),
             Op::Finish(f, reply) => {
                 self.finished_by.push((f.len(), reply));
                 self.finishes.extend(f);
@@ -486,7 +497,7 @@ fn answer_written(batch: &mut Batch, written: Written, durable: &mut Durable) {
     for (n, reply) in batch.finished_by.drain(..) {
         let _ = reply.send(Ok(finished.by_ref().take(n).collect()));
     }
-    for ((_, reply), outcome) in batch.ingests.drain(..).zip(written.ingested) {
+    for ((_, reply, _), outcome) in batch.ingests.drain(..).zip(written.ingested) {
         durable.ingests.push((reply, Ok(outcome)));
     }
     for ((_, reply), claimed) in batch.claims.drain(..).zip(written.claimed) {
@@ -706,9 +717,14 @@ impl Writer {
 
     async fn commit(&self, mut batch: Batch, slot: Option<Slot>) {
         let started = Instant::now();
+        if matches!(self.conn, Conn::Pool(_)) {
+            refuse_expired(&mut batch.ingests, started);
+        }
         let size = batch.len();
         let dialect = self.dialect;
-        let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, _)| &**d).collect();
+        let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, ..)| &**d).collect();
+        let deadline = batch.ingests.iter().map(|(.., queued)| *queued).min();
+        let deadline = deadline.map(|queued| queued + WRITE_WAIT);
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         self.burst.record(batch.ingests.len());
         let offer = self.offer(&batch);
@@ -722,7 +738,9 @@ impl Writer {
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
         }
-        let result = self.write(&deliveries, &batch.finishes, &claims).await;
+        let result = self
+            .write(&deliveries, &batch.finishes, &claims, deadline)
+            .await;
         drop(deliveries);
         let mut durable = Durable::default();
         match (result, offer) {
@@ -776,13 +794,14 @@ impl Writer {
         size: usize,
         durable: &mut Durable,
     ) {
-        if size == 1 {
-            tracing::error!(%error, "write failed");
+        // On a failed connection, one by one each would wait as long again.
+        if size == 1 || connection_failed(&error) {
+            tracing::error!(%error, size, "write failed");
             let failed = || StoreError::Database(copy_error(&error));
             for (_, reply) in batch.finished_by.drain(..) {
                 let _ = reply.send(Err(failed()));
             }
-            for (_, reply) in batch.ingests.drain(..) {
+            for (_, reply, _) in batch.ingests.drain(..) {
                 durable.ingests.push((reply, Err(failed())));
             }
             for (_, reply) in batch.claims.drain(..) {
@@ -795,12 +814,12 @@ impl Writer {
         for (n, reply) in batch.finished_by.drain(..) {
             let own = &batch.finishes[start..start + n];
             start += n;
-            let result = self.write(&[], own, &[]).await.map(|w| w.finished);
+            let result = self.write(&[], own, &[], None).await.map(|w| w.finished);
             let _ = reply.send(result.map_err(StoreError::Database));
         }
-        for (d, reply) in batch.ingests.drain(..) {
+        for (d, reply, queued) in batch.ingests.drain(..) {
             let result = self
-                .write(&[&d], &[], &[])
+                .write(&[&d], &[], &[], Some(queued + WRITE_WAIT))
                 .await
                 .map(|mut w| w.ingested.remove(0));
             durable
@@ -809,7 +828,7 @@ impl Writer {
         }
         for (c, reply) in batch.claims.drain(..) {
             let result = self
-                .write(&[], &[], std::slice::from_ref(&c))
+                .write(&[], &[], std::slice::from_ref(&c), None)
                 .await
                 .map(|mut w| w.claimed.remove(0));
             durable
@@ -828,7 +847,7 @@ impl Writer {
         if !due {
             return;
         }
-        match ready(self.write(&[], &[], &[])) {
+        match ready(self.write(&[], &[], &[], None)) {
             Some(Ok(_)) => {}
             Some(Err(error)) => {
                 tracing::warn!(%error, "merging deduplication keys failed; will try again")
@@ -839,16 +858,20 @@ impl Writer {
         }
     }
 
-    /// One transaction (on PostgreSQL, job results first in one of their own). If it fails,
-    /// it is counted (`hookdock_store_write_errors_total`) and what the writer knows of stored
+    /// One transaction (on PostgreSQL, job results first in one of their own; both, with the
+    /// wait for a connection, given up at `deadline` or after [`WRITE_WAIT`]). If it fails, it
+    /// is counted (`hookdock_store_write_errors_total`) and what the writer knows of stored
     /// keys is read again from the database next time.
     async fn write(
         &self,
         deliveries: &[&NewDelivery],
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
+        deadline: Option<Instant>,
     ) -> Result<Written, sqlx::Error> {
-        let result = self.write_once(deliveries, finishes, claims).await;
+        let result = self
+            .write_once(deliveries, finishes, claims, deadline)
+            .await;
         if result.is_err() {
             metrics::counter!("hookdock_store_write_errors_total", "dialect" => self.dialect.name())
                 .increment(1);
@@ -865,6 +888,7 @@ impl Writer {
         deliveries: &[&NewDelivery],
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
+        deadline: Option<Instant>,
     ) -> Result<Written, sqlx::Error> {
         if let Some(syncer) = &self.syncer
             && syncer.failed()
@@ -880,18 +904,33 @@ impl Writer {
                 self.direct_transaction(&conn, deliveries, finishes, claims)
             }
             Conn::Pool(pool) => {
+                let limit = deadline.map_or(WRITE_WAIT, |d| {
+                    d.saturating_duration_since(Instant::now()).min(WRITE_WAIT)
+                });
+                if limit.is_zero() {
+                    return Err(not_taken(true));
+                }
                 let separate =
                     !deliveries.is_empty() && (!finishes.is_empty() || !claims.is_empty());
-                if separate {
-                    let first = self.pool_transaction(pool, &[], finishes, claims).await?;
-                    let second = self.pool_transaction(pool, deliveries, &[], &[]).await?;
-                    return Ok(Written {
-                        ingested: second.ingested,
-                        ..first
-                    });
-                }
-                self.pool_transaction(pool, deliveries, finishes, claims)
+                let work = async {
+                    if separate {
+                        let first = self.pool_transaction(pool, &[], finishes, claims).await?;
+                        let second = self.pool_transaction(pool, deliveries, &[], &[]).await?;
+                        return Ok(Written {
+                            ingested: second.ingested,
+                            ..first
+                        });
+                    }
+                    self.pool_transaction(pool, deliveries, finishes, claims)
+                        .await
+                };
+                // No answer (a network partition leaves a connection open and silent, and with
+                // the request acknowledged nothing makes the operating system give it up), or
+                // no connection to be had: the connection, if any, goes back to the pool, whose
+                // release check closes it if it stays silent (`bounded::PoolChecks`).
+                tokio::time::timeout(limit, work)
                     .await
+                    .unwrap_or_else(|_| Err(not_taken(deadline.is_some())))
             }
         }
     }
@@ -905,26 +944,12 @@ impl Writer {
     ) -> Result<Written, sqlx::Error> {
         let mut conn = pool.acquire().await?;
         let dialect = self.dialect;
-        let work = async {
-            let mut tx = super::begin_write(&mut conn, dialect, !deliveries.is_empty()).await?;
-            // PostgreSQL's keys are the events table itself: nothing is kept between
-            // transactions.
-            let mut keys = DeliveryKeys::new(dialect);
-            let written = apply(&mut *tx, dialect, &mut keys, deliveries, finishes, claims).await?;
-            tx.commit().await?;
-            Ok(written)
-        };
-        match tokio::time::timeout(WRITE_WAIT, work).await {
-            Ok(result) => result,
-            // No answer (a network partition leaves the connection open and silent, and with
-            // the request acknowledged nothing makes the operating system give it up): the
-            // connection goes back to the pool, whose release check closes it if it stays
-            // silent (`bounded::PoolChecks`).
-            Err(_) => Err(super::bounded::timed_out(format!(
-                "no answer from the database within {} s; the connection is closed",
-                WRITE_WAIT.as_secs()
-            ))),
-        }
+        let mut tx = super::begin_write(&mut conn, dialect, !deliveries.is_empty()).await?;
+        // PostgreSQL's keys are the events table itself: nothing is kept between transactions.
+        let mut keys = DeliveryKeys::new(dialect);
+        let written = apply(&mut *tx, dialect, &mut keys, deliveries, finishes, claims).await?;
+        tx.commit().await?;
+        Ok(written)
     }
 
     fn direct_transaction(
@@ -965,9 +990,60 @@ impl Writer {
     }
 }
 
+/// Whether a write failed on its connection (no answer, none to be had, broken) rather than on
+/// something the database said about one of its operations.
+fn connection_failed(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// The error of a write the database did not take within [`WRITE_WAIT`]: of the earliest
+/// delivery's arrival at the writer, when it holds deliveries.
+fn not_taken(deliveries: bool) -> sqlx::Error {
+    super::bounded::timed_out(format!(
+        "the database took no write within {} s{} (no connection could be had, or no answer \
+         came); a connection left silent is closed",
+        WRITE_WAIT.as_secs(),
+        if deliveries {
+            " of the delivery's arrival"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Answers the deliveries that waited [`WRITE_WAIT`] or longer in the queue (behind writes
+/// the database did not take) with [`not_taken`] instead of trying them: GitHub stops waiting
+/// soon after. The others stay in the batch.
+fn refuse_expired(
+    ingests: &mut Vec<(Arc<NewDelivery>, Reply<IngestOutcome>, Instant)>,
+    now: Instant,
+) {
+    let expired = |queued: &Instant| now.saturating_duration_since(*queued) >= WRITE_WAIT;
+    if !ingests.iter().any(|(.., queued)| expired(queued)) {
+        return;
+    }
+    let mut refused = 0usize;
+    for (_, reply, _) in ingests.extract_if(.., |(.., queued)| expired(queued)) {
+        refused += 1;
+        let _ = reply.send(Err(StoreError::Database(not_taken(true))));
+    }
+    tracing::error!(
+        refused,
+        "deliveries refused without a try: they waited {} s for the database",
+        WRITE_WAIT.as_secs()
+    );
+}
+
 fn refuse(op: Op) {
     match op {
-        Op::Ingest(_, reply) => {
+        Op::Ingest(_, reply, _) => {
             let _ = reply.send(Err(StoreError::Closed));
         }
         Op::Finish(_, reply) => {

@@ -776,6 +776,79 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     app.stop().await;
 }
 
+/// Deliveries that reach hookdock while PostgreSQL cannot be reached (a partition silences the
+/// connection in use, and new connections get no answer either) are each answered 503 within
+/// GitHub's 10 s of their own sending: the one whose write the partition cut off, and those
+/// queued behind that write, which are not tried again from the start (nor one by one) once
+/// it fails. None is stored, and deliveries are stored again once the network is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githubs_wait() {
+    let test = "deliveries_queued_during_a_partition_are_each_answered_503_within_githubs_wait";
+    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+        return;
+    };
+    let (status, answer) = app
+        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // A write under way on the server when the partition begins, then four deliveries queued
+    // behind it.
+    slow_trigger(&direct, "INSERT", "events").await;
+    let timed_post = |i: u64| {
+        let app = &app;
+        async move {
+            let id = new_delivery_id();
+            let sent = std::time::Instant::now();
+            let (status, answer) = app.post("push", &unique_body("push.none.0", i), &id).await;
+            (id, status, answer, sent.elapsed())
+        }
+    };
+    let (first, queued) = tokio::join!(timed_post(1), async {
+        cut_while_the_server_sleeps(&direct, &proxy).await;
+        futures_util::future::join_all((2..6).map(timed_post)).await
+    });
+    let mut lost = Vec::new();
+    for (id, status, answer, took) in std::iter::once(first).chain(queued) {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"], "storage_unavailable", "{answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("the database took no write within 8 s of the delivery's arrival"),
+            "{answer}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "answered {took:?} after it was sent, when GitHub has stopped waiting: {answer}"
+        );
+        lost.push(id);
+    }
+
+    proxy.heal();
+    drop_slow_trigger(&direct, "events").await;
+    let back = new_delivery_id();
+    let back_body = unique_body("push.none.0", 6);
+    poll_until(
+        "a delivery stored after the partition",
+        Duration::from_secs(30),
+        || async { app.post("push", &back_body, &back).await.0 == StatusCode::OK },
+    )
+    .await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM events ORDER BY id")
+        .fetch_all(&direct)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(
+        stored.iter().all(|id| !lost.contains(id)),
+        "a delivery answered 503 was stored: {stored:?}"
+    );
+    assert_eq!(stored[1], back);
+    direct.close().await;
+    app.stop().await;
+}
+
 /// Connections that sat idle in the pool through a network partition that the server did not
 /// outlive for them (it dropped them, or moved to another address): the first delivery after
 /// the network is back is stored and answered within GitHub's 10 s wait rather than after
