@@ -23,7 +23,7 @@ use hookdock::github::{Github, GithubConfig};
 use hookdock::ingest::ContentType;
 use hookdock::send::{Outgoing, embedded_payload, send};
 use hookdock::store::{
-    EventFilter, EventPage, EventStatus, ReplayMode, Store, redact_url, rfc3339,
+    EventFilter, EventPage, EventStatus, ReplayMode, Store, redact_url, rfc3339, sqlite_file,
 };
 use hookdock::{App, events, handlers::HandlerRegistry, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -275,6 +275,42 @@ impl Cli {
     }
 }
 
+/// A SQLite database file named by `database_url` that does not exist yet, in words (`None`
+/// when it exists, or for PostgreSQL): opening it would create an empty one, and its directory.
+fn missing_database(settings: &Settings) -> Option<String> {
+    let path = sqlite_file(&settings.database_url)?;
+    if path.exists() {
+        return None;
+    }
+    Some(if path.is_relative() {
+        let cwd = std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|_| "?".to_owned());
+        format!(
+            "{} (database_url, relative to the current directory, {cwd})",
+            path.display()
+        )
+    } else {
+        format!("{} (database_url)", path.display())
+    })
+}
+
+/// Whether `command` may start a new SQLite database: the server, `migrate`, and the commands
+/// that bring data in from GitHub (a first install or backfill may come before the first
+/// `serve`). The others work on a database hookdock already uses; in a directory without it,
+/// they would find an empty new one and report nothing, instead of the operator's data.
+fn may_create_database(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Serve { .. }
+            | Command::Migrate
+            | Command::Repos(hooks::ReposCommand::Install { .. })
+            | Command::Orgs(hooks::OrgsCommand::Install { .. })
+            | Command::Backfill(_)
+            | Command::Metrics(MetricsCommand::Backfill(_))
+    )
+}
+
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url, store_options(settings))
         .await
@@ -334,22 +370,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             out!("  workers:         {}", settings.queue.workers);
             let handlers = HandlerRegistry::from_settings(&settings.handlers).names();
             out!("  handlers:        {}", handlers.join(", "));
-            let store = Store::connect(&settings.database_url, store_options(&settings))
-                .await
-                .context("the database is not reachable")?;
-            let current = store
-                .migrations_current()
-                .await
-                .context("reading the schema version")?;
-            out!(
-                "  database:        reachable, migrations {}",
-                if current {
-                    "current"
-                } else {
-                    "pending (run `hookdock migrate` or `serve`)"
+            match missing_database(&settings) {
+                Some(missing) => out!(
+                    "  database:        none yet at {missing}; `hookdock serve` or `hookdock migrate` creates it"
+                ),
+                None => {
+                    let store = Store::connect(&settings.database_url, store_options(&settings))
+                        .await
+                        .context("the database is not reachable")?;
+                    let current = store
+                        .migrations_current()
+                        .await
+                        .context("reading the schema version")?;
+                    out!(
+                        "  database:        reachable, migrations {}",
+                        if current {
+                            "current"
+                        } else {
+                            "pending (run `hookdock migrate` or `serve`)"
+                        }
+                    );
+                    store.close().await;
                 }
-            );
-            store.close().await;
+            }
             if settings.has_no_webhook_secret() && !settings.allow_unsigned {
                 out!("warning: no webhook secret is set; every delivery will be refused");
             }
@@ -358,6 +401,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Send(args) => send_command(args).await,
         command => {
             let settings = cli.settings(None)?;
+            if !may_create_database(command)
+                && let Some(missing) = missing_database(&settings)
+            {
+                return Err(anyhow::anyhow!(
+                    "no hookdock database at {missing}: run this where `hookdock serve` runs, or \
+                     give its database with --database-url or HOOKDOCK_DATABASE_URL"
+                )
+                .into());
+            }
             let store = open_store(&settings).await?;
             let result = store_command(command, settings, &store).await;
             store.close().await;

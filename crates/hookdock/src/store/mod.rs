@@ -700,15 +700,28 @@ pub(crate) async fn begin_write(
 }
 
 /// Makes sure the SQLite file's directory exists and that the file is created on first use.
-fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String> {
+/// The path and the query of a `sqlite:` URL.
+fn sqlite_parts(url: &str) -> Option<(&str, Option<&str>)> {
     let rest = url
         .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| "not a sqlite URL".to_owned())?;
-    let (path, query) = match rest.split_once('?') {
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    Some(match rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
-    };
+    })
+}
+
+/// The database file a `sqlite:` URL names (relative to the current directory if relative);
+/// `None` for other databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_parts(url)
+        .map(|(path, _)| path)
+        .filter(|path| !path.is_empty() && *path != ":memory:")
+        .map(std::path::PathBuf::from)
+}
+
+fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (path, query) = sqlite_parts(url).ok_or_else(|| "not a sqlite URL".to_owned())?;
     if path.is_empty() || path == ":memory:" {
         return Err(
             "an in-memory SQLite database would lose every delivery; give a file path".into(),

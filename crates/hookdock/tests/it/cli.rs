@@ -101,10 +101,87 @@ fn unknown_or_invalid_settings_are_named_at_start_up() {
         stdout.contains("configuration is valid") && !stdout.contains("\"s\""),
         "{stdout}"
     );
+    let out = hookdock(&["--database-url", &db, "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = hookdock(&["--database-url", &db, "events", "list"], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "no events stored\n");
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// A command run where there is no database (another directory than the server's, a mistyped
+/// path) says so, instead of creating an empty database and reporting no events; the check of
+/// the configuration says it will be created; `migrate` creates it.
+#[test]
+fn commands_on_a_database_that_is_not_there_say_so_and_create_nothing() {
+    let dir = scratch_dir();
+    let in_dir = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hookdock"));
+        command.args(args).env_clear().current_dir(&dir);
+        command.output().expect("run hookdock")
+    };
+    let relative = format!(
+        "error: no hookdock database at hookdock-data/hookdock.db (database_url, relative to \
+         the current directory, {}): run this where `hookdock serve` runs, or give its database \
+         with --database-url or HOOKDOCK_DATABASE_URL\n",
+        dir.display()
+    );
+    for args in [
+        &["events", "list"][..],
+        &["events", "show", "1"],
+        &["events", "replay", "1"],
+        &["purge"],
+        &["repos", "list"],
+        &["redeliver"],
+        &["metrics", "rebuild"],
+        &["rotate-key"],
+    ] {
+        let out = in_dir(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), relative, "{args:?}");
+        assert_eq!(text(&out.stdout), "", "{args:?}");
+    }
+    let elsewhere = dir.join("elsewhere").join("hookdock.db");
+    let url = format!("sqlite://{}", elsewhere.display());
+    let out = in_dir(&["--database-url", &url, "events", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: no hookdock database at {} (database_url): run this where `hookdock serve` \
+             runs, or give its database with --database-url or HOOKDOCK_DATABASE_URL\n",
+            elsewhere.display()
+        )
+    );
+    let out = in_dir(&["check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_holds(
+        &out.stdout,
+        &format!(
+            "  database:        none yet at hookdock-data/hookdock.db (database_url, relative to \
+             the current directory, {}); `hookdock serve` or `hookdock migrate` creates it\n",
+            dir.display()
+        ),
+    );
+    let created: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read the scratch directory")
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .expect("list the scratch directory");
+    assert!(created.is_empty(), "created {created:?}");
+
+    let out = in_dir(&["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dir.join("hookdock-data").join("hookdock.db").is_file());
+    let out = in_dir(&["events", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no events stored\n");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The pool waits 10 s for a first connection (a database may be starting), then says why
@@ -328,6 +405,8 @@ fn a_taken_address_is_named_once() {
 fn a_github_command_without_a_token_says_how_to_get_one() {
     let dir = scratch_dir();
     let db = format!("sqlite://{}/hookdock.db", dir.display());
+    let out = hookdock(&["--database-url", &db, "migrate"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = hookdock(
         &["--database-url", &db, "redeliver", "--since", "24h"],
         &[("PATH", dir.to_str().expect("a UTF-8 path"))],
