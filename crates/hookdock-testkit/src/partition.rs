@@ -6,6 +6,8 @@
 //! [`TcpProxy::forget`] forwards new ones again and leaves those silent for good: the server
 //! dropped them during the partition, and nothing tells the client, which waits for an answer.
 //! [`TcpProxy::silenced`] counts the cut connections their clients still hold open.
+//! [`TcpProxy::reset`] is the other way a connection ends under a client: every forwarded
+//! connection is reset at once (a server restarted, a failover), and new ones are forwarded.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,9 +24,15 @@ enum Link {
     Forgotten,
 }
 
-/// The link's state, and how many partitions have begun: a connection forwarded since the
-/// last began is cut by the next one only, even if it was opened after `forget`.
-type State = (Link, u64);
+/// The link's state, and how many partitions and resets have begun: a connection forwarded
+/// since the last began is cut (or reset) by the next one only, even if it was opened after
+/// `forget`.
+#[derive(Clone, Copy)]
+struct State {
+    link: Link,
+    cuts: u64,
+    resets: u64,
+}
 
 pub struct TcpProxy {
     addr: SocketAddr,
@@ -43,7 +51,11 @@ impl TcpProxy {
             .await
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("the proxy's address");
-        let (state, state_rx) = watch::channel((Link::Forward, 0));
+        let (state, state_rx) = watch::channel(State {
+            link: Link::Forward,
+            cuts: 0,
+            resets: 0,
+        });
         let held = Arc::new(Mutex::new(Vec::new()));
         let silenced = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
@@ -52,15 +64,15 @@ impl TcpProxy {
             let silenced = Arc::clone(&silenced);
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    let (now, cuts) = *state_rx.borrow();
-                    if now == Link::Cut {
+                    let now = *state_rx.borrow();
+                    if now.link == Link::Cut {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(inbound);
                     } else {
                         let link = link(
                             inbound,
                             upstream.clone(),
                             state_rx.clone(),
-                            cuts,
+                            now,
                             Arc::clone(&silenced),
                         );
                         tokio::spawn(link);
@@ -84,21 +96,27 @@ impl TcpProxy {
 
     /// Nothing crosses from now on; connections stay open.
     pub fn cut(&self) {
-        self.state.send_modify(|(link, cuts)| {
-            *link = Link::Cut;
-            *cuts += 1;
+        self.state.send_modify(|s| {
+            s.link = Link::Cut;
+            s.cuts += 1;
         });
     }
 
     /// Closes the connections the partition held and forwards new ones again.
     pub fn heal(&self) {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        self.state.send_modify(|(link, _)| *link = Link::Forward);
+        self.state.send_modify(|s| s.link = Link::Forward);
     }
 
     /// Forwards new connections again; those the partition held stay open and silent.
     pub fn forget(&self) {
-        self.state.send_modify(|(link, _)| *link = Link::Forgotten);
+        self.state.send_modify(|s| s.link = Link::Forgotten);
+    }
+
+    /// Resets every connection forwarded now (both sides see a TCP reset), as a restarted
+    /// server or a failover does; new connections are forwarded.
+    pub fn reset(&self) {
+        self.state.send_modify(|s| s.resets += 1);
     }
 
     /// How many of the connections that were forwarded when the partition began their clients
@@ -116,12 +134,13 @@ impl Drop for TcpProxy {
 
 /// Copies both ways until either side closes. Once cut, holds both sockets open and silent
 /// (what the client sends is read and dropped) until healed or until the client closes its
-/// side, which never happens by itself when forgotten.
+/// side, which never happens by itself when forgotten. Once reset, closes both at once with a
+/// TCP reset.
 async fn link(
     inbound: TcpStream,
     upstream: String,
     mut state: watch::Receiver<State>,
-    born: u64,
+    born: State,
     silenced: Arc<AtomicUsize>,
 ) {
     let Ok(outbound) = TcpStream::connect(&upstream).await else {
@@ -135,17 +154,24 @@ async fn link(
             _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
         }
     };
-    let was_cut = tokio::select! {
-        _ = copy => false,
-        _ = state.wait_for(|s| s.1 != born) => true,
+    let ended = tokio::select! {
+        _ = copy => return,
+        ended = state.wait_for(|s| s.cuts != born.cuts || s.resets != born.resets) => ended,
     };
-    if was_cut {
-        silenced.fetch_add(1, Ordering::SeqCst);
-        let mut dropped = tokio::io::sink();
-        tokio::select! {
-            _ = state.wait_for(|s| s.0 == Link::Forward) => {}
-            _ = tokio::io::copy(&mut in_read, &mut dropped) => {}
+    if ended.is_ok_and(|s| s.resets != born.resets) {
+        // Closed with a zero linger time: a reset instead of an orderly close.
+        for (read, write) in [(in_read, in_write), (out_read, out_write)] {
+            if let Ok(stream) = read.reunite(write) {
+                let _ = stream.set_zero_linger();
+            }
         }
-        silenced.fetch_sub(1, Ordering::SeqCst);
+        return;
     }
+    silenced.fetch_add(1, Ordering::SeqCst);
+    let mut dropped = tokio::io::sink();
+    tokio::select! {
+        _ = state.wait_for(|s| s.link == Link::Forward) => {}
+        _ = tokio::io::copy(&mut in_read, &mut dropped) => {}
+    }
+    silenced.fetch_sub(1, Ordering::SeqCst);
 }

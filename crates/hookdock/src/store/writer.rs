@@ -22,7 +22,8 @@
 //! so that a single bad operation cannot fail its neighbours; an operation that fails alone is
 //! answered with its error. If the connection failed (no answer, no connection to be had), the
 //! batch's operations are answered with that error at once: one by one, each would wait as long
-//! again.
+//! again. A batch whose connection broke under it (closed or reset) is first tried once more, on
+//! another connection.
 //!
 //! On PostgreSQL a delivery is answered within [`WRITE_WAIT`] of reaching the writer: the wait
 //! for a connection and the transaction are bounded by the earliest delivery's deadline, and a
@@ -738,9 +739,17 @@ impl Writer {
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
         }
-        let result = self
+        let mut result = self
             .write(&deliveries, &batch.finishes, &claims, deadline)
             .await;
+        if let Err(error) = &result
+            && connection_broke(error)
+        {
+            tracing::warn!(%error, "a write's connection broke; trying it once more on another");
+            result = self
+                .write(&deliveries, &batch.finishes, &claims, deadline)
+                .await;
+        }
         drop(deliveries);
         let mut durable = Durable::default();
         match (result, offer) {
@@ -1001,6 +1010,15 @@ fn connection_failed(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
     )
+}
+
+/// Whether a write failed because its connection was closed or reset under it (a server
+/// restarted, a failover), as opposed to one that went unanswered: tried again at once on
+/// another connection, within the same deadline, it may well go through. (If its commit had
+/// reached the server after all, its deliveries are then found stored and answered
+/// `duplicate_skipped`, and its jobs found finished and left as they are.)
+fn connection_broke(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)
 }
 
 /// The error of a write the database did not take within [`WRITE_WAIT`]: of the earliest

@@ -328,10 +328,7 @@ async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_con
     let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
         return;
     };
-    let (status, answer) = app
-        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    store_push(&app, 0).await;
 
     // Reads of the events table wait on the server (a lock another session holds) when the
     // partition starts; the server answers them once the lock is gone, into the cut.

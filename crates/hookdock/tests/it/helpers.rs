@@ -657,6 +657,15 @@ pub async fn app_behind_a_proxy(
     Some((app, direct, proxy))
 }
 
+/// Posts the `push` fixture made unique by `seq` ([`unique_body`]) under a new delivery id, and
+/// asserts that it was stored (200).
+pub async fn store_push(app: &TestApp, seq: u64) {
+    let (status, answer) = app
+        .post("push", &unique_body("push.none.0", seq), &new_delivery_id())
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+}
+
 /// Makes every `operation` (`INSERT`, `UPDATE OF column`, …) on `table` take two seconds on
 /// the PostgreSQL server, until [`drop_slow_trigger`].
 pub async fn slow_trigger(direct: &sqlx::AnyPool, operation: &str, table: &str) {

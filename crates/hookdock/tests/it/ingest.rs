@@ -727,10 +727,7 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     let Some((app, direct, proxy)) = app_behind_a_proxy(test, |s| s, Vec::new()).await else {
         return;
     };
-    let (status, answer) = app
-        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    store_push(&app, 0).await;
 
     // The next write takes two seconds on the server; the partition starts meanwhile.
     slow_trigger(&direct, "INSERT", "events").await;
@@ -750,12 +747,28 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     assert_eq!(ready.0, StatusCode::SERVICE_UNAVAILABLE, "{}", ready.1);
     assert_eq!(ready.1["database"], "unreachable");
 
+    heal_and_store_again(&app, &direct, &proxy, &[lost], 2).await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// Ends the partition of a test that stored one delivery, then cut `proxy` during a write
+/// slowed by [`slow_trigger`] on `events`: heals it, drops the trigger, and checks that a
+/// delivery (body `seq`) is stored again without a restart and that none of `lost`, answered
+/// 503 during the partition, was stored.
+async fn heal_and_store_again(
+    app: &TestApp,
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+    lost: &[String],
+    seq: u64,
+) {
     // The server rolls the cut-off write back once the healed network closes its connection;
     // until then that write's locks keep the trigger from being dropped.
     proxy.heal();
-    drop_slow_trigger(&direct, "events").await;
+    drop_slow_trigger(direct, "events").await;
     let back = new_delivery_id();
-    let back_body = unique_body("push.none.0", 2);
+    let back_body = unique_body("push.none.0", seq);
     poll_until(
         "a delivery stored after the partition",
         Duration::from_secs(30),
@@ -763,17 +776,15 @@ async fn a_partition_from_postgres_mid_write_is_answered_503_and_heals_without_a
     )
     .await;
     let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM events ORDER BY id")
-        .fetch_all(&direct)
+        .fetch_all(direct)
         .await
         .unwrap();
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(
-        !stored.contains(&lost),
-        "the delivery answered 503 was stored"
+        stored.iter().all(|id| !lost.contains(id)),
+        "a delivery answered 503 was stored: {stored:?}"
     );
     assert_eq!(stored[1], back);
-    direct.close().await;
-    app.stop().await;
 }
 
 /// Deliveries that reach hookdock while PostgreSQL cannot be reached (a partition silences the
@@ -788,10 +799,7 @@ async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githu
     let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
         return;
     };
-    let (status, answer) = app
-        .post("push", &unique_body("push.none.0", 0), &new_delivery_id())
-        .await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
+    store_push(&app, 0).await;
 
     // A write under way on the server when the partition begins, then four deliveries queued
     // behind it.
@@ -825,26 +833,46 @@ async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githu
         lost.push(id);
     }
 
-    proxy.heal();
+    heal_and_store_again(&app, &direct, &proxy, &lost, 6).await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// A connection reset under a delivery's write (a restarted server, a failover) does not cost
+/// the delivery a 503: the write is tried once more on a new connection, within the delivery's
+/// 8 s, and the delivery is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
+    let test = "a_connection_reset_under_a_write_is_tried_again_on_another";
+    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+        return;
+    };
+    store_push(&app, 0).await;
+
+    // The write takes two seconds on the server; the connection is reset meanwhile.
+    slow_trigger(&direct, "INSERT", "events").await;
+    let delivery = new_delivery_id();
+    let body = unique_body("push.none.0", 1);
+    let reset = async {
+        poll_until(
+            "a slowed statement under way on the server",
+            Duration::from_secs(10),
+            || async { sleeping_on_server(&direct).await > 0 },
+        )
+        .await;
+        proxy.reset();
+    };
+    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
     drop_slow_trigger(&direct, "events").await;
-    let back = new_delivery_id();
-    let back_body = unique_body("push.none.0", 6);
-    poll_until(
-        "a delivery stored after the partition",
-        Duration::from_secs(30),
-        || async { app.post("push", &back_body, &back).await.0 == StatusCode::OK },
-    )
-    .await;
     let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM events ORDER BY id")
         .fetch_all(&direct)
         .await
         .unwrap();
     assert_eq!(stored.len(), 2, "{stored:?}");
-    assert!(
-        stored.iter().all(|id| !lost.contains(id)),
-        "a delivery answered 503 was stored: {stored:?}"
-    );
-    assert_eq!(stored[1], back);
+    assert_eq!(stored[1], delivery);
     direct.close().await;
     app.stop().await;
 }
