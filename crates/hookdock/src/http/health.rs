@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::store::StoreError;
 
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
@@ -26,11 +27,16 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "writer stopped (shutting down, or failed: see the log): restart hookdock",
             "unknown",
         ),
-        // Writes can no longer be made durable (a failed flush): deliveries get 503.
-        Some(Ok(true)) if !state.store.durable() => (
+        // Writes can no longer be made durable (a failed flush): deliveries get 503, whatever
+        // the database answers to reads (a lost disk may fail them too).
+        Some(checked) if !state.store.durable() => (
             StatusCode::SERVICE_UNAVAILABLE,
             "flush to disk failed: restart hookdock",
-            "current",
+            match checked {
+                Ok(true) => "current",
+                Ok(false) => "pending: run `hookdock migrate`",
+                Err(_) => "unknown",
+            },
         ),
         Some(Ok(true)) => (StatusCode::OK, "ok", "current"),
         Some(Ok(false)) => (
@@ -39,8 +45,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "pending: run `hookdock migrate`",
         ),
         Some(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "unreachable", "unknown")
+            tracing::warn!(error = %e, "readiness check: the schema version cannot be read");
+            // The database answered, with an error: not a network matter.
+            let database = match e {
+                StoreError::Database(sqlx::Error::Database(_)) => "unreadable: see the log",
+                _ => "unreachable",
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, database, "unknown")
         }
     };
     let ready = if status == StatusCode::OK {

@@ -126,6 +126,15 @@ impl Dialect {
         }
     }
 
+    /// Whether a database error says that a table does not exist (PostgreSQL's
+    /// `undefined_table`, SQLite's "no such table"), as opposed to any other failure to read.
+    pub fn missing_table(self, error: &dyn sqlx::error::DatabaseError) -> bool {
+        match self {
+            Dialect::Sqlite => error.message().starts_with("no such table"),
+            Dialect::Postgres => error.code().as_deref() == Some("42P01"),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Sqlite => "sqlite",

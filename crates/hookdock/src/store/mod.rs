@@ -490,12 +490,17 @@ impl Store {
             .collect()
     }
 
-    /// True when the database answers and has exactly the migrations this binary knows.
+    /// True when the database answers and has exactly the migrations this binary knows; an
+    /// error when it cannot be read.
     pub async fn migrations_current(&self) -> Result<bool, StoreError> {
         let applied = match self.applied_migrations().await {
             Ok(v) => v,
             // No migrations table yet: reachable, but not migrated.
-            Err(StoreError::Database(sqlx::Error::Database(_))) => return Ok(false),
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if self.inner.dialect.missing_table(&*e) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         let known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();

@@ -312,7 +312,39 @@ crate::backend_tests!(
     events_are_listed_newest_first_with_filters_and_cursor_pages,
     event_detail_shows_headers_jobs_and_history,
     readiness_reports_database_and_metrics_are_prometheus_text,
+    readiness_fails_when_the_schema_version_cannot_be_read,
 );
+
+/// A migrations table the database answers for with an error (here a column renamed under
+/// hookdock) makes the instance not ready, "unreadable", rather than ready or waiting for
+/// `hookdock migrate`; once it can be read again, the instance is ready again.
+async fn readiness_fails_when_the_schema_version_cannot_be_read(backend: Backend) {
+    let app = TestApp::spawn(&backend).await;
+    assert_eq!(app.probe("/readyz").await.0, StatusCode::OK);
+    let admin = crate::ingest::sqlx_pool(&app).await;
+    sqlx::query("ALTER TABLE _sqlx_migrations RENAME COLUMN success TO succeeded")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (status, ready) = app.probe("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(
+        ready,
+        serde_json::json!({
+            "status": "not_ready",
+            "database": "unreadable: see the log",
+            "migrations": "unknown",
+        })
+    );
+    sqlx::query("ALTER TABLE _sqlx_migrations RENAME COLUMN succeeded TO success")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (status, ready) = app.probe("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    admin.close().await;
+    app.stop().await;
+}
 
 /// API requests whose PostgreSQL connections a network partition silences mid-query: each is
 /// answered once `database_timeout_secs` has passed (503) rather than never, and every
