@@ -695,13 +695,18 @@ pub async fn cut_while_the_server_sleeps(
     direct: &sqlx::AnyPool,
     proxy: &hookdock_testkit::TcpProxy,
 ) {
+    until_the_server_sleeps(direct).await;
+    proxy.cut();
+}
+
+/// Returns once a statement the [`slow_trigger`] slows is running on the server.
+pub async fn until_the_server_sleeps(direct: &sqlx::AnyPool) {
     poll_until(
         "a slowed statement under way on the server",
         Duration::from_secs(10),
         || async { sleeping_on_server(direct).await > 0 },
     )
     .await;
-    proxy.cut();
 }
 
 /// How many of the connections to `pool`'s PostgreSQL database are in `pg_sleep` now (a test's

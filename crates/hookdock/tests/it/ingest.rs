@@ -855,12 +855,7 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     let delivery = new_delivery_id();
     let body = unique_body("push.none.0", 1);
     let reset = async {
-        poll_until(
-            "a slowed statement under way on the server",
-            Duration::from_secs(10),
-            || async { sleeping_on_server(&direct).await > 0 },
-        )
-        .await;
+        until_the_server_sleeps(&direct).await;
         proxy.reset();
     };
     let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
