@@ -295,16 +295,15 @@ fn missing_database(settings: &Settings) -> Option<String> {
     })
 }
 
-/// Whether `command` may start a new SQLite database: the server, `migrate`, and the commands
-/// that bring data in from GitHub (a first install or backfill may come before the first
-/// `serve`). The others work on a database hookdock already uses; in a directory without it,
-/// they would find an empty new one and report nothing, instead of the operator's data.
+/// Whether a command that works on the store (not `serve` or `migrate`, which always create
+/// it) may start a new SQLite database: those that bring data in from GitHub (a first install
+/// or backfill may come before the first `serve`). The others work on a database hookdock
+/// already uses; in a directory without it, they would find an empty new one and report
+/// nothing, instead of the operator's data.
 fn may_create_database(command: &Command) -> bool {
     matches!(
         command,
-        Command::Serve { .. }
-            | Command::Migrate
-            | Command::Repos(hooks::ReposCommand::Install { .. })
+        Command::Repos(hooks::ReposCommand::Install { .. })
             | Command::Orgs(hooks::OrgsCommand::Install { .. })
             | Command::Backfill(_)
             | Command::Metrics(MetricsCommand::Backfill(_))

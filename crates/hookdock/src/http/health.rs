@@ -21,29 +21,13 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         None
     };
-    let (status, database, migrations) = match checked {
+    let (database, migrations) = match &checked {
         None => (
-            StatusCode::SERVICE_UNAVAILABLE,
             "writer stopped (shutting down, or failed: see the log): restart hookdock",
             "unknown",
         ),
-        // Writes can no longer be made durable (a failed flush): deliveries get 503, whatever
-        // the database answers to reads (a lost disk may fail them too).
-        Some(checked) if !state.store.durable() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "flush to disk failed: restart hookdock",
-            match checked {
-                Ok(true) => "current",
-                Ok(false) => "pending: run `hookdock migrate`",
-                Err(_) => "unknown",
-            },
-        ),
-        Some(Ok(true)) => (StatusCode::OK, "ok", "current"),
-        Some(Ok(false)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ok",
-            "pending: run `hookdock migrate`",
-        ),
+        Some(Ok(true)) => ("ok", "current"),
+        Some(Ok(false)) => ("ok", "pending: run `hookdock migrate`"),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "readiness check: the schema version cannot be read");
             // The database answered, with an error: not a network matter.
@@ -51,13 +35,20 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
                 StoreError::Database(sqlx::Error::Database(_)) => "unreadable: see the log",
                 _ => "unreachable",
             };
-            (StatusCode::SERVICE_UNAVAILABLE, database, "unknown")
+            (database, "unknown")
         }
     };
-    let ready = if status == StatusCode::OK {
-        "ready"
+    // Writes can no longer be made durable (a failed flush): deliveries get 503, whatever the
+    // database answers to reads (a lost disk may fail them too).
+    let database = if checked.is_some() && !state.store.durable() {
+        "flush to disk failed: restart hookdock"
     } else {
-        "not_ready"
+        database
+    };
+    let (status, ready) = if database == "ok" && migrations == "current" {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
     (
         status,

@@ -3,8 +3,9 @@
 //! operating system give the connection up, so an unbounded query waits for good. Every query
 //! the store runs on its pool goes through [`Bounded`] (and its transactions through
 //! [`Store::bounded`](super::Store::bounded)): with no answer within the database timeout it
-//! fails. The pool's own checks of its connections ([`PoolChecks`]) are bounded too, and close a silent connection without the protocol's goodbye, which would
-//! wait for good: a partition neither holds a request nor uses up the pool.
+//! fails. The pool's own checks of its connections ([`PoolChecks`]) are bounded too, and close
+//! a silent connection without the protocol's goodbye, which would wait for good: a partition
+//! neither holds a request nor uses up the pool.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -704,7 +704,6 @@ pub(crate) async fn begin_write(
     }
 }
 
-/// Makes sure the SQLite file's directory exists and that the file is created on first use.
 /// The path and the query of a `sqlite:` URL.
 fn sqlite_parts(url: &str) -> Option<(&str, Option<&str>)> {
     let rest = url
@@ -721,13 +720,19 @@ fn sqlite_parts(url: &str) -> Option<(&str, Option<&str>)> {
 pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     sqlite_parts(url)
         .map(|(path, _)| path)
-        .filter(|path| !path.is_empty() && *path != ":memory:")
+        .filter(|path| names_a_file(path))
         .map(std::path::PathBuf::from)
 }
 
+/// Whether a `sqlite:` URL's path is a file rather than an in-memory database.
+fn names_a_file(path: &str) -> bool {
+    !path.is_empty() && path != ":memory:"
+}
+
+/// Makes sure the SQLite file's directory exists and that the file is created on first use.
 fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), String> {
     let (path, query) = sqlite_parts(url).ok_or_else(|| "not a sqlite URL".to_owned())?;
-    if path.is_empty() || path == ":memory:" {
+    if !names_a_file(path) {
         return Err(
             "an in-memory SQLite database would lose every delivery; give a file path".into(),
         );

@@ -724,8 +724,11 @@ impl Writer {
         let size = batch.len();
         let dialect = self.dialect;
         let deliveries: Vec<&NewDelivery> = batch.ingests.iter().map(|(d, ..)| &**d).collect();
-        let deadline = batch.ingests.iter().map(|(.., queued)| *queued).min();
-        let deadline = deadline.map(|queued| queued + WRITE_WAIT);
+        let deadline = batch
+            .ingests
+            .iter()
+            .map(|(.., queued)| deadline_of(*queued))
+            .min();
         let mut claims: Vec<ClaimRequest> = batch.claims.iter().map(|(c, _)| c.clone()).collect();
         self.burst.record(batch.ingests.len());
         let offer = self.offer(&batch);
@@ -739,17 +742,9 @@ impl Writer {
         if let Some((request, _, _)) = &offer {
             claims.push(request.clone());
         }
-        let mut result = self
+        let result = self
             .write(&deliveries, &batch.finishes, &claims, deadline)
             .await;
-        if let Err(error) = &result
-            && connection_broke(error)
-        {
-            tracing::warn!(%error, "a write's connection broke; trying it once more on another");
-            result = self
-                .write(&deliveries, &batch.finishes, &claims, deadline)
-                .await;
-        }
         drop(deliveries);
         let mut durable = Durable::default();
         match (result, offer) {
@@ -828,7 +823,7 @@ impl Writer {
         }
         for (d, reply, queued) in batch.ingests.drain(..) {
             let result = self
-                .write(&[&d], &[], &[], Some(queued + WRITE_WAIT))
+                .write(&[&d], &[], &[], Some(deadline_of(queued)))
                 .await
                 .map(|mut w| w.ingested.remove(0));
             durable
@@ -868,7 +863,8 @@ impl Writer {
     }
 
     /// One transaction (on PostgreSQL, job results first in one of their own; both, with the
-    /// wait for a connection, given up at `deadline` or after [`WRITE_WAIT`]). If it fails, it
+    /// wait for a connection, given up at `deadline` or after [`WRITE_WAIT`]), tried once more
+    /// on another connection if its own broke under it ([`connection_broke`]). If it fails, it
     /// is counted (`hookdock_store_write_errors_total`) and what the writer knows of stored
     /// keys is read again from the database next time.
     async fn write(
@@ -878,9 +874,17 @@ impl Writer {
         claims: &[ClaimRequest],
         deadline: Option<Instant>,
     ) -> Result<Written, sqlx::Error> {
-        let result = self
+        let mut result = self
             .write_once(deliveries, finishes, claims, deadline)
             .await;
+        if let Err(error) = &result
+            && connection_broke(error)
+        {
+            tracing::warn!(%error, "a write's connection broke; trying it once more on another");
+            result = self
+                .write_once(deliveries, finishes, claims, deadline)
+                .await;
+        }
         if result.is_err() {
             metrics::counter!("hookdock_store_write_errors_total", "dialect" => self.dialect.name())
                 .increment(1);
@@ -999,6 +1003,11 @@ impl Writer {
     }
 }
 
+/// When a delivery queued at `queued` is answered 503 if the database has not taken it.
+fn deadline_of(queued: Instant) -> Instant {
+    queued + WRITE_WAIT
+}
+
 /// Whether a write failed on its connection (no answer, none to be had, broken) rather than on
 /// something the database said about one of its operations.
 fn connection_failed(error: &sqlx::Error) -> bool {
@@ -1043,7 +1052,7 @@ fn refuse_expired(
     ingests: &mut Vec<(Arc<NewDelivery>, Reply<IngestOutcome>, Instant)>,
     now: Instant,
 ) {
-    let expired = |queued: &Instant| now.saturating_duration_since(*queued) >= WRITE_WAIT;
+    let expired = |queued: &Instant| deadline_of(*queued) <= now;
     if !ingests.iter().any(|(.., queued)| expired(queued)) {
         return;
     }
