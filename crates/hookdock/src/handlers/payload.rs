@@ -122,6 +122,9 @@ pub(crate) enum Prune {
         members: &'static [(&'static str, Prune)],
         rest: &'static Prune,
     },
+    /// An array's every element as given (a dropped element is kept as `null`, so the array
+    /// keeps its length); a value that is not an array is kept whole.
+    Each(&'static Prune),
 }
 
 impl Prune {
@@ -139,6 +142,7 @@ impl Prune {
                 .iter()
                 .find(|(name, _)| *name == key)
                 .map_or(*rest, |(_, prune)| prune),
+            Prune::Each(_) => &Prune::Keep,
             other => other,
         }
     }
@@ -167,7 +171,8 @@ impl<'de> DeserializeSeed<'de> for Pruned<'_> {
     }
 }
 
-/// Builds an object member by member, and any other value whole.
+/// Builds an object member by member or an array element by element, and any other value
+/// whole.
 struct ObjectVisitor<'p>(&'p Prune);
 
 impl<'de> Visitor<'de> for ObjectVisitor<'_> {
@@ -195,9 +200,13 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let element = match self.0 {
+            Prune::Each(element) => element,
+            _ => &Prune::Keep,
+        };
         let mut out = Vec::new();
-        while let Some(value) = seq.next_element()? {
-            out.push(value);
+        while let Some(value) = seq.next_element_seed(Pruned(element))? {
+            out.push(value.unwrap_or(Value::Null));
         }
         Ok(Value::Array(out))
     }
@@ -308,6 +317,25 @@ mod tests {
             json!({"repository": null, "pull_request": [{"user": {"id": 1}}], "list": "x"})
         );
         assert_eq!(parse_pruned(b"[1,2]", &SPEC).unwrap(), json!([1, 2]));
+    }
+
+    #[test]
+    fn each_element_of_an_array_is_pruned_and_counted() {
+        const EACH: Prune = Prune::only(&[
+            ("commits", Prune::Each(&USER)),
+            ("ids", Prune::Each(&Prune::Drop)),
+        ]);
+        let doc = br#"{"commits":[{"login":"a","id":1},7,{"id":2},[{"login":"b"}]],
+            "ids":[1,{"x":2}],"other":[1]}"#;
+        assert_eq!(
+            parse_pruned(doc, &EACH).unwrap(),
+            json!({"commits": [{"login": "a"}, 7, {}, [{"login": "b"}]], "ids": [null, null]})
+        );
+        // Not an array: kept whole, as an object given to `only` that is not one.
+        assert_eq!(
+            parse_pruned(br#"{"commits":{"login":"a","id":1},"ids":"x"}"#, &EACH).unwrap(),
+            json!({"commits": {"login": "a", "id": 1}, "ids": "x"})
+        );
     }
 
     #[test]

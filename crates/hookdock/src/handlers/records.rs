@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::payload::Payload;
+use super::payload::{Payload, Prune};
 use super::{Handler, HandlerError, HandlerFuture, JobContext};
 use crate::store::{
     CiRunRecord, DeploymentStatusRecord, Effect, PushRecord, RecordEffect, ReleaseRecord,
@@ -25,6 +25,103 @@ pub const RECORDED_EVENTS: [&str; 8] = [
     "fork",
     "watch",
 ];
+
+/// What [`effects_for`] reads of the events it records, the only parts the handler builds.
+/// A push's commits are counted, not read: a push of a thousand commits with their file lists
+/// comes near GitHub's 25 MB cap, and built whole it took about five times its size in memory.
+const READS: Prune = Prune::only(&[
+    (
+        "repository",
+        Prune::only(&[
+            ("full_name", Prune::Keep),
+            ("stargazers_count", Prune::Keep),
+            ("forks_count", Prune::Keep),
+            ("watchers_count", Prune::Keep),
+            ("updated_at", Prune::Keep),
+        ]),
+    ),
+    (
+        "sender",
+        Prune::only(&[("login", Prune::Keep), ("id", Prune::Keep)]),
+    ),
+    // push
+    ("ref", Prune::Keep),
+    ("before", Prune::Keep),
+    ("after", Prune::Keep),
+    (
+        "commits",
+        Prune::Each(&Prune::only(&[("distinct", Prune::Keep)])),
+    ),
+    ("forced", Prune::Keep),
+    ("created", Prune::Keep),
+    ("deleted", Prune::Keep),
+    ("pusher", Prune::only(&[("name", Prune::Keep)])),
+    ("head_commit", Prune::only(&[("timestamp", Prune::Keep)])),
+    // release
+    (
+        "release",
+        Prune::Object {
+            members: &[("author", Prune::only(&[("login", Prune::Keep)]))],
+            rest: &Prune::Keep,
+        },
+    ),
+    // workflow_run
+    (
+        "workflow_run",
+        Prune::only(&[
+            ("id", Prune::Keep),
+            ("name", Prune::Keep),
+            ("status", Prune::Keep),
+            ("conclusion", Prune::Keep),
+            ("head_sha", Prune::Keep),
+            ("head_branch", Prune::Keep),
+            ("run_attempt", Prune::Keep),
+            ("run_started_at", Prune::Keep),
+            ("created_at", Prune::Keep),
+            ("updated_at", Prune::Keep),
+        ]),
+    ),
+    // check_run
+    (
+        "check_run",
+        Prune::only(&[
+            ("id", Prune::Keep),
+            ("name", Prune::Keep),
+            ("status", Prune::Keep),
+            ("conclusion", Prune::Keep),
+            ("head_sha", Prune::Keep),
+            ("started_at", Prune::Keep),
+            ("completed_at", Prune::Keep),
+            ("check_suite", Prune::only(&[("head_branch", Prune::Keep)])),
+        ]),
+    ),
+    // deployment_status
+    (
+        "deployment_status",
+        Prune::only(&[
+            ("id", Prune::Keep),
+            ("environment", Prune::Keep),
+            ("state", Prune::Keep),
+            ("created_at", Prune::Keep),
+            ("creator", Prune::only(&[("login", Prune::Keep)])),
+        ]),
+    ),
+    (
+        "deployment",
+        Prune::only(&[
+            ("id", Prune::Keep),
+            ("environment", Prune::Keep),
+            ("sha", Prune::Keep),
+            ("ref", Prune::Keep),
+        ]),
+    ),
+    // fork, star
+    (
+        "forkee",
+        Prune::only(&[("full_name", Prune::Keep), ("created_at", Prune::Keep)]),
+    ),
+    ("starred_at", Prune::Keep),
+]);
 
 pub struct RecordsHandler;
 
@@ -48,7 +145,7 @@ impl Handler for RecordsHandler {
 
     fn handle<'a>(&'a self, ctx: &'a JobContext<'a>) -> HandlerFuture<'a> {
         Box::pin(async move {
-            let payload = ctx.payload().await?;
+            let payload = ctx.payload_with(&READS).await?;
             let source = Source {
                 event_id: ctx.job.event_id,
                 received_at: ctx.job.received_at,
@@ -288,16 +385,70 @@ mod tests {
         received_at: 1_700_000_000_000,
     };
 
+    /// Every subscribed fixture gives effects, and the same ones whether the payload is parsed
+    /// whole or as the handler parses it ([`READS`]).
     #[test]
-    fn every_subscribed_fixture_parses() {
+    fn every_subscribed_fixture_parses_and_the_handler_reads_it_as_a_whole_parse_does() {
         let fixtures = super::super::subscribed_fixtures(&RecordsHandler);
         for f in &fixtures {
-            let doc: Value = serde_json::from_slice(&f.bytes).expect("JSON");
-            let effects = effects_for(&f.event, f.action.as_deref(), &doc, SOURCE)
-                .unwrap_or_else(|e| panic!("{}: {e}", f.name));
-            assert!(!effects.is_empty(), "{} gave no effects", f.name);
+            let (name, event, action) = (&f.name, f.event.as_str(), f.action.as_deref());
+            let whole: Value = serde_json::from_slice(&f.bytes).expect("JSON");
+            let effects = effects_for(event, action, &whole, SOURCE)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!effects.is_empty(), "{name} gave no effects");
+            let pruned = super::super::payload::parse_pruned(&f.bytes, &READS).expect("JSON");
+            assert!(
+                pruned.to_string().len() < whole.to_string().len(),
+                "{name}: nothing left out"
+            );
+            let got = effects_for(event, action, &pruned, SOURCE);
+            assert_eq!(
+                got.ok(),
+                Some(effects),
+                "{name}: the pruned parse gives other effects"
+            );
         }
         assert!(fixtures.len() >= 35, "only {} fixtures", fixtures.len());
+    }
+
+    /// A push's commits are counted (and the distinct ones) from a parse that keeps one flag of
+    /// each: what GitHub sends for a large push is mostly its commits' messages and file lists.
+    #[test]
+    fn a_large_push_is_counted_from_its_commits_distinct_flags_alone() {
+        let commit = |i: usize| {
+            serde_json::json!({
+                "id": format!("{i:040x}"), "distinct": !i.is_multiple_of(3), "message": "m".repeat(200),
+                "timestamp": "2026-12-01T10:00:00Z", "author": {"name": "a", "email": "a@x"},
+                "added": ["src/a.rs", "src/b.rs"], "removed": [], "modified": ["README.md"]
+            })
+        };
+        let doc = serde_json::json!({
+            "ref": "refs/heads/main", "before": "0".repeat(40), "after": "1".repeat(40),
+            "created": false, "deleted": false, "forced": true,
+            "commits": (0..300).map(commit).collect::<Vec<_>>(),
+            "head_commit": commit(299), "pusher": {"name": "octo", "email": "o@x"},
+            "repository": {"full_name": "o/r", "id": 1}, "sender": {"login": "octo", "id": 2}
+        });
+        let bytes = serde_json::to_vec(&doc).expect("JSON");
+        let pruned = super::super::payload::parse_pruned(&bytes, &READS).expect("JSON");
+        let commits = pruned["commits"].as_array().expect("commits");
+        assert_eq!(commits.len(), 300);
+        assert_eq!(commits[1], serde_json::json!({"distinct": true}));
+        assert!(pruned.to_string().len() * 20 < bytes.len(), "{pruned}");
+        let effects = effects_for("push", None, &pruned, SOURCE).expect("effects");
+        assert_eq!(
+            effects,
+            effects_for("push", None, &doc, SOURCE).expect("effects")
+        );
+        let Effect::Record(record) = &effects[0] else {
+            panic!("{effects:?}")
+        };
+        let RecordEffect::Push(push) = &**record else {
+            panic!("{record:?}")
+        };
+        assert_eq!((push.commits, push.distinct_commits), (300, 200));
+        assert_eq!(push.pusher.as_deref(), Some("octo"));
+        assert_eq!(push.head_commit_at, Some(1_796_119_200_000));
     }
 
     #[test]
