@@ -122,6 +122,9 @@ pub(crate) enum Prune {
         members: &'static [(&'static str, Prune)],
         rest: &'static Prune,
     },
+    /// An object of which only the named members are kept, each whole; a value that is not an
+    /// object is kept whole.
+    Fields(&'static [&'static str]),
     /// An array's every element as given (a dropped element is kept as `null`, so the array
     /// keeps its length); a value that is not an array is kept whole.
     Each(&'static Prune),
@@ -142,6 +145,8 @@ impl Prune {
                 .iter()
                 .find(|(name, _)| *name == key)
                 .map_or(*rest, |(_, prune)| prune),
+            Prune::Fields(names) if names.contains(&key) => &Prune::Keep,
+            Prune::Fields(_) => &Prune::Drop,
             Prune::Each(_) => &Prune::Keep,
             other => other,
         }
@@ -274,7 +279,7 @@ mod tests {
 
     const USER: Prune = Prune::only(&[("login", Prune::Keep)]);
     const SPEC: Prune = Prune::only(&[
-        ("repository", Prune::only(&[("full_name", Prune::Keep)])),
+        ("repository", Prune::Fields(&["full_name"])),
         (
             "pull_request",
             Prune::Object {

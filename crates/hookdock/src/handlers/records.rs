@@ -32,59 +32,52 @@ pub const RECORDED_EVENTS: [&str; 8] = [
 const READS: Prune = Prune::only(&[
     (
         "repository",
-        Prune::only(&[
-            ("full_name", Prune::Keep),
-            ("stargazers_count", Prune::Keep),
-            ("forks_count", Prune::Keep),
-            ("watchers_count", Prune::Keep),
-            ("updated_at", Prune::Keep),
+        Prune::Fields(&[
+            "full_name",
+            "stargazers_count",
+            "forks_count",
+            "watchers_count",
+            "updated_at",
         ]),
     ),
-    (
-        "sender",
-        Prune::only(&[("login", Prune::Keep), ("id", Prune::Keep)]),
-    ),
+    ("sender", Prune::Fields(&["login", "id"])),
     // push
     ("ref", Prune::Keep),
     ("before", Prune::Keep),
     ("after", Prune::Keep),
-    (
-        "commits",
-        Prune::Each(&Prune::only(&[("distinct", Prune::Keep)])),
-    ),
+    ("commits", Prune::Each(&Prune::Fields(&["distinct"]))),
     ("forced", Prune::Keep),
     ("created", Prune::Keep),
     ("deleted", Prune::Keep),
-    ("pusher", Prune::only(&[("name", Prune::Keep)])),
-    ("head_commit", Prune::only(&[("timestamp", Prune::Keep)])),
+    ("pusher", Prune::Fields(&["name"])),
+    ("head_commit", Prune::Fields(&["timestamp"])),
     // release
     (
         "release",
         Prune::Object {
-            members: &[("author", Prune::only(&[("login", Prune::Keep)]))],
+            members: &[("author", Prune::Fields(&["login"]))],
             rest: &Prune::Keep,
         },
     ),
-    // workflow_run
     (
         "workflow_run",
-        Prune::only(&[
-            ("id", Prune::Keep),
-            ("name", Prune::Keep),
-            ("status", Prune::Keep),
-            ("conclusion", Prune::Keep),
-            ("head_sha", Prune::Keep),
-            ("head_branch", Prune::Keep),
-            ("run_attempt", Prune::Keep),
-            ("run_started_at", Prune::Keep),
-            ("created_at", Prune::Keep),
-            ("updated_at", Prune::Keep),
+        Prune::Fields(&[
+            "id",
+            "name",
+            "status",
+            "conclusion",
+            "head_sha",
+            "head_branch",
+            "run_attempt",
+            "run_started_at",
+            "created_at",
+            "updated_at",
         ]),
     ),
-    // check_run
     (
         "check_run",
         Prune::only(&[
+            ("check_suite", Prune::Fields(&["head_branch"])),
             ("id", Prune::Keep),
             ("name", Prune::Keep),
             ("status", Prune::Keep),
@@ -92,34 +85,24 @@ const READS: Prune = Prune::only(&[
             ("head_sha", Prune::Keep),
             ("started_at", Prune::Keep),
             ("completed_at", Prune::Keep),
-            ("check_suite", Prune::only(&[("head_branch", Prune::Keep)])),
         ]),
     ),
-    // deployment_status
     (
         "deployment_status",
         Prune::only(&[
+            ("creator", Prune::Fields(&["login"])),
             ("id", Prune::Keep),
             ("environment", Prune::Keep),
             ("state", Prune::Keep),
             ("created_at", Prune::Keep),
-            ("creator", Prune::only(&[("login", Prune::Keep)])),
         ]),
     ),
     (
         "deployment",
-        Prune::only(&[
-            ("id", Prune::Keep),
-            ("environment", Prune::Keep),
-            ("sha", Prune::Keep),
-            ("ref", Prune::Keep),
-        ]),
+        Prune::Fields(&["id", "environment", "sha", "ref"]),
     ),
     // fork, star
-    (
-        "forkee",
-        Prune::only(&[("full_name", Prune::Keep), ("created_at", Prune::Keep)]),
-    ),
+    ("forkee", Prune::Fields(&["full_name", "created_at"])),
     ("starred_at", Prune::Keep),
 ]);
 
