@@ -49,6 +49,9 @@ pub enum BodyError {
     InvalidJson(String),
     #[error("body must be a JSON object, as GitHub sends")]
     NotAnObject,
+    /// A routing field given twice, so which one counts is unclear (GitHub never does this).
+    #[error("body names a field twice ({0}); GitHub sends each field once")]
+    DuplicateField(String),
 }
 
 /// The JSON document of a delivery: the body itself, or the decoded `payload` form field.
@@ -87,8 +90,10 @@ impl<'a> Envelope<'a> {
         }
         let raw: RawEnvelope<'a> = match serde_json::from_slice(json) {
             Ok(raw) => raw,
+            // Every field is lenient about its shape, so the only data error left is a field
+            // named twice.
             Err(e) if e.classify() == serde_json::error::Category::Data => {
-                return Err(BodyError::NotAnObject);
+                return Err(BodyError::DuplicateField(e.to_string()));
             }
             Err(e) => return Err(BodyError::InvalidJson(e.to_string())),
         };
@@ -437,6 +442,30 @@ mod tests {
         ));
         assert_eq!(Envelope::parse(b"[1]"), Err(BodyError::NotAnObject));
         assert_eq!(Envelope::parse(b"\"s\""), Err(BodyError::NotAnObject));
+    }
+
+    #[test]
+    fn a_routing_field_named_twice_is_refused_as_such() {
+        for (json, field) in [
+            (&br#"{"action":"opened","action":"closed"}"#[..], "`action`"),
+            (
+                br#"{"repository":{"full_name":"o/a","full_name":"o/b"}}"#,
+                "`full_name`",
+            ),
+        ] {
+            let err = Envelope::parse(json).unwrap_err();
+            assert!(
+                matches!(&err, BodyError::DuplicateField(m) if m.contains(field)),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with("body names a field twice (duplicate field"),
+                "{err}"
+            );
+        }
+        // Fields hookdock does not read may repeat: they are not validated.
+        assert!(Envelope::parse(br#"{"zen":"a","zen":"b"}"#).is_ok());
     }
 
     #[test]

@@ -122,7 +122,9 @@ impl IngestError {
             IngestError::BadSignature(_) => "invalid_signature",
             IngestError::NoSecret => "no_secret_configured",
             IngestError::UnsupportedTarget(_) => "unsupported_target",
-            IngestError::Body(BodyError::InvalidJson(_) | BodyError::NotAnObject) => "invalid_json",
+            IngestError::Body(
+                BodyError::InvalidJson(_) | BodyError::NotAnObject | BodyError::DuplicateField(_),
+            ) => "invalid_json",
             IngestError::Body(BodyError::MissingFormPayload) => "invalid_form",
             IngestError::Store(_) => "storage_unavailable",
             IngestError::Internal(_) => "internal",

@@ -279,6 +279,18 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backen
         named.1
     );
 
+    // Valid JSON, but which action is meant is unclear: refused, saying so.
+    let twice = br#"{"action":"opened","action":"closed"}"#;
+    let (status, answer) = app.post("pull_request", twice, &new_delivery_id()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"], "invalid_json", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("names a field twice") && m.contains("`action`")),
+        "{answer}"
+    );
+
     // An event GitHub does not send: answered, not stored.
     let (status, answer) = app
         .post("not_a_github_event", &body, &new_delivery_id())
