@@ -168,6 +168,11 @@ impl Worker {
         slots: Option<&AtomicUsize>,
     ) -> Result<(), StoreError> {
         let mut finishes = Vec::with_capacity(chain.len());
+        // A chain is one key's jobs of one handler.
+        let handler = chain
+            .first()
+            .map(|job| job.handler.clone())
+            .unwrap_or_default();
         let mut jobs = chain.into_iter();
         for job in jobs.by_ref() {
             let outcome = self.run_job(&job).await;
@@ -195,6 +200,8 @@ impl Worker {
                     job_id,
                     "lease expired before the job finished; its result was discarded"
                 );
+                metrics::counter!("hookdock_job_results_discarded_total", "handler" => handler.clone())
+                    .increment(1);
             }
         }
         Ok(())

@@ -862,11 +862,11 @@ impl Writer {
         }
     }
 
-    /// One transaction (on PostgreSQL, job results first in one of their own; both, with the
-    /// wait for a connection, given up at `deadline` or after [`WRITE_WAIT`]), tried once more
-    /// on another connection if its own broke under it ([`connection_broke`]). If it fails, it
-    /// is counted (`hookdock_store_write_errors_total`) and what the writer knows of stored
-    /// keys is read again from the database next time.
+    /// One transaction (on PostgreSQL, job results and claims first in one of their own, each
+    /// tried once more on another connection if its own broke under it; both, with the waits
+    /// for a connection, given up at `deadline` or after [`WRITE_WAIT`]). If it fails, it is
+    /// counted (`hookdock_store_write_errors_total`) and what the writer knows of stored keys
+    /// is read again from the database next time.
     async fn write(
         &self,
         deliveries: &[&NewDelivery],
@@ -874,17 +874,9 @@ impl Writer {
         claims: &[ClaimRequest],
         deadline: Option<Instant>,
     ) -> Result<Written, sqlx::Error> {
-        let mut result = self
+        let result = self
             .write_once(deliveries, finishes, claims, deadline)
             .await;
-        if let Err(error) = &result
-            && connection_broke(error)
-        {
-            tracing::warn!(%error, "a write's connection broke; trying it once more on another");
-            result = self
-                .write_once(deliveries, finishes, claims, deadline)
-                .await;
-        }
         if result.is_err() {
             metrics::counter!("hookdock_store_write_errors_total", "dialect" => self.dialect.name())
                 .increment(1);
@@ -925,17 +917,19 @@ impl Writer {
                 }
                 let separate =
                     !deliveries.is_empty() && (!finishes.is_empty() || !claims.is_empty());
+                // Each transaction is tried again alone: once the first has committed, its jobs
+                // are finished and its claims taken, and doing them again would lose the jobs
+                // claimed (leased to this worker, never handed to it) until their lease ran out.
                 let work = async {
                     if separate {
-                        let first = self.pool_transaction(pool, &[], finishes, claims).await?;
-                        let second = self.pool_transaction(pool, deliveries, &[], &[]).await?;
+                        let first = self.pool_attempts(pool, &[], finishes, claims).await?;
+                        let second = self.pool_attempts(pool, deliveries, &[], &[]).await?;
                         return Ok(Written {
                             ingested: second.ingested,
                             ..first
                         });
                     }
-                    self.pool_transaction(pool, deliveries, finishes, claims)
-                        .await
+                    self.pool_attempts(pool, deliveries, finishes, claims).await
                 };
                 // No answer (a network partition leaves a connection open and silent, and with
                 // the request acknowledged nothing makes the operating system give it up), or
@@ -945,6 +939,28 @@ impl Writer {
                     .await
                     .unwrap_or_else(|_| Err(not_taken(deadline.is_some())))
             }
+        }
+    }
+
+    /// A transaction on a connection from the pool, tried once more on another if its own broke
+    /// under it ([`connection_broke`]).
+    async fn pool_attempts(
+        &self,
+        pool: &AnyPool,
+        deliveries: &[&NewDelivery],
+        finishes: &[JobFinish],
+        claims: &[ClaimRequest],
+    ) -> Result<Written, sqlx::Error> {
+        match self
+            .pool_transaction(pool, deliveries, finishes, claims)
+            .await
+        {
+            Err(error) if connection_broke(&error) => {
+                tracing::warn!(%error, "a write's connection broke; trying it once more on another");
+                self.pool_transaction(pool, deliveries, finishes, claims)
+                    .await
+            }
+            result => result,
         }
     }
 

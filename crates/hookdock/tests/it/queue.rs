@@ -791,13 +791,24 @@ async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend:
 
 /// Runs issue 41's job until told to finish; records every issue number it is given.
 struct Blocker {
+    name: &'static str,
     seen: Mutex<Vec<i64>>,
     release: tokio::sync::Notify,
 }
 
+impl Blocker {
+    fn named(name: &'static str) -> Arc<Blocker> {
+        Arc::new(Blocker {
+            name,
+            seen: Mutex::new(Vec::new()),
+            release: tokio::sync::Notify::new(),
+        })
+    }
+}
+
 impl Handler for Blocker {
     fn name(&self) -> &'static str {
-        "blocker"
+        self.name
     }
 
     fn subscribes(&self, event: &str, _action: Option<&str>) -> bool {
@@ -824,10 +835,7 @@ impl Handler for Blocker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     let test = "a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker";
-    let blocker = Arc::new(Blocker {
-        seen: Mutex::new(Vec::new()),
-        release: tokio::sync::Notify::new(),
-    });
+    let blocker = Blocker::named("blocker");
     let configure = |s: hookdock::config::Sources| {
         s.set("queue.lease_secs", 3)
             .set("handlers.activity.enabled", false)
@@ -873,6 +881,81 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     })
     .await;
     blocker.release.notify_one();
+    direct.close().await;
+    app.stop().await;
+}
+
+/// A connection reset under the second of a write's two PostgreSQL transactions (the
+/// deliveries'), after the first (a job's result) has committed: only the deliveries are
+/// written again. (Written again whole, the result was found already recorded and counted as
+/// discarded, with a warning that the job's lease had expired, though it had not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again() {
+    let test = "a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again";
+    // A handler name of its own: the metrics are the whole test binary's.
+    let blocker = Blocker::named("blocker-of-the-reset");
+    let configure = |s: hookdock::config::Sources| s.set("handlers.activity.enabled", false);
+    let handlers = vec![blocker.clone() as Arc<dyn Handler>];
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, handlers).await else {
+        return;
+    };
+    let held = post_issue(&app, 41, 0).await;
+    poll_until(
+        "issue 41's job running",
+        Duration::from_secs(10),
+        || async { blocker.seen.lock().unwrap().contains(&41) },
+    )
+    .await;
+
+    // A delivery's write takes two seconds on the server. Meanwhile issue 41's job finishes
+    // and another delivery arrives: the next write records the one in its first transaction
+    // and stores the other in its second, whose connection is reset.
+    slow_trigger(&direct, "INSERT", "events").await;
+    let (slow, last) = (new_delivery_id(), new_delivery_id());
+    let (slow_body, last_body) = (issue(43, 1), issue(44, 2));
+    let reset_in_the_next_write = async {
+        until_the_server_sleeps(&direct).await;
+        blocker.release.notify_one();
+        let reset = async {
+            poll_until(
+                "the first delivery stored and the next write's insert under way",
+                Duration::from_secs(10),
+                || async {
+                    let stored: i64 =
+                        sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_id = $1")
+                            .bind(slow.as_str())
+                            .fetch_one(&direct)
+                            .await
+                            .unwrap();
+                    stored == 1 && sleeping_on_server(&direct).await > 0
+                },
+            )
+            .await;
+            proxy.reset();
+        };
+        tokio::join!(app.post("issues", &last_body, &last), reset).0
+    };
+    let ((status, answer), (last_status, last_answer)) = tokio::join!(
+        app.post("issues", &slow_body, &slow),
+        reset_in_the_next_write
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(last_status, StatusCode::OK, "{last_answer}");
+    assert_eq!(last_answer["status"], "received", "{last_answer}");
+    drop_slow_trigger(&direct, "events").await;
+
+    let job: (String, i64) =
+        sqlx::query_as("SELECT status, attempts FROM jobs WHERE event_id = $1 AND handler = 'blocker-of-the-reset'")
+            .bind(held)
+            .fetch_one(&direct)
+            .await
+            .unwrap();
+    assert_eq!(job, ("done".to_owned(), 1));
+    let metrics = app.metrics_text().await;
+    assert!(
+        !metrics.contains("hookdock_job_results_discarded_total{handler=\"blocker-of-the-reset\"}"),
+        "a result was discarded:\n{metrics}"
+    );
     direct.close().await;
     app.stop().await;
 }
