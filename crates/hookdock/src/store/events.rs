@@ -1,7 +1,7 @@
 //! Stored deliveries: the batched insert behind ingest, and the read side of the events API.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 use sqlx::Row;
@@ -312,6 +312,61 @@ pub(crate) async fn insert_deliveries(
         .into_iter()
         .map(|o| o.ok_or_else(|| sqlx::Error::Protocol("delivery without outcome".into())))
         .collect()
+}
+
+/// After a write tried again because its connection broke: the deliveries it found already
+/// stored that its first try had stored (its commit reached the server and only the answer was
+/// lost), told from a genuine duplicate by the row's receipt time and body hash, which are this
+/// delivery's own. They are answered as stored, with the status the first try gave them (a
+/// worker may have moved it on since), instead of `duplicate_skipped`. Only the first of a
+/// delivery id's repeats in the batch can be the one stored.
+pub(crate) async fn own_earlier_commit(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    batch: &[&NewDelivery],
+    outcomes: &mut [IngestOutcome],
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            IngestOutcome::Duplicate { event_id } => Some(*event_id),
+            IngestOutcome::Stored { .. } => None,
+        })
+        .collect();
+    let mut rows: HashMap<i64, (String, i64, Vec<u8>)> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(MAX_ROWS_PER_STATEMENT) {
+        let mut sql = Sql::with(
+            dialect,
+            "SELECT id, status, received_at, body_sha256 FROM events WHERE id IN ",
+        );
+        sql.bind_list(chunk.iter().copied());
+        for row in conn.rows(&sql).await? {
+            rows.insert(
+                row.try_get(0)?,
+                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+            );
+        }
+    }
+    let mut taken = HashSet::with_capacity(rows.len());
+    for (d, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+        let IngestOutcome::Duplicate { event_id } = *outcome else {
+            continue;
+        };
+        let Some((status, received_at, sha256)) = rows.get(&event_id) else {
+            continue;
+        };
+        if *received_at == d.received_at
+            && sha256[..] == d.body_sha256[..]
+            && taken.insert(event_id)
+        {
+            let status = match EventStatus::parse(status) {
+                Some(held @ (EventStatus::Ignored | EventStatus::ReplaySuspected)) => held,
+                _ => EventStatus::Pending,
+            };
+            *outcome = IngestOutcome::Stored { event_id, status };
+        }
+    }
+    Ok(())
 }
 
 /// The zstd dictionary delivery bodies are compressed with, trained on real GitHub payloads
@@ -781,6 +836,76 @@ pub(super) mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        store.close().await;
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A write tried again after its first try's commit landed: what that try stored (same
+    /// receipt time and body hash) is answered as stored, with the status it was given; a
+    /// delivery that only shares an id with a stored one, or repeats one in the batch, is still
+    /// a duplicate.
+    #[tokio::test]
+    async fn a_retried_write_owns_what_its_first_try_stored() {
+        let (store, dir) = sqlite_store("hookdock-own-commit").await;
+        let h = vec!["activity"];
+        let first = [
+            delivery("a", 1, h.clone()),
+            delivery("b", 1, h.clone()),
+            delivery("c", 2, Vec::new()),
+        ];
+        let stored_first: Vec<(i64, EventStatus)> = ingest(&store, &first)
+            .await
+            .into_iter()
+            .map(stored)
+            .collect();
+        // A worker moved `a` on meanwhile.
+        sqlx::query("UPDATE events SET status = 'done' WHERE id = ?")
+            .bind(stored_first[0].0)
+            .execute(store.inner.writes())
+            .await
+            .unwrap();
+        let mut later = delivery("a", 1, h.clone());
+        later.received_at = 5;
+        let again = [
+            first[0].clone(),
+            first[1].clone(),
+            first[2].clone(),
+            first[0].clone(),
+            later,
+        ];
+        let refs: Vec<&NewDelivery> = again.iter().collect();
+        let mut outcomes = ingest(&store, &again).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, IngestOutcome::Duplicate { .. })),
+            "{outcomes:?}"
+        );
+        let mut conn = store.inner.write.acquire().await.unwrap();
+        own_earlier_commit(&mut *conn, store.dialect(), &refs, &mut outcomes)
+            .await
+            .unwrap();
+        let (a, b, c) = (stored_first[0].0, stored_first[1].0, stored_first[2].0);
+        assert_eq!(
+            outcomes,
+            [
+                IngestOutcome::Stored {
+                    event_id: a,
+                    status: EventStatus::Pending
+                },
+                IngestOutcome::Stored {
+                    event_id: b,
+                    status: EventStatus::ReplaySuspected
+                },
+                IngestOutcome::Stored {
+                    event_id: c,
+                    status: EventStatus::Ignored
+                },
+                IngestOutcome::Duplicate { event_id: a },
+                IngestOutcome::Duplicate { event_id: a },
+            ]
+        );
+        drop(conn);
         store.close().await;
         std::fs::remove_dir_all(dir).ok();
     }

@@ -38,7 +38,7 @@ use std::time::Instant;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::events::insert_deliveries;
+use super::events::{insert_deliveries, own_earlier_commit};
 use super::jobs::{Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs};
 use super::keys::DeliveryKeys;
 use super::sql::{Direct, WriteConn, copy_error, direct_error, ready};
@@ -862,9 +862,9 @@ impl Writer {
         }
     }
 
-    /// One transaction (on PostgreSQL, job results and claims first in one of their own, each
-    /// tried once more on another connection if its own broke under it; both, with the waits
-    /// for a connection, given up at `deadline` or after [`WRITE_WAIT`]). If it fails, it is
+    /// One transaction (on PostgreSQL, job results first in one of their own, each tried once
+    /// more on another connection if its own broke under it; both, with the waits for a
+    /// connection, given up at `deadline` or after [`WRITE_WAIT`]). If it fails, it is
     /// counted (`hookdock_store_write_errors_total`) and what the writer knows of stored keys
     /// is read again from the database next time.
     async fn write(
@@ -917,9 +917,9 @@ impl Writer {
                 }
                 let separate =
                     !deliveries.is_empty() && (!finishes.is_empty() || !claims.is_empty());
-                // Each transaction is tried again alone: once the first has committed, its jobs
-                // are finished and its claims taken, and doing them again would lose the jobs
-                // claimed (leased to this worker, never handed to it) until their lease ran out.
+                // Each transaction is tried again alone: once the first has committed, its job
+                // results are recorded, and written again they would be found so and counted as
+                // discarded, as if the jobs' leases had expired.
                 let work = async {
                     if separate {
                         let first = self.pool_attempts(pool, &[], finishes, claims).await?;
@@ -957,8 +957,31 @@ impl Writer {
         {
             Err(error) if connection_broke(&error) => {
                 tracing::warn!(%error, "a write's connection broke; trying it once more on another");
-                self.pool_transaction(pool, deliveries, finishes, claims)
-                    .await
+                let mut written = self
+                    .pool_transaction(pool, deliveries, finishes, claims)
+                    .await?;
+                if written
+                    .ingested
+                    .iter()
+                    .any(|o| matches!(o, IngestOutcome::Duplicate { .. }))
+                {
+                    // The retry is committed: a failed look at what the first try stored only
+                    // leaves its deliveries answered as duplicates (stored, 200).
+                    let looked = async {
+                        let mut conn = pool.acquire().await?;
+                        own_earlier_commit(
+                            &mut *conn,
+                            self.dialect,
+                            deliveries,
+                            &mut written.ingested,
+                        )
+                        .await
+                    };
+                    if let Err(error) = looked.await {
+                        tracing::warn!(%error, "could not tell whether a broken write's first try stored its deliveries");
+                    }
+                }
+                Ok(written)
             }
             result => result,
         }
@@ -1040,8 +1063,9 @@ fn connection_failed(error: &sqlx::Error) -> bool {
 /// Whether a write failed because its connection was closed or reset under it (a server
 /// restarted, a failover), as opposed to one that went unanswered: tried again at once on
 /// another connection, within the same deadline, it may well go through. (If its commit had
-/// reached the server after all, its deliveries are then found stored and answered
-/// `duplicate_skipped`, and its jobs found finished and left as they are.)
+/// reached the server after all, its deliveries are then found stored by that first try and
+/// answered as stored ([`own_earlier_commit`]), and its job results found recorded: counted as
+/// discarded, though they were not.)
 fn connection_broke(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)
 }

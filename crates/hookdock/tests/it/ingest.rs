@@ -884,6 +884,50 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     app.stop().await;
 }
 
+/// A connection reset while the server commits a write (its commit goes through; the answer
+/// is lost with the connection): the write tried again finds the delivery stored, by its own
+/// first try, and answers it `received`, not `duplicate_skipped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_commit_landed_before_a_reset_is_answered_received() {
+    let test = "a_delivery_whose_commit_landed_before_a_reset_is_answered_received";
+    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+        return;
+    };
+    store_push(&app, 0).await;
+
+    // The commit takes two seconds on the server (a deferred trigger runs in it); the
+    // connection is reset meanwhile, and the server completes the commit all the same.
+    for statement in [
+        "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$ LANGUAGE plpgsql",
+        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+    ] {
+        sqlx::query(statement).execute(&direct).await.unwrap();
+    }
+    let delivery = new_delivery_id();
+    let body = unique_body("push.none.0", 1);
+    let reset = async {
+        until_the_server_sleeps(&direct).await;
+        proxy.reset();
+    };
+    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, delivery_id FROM events ORDER BY id")
+            .fetch_all(&direct)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1].1, delivery);
+    assert_eq!(answer["event_id"], stored[1].0, "{answer}");
+    // The same delivery again is a duplicate, as ever.
+    let (_, again) = app.post("push", &body, &delivery).await;
+    assert_eq!(again["status"], "duplicate_skipped", "{again}");
+    direct.close().await;
+    app.stop().await;
+}
+
 /// Connections that sat idle in the pool through a network partition that the server did not
 /// outlive for them (it dropped them, or moved to another address): the first delivery after
 /// the network is back is stored and answered within GitHub's 10 s wait rather than after
