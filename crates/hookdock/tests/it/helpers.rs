@@ -657,6 +657,17 @@ pub async fn app_behind_a_proxy(
     Some((app, direct, proxy))
 }
 
+/// [`app_behind_a_proxy`] without queue workers (nothing but the test's requests uses the
+/// pool), with one delivery stored: the partition and reset tests' start.
+pub async fn ingest_app_behind_a_proxy(
+    test: &str,
+) -> Option<(TestApp, sqlx::AnyPool, hookdock_testkit::TcpProxy)> {
+    let configure = |s: Sources| s.set("queue.workers", 0);
+    let (app, direct, proxy) = app_behind_a_proxy(test, configure, Vec::new()).await?;
+    store_push(&app, 0).await;
+    Some((app, direct, proxy))
+}
+
 /// Posts the `push` fixture made unique by `seq` ([`unique_body`]) under a new delivery id, and
 /// asserts that it was stored (200).
 pub async fn store_push(app: &TestApp, seq: u64) {
@@ -697,6 +708,22 @@ pub async fn cut_while_the_server_sleeps(
 ) {
     until_the_server_sleeps(direct).await;
     proxy.cut();
+}
+
+/// Posts a `push` delivery and resets every connection through `proxy` once a statement a
+/// test trigger slows is running on the server; hookdock's answer.
+pub async fn post_and_reset_while_the_server_sleeps(
+    app: &TestApp,
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+    body: &[u8],
+    delivery: &str,
+) -> (reqwest::StatusCode, Value) {
+    let reset = async {
+        until_the_server_sleeps(direct).await;
+        proxy.reset();
+    };
+    tokio::join!(app.post("push", body, delivery), reset).0
 }
 
 /// Returns once a statement the [`slow_trigger`] slows is running on the server.

@@ -281,14 +281,12 @@ async fn bad_input_is_refused_with_the_right_status_and_nothing_is_stored(backen
 
     // Valid JSON, but which action is meant is unclear: refused, saying so.
     let twice = br#"{"action":"opened","action":"closed"}"#;
-    let (status, answer) = app.post("pull_request", twice, &new_delivery_id()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    assert_eq!(answer["error"], "invalid_json", "{answer}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("names a field twice") && m.contains("`action`")),
-        "{answer}"
+    let answer = app.post("pull_request", twice, &new_delivery_id()).await;
+    assert_refused(
+        &answer,
+        400,
+        "invalid_json",
+        &["names a field twice", "`action`"],
     );
 
     // An event GitHub does not send: answered, not stored.
@@ -570,14 +568,12 @@ async fn a_body_that_stops_arriving_is_answered_408_and_nothing_is_stored(backen
         RawDelivery::head(&app.base, "pull_request", &delivery, &signature, body.len()).await;
     raw.continued().await;
     raw.send(&body[..body.len() / 2]).await;
-    let (status, answer) = raw.answer().await;
-    assert_eq!(status, 408, "{answer}");
-    assert_eq!(answer["error"], "body_timeout", "{answer}");
-    assert!(
-        answer["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("within 1 s") && m.contains("read_timeout_secs")),
-        "the answer names the limit and its setting: {answer}"
+    let answer = raw.answer().await;
+    assert_refused(
+        &answer,
+        408,
+        "body_timeout",
+        &["within 1 s", "read_timeout_secs"],
     );
     assert!(
         asked.elapsed() >= std::time::Duration::from_secs(1),
@@ -807,11 +803,9 @@ async fn heal_and_store_again(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githubs_wait() {
     let test = "deliveries_queued_during_a_partition_are_each_answered_503_within_githubs_wait";
-    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
-    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+    let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
         return;
     };
-    store_push(&app, 0).await;
 
     // A write under way on the server when the partition begins, then four deliveries queued
     // behind it.
@@ -856,21 +850,16 @@ async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     let test = "a_connection_reset_under_a_write_is_tried_again_on_another";
-    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
-    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+    let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
         return;
     };
-    store_push(&app, 0).await;
 
     // The write takes two seconds on the server; the connection is reset meanwhile.
     slow_trigger(&direct, "INSERT", "events").await;
     let delivery = new_delivery_id();
     let body = unique_body("push.none.0", 1);
-    let reset = async {
-        until_the_server_sleeps(&direct).await;
-        proxy.reset();
-    };
-    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    let (status, answer) =
+        post_and_reset_while_the_server_sleeps(&app, &direct, &proxy, &body, &delivery).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "received", "{answer}");
     drop_slow_trigger(&direct, "events").await;
@@ -890,11 +879,9 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_whose_commit_landed_before_a_reset_is_answered_received() {
     let test = "a_delivery_whose_commit_landed_before_a_reset_is_answered_received";
-    let configure = |s: hookdock::config::Sources| s.set("queue.workers", 0);
-    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+    let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
         return;
     };
-    store_push(&app, 0).await;
 
     // The commit takes two seconds on the server (a deferred trigger runs in it); the
     // connection is reset meanwhile, and the server completes the commit all the same.
@@ -906,11 +893,8 @@ async fn a_delivery_whose_commit_landed_before_a_reset_is_answered_received() {
     }
     let delivery = new_delivery_id();
     let body = unique_body("push.none.0", 1);
-    let reset = async {
-        until_the_server_sleeps(&direct).await;
-        proxy.reset();
-    };
-    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    let (status, answer) =
+        post_and_reset_while_the_server_sleeps(&app, &direct, &proxy, &body, &delivery).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "received", "{answer}");
     let stored: Vec<(i64, String)> =
@@ -1138,3 +1122,22 @@ crate::backend_tests!(
     events_without_subscribers_are_stored_as_ignored,
     storage_failure_answers_503_and_stores_nothing,
 );
+
+/// A refusal: `status`, the JSON error `code`, and a message that says each of `says`.
+fn assert_refused<S: Into<u16> + Copy>(
+    answer: &(S, Value),
+    status: u16,
+    code: &str,
+    says: &[&str],
+) {
+    let (got, body) = answer;
+    assert_eq!((*got).into(), status, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    for needle in says {
+        assert!(
+            message.contains(needle),
+            "the message should say {needle:?}: {body}"
+        );
+    }
+}
