@@ -561,6 +561,51 @@ pub(crate) async fn finish_jobs(
     Ok(recorded)
 }
 
+/// After a write tried again because its connection broke: the job results it found not
+/// recordable (the job no longer held under the lease) that its first try recorded (its commit
+/// reached the server and only the answer was lost). A claim's attempt number is its own, so a
+/// history entry of the job at that attempt with the result's status can only be that try's.
+/// Results of jobs given back (`Released`) are left as found.
+pub(crate) async fn own_earlier_finishes(
+    conn: &mut impl WriteConn,
+    dialect: Dialect,
+    finishes: &[JobFinish],
+    recorded: &mut [bool],
+) -> Result<(), sqlx::Error> {
+    let status_of = |f: &JobFinish| match f.outcome {
+        JobOutcome::Done { .. } => Some(JobStatus::Done),
+        JobOutcome::Retry { .. } => Some(JobStatus::Failed),
+        JobOutcome::Dead { .. } => Some(JobStatus::Dead),
+        JobOutcome::Released { .. } => None,
+    };
+    let ids: Vec<i64> = finishes
+        .iter()
+        .zip(recorded.iter())
+        .filter(|(f, recorded)| !**recorded && status_of(f).is_some())
+        .map(|(f, _)| f.job_id)
+        .collect();
+    let mut entries: BTreeSet<(i64, i64, String)> = BTreeSet::new();
+    for chunk in ids.chunks(256) {
+        let mut sql = Sql::with(
+            dialect,
+            "SELECT job_id, attempt, status FROM job_history WHERE job_id IN ",
+        );
+        sql.bind_list(chunk.iter().copied());
+        for row in conn.rows(&sql).await? {
+            entries.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+        }
+    }
+    for (f, recorded) in finishes.iter().zip(recorded.iter_mut()) {
+        if let Some(status) = status_of(f)
+            && !*recorded
+        {
+            let entry = (f.job_id, i64::from(f.attempt), status.as_str().to_owned());
+            *recorded = entries.contains(&entry);
+        }
+    }
+    Ok(())
+}
+
 /// A job given back: id, event id, its status now, attempts.
 type GivenBack = (i64, i64, &'static str, i64);
 

@@ -39,7 +39,9 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::events::{insert_deliveries, own_earlier_commit};
-use super::jobs::{Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs};
+use super::jobs::{
+    Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs, own_earlier_finishes,
+};
 use super::keys::DeliveryKeys;
 use super::sql::{Direct, WriteConn, copy_error, direct_error, ready};
 use super::syncer::Syncer;
@@ -960,25 +962,39 @@ impl Writer {
                 let mut written = self
                     .pool_transaction(pool, deliveries, finishes, claims)
                     .await?;
-                if written
+                let duplicates = written
                     .ingested
                     .iter()
-                    .any(|o| matches!(o, IngestOutcome::Duplicate { .. }))
-                {
-                    // The retry is committed: a failed look at what the first try stored only
-                    // leaves its deliveries answered as duplicates (stored, 200).
+                    .any(|o| matches!(o, IngestOutcome::Duplicate { .. }));
+                let unrecorded = written.finished.iter().any(|r| !r);
+                if duplicates || unrecorded {
+                    // The retry is committed: a failed look at what the first try wrote only
+                    // leaves its deliveries answered as duplicates (stored, 200) and its job
+                    // results counted as discarded.
                     let looked = async {
                         let mut conn = pool.acquire().await?;
-                        own_earlier_commit(
-                            &mut *conn,
-                            self.dialect,
-                            deliveries,
-                            &mut written.ingested,
-                        )
-                        .await
+                        if duplicates {
+                            own_earlier_commit(
+                                &mut *conn,
+                                self.dialect,
+                                deliveries,
+                                &mut written.ingested,
+                            )
+                            .await?;
+                        }
+                        if unrecorded {
+                            own_earlier_finishes(
+                                &mut *conn,
+                                self.dialect,
+                                finishes,
+                                &mut written.finished,
+                            )
+                            .await?;
+                        }
+                        Ok::<(), sqlx::Error>(())
                     };
                     if let Err(error) = looked.await {
-                        tracing::warn!(%error, "could not tell whether a broken write's first try stored its deliveries");
+                        tracing::warn!(%error, "could not tell what a broken write's first try wrote");
                     }
                 }
                 Ok(written)
@@ -1063,9 +1079,8 @@ fn connection_failed(error: &sqlx::Error) -> bool {
 /// Whether a write failed because its connection was closed or reset under it (a server
 /// restarted, a failover), as opposed to one that went unanswered: tried again at once on
 /// another connection, within the same deadline, it may well go through. (If its commit had
-/// reached the server after all, its deliveries are then found stored by that first try and
-/// answered as stored ([`own_earlier_commit`]), and its job results found recorded: counted as
-/// discarded, though they were not.)
+/// reached the server after all, its deliveries and job results are then found written by
+/// that first try and answered as such ([`own_earlier_commit`], [`own_earlier_finishes`]).)
 fn connection_broke(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)
 }

@@ -701,6 +701,32 @@ pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
     }
 }
 
+/// Makes the commit of a transaction that did `operation` (`INSERT`, `UPDATE`) on a row of
+/// `table` for which `when` holds take two seconds on the PostgreSQL server (a deferred
+/// trigger, run in the commit), until [`drop_slow_commit`]. A client that goes away meanwhile
+/// does not stop the commit.
+pub async fn slow_commit(direct: &sqlx::AnyPool, operation: &str, table: &str, when: &str) {
+    for statement in [
+        "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$ LANGUAGE plpgsql".to_owned(),
+        format!("CREATE CONSTRAINT TRIGGER slow_commit AFTER {operation} ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION slow_commit()"),
+    ] {
+        sqlx::query(&statement).execute(direct).await.expect("create the slow commit trigger");
+    }
+}
+
+/// Removes what [`slow_commit`] made.
+pub async fn drop_slow_commit(direct: &sqlx::AnyPool, table: &str) {
+    for statement in [
+        format!("DROP TRIGGER slow_commit ON {table}"),
+        "DROP FUNCTION slow_commit()".to_owned(),
+    ] {
+        sqlx::query(&statement)
+            .execute(direct)
+            .await
+            .expect("drop the slow commit trigger");
+    }
+}
+
 /// Cuts `proxy` once a statement the [`slow_trigger`] slows is running on the server.
 pub async fn cut_while_the_server_sleeps(
     direct: &sqlx::AnyPool,

@@ -885,12 +885,7 @@ async fn a_delivery_whose_commit_landed_before_a_reset_is_answered_received() {
 
     // The commit takes two seconds on the server (a deferred trigger runs in it); the
     // connection is reset meanwhile, and the server completes the commit all the same.
-    for statement in [
-        "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$ LANGUAGE plpgsql",
-        "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
-    ] {
-        sqlx::query(statement).execute(&direct).await.unwrap();
-    }
+    slow_commit(&direct, "INSERT", "events", "true").await;
     let delivery = new_delivery_id();
     let body = unique_body("push.none.0", 1);
     let (status, answer) =

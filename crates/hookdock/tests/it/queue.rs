@@ -885,20 +885,22 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     app.stop().await;
 }
 
-/// A connection reset under the second of a write's two PostgreSQL transactions (the
-/// deliveries'), after the first (a job's result) has committed: only the deliveries are
-/// written again. (Written again whole, the result was found already recorded and counted as
-/// discarded, with a warning that the job's lease had expired, though it had not.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again() {
-    let test = "a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again";
-    // A handler name of its own: the metrics are the whole test binary's.
-    let blocker = Blocker::named("blocker-of-the-reset");
+/// An app on PostgreSQL behind a [`hookdock_testkit::TcpProxy`] whose only handler of issues
+/// is a [`Blocker`] named after the test (the metrics are the whole test binary's), running
+/// issue 41's job (the event's id last) until released.
+async fn blocked_behind_a_proxy(
+    test: &'static str,
+) -> Option<(
+    TestApp,
+    sqlx::AnyPool,
+    hookdock_testkit::TcpProxy,
+    Arc<Blocker>,
+    i64,
+)> {
+    let blocker = Blocker::named(test);
     let configure = |s: hookdock::config::Sources| s.set("handlers.activity.enabled", false);
     let handlers = vec![blocker.clone() as Arc<dyn Handler>];
-    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, handlers).await else {
-        return;
-    };
+    let (app, direct, proxy) = app_behind_a_proxy(test, configure, handlers).await?;
     let held = post_issue(&app, 41, 0).await;
     poll_until(
         "issue 41's job running",
@@ -906,6 +908,44 @@ async fn a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again(
         || async { blocker.seen.lock().unwrap().contains(&41) },
     )
     .await;
+    Some((app, direct, proxy, blocker, held))
+}
+
+/// `handler`'s job of the event is done after one attempt, and no result of its jobs was
+/// discarded (`hookdock_job_results_discarded_total`).
+async fn assert_recorded_once(app: &TestApp, direct: &sqlx::AnyPool, handler: &str, event_id: i64) {
+    assert_eq!(
+        job_of(direct, handler, event_id).await,
+        ("done".to_owned(), 1)
+    );
+    let metrics = app.metrics_text().await;
+    let series = format!("hookdock_job_results_discarded_total{{handler=\"{handler}\"}}");
+    assert!(
+        !metrics.contains(&series),
+        "a result was discarded:\n{metrics}"
+    );
+}
+
+/// The status and attempts of `handler`'s job of an event.
+async fn job_of(direct: &sqlx::AnyPool, handler: &str, event_id: i64) -> (String, i64) {
+    sqlx::query_as("SELECT status, attempts FROM jobs WHERE event_id = $1 AND handler = $2")
+        .bind(event_id)
+        .bind(handler)
+        .fetch_one(direct)
+        .await
+        .unwrap()
+}
+
+/// A connection reset under the second of a write's two PostgreSQL transactions (the
+/// deliveries'), after the first (a job's result) has committed: only the deliveries are
+/// written again. (Written again whole, the result was found already recorded and counted as
+/// discarded, with a warning that the job's lease had expired, though it had not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again() {
+    let test = "a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again";
+    let Some((app, direct, proxy, blocker, held)) = blocked_behind_a_proxy(test).await else {
+        return;
+    };
 
     // A delivery's write takes two seconds on the server. Meanwhile issue 41's job finishes
     // and another delivery arrives: the next write records the one in its first transaction
@@ -944,18 +984,40 @@ async fn a_reset_after_a_jobs_result_committed_writes_only_the_deliveries_again(
     assert_eq!(last_answer["status"], "received", "{last_answer}");
     drop_slow_trigger(&direct, "events").await;
 
-    let job: (String, i64) =
-        sqlx::query_as("SELECT status, attempts FROM jobs WHERE event_id = $1 AND handler = 'blocker-of-the-reset'")
-            .bind(held)
-            .fetch_one(&direct)
-            .await
-            .unwrap();
-    assert_eq!(job, ("done".to_owned(), 1));
-    let metrics = app.metrics_text().await;
-    assert!(
-        !metrics.contains("hookdock_job_results_discarded_total{handler=\"blocker-of-the-reset\"}"),
-        "a result was discarded:\n{metrics}"
-    );
+    assert_recorded_once(&app, &direct, blocker.name, held).await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// A connection reset while the server commits a job's result (the commit goes through; the
+/// answer is lost with the connection): the result written again is found recorded by that
+/// first try, not counted as discarded (nor warned of as a lease that expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_result_whose_commit_landed_before_a_reset_is_not_discarded() {
+    let test = "a_jobs_result_whose_commit_landed_before_a_reset_is_not_discarded";
+    let Some((app, direct, proxy, blocker, held)) = blocked_behind_a_proxy(test).await else {
+        return;
+    };
+    // Marking a job done takes two seconds in its commit on the server.
+    slow_commit(&direct, "UPDATE", "jobs", "NEW.status = 'done'").await;
+    blocker.release.notify_one();
+    until_the_server_sleeps(&direct).await;
+    proxy.reset();
+    poll_until(
+        "the first try's commit over on the server",
+        Duration::from_secs(10),
+        || async { sleeping_on_server(&direct).await == 0 },
+    )
+    .await;
+    drop_slow_commit(&direct, "jobs").await;
+    // A later delivery's job, recorded after the retried result: once it is done, the worker
+    // has had the retried result's answer.
+    let later = post_issue(&app, 42, 1).await;
+    poll_until("issue 42's job done", Duration::from_secs(15), || async {
+        job_of(&direct, blocker.name, later).await.0 == "done"
+    })
+    .await;
+    assert_recorded_once(&app, &direct, blocker.name, held).await;
     direct.close().await;
     app.stop().await;
 }
