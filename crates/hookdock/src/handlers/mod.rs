@@ -225,6 +225,44 @@ pub(crate) fn subscribed_fixtures(handler: &dyn Handler) -> Vec<SubscribedFixtur
     out
 }
 
+/// Every fixture `handler` subscribes to gives effects (those of `may_give_none` events may
+/// give none), and the same ones whether its payload is parsed whole or as `reads` prunes it,
+/// which must leave something out; at least `at_least` fixtures.
+#[cfg(test)]
+pub(crate) fn assert_reads_as_a_whole_parse_does(
+    handler: &dyn Handler,
+    reads: &payload::Prune,
+    at_least: usize,
+    may_give_none: &[&str],
+    effects_for: impl Fn(&str, Option<&str>, &serde_json::Value) -> Result<Vec<Effect>, HandlerError>,
+) {
+    let fixtures = subscribed_fixtures(handler);
+    for f in &fixtures {
+        let (name, event, action) = (&f.name, f.event.as_str(), f.action.as_deref());
+        let whole: serde_json::Value = serde_json::from_slice(&f.bytes).expect("JSON");
+        let effects = effects_for(event, action, &whole).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            may_give_none.contains(&event) || !effects.is_empty(),
+            "{name} gave no effects"
+        );
+        let pruned = payload::parse_pruned(&f.bytes, reads).expect("JSON");
+        assert!(
+            pruned.to_string().len() < whole.to_string().len(),
+            "{name}: nothing left out"
+        );
+        assert_eq!(
+            effects_for(event, action, &pruned).ok(),
+            Some(effects),
+            "{name}: the pruned parse gives other effects"
+        );
+    }
+    assert!(
+        fixtures.len() >= at_least,
+        "only {} fixtures",
+        fixtures.len()
+    );
+}
+
 /// See [`subscribed_fixtures`].
 #[cfg(test)]
 pub(crate) struct SubscribedFixture {

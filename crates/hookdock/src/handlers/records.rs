@@ -372,26 +372,13 @@ mod tests {
     /// whole or as the handler parses it ([`READS`]).
     #[test]
     fn every_subscribed_fixture_parses_and_the_handler_reads_it_as_a_whole_parse_does() {
-        let fixtures = super::super::subscribed_fixtures(&RecordsHandler);
-        for f in &fixtures {
-            let (name, event, action) = (&f.name, f.event.as_str(), f.action.as_deref());
-            let whole: Value = serde_json::from_slice(&f.bytes).expect("JSON");
-            let effects = effects_for(event, action, &whole, SOURCE)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(!effects.is_empty(), "{name} gave no effects");
-            let pruned = super::super::payload::parse_pruned(&f.bytes, &READS).expect("JSON");
-            assert!(
-                pruned.to_string().len() < whole.to_string().len(),
-                "{name}: nothing left out"
-            );
-            let got = effects_for(event, action, &pruned, SOURCE);
-            assert_eq!(
-                got.ok(),
-                Some(effects),
-                "{name}: the pruned parse gives other effects"
-            );
-        }
-        assert!(fixtures.len() >= 35, "only {} fixtures", fixtures.len());
+        super::super::assert_reads_as_a_whole_parse_does(
+            &RecordsHandler,
+            &READS,
+            35,
+            &[],
+            |event, action, doc| effects_for(event, action, doc, SOURCE),
+        );
     }
 
     /// A push's commits are counted (and the distinct ones) from a parse that keeps one flag of

@@ -168,16 +168,11 @@ impl Worker {
         slots: Option<&AtomicUsize>,
     ) -> Result<(), StoreError> {
         let mut finishes = Vec::with_capacity(chain.len());
-        // A chain is one key's jobs of one handler.
-        let handler = chain
-            .first()
-            .map(|job| job.handler.clone())
-            .unwrap_or_default();
-        let mut jobs = chain.into_iter();
+        let mut jobs = chain.iter();
         for job in jobs.by_ref() {
-            let outcome = self.run_job(&job).await;
+            let outcome = self.run_job(job).await;
             let done = matches!(outcome, JobOutcome::Done { .. });
-            finishes.push(self.finish(&job, outcome));
+            finishes.push(self.finish(job, outcome));
             if !done {
                 break;
             }
@@ -187,20 +182,20 @@ impl Worker {
                 "not run: job {} ahead of it on its key did not succeed",
                 finishes.last().map_or(0, |f: &JobFinish| f.job_id)
             );
-            finishes.push(self.finish(&job, JobOutcome::Released { reason }));
+            finishes.push(self.finish(job, JobOutcome::Released { reason }));
         }
         if let Some(slots) = slots {
             free_slots(slots, 1);
         }
-        let ids: Vec<i64> = finishes.iter().map(|f| f.job_id).collect();
+        // One result per job of the chain, in its order.
         let recorded = self.record(finishes).await?;
-        for (job_id, recorded) in ids.into_iter().zip(recorded) {
+        for (job, recorded) in chain.iter().zip(recorded) {
             if !recorded {
                 tracing::warn!(
-                    job_id,
+                    job_id = job.job_id,
                     "lease expired before the job finished; its result was discarded"
                 );
-                metrics::counter!("hookdock_job_results_discarded_total", "handler" => handler.clone())
+                metrics::counter!("hookdock_job_results_discarded_total", "handler" => job.handler.clone())
                     .increment(1);
             }
         }

@@ -22,8 +22,8 @@
 //! so that a single bad operation cannot fail its neighbours; an operation that fails alone is
 //! answered with its error. If the connection failed (no answer, no connection to be had), the
 //! batch's operations are answered with that error at once: one by one, each would wait as long
-//! again. A batch whose connection broke under it (closed or reset) is first tried once more, on
-//! another connection.
+//! again. A transaction whose connection broke under it (closed or reset) is first tried once
+//! more, on another connection.
 //!
 //! On PostgreSQL a delivery is answered within [`WRITE_WAIT`] of reaching the writer: the wait
 //! for a connection and the transaction are bounded by the earliest delivery's deadline, and a
@@ -962,45 +962,48 @@ impl Writer {
                 let mut written = self
                     .pool_transaction(pool, deliveries, finishes, claims)
                     .await?;
-                let duplicates = written
-                    .ingested
-                    .iter()
-                    .any(|o| matches!(o, IngestOutcome::Duplicate { .. }));
-                let unrecorded = written.finished.iter().any(|r| !r);
-                if duplicates || unrecorded {
-                    // The retry is committed: a failed look at what the first try wrote only
-                    // leaves its deliveries answered as duplicates (stored, 200) and its job
-                    // results counted as discarded.
-                    let looked = async {
-                        let mut conn = pool.acquire().await?;
-                        if duplicates {
-                            own_earlier_commit(
-                                &mut *conn,
-                                self.dialect,
-                                deliveries,
-                                &mut written.ingested,
-                            )
-                            .await?;
-                        }
-                        if unrecorded {
-                            own_earlier_finishes(
-                                &mut *conn,
-                                self.dialect,
-                                finishes,
-                                &mut written.finished,
-                            )
-                            .await?;
-                        }
-                        Ok::<(), sqlx::Error>(())
-                    };
-                    if let Err(error) = looked.await {
-                        tracing::warn!(%error, "could not tell what a broken write's first try wrote");
-                    }
+                // The retry is committed: a failed look at what the first try wrote only leaves
+                // its deliveries answered as duplicates (stored, 200) and its job results
+                // counted as discarded.
+                if let Err(error) = self
+                    .own_first_try(pool, deliveries, finishes, &mut written)
+                    .await
+                {
+                    tracing::warn!(%error, "could not tell what a broken write's first try wrote");
                 }
                 Ok(written)
             }
             result => result,
         }
+    }
+
+    /// What a write's first try wrote before its connection broke, as the retry found it:
+    /// deliveries stored and job results recorded by that try are answered as such
+    /// ([`own_earlier_commit`], [`own_earlier_finishes`]) rather than as duplicates and
+    /// discarded results. Reads only when the retry found any.
+    async fn own_first_try(
+        &self,
+        pool: &AnyPool,
+        deliveries: &[&NewDelivery],
+        finishes: &[JobFinish],
+        written: &mut Written,
+    ) -> Result<(), sqlx::Error> {
+        let duplicates = written
+            .ingested
+            .iter()
+            .any(|o| matches!(o, IngestOutcome::Duplicate { .. }));
+        let unrecorded = written.finished.iter().any(|r| !r);
+        if !duplicates && !unrecorded {
+            return Ok(());
+        }
+        let mut conn = pool.acquire().await?;
+        if duplicates {
+            own_earlier_commit(&mut *conn, self.dialect, deliveries, &mut written.ingested).await?;
+        }
+        if unrecorded {
+            own_earlier_finishes(&mut *conn, self.dialect, finishes, &mut written.finished).await?;
+        }
+        Ok(())
     }
 
     async fn pool_transaction(

@@ -680,25 +680,13 @@ pub async fn store_push(app: &TestApp, seq: u64) {
 /// Makes every `operation` (`INSERT`, `UPDATE OF column`, …) on `table` take two seconds on
 /// the PostgreSQL server, until [`drop_slow_trigger`].
 pub async fn slow_trigger(direct: &sqlx::AnyPool, operation: &str, table: &str) {
-    for statement in [
-        "CREATE FUNCTION slow() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql".to_owned(),
-        format!("CREATE TRIGGER slow BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION slow()"),
-    ] {
-        sqlx::query(&statement).execute(direct).await.expect("create the slow trigger");
-    }
+    let timing = format!("BEFORE {operation} ON {table} FOR EACH ROW");
+    sleeping_trigger(direct, "slow", "TRIGGER", &timing).await;
 }
 
 /// Removes what [`slow_trigger`] made.
 pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
-    for statement in [
-        format!("DROP TRIGGER slow ON {table}"),
-        "DROP FUNCTION slow()".to_owned(),
-    ] {
-        sqlx::query(&statement)
-            .execute(direct)
-            .await
-            .expect("drop the slow trigger");
-    }
+    drop_sleeping_trigger(direct, "slow", table).await;
 }
 
 /// Makes the commit of a transaction that did `operation` (`INSERT`, `UPDATE`) on a row of
@@ -706,24 +694,43 @@ pub async fn drop_slow_trigger(direct: &sqlx::AnyPool, table: &str) {
 /// trigger, run in the commit), until [`drop_slow_commit`]. A client that goes away meanwhile
 /// does not stop the commit.
 pub async fn slow_commit(direct: &sqlx::AnyPool, operation: &str, table: &str, when: &str) {
-    for statement in [
-        "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$ LANGUAGE plpgsql".to_owned(),
-        format!("CREATE CONSTRAINT TRIGGER slow_commit AFTER {operation} ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION slow_commit()"),
-    ] {
-        sqlx::query(&statement).execute(direct).await.expect("create the slow commit trigger");
-    }
+    let timing = format!(
+        "AFTER {operation} ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({when})"
+    );
+    sleeping_trigger(direct, "slow_commit", "CONSTRAINT TRIGGER", &timing).await;
 }
 
 /// Removes what [`slow_commit`] made.
 pub async fn drop_slow_commit(direct: &sqlx::AnyPool, table: &str) {
+    drop_sleeping_trigger(direct, "slow_commit", table).await;
+}
+
+/// A trigger (`kind`: `TRIGGER` or `CONSTRAINT TRIGGER`) `name`, fired as `timing` says, whose
+/// function, also `name`, sleeps two seconds.
+async fn sleeping_trigger(direct: &sqlx::AnyPool, name: &str, kind: &str, timing: &str) {
     for statement in [
-        format!("DROP TRIGGER slow_commit ON {table}"),
-        "DROP FUNCTION slow_commit()".to_owned(),
+        format!(
+            "CREATE FUNCTION {name}() RETURNS trigger AS $$ BEGIN PERFORM pg_sleep(2); RETURN NEW; END $$ LANGUAGE plpgsql"
+        ),
+        format!("CREATE {kind} {name} {timing} EXECUTE FUNCTION {name}()"),
     ] {
         sqlx::query(&statement)
             .execute(direct)
             .await
-            .expect("drop the slow commit trigger");
+            .expect("create the sleeping trigger");
+    }
+}
+
+/// Removes what [`sleeping_trigger`] made.
+async fn drop_sleeping_trigger(direct: &sqlx::AnyPool, name: &str, table: &str) {
+    for statement in [
+        format!("DROP TRIGGER {name} ON {table}"),
+        format!("DROP FUNCTION {name}()"),
+    ] {
+        sqlx::query(&statement)
+            .execute(direct)
+            .await
+            .expect("drop the sleeping trigger");
     }
 }
 
@@ -736,20 +743,33 @@ pub async fn cut_while_the_server_sleeps(
     proxy.cut();
 }
 
-/// Posts a `push` delivery and resets every connection through `proxy` once a statement a
-/// test trigger slows is running on the server; hookdock's answer.
-pub async fn post_and_reset_while_the_server_sleeps(
+/// On an [`ingest_app_behind_a_proxy`]: posts a new `push` delivery and resets every
+/// connection through `proxy` once a statement a test trigger slows is running on the server;
+/// asserts that the delivery was answered 200 `received` with its event's id and stored once,
+/// after the app's first. Its body and id.
+pub async fn store_through_a_reset(
     app: &TestApp,
     direct: &sqlx::AnyPool,
     proxy: &hookdock_testkit::TcpProxy,
-    body: &[u8],
-    delivery: &str,
-) -> (reqwest::StatusCode, Value) {
+) -> (Vec<u8>, String) {
+    let delivery = new_delivery_id();
+    let body = unique_body("push.none.0", 1);
     let reset = async {
         until_the_server_sleeps(direct).await;
         proxy.reset();
     };
-    tokio::join!(app.post("push", body, delivery), reset).0
+    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, delivery_id FROM events ORDER BY id")
+            .fetch_all(direct)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1].1, delivery);
+    assert_eq!(answer["event_id"], stored[1].0, "{answer}");
+    (body, delivery)
 }
 
 /// Returns once a statement the [`slow_trigger`] slows is running on the server.
@@ -758,6 +778,16 @@ pub async fn until_the_server_sleeps(direct: &sqlx::AnyPool) {
         "a slowed statement under way on the server",
         Duration::from_secs(10),
         || async { sleeping_on_server(direct).await > 0 },
+    )
+    .await;
+}
+
+/// Returns once no statement a test trigger slows is running on the server any more.
+pub async fn until_the_server_wakes(direct: &sqlx::AnyPool) {
+    poll_until(
+        "no slowed statement under way on the server",
+        Duration::from_secs(10),
+        || async { sleeping_on_server(direct).await == 0 },
     )
     .await;
 }

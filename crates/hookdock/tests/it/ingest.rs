@@ -856,19 +856,8 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
 
     // The write takes two seconds on the server; the connection is reset meanwhile.
     slow_trigger(&direct, "INSERT", "events").await;
-    let delivery = new_delivery_id();
-    let body = unique_body("push.none.0", 1);
-    let (status, answer) =
-        post_and_reset_while_the_server_sleeps(&app, &direct, &proxy, &body, &delivery).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["status"], "received", "{answer}");
+    store_through_a_reset(&app, &direct, &proxy).await;
     drop_slow_trigger(&direct, "events").await;
-    let stored: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM events ORDER BY id")
-        .fetch_all(&direct)
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 2, "{stored:?}");
-    assert_eq!(stored[1], delivery);
     direct.close().await;
     app.stop().await;
 }
@@ -886,20 +875,7 @@ async fn a_delivery_whose_commit_landed_before_a_reset_is_answered_received() {
     // The commit takes two seconds on the server (a deferred trigger runs in it); the
     // connection is reset meanwhile, and the server completes the commit all the same.
     slow_commit(&direct, "INSERT", "events", "true").await;
-    let delivery = new_delivery_id();
-    let body = unique_body("push.none.0", 1);
-    let (status, answer) =
-        post_and_reset_while_the_server_sleeps(&app, &direct, &proxy, &body, &delivery).await;
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["status"], "received", "{answer}");
-    let stored: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, delivery_id FROM events ORDER BY id")
-            .fetch_all(&direct)
-            .await
-            .unwrap();
-    assert_eq!(stored.len(), 2, "{stored:?}");
-    assert_eq!(stored[1].1, delivery);
-    assert_eq!(answer["event_id"], stored[1].0, "{answer}");
+    let (body, delivery) = store_through_a_reset(&app, &direct, &proxy).await;
     // The same delivery again is a duplicate, as ever.
     let (_, again) = app.post("push", &body, &delivery).await;
     assert_eq!(again["status"], "duplicate_skipped", "{again}");

@@ -844,24 +844,13 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, handlers).await else {
         return;
     };
-    post_issue(&app, 41, 0).await;
-    poll_until(
-        "issue 41's job running",
-        Duration::from_secs(10),
-        || async { blocker.seen.lock().unwrap().contains(&41) },
-    )
-    .await;
+    hold_issue_41(&app, &blocker).await;
     // The next renewal (every second) takes two seconds on the server; the partition starts
     // meanwhile, and the server forgets the connection.
     slow_trigger(&direct, "UPDATE OF lease_until", "jobs").await;
     cut_while_the_server_sleeps(&direct, &proxy).await;
     // The renewal's transaction ends on the server; the network is back for new connections.
-    poll_until(
-        "the cut-off renewal over",
-        Duration::from_secs(10),
-        || async { sleeping_on_server(&direct).await == 0 },
-    )
-    .await;
+    until_the_server_wakes(&direct).await;
     drop_slow_trigger(&direct, "jobs").await;
     proxy.forget();
     // Another key's delivery: stored, claimed and run by the same worker.
@@ -885,6 +874,59 @@ async fn a_lease_renewal_cut_off_by_a_partition_does_not_stall_the_worker() {
     app.stop().await;
 }
 
+/// A worker whose lease passed to another while its handler ran (cut off from the database,
+/// or stalled, it could not renew it) has its result discarded, and the discard is counted
+/// (`hookdock_job_results_discarded_total`) for the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_lease_was_lost_is_discarded_and_counted() {
+    let test = "a_result_whose_lease_was_lost_is_discarded_and_counted";
+    let blocker = Blocker::named(test);
+    let app = TestApp::spawn_with(
+        &Backend::Sqlite,
+        |s| s.set("handlers.activity.enabled", false),
+        vec![blocker.clone() as Arc<dyn Handler>],
+    )
+    .await;
+    let held = hold_issue_41(&app, &blocker).await;
+    let other = app.raw_pool().await;
+    sqlx::query("UPDATE jobs SET lease_owner = 'another-worker' WHERE event_id = ?")
+        .bind(held)
+        .execute(&other)
+        .await
+        .unwrap();
+    blocker.release.notify_one();
+    let series = format!("hookdock_job_results_discarded_total{{handler=\"{test}\"}} 1");
+    poll_until("the discard counted", Duration::from_secs(10), || async {
+        app.metrics_text().await.contains(&series)
+    })
+    .await;
+    let (status, owner): (String, String) =
+        sqlx::query_as("SELECT status, lease_owner FROM jobs WHERE event_id = ?")
+            .bind(held)
+            .fetch_one(&other)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), owner.as_str()),
+        ("processing", "another-worker")
+    );
+    other.close().await;
+    app.stop().await;
+}
+
+/// Posts issue 41 and returns its event's id once `blocker` is running its job (until
+/// released).
+async fn hold_issue_41(app: &TestApp, blocker: &Blocker) -> i64 {
+    let held = post_issue(app, 41, 0).await;
+    poll_until(
+        "issue 41's job running",
+        Duration::from_secs(10),
+        || async { blocker.seen.lock().unwrap().contains(&41) },
+    )
+    .await;
+    held
+}
+
 /// An app on PostgreSQL behind a [`hookdock_testkit::TcpProxy`] whose only handler of issues
 /// is a [`Blocker`] named after the test (the metrics are the whole test binary's), running
 /// issue 41's job (the event's id last) until released.
@@ -901,13 +943,7 @@ async fn blocked_behind_a_proxy(
     let configure = |s: hookdock::config::Sources| s.set("handlers.activity.enabled", false);
     let handlers = vec![blocker.clone() as Arc<dyn Handler>];
     let (app, direct, proxy) = app_behind_a_proxy(test, configure, handlers).await?;
-    let held = post_issue(&app, 41, 0).await;
-    poll_until(
-        "issue 41's job running",
-        Duration::from_secs(10),
-        || async { blocker.seen.lock().unwrap().contains(&41) },
-    )
-    .await;
+    let held = hold_issue_41(&app, &blocker).await;
     Some((app, direct, proxy, blocker, held))
 }
 
@@ -1003,12 +1039,7 @@ async fn a_jobs_result_whose_commit_landed_before_a_reset_is_not_discarded() {
     blocker.release.notify_one();
     until_the_server_sleeps(&direct).await;
     proxy.reset();
-    poll_until(
-        "the first try's commit over on the server",
-        Duration::from_secs(10),
-        || async { sleeping_on_server(&direct).await == 0 },
-    )
-    .await;
+    until_the_server_wakes(&direct).await;
     drop_slow_commit(&direct, "jobs").await;
     // A later delivery's job, recorded after the retried result: once it is done, the worker
     // has had the retried result's answer.
