@@ -563,47 +563,86 @@ pub(crate) async fn finish_jobs(
 
 /// After a write tried again because its connection broke: the job results it found not
 /// recordable (the job no longer held under the lease) that its first try recorded (its commit
-/// reached the server and only the answer was lost). A claim's attempt number is its own, so a
-/// history entry of the job at that attempt with the result's status can only be that try's.
-/// Results of jobs given back (`Released`) are left as found.
+/// reached the server and only the answer was lost). Each claim leaves a `processing` entry
+/// in the job's history at its attempt; the first try's entry is the one after the latest of
+/// those at the result's attempt: at that attempt with the result's status, or for a job
+/// given back (which gives the attempt back) at the attempt before, with the reason as its
+/// error. (A job given back keeps its attempt number for its next claim, so an earlier claim
+/// may have left the same entries: only those after the latest claim count.)
 pub(crate) async fn own_earlier_finishes(
     conn: &mut impl WriteConn,
     dialect: Dialect,
     finishes: &[JobFinish],
     recorded: &mut [bool],
 ) -> Result<(), sqlx::Error> {
-    let status_of = |f: &JobFinish| match f.outcome {
-        JobOutcome::Done { .. } => Some(JobStatus::Done),
-        JobOutcome::Retry { .. } => Some(JobStatus::Failed),
-        JobOutcome::Dead { .. } => Some(JobStatus::Dead),
-        JobOutcome::Released { .. } => None,
-    };
-    let ids: Vec<i64> = finishes
+    let ids: BTreeSet<i64> = finishes
         .iter()
         .zip(recorded.iter())
-        .filter(|(f, recorded)| !**recorded && status_of(f).is_some())
+        .filter(|(_, recorded)| !**recorded)
         .map(|(f, _)| f.job_id)
         .collect();
-    let mut entries: BTreeSet<(i64, i64, String)> = BTreeSet::new();
+    let ids: Vec<i64> = ids.into_iter().collect();
+    let mut histories: HashMap<i64, Vec<HistoryEntry>> = HashMap::new();
     for chunk in ids.chunks(256) {
         let mut sql = Sql::with(
             dialect,
-            "SELECT job_id, attempt, status FROM job_history WHERE job_id IN ",
+            "SELECT job_id, attempt, status, error FROM job_history WHERE job_id IN ",
         );
-        sql.bind_list(chunk.iter().copied());
+        sql.bind_list(chunk.iter().copied()).push(" ORDER BY id");
         for row in conn.rows(&sql).await? {
-            entries.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+            histories
+                .entry(row.try_get(0)?)
+                .or_default()
+                .push(HistoryEntry {
+                    attempt: row.try_get(1)?,
+                    status: row.try_get(2)?,
+                    error: row.try_get(3)?,
+                });
         }
     }
     for (f, recorded) in finishes.iter().zip(recorded.iter_mut()) {
-        if let Some(status) = status_of(f)
-            && !*recorded
-        {
-            let entry = (f.job_id, i64::from(f.attempt), status.as_str().to_owned());
-            *recorded = entries.contains(&entry);
+        if !*recorded && let Some(history) = histories.get(&f.job_id) {
+            *recorded = recorded_after_its_claim(f, history);
         }
     }
     Ok(())
+}
+
+/// One entry of a job's history, as [`own_earlier_finishes`] reads it.
+#[derive(Clone)]
+struct HistoryEntry {
+    attempt: i64,
+    status: String,
+    error: Option<String>,
+}
+
+/// Whether `history` (the job's entries, oldest first) holds `f`'s result after the latest
+/// claim at its attempt (see [`own_earlier_finishes`]).
+fn recorded_after_its_claim(f: &JobFinish, history: &[HistoryEntry]) -> bool {
+    let attempt = i64::from(f.attempt);
+    let claimed = JobStatus::Processing.as_str();
+    let Some(claim) = history
+        .iter()
+        .rposition(|e| e.status == claimed && e.attempt == attempt)
+    else {
+        return false;
+    };
+    let since = &history[claim + 1..];
+    let status = match &f.outcome {
+        JobOutcome::Done { .. } => JobStatus::Done,
+        JobOutcome::Retry { .. } => JobStatus::Failed,
+        JobOutcome::Dead { .. } => JobStatus::Dead,
+        JobOutcome::Released { reason } => {
+            return since.iter().any(|e| {
+                e.attempt == attempt - 1
+                    && e.status != claimed
+                    && e.error.as_deref() == Some(reason.as_str())
+            });
+        }
+    };
+    since
+        .iter()
+        .any(|e| e.attempt == attempt && e.status == status.as_str())
 }
 
 /// A job given back: id, event id, its status now, attempts.
@@ -1090,5 +1129,103 @@ impl Store {
         .fetch_one(self.inner.reads())
         .await?;
         Ok(row.try_get(0)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finish(attempt: u32, outcome: JobOutcome) -> JobFinish {
+        JobFinish {
+            job_id: 7,
+            event_id: 3,
+            lease_owner: "worker".into(),
+            attempt,
+            outcome,
+        }
+    }
+
+    fn entry(attempt: i64, status: &str, error: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            attempt,
+            status: status.into(),
+            error: error.map(str::to_owned),
+        }
+    }
+
+    fn released(reason: &str) -> JobOutcome {
+        JobOutcome::Released {
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_result_counts_as_recorded_only_after_its_own_claim() {
+        let done = finish(2, JobOutcome::Done { effects: vec![] });
+        let claimed = [
+            entry(1, "processing", None),
+            entry(1, "failed", Some("boom")),
+        ];
+        let claimed_again = [&claimed[..], &[entry(2, "processing", None)]].concat();
+        assert!(!recorded_after_its_claim(&done, &claimed_again));
+        let finished = [&claimed_again[..], &[entry(2, "done", None)]].concat();
+        assert!(recorded_after_its_claim(&done, &finished));
+        let retry = finish(
+            1,
+            JobOutcome::Retry {
+                error: "boom".into(),
+                run_at: 0,
+            },
+        );
+        assert!(!recorded_after_its_claim(&retry, &claimed[..1]));
+        assert!(recorded_after_its_claim(&retry, &claimed));
+        let dead = finish(
+            2,
+            JobOutcome::Dead {
+                error: "gone".into(),
+            },
+        );
+        assert!(!recorded_after_its_claim(&dead, &finished));
+        assert!(!recorded_after_its_claim(&done, &[]));
+    }
+
+    #[test]
+    fn a_job_given_back_counts_as_recorded_by_its_entry_after_its_own_claim() {
+        let reason = "not run: job 6 ahead of it on its key did not succeed";
+        let given_back = [
+            entry(1, "processing", None),
+            entry(0, "pending", Some(reason)),
+        ];
+        assert!(recorded_after_its_claim(
+            &finish(1, released(reason)),
+            &given_back
+        ));
+        // Claimed again at the same attempt: the earlier claim's entry is not this one's.
+        let claimed_again = [&given_back[..], &[entry(1, "processing", None)]].concat();
+        assert!(!recorded_after_its_claim(
+            &finish(1, released(reason)),
+            &claimed_again
+        ));
+        let other_reason = "not run: job 5 ahead of it on its key did not succeed";
+        assert!(!recorded_after_its_claim(
+            &finish(1, released(other_reason)),
+            &given_back
+        ));
+        // Given back after a failed attempt: failed again, at the attempt before.
+        let after_a_failure = [
+            entry(1, "processing", None),
+            entry(1, "failed", Some("boom")),
+            entry(2, "processing", None),
+            entry(1, "failed", Some(reason)),
+        ];
+        assert!(recorded_after_its_claim(
+            &finish(2, released(reason)),
+            &after_a_failure
+        ));
+        assert!(!recorded_after_its_claim(
+            &finish(2, released("shutdown")),
+            &after_a_failure
+        ));
     }
 }

@@ -12,6 +12,7 @@ use crate::helpers::*;
 
 /// Records the order in which it sees events, and fails as told.
 struct Recorder {
+    name: &'static str,
     seen: Mutex<Vec<(String, i64, i64)>>,
     /// Fails with a retryable error while the event's number is listed here.
     failing: Mutex<Vec<i64>>,
@@ -25,6 +26,7 @@ struct Recorder {
 impl Recorder {
     fn new(failing: Vec<i64>, permanent: bool) -> Arc<Recorder> {
         Arc::new(Recorder {
+            name: "recorder",
             seen: Mutex::new(Vec::new()),
             failing: Mutex::new(failing),
             failing_seqs: Mutex::new(Vec::new()),
@@ -35,7 +37,14 @@ impl Recorder {
 
     /// One that runs in chains and fails on the deliveries numbered `failing_seqs`.
     fn chained(failing_seqs: Vec<i64>, permanent: bool) -> Arc<Recorder> {
+        Recorder::chained_as("recorder", failing_seqs, permanent)
+    }
+
+    /// [`Recorder::chained`] as a handler named `name` (the metrics are the whole test
+    /// binary's).
+    fn chained_as(name: &'static str, failing_seqs: Vec<i64>, permanent: bool) -> Arc<Recorder> {
         Arc::new(Recorder {
+            name,
             seen: Mutex::new(Vec::new()),
             failing: Mutex::new(Vec::new()),
             failing_seqs: Mutex::new(failing_seqs),
@@ -60,7 +69,7 @@ impl Recorder {
 
 impl Handler for Recorder {
     fn name(&self) -> &'static str {
-        "recorder"
+        self.name
     }
 
     fn subscribes(&self, event: &str, _action: Option<&str>) -> bool {
@@ -954,12 +963,27 @@ async fn assert_recorded_once(app: &TestApp, direct: &sqlx::AnyPool, handler: &s
         job_of(direct, handler, event_id).await,
         ("done".to_owned(), 1)
     );
+    assert_none_discarded(app, handler).await;
+}
+
+/// No result of `handler`'s jobs was discarded (`hookdock_job_results_discarded_total`).
+async fn assert_none_discarded(app: &TestApp, handler: &str) {
     let metrics = app.metrics_text().await;
     let series = format!("hookdock_job_results_discarded_total{{handler=\"{handler}\"}}");
     assert!(
         !metrics.contains(&series),
         "a result was discarded:\n{metrics}"
     );
+}
+
+/// The id of `handler`'s job of an event.
+async fn job_id(direct: &sqlx::AnyPool, handler: &str, event_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT id FROM jobs WHERE event_id = $1 AND handler = $2")
+        .bind(event_id)
+        .bind(handler)
+        .fetch_one(direct)
+        .await
+        .unwrap()
 }
 
 /// The status and attempts of `handler`'s job of an event.
@@ -1049,6 +1073,61 @@ async fn a_jobs_result_whose_commit_landed_before_a_reset_is_not_discarded() {
     })
     .await;
     assert_recorded_once(&app, &direct, blocker.name, held).await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// A connection reset while the server commits a chain's results, its head's failure and the
+/// job behind it given back (the commit goes through; the answer is lost with the connection):
+/// the job given back, found no longer held when the write is tried again, counts as given
+/// back by that first try, not as a result discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_given_back_in_a_commit_that_landed_before_a_reset_is_not_discarded() {
+    let test = "a_job_given_back_in_a_commit_that_landed_before_a_reset_is_not_discarded";
+    let recorder = Recorder::chained_as(test, vec![0], false);
+    let configure = |s: hookdock::config::Sources| {
+        s.set("queue.workers", 0)
+            .set("queue.chain_max", 4)
+            .set("handlers.activity.enabled", false)
+    };
+    let handlers = vec![recorder.clone() as Arc<dyn Handler>];
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, handlers).await else {
+        return;
+    };
+    let head = post_issue(&app, 7, 0).await;
+    let behind = post_issue(&app, 7, 1).await;
+    // Giving a job back takes two seconds in its commit on the server.
+    let given_back = "OLD.status = 'processing' AND NEW.status = 'pending'";
+    slow_commit(&direct, "UPDATE", "jobs", given_back).await;
+    let worker = app.manual_worker();
+    let run = tokio::spawn(async move { worker.run_once().await });
+    until_the_server_sleeps(&direct).await;
+    proxy.reset();
+    until_the_server_wakes(&direct).await;
+    drop_slow_commit(&direct, "jobs").await;
+    assert_eq!(
+        run.await.unwrap().unwrap(),
+        2,
+        "the head and the job behind it"
+    );
+    assert_eq!(recorder.seen_of(7), [0]);
+    assert_eq!(job_of(&direct, test, head).await, ("failed".to_owned(), 1));
+    assert_eq!(
+        job_of(&direct, test, behind).await,
+        ("pending".to_owned(), 0)
+    );
+    let reason = format!(
+        "not run: job {} ahead of it on its key did not succeed",
+        job_id(&direct, test, head).await
+    );
+    assert_eq!(
+        history(&app, behind).await,
+        [
+            ("processing".into(), None),
+            ("pending".into(), Some(reason))
+        ]
+    );
+    assert_none_discarded(&app, test).await;
     direct.close().await;
     app.stop().await;
 }
