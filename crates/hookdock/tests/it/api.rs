@@ -346,6 +346,45 @@ async fn readiness_fails_when_the_schema_version_cannot_be_read(backend: Backend
     app.stop().await;
 }
 
+/// Takes a lock on the events table in a transaction of `direct`'s: reads of it wait on the
+/// server until [`cut_off_reads_waiting_on`] releases it.
+async fn lock_events(direct: &sqlx::AnyPool) -> sqlx::Transaction<'static, sqlx::Any> {
+    let mut lock = direct.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
+/// Once `reads` API reads wait on `lock` ([`lock_events`]) on the server: starts a partition,
+/// releases the lock (the server answers the reads into the cut) and forwards new connections
+/// again, those the partition holds staying silent. How many it holds.
+async fn cut_off_reads_waiting_on(
+    lock: sqlx::Transaction<'static, sqlx::Any>,
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+    reads: i64,
+) -> usize {
+    poll_until(
+        "API reads waiting on the lock",
+        Duration::from_secs(10),
+        || async { waiting_on_a_lock(direct).await >= reads },
+    )
+    .await;
+    proxy.cut();
+    lock.rollback().await.unwrap();
+    proxy.forget();
+    proxy.silenced()
+}
+
+/// The API lists the one event stored: it answers again once the network is back.
+async fn lists_the_one_event(app: &TestApp) {
+    let (status, body) = app.api_get("/api/v1/events").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
+}
+
 /// API requests whose PostgreSQL connections a network partition silences mid-query: each is
 /// answered once `database_timeout_secs` has passed (503) rather than never, and every
 /// connection the partition silenced is closed rather than kept for good (a pool slot each);
@@ -362,30 +401,13 @@ async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_con
     };
     store_push(&app, 0).await;
 
-    // Reads of the events table wait on the server (a lock another session holds) when the
-    // partition starts; the server answers them once the lock is gone, into the cut.
-    let mut lock = direct.begin().await.unwrap();
-    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
+    let lock = lock_events(&direct).await;
     let listed = || async {
         tokio::time::timeout(Duration::from_secs(40), app.api_get("/api/v1/events")).await
     };
-    let cut_off = async {
-        poll_until(
-            "API reads waiting on the lock",
-            Duration::from_secs(10),
-            || async { waiting_on_a_lock(&direct).await >= 4 },
-        )
-        .await;
-        proxy.cut();
-        lock.rollback().await.unwrap();
-        proxy.forget();
-    };
-    let (answers, ()) = tokio::join!(
+    let (answers, _) = tokio::join!(
         futures_util::future::join_all((0..4).map(|_| listed())),
-        cut_off
+        cut_off_reads_waiting_on(lock, &direct, &proxy, 4)
     );
     for answer in answers {
         let (status, body) = answer.expect("an API request unanswered 40 s into a partition");
@@ -398,9 +420,47 @@ async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_con
         || async { proxy.silenced() == 0 },
     )
     .await;
-    let (status, body) = app.api_get("/api/v1/events").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["events"].as_array().map(Vec::len), Some(1), "{body}");
+    lists_the_one_event(&app).await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// An API request whose client goes away while its query is cut off by a network partition:
+/// the PostgreSQL connection it hands back mid-query is closed once it fails a ping that waits
+/// at most 5 s, rather than kept in the pool or held until `database_timeout_secs` (12 here);
+/// once the network is back, the API answers again with no restart. (The shutdown waits that
+/// timeout on the pool's idle connections the partition still silences.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_if_silent() {
+    let test = "a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_if_silent";
+    // No workers: nothing else takes a connection the partition silenced.
+    let configure = |s: hookdock::config::Sources| {
+        s.set("database_timeout_secs", 12)
+            .set("queue.workers", 0)
+            .set("handlers.activity.enabled", false)
+    };
+    let Some((app, direct, proxy)) = app_behind_a_proxy(test, configure, Vec::new()).await else {
+        return;
+    };
+    store_push(&app, 0).await;
+    let lock = lock_events(&direct).await;
+    let gives_up = tokio::time::timeout(Duration::from_secs(3), app.api_get("/api/v1/events"));
+    let (gave_up, silenced) =
+        tokio::join!(gives_up, cut_off_reads_waiting_on(lock, &direct, &proxy, 1));
+    assert!(gave_up.is_err(), "answered into the partition: {gave_up:?}");
+    // The client went away 3 s in; its connection's ping gives up 5 s after that.
+    poll_until(
+        "the connection the request handed back closed",
+        Duration::from_secs(8),
+        || async { proxy.silenced() < silenced },
+    )
+    .await;
+    assert_eq!(
+        proxy.silenced(),
+        silenced - 1,
+        "only that connection was used"
+    );
+    lists_the_one_event(&app).await;
     direct.close().await;
     app.stop().await;
 }
