@@ -59,6 +59,13 @@ pub(crate) async fn within<T, E: From<sqlx::Error>>(
 /// one at once); shorter where the database timeout is.
 const PING_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a connection is given to answer something a live server answers at once (a ping,
+/// the goodbye when the pool closes): [`PING_WAIT`], or `limit` (the database timeout) if
+/// shorter.
+pub(crate) fn answer_wait(limit: Duration) -> Duration {
+    limit.min(PING_WAIT)
+}
+
 /// Age after which a connection handed back is closed and later replaced, as sqlx's own
 /// `max_lifetime` would (a server name that moved, the server process's memory); sqlx's is off
 /// because it closes with the protocol's goodbye, before any check, a connection that may be
@@ -83,7 +90,7 @@ impl PoolChecks {
     /// Checks whose pings wait at most [`PING_WAIT`], or `limit` if shorter.
     pub fn new(limit: Duration) -> PoolChecks {
         PoolChecks {
-            wait: limit.min(PING_WAIT),
+            wait: answer_wait(limit),
             epoch: Instant::now(),
             silent_at: AtomicU64::new(0),
         }

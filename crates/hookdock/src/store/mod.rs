@@ -610,14 +610,15 @@ impl Store {
     /// the pools. Later writes fail with [`StoreError::Closed`].
     pub async fn close(&self) {
         self.inner.writer.shutdown().await;
-        // Closing says goodbye on each idle connection, which waits for good on one a partition
-        // silenced: bounded, so a shutdown never hangs on it.
+        // Closing says goodbye on each idle connection, which a live server takes at once and
+        // which waits for good on one a partition silenced: bounded as a ping is, so a
+        // shutdown never hangs on it (the connections left are dropped, their sockets closed).
         let pools = async {
             self.inner.read.close().await;
             self.inner.write.close().await;
             Ok::<_, StoreError>(())
         };
-        let _ = bounded::within(self.inner.limit, pools).await;
+        let _ = bounded::within(self.inner.limit.map(bounded::answer_wait), pools).await;
     }
 
     /// A transaction on the write pool that holds the write lock from its start (see

@@ -346,38 +346,6 @@ async fn readiness_fails_when_the_schema_version_cannot_be_read(backend: Backend
     app.stop().await;
 }
 
-/// Takes a lock on the events table in a transaction of `direct`'s: reads of it wait on the
-/// server until [`cut_off_reads_waiting_on`] releases it.
-async fn lock_events(direct: &sqlx::AnyPool) -> sqlx::Transaction<'static, sqlx::Any> {
-    let mut lock = direct.begin().await.unwrap();
-    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *lock)
-        .await
-        .unwrap();
-    lock
-}
-
-/// Once `reads` API reads wait on `lock` ([`lock_events`]) on the server: starts a partition,
-/// releases the lock (the server answers the reads into the cut) and forwards new connections
-/// again, those the partition holds staying silent. How many it holds.
-async fn cut_off_reads_waiting_on(
-    lock: sqlx::Transaction<'static, sqlx::Any>,
-    direct: &sqlx::AnyPool,
-    proxy: &hookdock_testkit::TcpProxy,
-    reads: i64,
-) -> usize {
-    poll_until(
-        "API reads waiting on the lock",
-        Duration::from_secs(10),
-        || async { waiting_on_a_lock(direct).await >= reads },
-    )
-    .await;
-    proxy.cut();
-    lock.rollback().await.unwrap();
-    proxy.forget();
-    proxy.silenced()
-}
-
 /// The API lists the one event stored: it answers again once the network is back.
 async fn lists_the_one_event(app: &TestApp) {
     let (status, body) = app.api_get("/api/v1/events").await;
@@ -427,15 +395,15 @@ async fn api_requests_cut_off_by_a_partition_are_answered_503_and_free_their_con
 
 /// An API request whose client goes away while its query is cut off by a network partition:
 /// the PostgreSQL connection it hands back mid-query is closed once it fails a ping that waits
-/// at most 5 s, rather than kept in the pool or held until `database_timeout_secs` (12 here);
-/// once the network is back, the API answers again with no restart. (The shutdown waits that
-/// timeout on the pool's idle connections the partition still silences.)
+/// at most 5 s, rather than kept in the pool or held until `database_timeout_secs` (20 here);
+/// once the network is back, the API answers again with no restart, and the shutdown waits on
+/// the idle connections the partition still silences no longer than such a ping.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_if_silent() {
     let test = "a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_if_silent";
     // No workers: nothing else takes a connection the partition silenced.
     let configure = |s: hookdock::config::Sources| {
-        s.set("database_timeout_secs", 12)
+        s.set("database_timeout_secs", 20)
             .set("queue.workers", 0)
             .set("handlers.activity.enabled", false)
     };
@@ -443,12 +411,18 @@ async fn a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_
         return;
     };
     store_push(&app, 0).await;
+    // Connections idle in the pool when the partition starts.
+    let listed = futures_util::future::join_all((0..4).map(|_| app.api_get("/api/v1/events")));
+    for (status, body) in listed.await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     let lock = lock_events(&direct).await;
-    let gives_up = tokio::time::timeout(Duration::from_secs(3), app.api_get("/api/v1/events"));
-    let (gave_up, silenced) =
-        tokio::join!(gives_up, cut_off_reads_waiting_on(lock, &direct, &proxy, 1));
-    assert!(gave_up.is_err(), "answered into the partition: {gave_up:?}");
-    // The client went away 3 s in; its connection's ping gives up 5 s after that.
+    let request = app.api_get("/api/v1/events");
+    let silenced = tokio::select! {
+        answer = request => panic!("answered before the partition: {answer:?}"),
+        silenced = cut_off_reads_waiting_on(lock, &direct, &proxy, 1) => silenced,
+    };
+    // The request is dropped: its client went away. The ping gives up 5 s later.
     poll_until(
         "the connection the request handed back closed",
         Duration::from_secs(8),
@@ -462,5 +436,8 @@ async fn a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_
     );
     lists_the_one_event(&app).await;
     direct.close().await;
+    let stopping = std::time::Instant::now();
     app.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
 }

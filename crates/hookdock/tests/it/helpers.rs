@@ -643,6 +643,18 @@ pub async fn app_behind_a_proxy(
     configure: impl FnOnce(Sources) -> Sources,
     handlers: Vec<Arc<dyn Handler>>,
 ) -> Option<(TestApp, sqlx::AnyPool, hookdock_testkit::TcpProxy)> {
+    let (db, direct, proxy, url) = database_behind_a_proxy(test).await?;
+    let settings = Settings::load(&configure(test_sources(&url))).expect("test settings are valid");
+    let app = TestApp::start(settings, handlers, db).await;
+    Some((app, direct, proxy))
+}
+
+/// A new PostgreSQL test database, a pool connected to it directly (which no partition
+/// touches), a [`hookdock_testkit::TcpProxy`] to it that can cut the network, and the
+/// database's URL through the proxy. `None` (the test skips) without PostgreSQL.
+pub async fn database_behind_a_proxy(
+    test: &str,
+) -> Option<(TestDb, sqlx::AnyPool, hookdock_testkit::TcpProxy, String)> {
     let backend = Backend::postgres(test)?;
     let db = TestDb::create(&backend).await;
     let direct = sqlx::AnyPool::connect(&db.url)
@@ -652,9 +664,7 @@ pub async fn app_behind_a_proxy(
     let proxy = hookdock_testkit::TcpProxy::start(&db.url[at.clone()]).await;
     let mut url = db.url.clone();
     url.replace_range(at, &proxy.addr().to_string());
-    let settings = Settings::load(&configure(test_sources(&url))).expect("test settings are valid");
-    let app = TestApp::start(settings, handlers, db).await;
-    Some((app, direct, proxy))
+    Some((db, direct, proxy, url))
 }
 
 /// [`app_behind_a_proxy`] without queue workers (nothing but the test's requests uses the
@@ -734,6 +744,40 @@ async fn drop_sleeping_trigger(direct: &sqlx::AnyPool, name: &str, table: &str) 
     }
 }
 
+/// Takes a lock on the events table in a transaction of `direct`'s: reads of it wait on the
+/// server until [`cut_off_reads_waiting_on`] releases it.
+pub async fn lock_events(direct: &sqlx::AnyPool) -> sqlx::Transaction<'static, sqlx::Any> {
+    let mut lock = direct.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
+/// Once `reads` API requests listing events wait on `lock` ([`lock_events`]) on the server
+/// (other reads of the table, the retention purge's, may wait beside them): starts a
+/// partition, releases the lock (the server answers the reads into the cut) and forwards new
+/// connections again, those the partition holds staying silent. How many it holds.
+pub async fn cut_off_reads_waiting_on(
+    lock: sqlx::Transaction<'static, sqlx::Any>,
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+    reads: i64,
+) -> usize {
+    let listing = "wait_event_type = 'Lock' AND query LIKE '%SELECT id, delivery_id, event,%'";
+    poll_until(
+        "API reads waiting on the lock",
+        Duration::from_secs(10),
+        || async { sessions_where(direct, listing).await >= reads },
+    )
+    .await;
+    proxy.cut();
+    lock.rollback().await.unwrap();
+    proxy.forget();
+    proxy.silenced()
+}
+
 /// Cuts `proxy` once a statement the [`slow_trigger`] slows is running on the server.
 pub async fn cut_while_the_server_sleeps(
     direct: &sqlx::AnyPool,
@@ -796,12 +840,6 @@ pub async fn until_the_server_wakes(direct: &sqlx::AnyPool) {
 /// slow trigger running); -1 if that cannot be read.
 pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {
     sessions_where(pool, "wait_event = 'PgSleep'").await
-}
-
-/// How many of the connections to `pool`'s PostgreSQL database wait for a lock now; -1 if that
-/// cannot be read.
-pub async fn waiting_on_a_lock(pool: &sqlx::AnyPool) -> i64 {
-    sessions_where(pool, "wait_event_type = 'Lock'").await
 }
 
 async fn sessions_where(pool: &sqlx::AnyPool, condition: &str) -> i64 {
