@@ -93,6 +93,16 @@ impl Server {
     /// and waits until `/healthz` answers. Picks another port if the chosen one was taken in
     /// the meantime.
     async fn start(scratch: &Scratch, name: &str, db_url: &str) -> Server {
+        Server::start_with(scratch, name, db_url, &[]).await
+    }
+
+    /// [`Server::start`] with more settings in the environment.
+    async fn start_with(
+        scratch: &Scratch,
+        name: &str,
+        db_url: &str,
+        more: &[(&str, &str)],
+    ) -> Server {
         let client = reqwest::Client::new();
         for _ in 0..5 {
             let port = crate::helpers::free_port();
@@ -127,7 +137,7 @@ impl Server {
                 ("HOOKDOCK_HANDLERS__METRICS__ENABLED", "false"),
                 ("HOOKDOCK_HANDLERS__RECORDS__ENABLED", "false"),
             ];
-            command.envs(settings);
+            command.envs(settings).envs(more.iter().copied());
             let mut child = command.spawn().expect("start the hookdock binary");
             let base = format!("http://{listen}");
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -1188,3 +1198,44 @@ crate::backend_tests!(
     sigterm_under_load_answers_in_flight_requests_and_exits_cleanly,
     shutdown_finishes_running_jobs_within_grace_and_releases_the_rest,
 );
+
+/// The binary on PostgreSQL, an API request whose query a network partition cuts off: it is
+/// answered 503 `storage_unavailable` once `database_timeout_secs` (2 here) has passed, and
+/// the server log names that timeout and the setting, so an operator can tell a partition
+/// from a slow query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_log_names_the_database_timeout_an_api_request_ran_into() {
+    let test = "the_server_log_names_the_database_timeout_an_api_request_ran_into";
+    let Some((_db, direct, proxy, url)) = database_behind_a_proxy(test).await else {
+        return;
+    };
+    let scratch = Scratch::new();
+    let timeout = [("HOOKDOCK_DATABASE_TIMEOUT_SECS", "2")];
+    let mut server = Server::start_with(&scratch, "server", &url, &timeout).await;
+    let client = reqwest::Client::new();
+    let lock = lock_events(&direct).await;
+    let listed = client
+        .get(format!("{}/api/v1/events", server.base))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(20))
+        .send();
+    let (answer, _) = tokio::join!(listed, cut_off_reads_waiting_on(lock, &direct, &proxy, 1));
+    let answer = answer.expect("the API request answered");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = answer.json().await.expect("a JSON error");
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    let named = "no answer from the database within 2 s (setting `database_timeout_secs`)";
+    poll_until(
+        "the API's timeout in the log",
+        Duration::from_secs(5),
+        || async {
+            let log = server.log_text();
+            log.lines()
+                .any(|l| l.contains("hookdock::http::error") && l.contains(named))
+        },
+    )
+    .await;
+    server.terminate();
+    assert!(server.wait_exit(Duration::from_secs(20)).await.success());
+    direct.close().await;
+}
