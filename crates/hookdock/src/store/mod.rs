@@ -889,6 +889,12 @@ fn connection_problem(e: &sqlx::Error) -> String {
             "{text}; hookdock must be able to write the database file and to create files \
              beside it (its -wal and -shm): check the permissions of both"
         )
+    } else if text.contains("certificate not valid for name") {
+        // The TLS library's words for a certificate that does not name the URL's host.
+        format!(
+            "{text}; connect by a name the server's certificate gives: hookdock's PostgreSQL \
+             driver checks the host under `sslmode=verify-ca` as under `verify-full`"
+        )
     } else {
         text
     }

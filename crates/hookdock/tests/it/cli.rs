@@ -205,7 +205,8 @@ fn an_unreachable_database_is_named_with_its_cause() {
 /// PostgreSQL over TLS, as managed services require it: `sslmode=require` in the URL encrypts
 /// every connection hookdock opens, and deliveries are stored as usual; a URL that asks to
 /// verify a certificate no trusted root signed (the test server's own) is refused with the
-/// cause.
+/// cause, and one that trusts it but names the server by an IP address the certificate does
+/// not give with what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_use_tls_when_the_url_asks() {
     let test = "postgres_connections_use_tls_when_the_url_asks";
@@ -263,6 +264,28 @@ async fn postgres_connections_use_tls_when_the_url_asks() {
     );
     assert_holds(&out.stderr, "sslmode=verify-full: ");
     assert_holds(&out.stderr, "invalid peer certificate");
+
+    // The server's own certificate as the root: it names a host, not the URL's IP address,
+    // which the driver checks under verify-ca too.
+    let certificate: String =
+        sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'ssl_cert_file'")
+            .fetch_one(&admin)
+            .await
+            .expect("read the server's certificate file setting");
+    let host = &admin_url[admin_url.find('@').map_or(0, |i| i + 1)..];
+    if std::path::Path::new(&certificate).is_file() && host.starts_with("127.0.0.1") {
+        let verify = format!("{admin_url}{joint}sslmode=verify-ca&sslrootcert={certificate}");
+        let out = hookdock(&["--database-url", &verify, "migrate"], &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_holds(&out.stderr, "certificate not valid for name \"127.0.0.1\"");
+        assert_holds(
+            &out.stderr,
+            "connect by a name the server's certificate gives: hookdock's PostgreSQL driver \
+             checks the host under `sslmode=verify-ca` as under `verify-full`",
+        );
+    } else {
+        eprintln!("{test}: verify-ca by IP address not checked (certificate {certificate})");
+    }
     admin.close().await;
 }
 
