@@ -55,7 +55,7 @@ impl Deliveries {
         self.seq.load(Ordering::Relaxed)
     }
 
-    fn next(&self) -> anyhow::Result<Request<Full<Bytes>>> {
+    pub(crate) fn next(&self) -> anyhow::Result<Request<Full<Bytes>>> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let signed = self.template.signed(seq);
         let delivery = uuid::Uuid::new_v4().to_string();

@@ -19,6 +19,7 @@
 
 mod baseline;
 mod disk;
+mod large;
 mod load;
 mod metrics;
 mod payload;
@@ -63,6 +64,9 @@ enum Internal {
     /// where the servers keep their data: the floor of any durable receiver's latency here.
     /// First times writes into new page cache, which some VMs make slow.
     Disk(disk::DiskArgs),
+    /// Peak memory of hookdock taking one `push` near GitHub's 25 MB cap (thousands of commits
+    /// with file lists), storing only and with the default handlers.
+    LargePush(large::LargePushArgs),
     /// Baseline receiver that keeps deliveries in memory only (started by the bench).
     #[command(hide = true)]
     BaselineMemory {
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Some(Internal::Metrics(args)) => metrics::run(args),
         Some(Internal::Disk(args)) => disk::run(args),
+        Some(Internal::LargePush(args)) => large::run(args),
         None => run_bench(cli.bench),
     };
     match result {
@@ -208,7 +213,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.phases.clone()
     };
     let hookdock_bin = if targets.iter().any(|t| t.is_hookdock()) {
-        Some(hookdock_binary(&args)?)
+        Some(hookdock_binary(args.hookdock_bin.as_ref(), args.no_build)?)
     } else {
         None
     };
@@ -566,8 +571,8 @@ fn default_payload() -> PathBuf {
 
 /// The hookdock binary to test: `--hookdock-bin`, else `target/release/hookdock`, built (or
 /// brought up to date) with cargo first, since `cargo run -p hookdock-bench` builds only the bench.
-fn hookdock_binary(args: &BenchArgs) -> anyhow::Result<PathBuf> {
-    if let Some(bin) = &args.hookdock_bin {
+fn hookdock_binary(hookdock_bin: Option<&PathBuf>, no_build: bool) -> anyhow::Result<PathBuf> {
+    if let Some(bin) = hookdock_bin {
         if !bin.is_file() {
             bail!("--hookdock-bin {} does not exist", bin.display());
         }
@@ -579,7 +584,7 @@ fn hookdock_binary(args: &BenchArgs) -> anyhow::Result<PathBuf> {
         .parent()
         .context("bench executable is not in a cargo target directory")?;
     let bin = target_dir.join("release").join("hookdock");
-    if !args.no_build {
+    if !no_build {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         eprintln!("building hookdock: cargo build --release -p hookdock");
