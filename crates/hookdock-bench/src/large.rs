@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::load::{self, Deliveries};
 use crate::payload::PayloadTemplate;
+use crate::report;
 use crate::{SECRET, Server, Target, hookdock_binary, procfs};
 
 #[derive(clap::Args)]
@@ -118,9 +119,10 @@ async fn wait_for_jobs(server: &Server) -> anyhow::Result<()> {
         if let Some(text) = load::get(server.addr, "/metrics").await {
             let text = String::from_utf8_lossy(&text);
             let jobs = |status: &str| {
-                let series = format!("hookdock_queue_jobs{{status=\"{status}\"}} ");
-                text.lines()
-                    .find_map(|l| l.strip_prefix(series.as_str())?.parse::<f64>().ok())
+                report::series(
+                    &text,
+                    &format!("hookdock_queue_jobs{{status=\"{status}\"}}"),
+                )
             };
             if jobs("dead").is_some_and(|n| n > 0.0) {
                 bail!("a job of the push is dead (see the server's log above)");

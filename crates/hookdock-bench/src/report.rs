@@ -100,6 +100,14 @@ fn summary(metrics: &str, name: &str) -> Option<(f64, f64)> {
     Some((value("_count")?, value("_sum")?))
 }
 
+/// The value of one series, `name{labels}` exactly as rendered, in Prometheus text.
+pub fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name_and_labels)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok()
+    })
+}
+
 /// Mean batch size and mean milliseconds per batch from hookdock's Prometheus text
 /// (`hookdock_store_batch_size` and `hookdock_store_batch_seconds` summaries).
 pub fn group_commit_stats(metrics: &str) -> Option<(f64, f64)> {
@@ -506,6 +514,19 @@ mod tests {
             Latency::from_histogram(&new_histogram()),
             Latency::default()
         );
+    }
+
+    #[test]
+    fn a_series_is_read_by_its_exact_labels() {
+        let text = "hookdock_queue_jobs{status=\"pending\"} 3\n\
+            hookdock_queue_jobs{status=\"pending_x\"} 9\n\
+            hookdock_queue_jobs{status=\"dead\"} 0\n";
+        let jobs =
+            |status: &str| series(text, &format!("hookdock_queue_jobs{{status=\"{status}\"}}"));
+        assert_eq!(jobs("pending"), Some(3.0));
+        assert_eq!(jobs("dead"), Some(0.0));
+        assert_eq!(jobs("failed"), None);
+        assert_eq!(series(text, "hookdock_queue_jobs"), None);
     }
 
     #[test]

@@ -609,7 +609,7 @@ pub(crate) async fn own_earlier_finishes(
 }
 
 /// One entry of a job's history, as [`own_earlier_finishes`] reads it.
-#[derive(Clone)]
+#[cfg_attr(test, derive(Clone))]
 struct HistoryEntry {
     attempt: i64,
     status: String,

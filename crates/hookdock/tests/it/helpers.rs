@@ -710,6 +710,20 @@ pub async fn slow_commit(direct: &sqlx::AnyPool, operation: &str, table: &str, w
     sleeping_trigger(direct, "slow_commit", "CONSTRAINT TRIGGER", &timing).await;
 }
 
+/// Once a commit [`slow_commit`] holds on `table` is sleeping on the server: resets every
+/// connection through `proxy` (the server completes the commit all the same), waits for the
+/// commit to end and removes the trigger.
+pub async fn reset_while_a_commit_sleeps(
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+    table: &str,
+) {
+    until_the_server_sleeps(direct).await;
+    proxy.reset();
+    until_the_server_wakes(direct).await;
+    drop_slow_commit(direct, table).await;
+}
+
 /// Removes what [`slow_commit`] made.
 pub async fn drop_slow_commit(direct: &sqlx::AnyPool, table: &str) {
     drop_sleeping_trigger(direct, "slow_commit", table).await;

@@ -1061,10 +1061,7 @@ async fn a_jobs_result_whose_commit_landed_before_a_reset_is_not_discarded() {
     // Marking a job done takes two seconds in its commit on the server.
     slow_commit(&direct, "UPDATE", "jobs", "NEW.status = 'done'").await;
     blocker.release.notify_one();
-    until_the_server_sleeps(&direct).await;
-    proxy.reset();
-    until_the_server_wakes(&direct).await;
-    drop_slow_commit(&direct, "jobs").await;
+    reset_while_a_commit_sleeps(&direct, &proxy, "jobs").await;
     // A later delivery's job, recorded after the retried result: once it is done, the worker
     // has had the retried result's answer.
     let later = post_issue(&app, 42, 1).await;
@@ -1101,10 +1098,7 @@ async fn a_job_given_back_in_a_commit_that_landed_before_a_reset_is_not_discarde
     slow_commit(&direct, "UPDATE", "jobs", given_back).await;
     let worker = app.manual_worker();
     let run = tokio::spawn(async move { worker.run_once().await });
-    until_the_server_sleeps(&direct).await;
-    proxy.reset();
-    until_the_server_wakes(&direct).await;
-    drop_slow_commit(&direct, "jobs").await;
+    reset_while_a_commit_sleeps(&direct, &proxy, "jobs").await;
     assert_eq!(
         run.await.unwrap().unwrap(),
         2,
