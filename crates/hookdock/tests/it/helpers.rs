@@ -912,13 +912,39 @@ pub fn unique_body(name: &str, seq: u64) -> Vec<u8> {
     serde_json::to_vec(&value).expect("serialize")
 }
 
-/// A port nothing listens on right now (for a server whose address must be known before it
-/// starts, e.g. to tell GitHub where to deliver).
+/// A port nothing listens on right now, for a server whose address must be known before it
+/// starts (to tell GitHub where to deliver) and that may start again on it.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), where no `bind` to port 0
+/// and no outgoing connection ever puts a socket, and never handed out twice by this process. A
+/// port that binding port 0 picked could be picked again by another test's socket in the
+/// moments before its server binds it, or while it is stopped, and that start would fail
+/// with "address in use". Ports something else listens on are passed over.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > 11_024);
+    let Some(low) = ephemeral_low else {
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+    };
+    // Ports [low - 10,000, low), walked from a place that differs between processes, far
+    // apart even for processes started one after the other.
+    const SPAN: u32 = 10_000;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low - SPAN + (start + n) % SPAN).expect("a port number");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {}..{low}", low - SPAN)
 }
 
 pub fn new_delivery_id() -> String {
