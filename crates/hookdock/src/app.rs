@@ -251,6 +251,7 @@ impl App {
             self.listener,
             router(self.state),
             self.settings.idle_timeout(),
+            self.settings.max_connections,
             grace,
             shutdown.cancelled(),
         )

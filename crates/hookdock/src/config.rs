@@ -91,6 +91,10 @@ pub struct Settings {
     /// idle timeout of a proxy in front (60 s to 2 min for nginx, ALB, Caddy), so that the proxy
     /// gives up an idle connection before hookdock closes it under a delivery.
     pub idle_timeout_secs: u64,
+    /// Most client connections open at once. At the limit hookdock accepts no more until one
+    /// closes (new ones wait in the kernel's queue), so a flood of connections cannot use up
+    /// the process's file descriptors, which the database and GitHub calls need too.
+    pub max_connections: usize,
     /// The address GitHub reaches hookdock at (`HOOKDOCK_PUBLIC_URL`), e.g.
     /// `https://hooks.example.com`; installed webhooks point at it + `/api/v1/webhooks/github`.
     #[serde(default)]
@@ -512,6 +516,7 @@ fn defaults() -> serde_json::Value {
         "shutdown_grace_secs": 20,
         "read_timeout_secs": 30,
         "idle_timeout_secs": 300,
+        "max_connections": 512,
         "github_api_url": "https://api.github.com",
         "github": { "timeout_secs": 10, "max_rate_wait_secs": 900, "write_interval_ms": 1000 },
         "auth": { "allowed_users": [], "session_hours": 168 },
@@ -810,6 +815,9 @@ impl Settings {
                 "idle_timeout_secs",
                 "must be between 1 and 86400 seconds",
             ));
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(invalid("max_connections", "must be between 1 and 65536"));
         }
         if self.queue.lease_secs < 2 {
             return Err(invalid("queue.lease_secs", "must be at least 2"));
@@ -1268,6 +1276,12 @@ mod tests {
                 no_file(&[("HOOKDOCK_IDLE_TIMEOUT_SECS", "0")]),
                 "invalid setting `idle_timeout_secs` (from environment variable \
                  HOOKDOCK_IDLE_TIMEOUT_SECS): must be between 1 and 86400 seconds"
+                    .to_owned(),
+            ),
+            (
+                no_file(&[("HOOKDOCK_MAX_CONNECTIONS", "0")]),
+                "invalid setting `max_connections` (from environment variable \
+                 HOOKDOCK_MAX_CONNECTIONS): must be between 1 and 65536"
                     .to_owned(),
             ),
             // A value inside a table or array given whole is told by that variable.

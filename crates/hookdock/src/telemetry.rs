@@ -64,6 +64,14 @@ fn describe() {
         "hookdock_retention_purged_total",
         "Events deleted by retention"
     );
+    metrics::describe_gauge!(
+        "hookdock_http_connections",
+        "Client connections open now (at most max_connections)"
+    );
+    metrics::describe_counter!(
+        "hookdock_http_connection_limit_reached_total",
+        "Times a connection waited to be accepted because max_connections were open"
+    );
 }
 
 /// The queue's gauges (`hookdock_queue_jobs{status}`, `hookdock_events_replay_suspected`),

@@ -953,6 +953,45 @@ async fn connections_a_partition_silenced_hold_neither_deliveries_nor_the_shutdo
     app.stop().await;
 }
 
+/// At `max_connections` open connections hookdock accepts no more until one closes: the next
+/// waits unanswered in the kernel's queue and is served as soon as a place frees, and
+/// `/metrics` counts the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let app = TestApp::spawn_with(&Backend::Sqlite, |s| s.set("max_connections", 2), vec![]).await;
+    // Two connections stalled in their headers hold both places (for idle_timeout_secs, 300 s).
+    let first = RawDelivery::connect(&app.base, b"GET /healthz HTTP/1.1\r\nHost: h").await;
+    let second = RawDelivery::connect(&app.base, b"GET /healthz HTTP/1.1\r\nHost: h").await;
+    let waiting = RawDelivery::connect(
+        &app.base,
+        b"GET /metrics HTTP/1.1\r\nHost: hookdock\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut answer = tokio::spawn(waiting.answer());
+    // Unanswered while both places are taken (the answer would come within milliseconds).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut answer)
+            .await
+            .is_err(),
+        "a third connection was served while max_connections = 2 were open"
+    );
+    drop(first);
+    let (status, metrics) = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("served within 10 s of a place freeing")
+        .expect("answer task");
+    assert_eq!(status, 200, "{metrics}");
+    let metrics = metrics.as_str().unwrap_or_default();
+    let reached = metrics.lines().find_map(|l| {
+        l.strip_prefix("hookdock_http_connection_limit_reached_total ")?
+            .parse::<f64>()
+            .ok()
+    });
+    assert!(reached.is_some_and(|n| n >= 1.0), "{metrics}");
+    drop(second);
+    app.stop().await;
+}
+
 /// Once the write-ahead log cannot be flushed, nothing more is acknowledged: the delivery whose
 /// flush failed and every later one get 503 (so GitHub records failures it can redeliver), and
 /// the instance reports itself not ready.
