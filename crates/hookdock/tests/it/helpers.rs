@@ -916,10 +916,12 @@ pub fn unique_body(name: &str, seq: u64) -> Vec<u8> {
 /// starts (to tell GitHub where to deliver) and that may start again on it.
 ///
 /// Taken below the kernel's ephemeral range (`ip_local_port_range`), where no `bind` to port 0
-/// and no outgoing connection ever puts a socket, and never handed out twice by this process. A
-/// port that binding port 0 picked could be picked again by another test's socket in the
-/// moments before its server binds it, or while it is stopped, and that start would fail
-/// with "address in use". Ports something else listens on are passed over.
+/// and no outgoing connection ever puts a socket, and never handed out twice: not by this
+/// process, and not by another test process while this one runs (each port is claimed for the
+/// process's life under an abstract socket name, which the kernel lets one process hold and
+/// drops when it exits). A port that binding port 0 picked could be picked again by another
+/// test's socket in the moments before its server binds it, or while it is stopped, and that
+/// start would fail with "address in use". Ports something else listens on are passed over.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -940,11 +942,48 @@ pub fn free_port() -> u16 {
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = u16::try_from(low - SPAN + (start + n) % SPAN).expect("a port number");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if claim_port(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
     panic!("no free port in {}..{low}", low - SPAN)
+}
+
+/// Claims `port` among the test processes on this machine until this one exits; `false` when
+/// another holds it.
+#[cfg(target_os = "linux")]
+fn claim_port(port: u16) -> bool {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    static HELD: std::sync::Mutex<Vec<UnixListener>> = std::sync::Mutex::new(Vec::new());
+    let claimed = SocketAddr::from_abstract_name(format!("hookdock-test-port-{port}"))
+        .and_then(|name| UnixListener::bind_addr(&name));
+    match claimed {
+        Ok(claim) => {
+            HELD.lock().unwrap_or_else(|e| e.into_inner()).push(claim);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn claim_port(_port: u16) -> bool {
+    true
+}
+
+/// Two ports handed out are different, free to listen on, and claimed: another claim of either
+/// (as another test process would make) is refused.
+#[test]
+fn a_port_handed_out_is_claimed_and_listenable() {
+    let (one, two) = (free_port(), free_port());
+    assert_ne!(one, two);
+    for port in [one, two] {
+        assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if cfg!(target_os = "linux") {
+            assert!(!claim_port(port), "port {port} claimed twice");
+        }
+    }
 }
 
 pub fn new_delivery_id() -> String {
