@@ -70,7 +70,7 @@ fn describe() {
     );
     metrics::describe_counter!(
         "hookdock_http_connection_limit_reached_total",
-        "Times a connection waited to be accepted because max_connections were open"
+        "Times all max_connections places were taken (new connections then wait to be accepted)"
     );
 }
 
