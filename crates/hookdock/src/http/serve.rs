@@ -38,6 +38,9 @@ pub async fn serve(
     grace: Duration,
     stop: impl Future<Output = ()>,
 ) {
+    if let Some(warning) = open_files_warning(max_connections, open_files_limit()) {
+        tracing::warn!("{warning}");
+    }
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -131,6 +134,42 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Open files the process needs beside its client connections: the database's files and
+/// connections, GitHub calls, logs, the runtime's own.
+const FILES_BESIDE_CONNECTIONS: u64 = 128;
+
+/// The process's soft limit on open files (`ulimit -n`), where the system says
+/// (`/proc/self/limits`); `None` when unknown or unlimited.
+fn open_files_limit() -> Option<u64> {
+    soft_open_files(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+fn soft_open_files(limits: &str) -> Option<u64> {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What to warn of when `max_connections` leaves fewer than [`FILES_BESIDE_CONNECTIONS`] of
+/// the process's `open_files` for everything else: at the limit, the database and GitHub calls
+/// would fail for want of a file descriptor.
+fn open_files_warning(max_connections: usize, open_files: Option<u64>) -> Option<String> {
+    let open_files = open_files?;
+    let connections = u64::try_from(max_connections).unwrap_or(u64::MAX);
+    let spare = open_files.saturating_sub(connections);
+    (spare < FILES_BESIDE_CONNECTIONS).then(|| {
+        format!(
+            "max_connections ({max_connections}) leaves {spare} of the process's {open_files} open \
+             files (ulimit -n) for the database and GitHub calls, which need about \
+             {FILES_BESIDE_CONNECTIONS}: lower max_connections or raise the limit"
+        )
+    })
+}
+
 /// Errors of one connection (the peer gave up before it was accepted) are passed over; others
 /// (out of file descriptors) are logged and accepting pauses a moment, as `axum::serve` does.
 async fn accept_failed(error: std::io::Error) {
@@ -148,6 +187,35 @@ async fn accept_failed(error: std::io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The soft limit is read from the kernel's table; "unlimited" is no limit.
+    #[test]
+    fn the_open_files_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             96367                96367                processes \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(soft_open_files(&limits.replace("1024 ", "unlimited")), None);
+        assert_eq!(soft_open_files("Max processes 10 10 processes"), None);
+    }
+
+    /// A limit that leaves too few files beside the connections is warned of, naming both
+    /// numbers and what to change; enough room, or an unknown limit, is not.
+    #[test]
+    fn max_connections_near_the_open_files_limit_is_warned_of() {
+        let warning = open_files_warning(1000, Some(1024)).expect("a warning");
+        for says in [
+            "max_connections (1000)",
+            "leaves 24",
+            "1024 open files",
+            "ulimit -n",
+        ] {
+            assert!(warning.contains(says), "{warning}");
+        }
+        assert!(open_files_warning(2000, Some(1024)).is_some_and(|w| w.contains("leaves 0")));
+        assert_eq!(open_files_warning(512, Some(1024)), None);
+        assert_eq!(open_files_warning(512, None), None);
+    }
 
     /// `hookdock_http_connections` counts each open connection once and forgets it when it
     /// ends, its place among `max_connections` given back with it.
