@@ -49,7 +49,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(stop);
     let slots = Arc::new(Semaphore::new(max_connections));
-    let mut warned: Option<Instant> = None;
+    let mut warning = Throttle::default();
     loop {
         while connections.try_join_next().is_some() {}
         let slot = match Arc::clone(&slots).try_acquire_owned() {
@@ -58,8 +58,7 @@ pub async fn serve(
                 metrics::counter!("hookdock_http_connection_limit_reached_total").increment(1);
                 // Once a minute at most: connections coming and going at the limit reach it
                 // again with every one.
-                if warned.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_EVERY) {
-                    warned = Some(Instant::now());
+                if warning.due(Instant::now(), LIMIT_WARNING_EVERY) {
                     tracing::warn!(
                         max_connections,
                         "the limit of open connections is reached (max_connections); new ones \
@@ -134,6 +133,25 @@ impl Drop for OpenConnection {
     }
 }
 
+/// Whether something may be logged again: the first time, then at most once per interval.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    fn due(&mut self, now: Instant, every: Duration) -> bool {
+        if self
+            .last
+            .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}
+
 /// Open files the process needs beside its client connections: the database's files and
 /// connections, GitHub calls, logs, the runtime's own.
 const FILES_BESIDE_CONNECTIONS: u64 = 128;
@@ -187,6 +205,21 @@ async fn accept_failed(error: std::io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reaching the limit is logged the first time, then not again until the interval has
+    /// passed since the last line, however often it is reached meanwhile.
+    #[test]
+    fn the_limit_warning_is_logged_at_most_once_an_interval() {
+        let mut warning = Throttle::default();
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert!(warning.due(at(0), LIMIT_WARNING_EVERY));
+        assert!(!warning.due(at(1), LIMIT_WARNING_EVERY));
+        assert!(!warning.due(at(59), LIMIT_WARNING_EVERY));
+        assert!(warning.due(at(60), LIMIT_WARNING_EVERY));
+        assert!(!warning.due(at(119), LIMIT_WARNING_EVERY));
+        assert!(warning.due(at(125), LIMIT_WARNING_EVERY));
+    }
 
     /// The soft limit is read from the kernel's table; "unlimited" is no limit.
     #[test]

@@ -982,12 +982,8 @@ async fn connections_over_the_limit_wait_until_one_closes() {
         .expect("answer task");
     assert_eq!(status, 200, "{metrics}");
     let metrics = metrics.as_str().unwrap_or_default();
-    let reached = metrics.lines().find_map(|l| {
-        l.strip_prefix("hookdock_http_connection_limit_reached_total ")?
-            .parse::<f64>()
-            .ok()
-    });
-    assert!(reached.is_some_and(|n| n >= 1.0), "{metrics}");
+    let reached = metric(metrics, "hookdock_http_connection_limit_reached_total");
+    assert!(reached >= 1.0, "{metrics}");
     drop(second);
     app.stop().await;
 }
