@@ -152,7 +152,7 @@ async fn insert_rows<T>(
     head: &str,
     rows: &[T],
     per_statement: usize,
-    mut push: impl FnMut(sqlx::query_builder::Separated<'_, '_, Sqlite, &'static str>, &T),
+    mut push: impl FnMut(sqlx::query_builder::Separated<'_, Sqlite, &'static str>, &T),
 ) -> anyhow::Result<()> {
     for chunk in rows.chunks(per_statement) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(head);

@@ -14,7 +14,7 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt, future::BoxFuture};
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::pool::PoolConnectionMetadata;
-use sqlx::{Any, AnyPool, Describe, Either, Execute, Executor};
+use sqlx::{Any, AnyPool, Describe, Either, Execute, Executor, SqlStr};
 
 /// A pool whose queries fail with a timeout after `limit` without an answer; `None`: no limit
 /// (SQLite: a local file answers or fails by itself).
@@ -205,11 +205,11 @@ impl<'p> Executor<'p> for Bounded<'p> {
         }
     }
 
-    fn prepare_with<'e, 'q: 'e>(
+    fn prepare_with<'e>(
         self,
-        sql: &'q str,
+        sql: SqlStr,
         parameters: &'e [AnyTypeInfo],
-    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    ) -> BoxFuture<'e, Result<AnyStatement, sqlx::Error>>
     where
         'p: 'e,
     {
@@ -219,7 +219,7 @@ impl<'p> Executor<'p> for Bounded<'p> {
         }
     }
 
-    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
     where
         'p: 'e,
     {

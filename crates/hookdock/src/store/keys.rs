@@ -635,7 +635,7 @@ mod tests {
         out
     }
 
-    async fn count(store: &Store, query: &str) -> i64 {
+    async fn count(store: &Store, query: &'static str) -> i64 {
         sqlx::query(query)
             .fetch_one(&store.inner.read)
             .await

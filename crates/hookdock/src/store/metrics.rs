@@ -1096,18 +1096,16 @@ impl Store {
     pub async fn clear_metrics(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let mut tx = self.write_transaction().await?;
-            for table in [
-                "pr_activity",
-                "pr_draft_changes",
-                "pr_first_commits",
-                "reviews",
-                "pull_requests",
-                "member_logins",
-                "members",
+            for statement in [
+                "DELETE FROM pr_activity",
+                "DELETE FROM pr_draft_changes",
+                "DELETE FROM pr_first_commits",
+                "DELETE FROM reviews",
+                "DELETE FROM pull_requests",
+                "DELETE FROM member_logins",
+                "DELETE FROM members",
             ] {
-                sqlx::query(&format!("DELETE FROM {table}"))
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(statement).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -1426,10 +1424,12 @@ mod tests {
         assert!(indexes.len() >= 10, "{indexes:?}");
         let mut covered = std::collections::BTreeSet::new();
         for (name, sql) in &indexes {
-            let columns = sqlx::query(&format!("SELECT name FROM pragma_index_info('{name}')"))
-                .fetch_all(&store.inner.read)
-                .await
-                .unwrap();
+            let columns = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT name FROM pragma_index_info('{name}')"
+            )))
+            .fetch_all(&store.inner.read)
+            .await
+            .unwrap();
             covered.extend(columns.iter().map(|r| r.get::<String, _>(0)));
             // A partial index's condition: every merged column it names.
             if let Some(condition) = sql.as_deref().and_then(|s| s.split_once(" WHERE ")) {

@@ -835,7 +835,7 @@ async fn pool(
     let connected = options
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                for statement in setup {
+                for &statement in setup {
                     sqlx::query(statement).execute(&mut *conn).await?;
                 }
                 Ok(())
@@ -860,11 +860,11 @@ async fn pool(
 }
 
 /// Opens one connection to `url` and sets it up as the pool's are; the first error, in words.
-async fn connect_once(url: &str, setup: &[&str]) -> Result<(), String> {
+async fn connect_once(url: &str, setup: &'static [&'static str]) -> Result<(), String> {
     use sqlx::Connection;
     let attempt = async {
         let mut conn = sqlx::AnyConnection::connect(url).await?;
-        for statement in setup {
+        for &statement in setup {
             sqlx::query(statement).execute(&mut conn).await?;
         }
         conn.close().await
@@ -892,8 +892,8 @@ fn connection_problem(e: &sqlx::Error) -> String {
     } else if text.contains("certificate not valid for name") {
         // The TLS library's words for a certificate that does not name the URL's host.
         format!(
-            "{text}; connect by a name the server's certificate gives: hookdock's PostgreSQL \
-             driver checks the host under `sslmode=verify-ca` as under `verify-full`"
+            "{text}; sslmode=verify-full checks that the certificate names the URL's host: \
+             connect by a name it gives, or use sslmode=verify-ca to check the certificate alone"
         )
     } else {
         text

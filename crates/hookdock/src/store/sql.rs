@@ -120,8 +120,9 @@ impl<'a> Sql<'a> {
         self
     }
 
-    fn query(&self) -> Query<'_, Any, AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.text);
+    fn query(&self) -> Query<'_, Any, AnyArguments> {
+        // The text is built from the store's own statements; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.text.as_str()));
         for arg in &self.args {
             q = match arg {
                 Arg::Int(v) => q.bind(*v),

@@ -205,8 +205,9 @@ fn an_unreachable_database_is_named_with_its_cause() {
 /// PostgreSQL over TLS, as managed services require it: `sslmode=require` in the URL encrypts
 /// every connection hookdock opens, and deliveries are stored as usual; a URL that asks to
 /// verify a certificate no trusted root signed (the test server's own) is refused with the
-/// cause, and one that trusts it but names the server by an IP address the certificate does
-/// not give with what to do.
+/// cause; trusting it, `verify-ca` connects by an IP address the certificate does not give
+/// (libpq's meaning: the certificate is checked, not the host), and `verify-full` refuses it
+/// with what to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_connections_use_tls_when_the_url_asks() {
     let test = "postgres_connections_use_tls_when_the_url_asks";
@@ -265,23 +266,45 @@ async fn postgres_connections_use_tls_when_the_url_asks() {
     assert_holds(&out.stderr, "sslmode=verify-full: ");
     assert_holds(&out.stderr, "invalid peer certificate");
 
-    // The server's own certificate as the root: it names a host, not the URL's IP address,
-    // which the driver checks under verify-ca too.
+    // The server's own certificate as the root. It names a host (`localhost` on Debian's
+    // PostgreSQL), not the URL's IP address: `verify-ca` checks the certificate only, as libpq
+    // does, and connects; `verify-full` also checks the host and refuses, saying what to do.
     let certificate: String =
         sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'ssl_cert_file'")
             .fetch_one(&admin)
             .await
             .expect("read the server's certificate file setting");
-    let host = &admin_url[admin_url.find('@').map_or(0, |i| i + 1)..];
+    let by_ip = TestDb::create(&backend).await;
+    let host = &by_ip.url[by_ip.url.find('@').map_or(0, |i| i + 1)..];
     if std::path::Path::new(&certificate).is_file() && host.starts_with("127.0.0.1") {
-        let verify = format!("{admin_url}{joint}sslmode=verify-ca&sslrootcert={certificate}");
-        let out = hookdock(&["--database-url", &verify, "migrate"], &[]);
+        let joint = if by_ip.url.contains('?') { '&' } else { '?' };
+        let root = format!("sslrootcert={certificate}");
+        let verify_ca = format!("{}{joint}sslmode=verify-ca&{root}", by_ip.url);
+        let out = hookdock(&["--database-url", &verify_ca, "migrate"], &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let migrated = sqlx::AnyPool::connect(&by_ip.url)
+            .await
+            .expect("connect to the test database");
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'events'",
+        )
+        .fetch_one(&migrated)
+        .await
+        .expect("look for the migrated events table");
+        migrated.close().await;
+        assert_eq!(
+            tables, 1,
+            "verify-ca by IP address did not migrate the database"
+        );
+
+        let verify_full = format!("{}{joint}sslmode=verify-full&{root}", by_ip.url);
+        let out = hookdock(&["--database-url", &verify_full, "migrate"], &[]);
         assert_eq!(out.status.code(), Some(1));
         assert_holds(&out.stderr, "certificate not valid for name \"127.0.0.1\"");
         assert_holds(
             &out.stderr,
-            "connect by a name the server's certificate gives: hookdock's PostgreSQL driver \
-             checks the host under `sslmode=verify-ca` as under `verify-full`",
+            "sslmode=verify-full checks that the certificate names the URL's host: connect by \
+             a name it gives, or use sslmode=verify-ca to check the certificate alone",
         );
     } else {
         eprintln!("{test}: verify-ca by IP address not checked (certificate {certificate})");

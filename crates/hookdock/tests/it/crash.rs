@@ -444,7 +444,7 @@ async fn wait_for_killed_sessions(backend: &Backend, pool: &sqlx::AnyPool) {
 }
 
 async fn count(pool: &sqlx::AnyPool, sql: &str) -> i64 {
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_one(pool)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))

@@ -99,7 +99,7 @@ impl TestDb {
                 let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url)
                     .await
                     .expect("connect to HOOKDOCK_TEST_DATABASE_URL");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
                     .expect("create test database");
@@ -163,10 +163,12 @@ impl Drop for TestDb {
                             <sqlx::AnyConnection as sqlx::Connection>::connect(&admin_url)
                                 .await
                                 .ok()?;
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await
-                            .ok()
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await
+                        .ok()
                     })
                 })
                 .join();
@@ -738,7 +740,7 @@ async fn sleeping_trigger(direct: &sqlx::AnyPool, name: &str, kind: &str, timing
         ),
         format!("CREATE {kind} {name} {timing} EXECUTE FUNCTION {name}()"),
     ] {
-        sqlx::query(&statement)
+        sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(direct)
             .await
             .expect("create the sleeping trigger");
@@ -751,7 +753,7 @@ async fn drop_sleeping_trigger(direct: &sqlx::AnyPool, name: &str, table: &str) 
         format!("DROP TRIGGER {name} ON {table}"),
         format!("DROP FUNCTION {name}()"),
     ] {
-        sqlx::query(&statement)
+        sqlx::query(sqlx::AssertSqlSafe(statement))
             .execute(direct)
             .await
             .expect("drop the sleeping trigger");
@@ -857,9 +859,9 @@ pub async fn sleeping_on_server(pool: &sqlx::AnyPool) -> i64 {
 }
 
 async fn sessions_where(pool: &sqlx::AnyPool, condition: &str) -> i64 {
-    sqlx::query_scalar(&format!(
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
-    ))
+    )))
     .fetch_one(pool)
     .await
     .unwrap_or(-1)

@@ -211,7 +211,7 @@ async fn sqlx_dump(app: &TestApp, query: &str) -> String {
     let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.settings.database_url)
         .await
         .expect("connect");
-    let rows = sqlx::query(query)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(query))
         .fetch_all(&mut conn)
         .await
         .expect("query");

@@ -696,7 +696,10 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
         ),
     };
     for statement in fail {
-        sqlx::query(statement).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
     let delivery = new_delivery_id();
     let (status, answer) = app.post("push", &body, &delivery).await;
@@ -712,7 +715,10 @@ async fn storage_failure_answers_503_and_stores_nothing(backend: Backend) {
         "{answer}"
     );
     for statement in heal {
-        sqlx::query(statement).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
     assert_eq!(app.count_events().await, 0);
     // GitHub's redelivery (same delivery id) then succeeds.
@@ -1030,13 +1036,13 @@ async fn deliveries_stored_before_the_key_tables_are_still_recognised() {
     let pool = pool_migrated_before(&db, &Backend::Sqlite, "0012").await;
     let hash = |n: u8| [n; 32];
     for n in 1..=4u8 {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO events (delivery_id, event, status, ordering_key, content_type, \
              headers, received_at, updated_at, body_size, body_sha256, body) VALUES \
              ('old-{n}', 'issues', 'done', 'k', 'application/json', '{{}}', 1, 1, 0, \
              x'{}', x'')",
             hex::encode(hash(n))
-        ))
+        )))
         .execute(&pool)
         .await
         .unwrap();

@@ -632,12 +632,12 @@ async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
     let far = now_ms() + 3_600_000;
     let mut ids = Vec::new();
     for (n, (handler, key, status)) in jobs.into_iter().enumerate() {
-        sqlx::query(&format!(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO events (delivery_id, event, status, ordering_key, content_type, \
              headers, received_at, updated_at, body_size, body_sha256, body) VALUES \
              ('d{n}', 'issues', 'pending', '{key}', 'application/json', '{{}}', 1, 1, 0, \
              '{n}', '')"
-        ))
+        )))
         .execute(&pool)
         .await
         .unwrap();
@@ -646,11 +646,11 @@ async fn jobs_queued_before_the_head_flag_keep_their_order(backend: Backend) {
         } else {
             "NULL, NULL".to_owned()
         };
-        let id: i64 = sqlx::query(&format!(
+        let id: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO jobs (event_id, handler, ordering_key, status, attempts, run_at, \
              lease_owner, lease_until, created_at, updated_at) SELECT id, '{handler}', '{key}', \
              '{status}', 1, 0, {lease}, 0, 0 FROM events WHERE delivery_id = 'd{n}' RETURNING id"
-        ))
+        )))
         .fetch_one(&pool)
         .await
         .unwrap()
@@ -750,7 +750,10 @@ async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend:
         ),
     };
     for statement in fail {
-        sqlx::query(statement).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
     let errors = |text: &str| {
         metric(
@@ -781,7 +784,10 @@ async fn a_result_that_cannot_be_written_at_once_is_written_when_it_can(backend:
     let second = post_issue(&app, 31, 1).await;
     assert_eq!(app.job(second, "recorder").await["status"], "pending");
     for statement in heal {
-        sqlx::query(statement).execute(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(&admin)
+            .await
+            .unwrap();
     }
     poll_until(
         "both jobs done, well within the lease",
@@ -1425,7 +1431,7 @@ async fn sqlite_job_writes_build_no_temporary_b_trees_and_claims_read_the_heads_
 /// Column `index` of every row `sql` returns, as text.
 async fn text_column(pool: &sqlx::AnyPool, sql: &str, index: usize) -> Vec<String> {
     use sqlx::Row;
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .fetch_all(pool)
         .await
         .unwrap()
