@@ -420,6 +420,75 @@ fn output_into_a_closed_pipe_ends_quietly_and_a_full_disk_is_an_error() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `serve` warns at start when `max_connections` leaves fewer than 128 of the process's open
+/// files for the database and GitHub calls, in the real binary's log: under `ulimit -n 600`
+/// the default 512 leaves 88 and both numbers are named; under 1024 nothing is said.
+#[tokio::test]
+async fn serve_warns_when_max_connections_leaves_too_few_open_files() {
+    let client = reqwest::Client::new();
+    for (open_files, warned) in [(600, true), (1024, false)] {
+        let dir = scratch_dir();
+        let log = dir.join("serve.log");
+        let file = std::fs::File::create(&log).expect("create the log file");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {open_files} && exec \"$0\" serve"),
+            ])
+            .arg(env!("CARGO_BIN_EXE_hookdock"))
+            .env_clear()
+            .env("HOOKDOCK_LISTEN", &listen)
+            .env(
+                "HOOKDOCK_DATABASE_URL",
+                format!("sqlite://{}/hookdock.db", dir.display()),
+            )
+            .env("HOOKDOCK_WEBHOOK_SECRET", SECRET)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log file handle"))
+            .stderr(file)
+            .kill_on_drop(true);
+        if let Ok(path) = std::env::var("PATH") {
+            command.env("PATH", path);
+        }
+        let mut child = command.spawn().expect("start hookdock under sh");
+        // The warning is logged before the first connection is accepted.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(status) = child.try_wait().expect("check the child") {
+                panic!("hookdock exited at start-up with {status}:\n{}", log_text());
+            }
+            let health = client.get(format!("http://{listen}/healthz")).send().await;
+            if health.is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hookdock did not answer /healthz within 20 s:\n{}",
+                log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        child.kill().await.expect("stop hookdock");
+        let logged = std::fs::read_to_string(&log).expect("read the log");
+        let warning = format!(
+            "max_connections (512) leaves {} of the process's {open_files} open files (ulimit -n) \
+             for the database and GitHub calls, which need about 128: lower max_connections or \
+             raise the limit",
+            open_files - 512
+        );
+        assert_eq!(
+            logged.contains(&warning),
+            warned,
+            "{warning:?} in:\n{logged}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
 #[test]
 fn a_taken_address_is_named_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
