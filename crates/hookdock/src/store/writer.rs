@@ -1076,16 +1076,28 @@ fn connection_failed(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-    )
+    ) || closed_by_the_server(error)
+}
+
+/// Whether PostgreSQL ended the connection (SQLSTATE class 57P: shut down by the operator or
+/// a restart, a server process crash, starting up, the database dropped, an idle timeout): a
+/// failover or a restart sends every connection one of these before closing it.
+fn closed_by_the_server(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("57P"))
 }
 
 /// Whether a write failed because its connection was closed or reset under it (a server
-/// restarted, a failover), as opposed to one that went unanswered: tried again at once on
+/// restarted, a failover: the socket reset, or the server's notice that it ends the
+/// connection), as opposed to one that went unanswered: tried again at once on
 /// another connection, within the same deadline, it may well go through. (If its commit had
 /// reached the server after all, its deliveries and job results are then found written by
 /// that first try and answered as such ([`own_earlier_commit`], [`own_earlier_finishes`]).)
 fn connection_broke(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)
+        || closed_by_the_server(error)
 }
 
 /// The error of a write the database did not take within [`WRITE_WAIT`]: of the earliest

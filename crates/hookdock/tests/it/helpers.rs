@@ -812,13 +812,42 @@ pub async fn store_through_a_reset(
     direct: &sqlx::AnyPool,
     proxy: &hookdock_testkit::TcpProxy,
 ) -> (Vec<u8>, String) {
+    store_through(app, direct, async { proxy.reset() }).await
+}
+
+/// [`store_through_a_reset`] with the server closing the connection whose statement sleeps
+/// (`pg_terminate_backend`: the notice a restart or a failover sends each connection).
+pub async fn store_through_a_server_close(
+    app: &TestApp,
+    direct: &sqlx::AnyPool,
+) -> (Vec<u8>, String) {
+    let close = async {
+        let closed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        )
+        .fetch_one(direct)
+        .await
+        .expect("close the sleeping connection");
+        assert_eq!(closed, 1, "connections closed");
+    };
+    store_through(app, direct, close).await
+}
+
+/// Posts a new `push` delivery and runs `interrupt` once a statement a test trigger slows is
+/// running on the server; asserts as [`store_through_a_reset`] says.
+async fn store_through(
+    app: &TestApp,
+    direct: &sqlx::AnyPool,
+    interrupt: impl Future<Output = ()>,
+) -> (Vec<u8>, String) {
     let delivery = new_delivery_id();
     let body = unique_body("push.none.0", 1);
-    let reset = async {
+    let interrupt = async {
         until_the_server_sleeps(direct).await;
-        proxy.reset();
+        interrupt.await;
     };
-    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), reset);
+    let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), interrupt);
     assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "received", "{answer}");
     let stored: Vec<(i64, String)> =

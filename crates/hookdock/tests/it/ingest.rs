@@ -868,6 +868,121 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     app.stop().await;
 }
 
+/// Every connection hookdock holds closed by the server, as a restart or a failover of
+/// PostgreSQL closes them (`pg_terminate_backend` sends each the notice a shutdown sends):
+/// without a restart of hookdock, the next delivery is stored and answered `received` within
+/// GitHub's 10 s wait, its job runs, the API lists it and `/readyz` is ready, all on new
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_closed_are_replaced_without_a_restart() {
+    let test = "connections_the_server_closed_are_replaced_without_a_restart";
+    let Some(backend) = Backend::postgres(test) else {
+        return;
+    };
+    let app = TestApp::spawn(&backend).await;
+    // Connections in the pool: the writer's, the workers', the API's.
+    for seq in 0..4 {
+        store_push(&app, seq).await;
+    }
+    app.wait_until_idle().await;
+    let (status, _) = app.api_get("/api/v1/events").await;
+    assert_eq!(status, StatusCode::OK);
+
+    let mut direct = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.settings.database_url)
+        .await
+        .expect("a connection of the test's own");
+    let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                  AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+    let held: Vec<i32> = sqlx::query_scalar(others)
+        .fetch_all(&mut direct)
+        .await
+        .expect("list hookdock's connections");
+    assert!(
+        !held.is_empty(),
+        "hookdock holds no connection to its database"
+    );
+    for pid in &held {
+        let closed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut direct)
+            .await
+            .expect("close a connection of hookdock's");
+        assert!(closed, "connection {pid} was not closed");
+    }
+    // Their server processes end at once; hookdock is not told until it uses them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i32> = sqlx::query_scalar(others)
+            .fetch_all(&mut direct)
+            .await
+            .expect("list hookdock's connections");
+        if !left.iter().any(|pid| held.contains(pid)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still there after 10 s: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let body = unique_body("push.none.0", 4);
+    let delivery = new_delivery_id();
+    let (status, answer) =
+        tokio::time::timeout(Duration::from_secs(10), app.post("push", &body, &delivery))
+            .await
+            .expect("the delivery answered within GitHub's 10 s");
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "received", "{answer}");
+    let event_id = answer["event_id"].as_i64().expect("event_id");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_id = $1")
+        .bind(&delivery)
+        .fetch_one(&mut direct)
+        .await
+        .expect("count the delivery");
+    assert_eq!(stored, 1);
+    app.wait_until_idle().await;
+    assert_eq!(app.job(event_id, "activity").await["status"], "done");
+    let (status, listed) = app
+        .api_get(&format!("/api/v1/events?delivery_id={delivery}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["events"][0]["id"], event_id, "{listed}");
+    let (status, ready) = app.probe("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+
+    let now: Vec<i32> = sqlx::query_scalar(others)
+        .fetch_all(&mut direct)
+        .await
+        .expect("list hookdock's connections");
+    assert!(
+        !now.is_empty(),
+        "hookdock holds no connection after its connections were closed"
+    );
+    assert!(
+        !now.iter().any(|pid| held.contains(pid)),
+        "a closed connection is still listed: {now:?} / {held:?}"
+    );
+    sqlx::Connection::close(direct).await.ok();
+    app.stop().await;
+}
+
+/// A delivery's write under way when the server closes its connection (a restart or a
+/// failover, which send each connection the notice `pg_terminate_backend` sends) is tried once
+/// more on another connection, as one reset under it is, and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_the_server_closed_is_tried_again_on_another() {
+    let test = "a_write_whose_connection_the_server_closed_is_tried_again_on_another";
+    let Some((app, direct, _proxy)) = ingest_app_behind_a_proxy(test).await else {
+        return;
+    };
+    slow_trigger(&direct, "INSERT", "events").await;
+    store_through_a_server_close(&app, &direct).await;
+    drop_slow_trigger(&direct, "events").await;
+    direct.close().await;
+    app.stop().await;
+}
+
 /// A connection reset while the server commits a write (its commit goes through; the answer
 /// is lost with the connection): the write tried again finds the delivery stored, by its own
 /// first try, and answers it `received`, not `duplicate_skipped`.
