@@ -154,9 +154,13 @@ async fn link(
             _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
         }
     };
+    // The state first: once a cut or a reset has begun, not one more byte crosses, even when
+    // this task runs only after the client has sent more (a ping on an idle connection the
+    // reset should have closed would otherwise go through, as on no real link).
     let ended = tokio::select! {
-        _ = copy => return,
+        biased;
         ended = state.wait_for(|s| s.cuts != born.cuts || s.resets != born.resets) => ended,
+        _ = copy => return,
     };
     if ended.is_ok_and(|s| s.resets != born.resets) {
         // Closed with a zero linger time: a reset instead of an orderly close.
