@@ -154,9 +154,9 @@ async fn link(
             _ = tokio::io::copy(&mut out_read, &mut in_write) => {}
         }
     };
-    // The state first: once a cut or a reset has begun, not one more byte crosses, even when
-    // this task runs only after the client has sent more (a ping on an idle connection the
-    // reset should have closed would otherwise go through, as on no real link).
+    // The state first: once a cut or a reset has begun, nothing more crosses, not even what
+    // was already waiting on either side when this task next runs (polled in random order,
+    // the copy could still forward it: say the server's answer to a query sent just before).
     let ended = tokio::select! {
         biased;
         ended = state.wait_for(|s| s.cuts != born.cuts || s.resets != born.resets) => ended,

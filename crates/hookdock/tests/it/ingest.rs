@@ -901,14 +901,20 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
         !held.is_empty(),
         "hookdock holds no connection to its database"
     );
+    let mut closed = 0;
     for pid in &held {
-        let closed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        // False only for a connection that ended by itself meanwhile.
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)
             .fetch_one(&mut direct)
             .await
             .expect("close a connection of hookdock's");
-        assert!(closed, "connection {pid} was not closed");
+        closed += usize::from(ended);
     }
+    assert!(
+        closed > 0,
+        "none of hookdock's connections {held:?} was closed"
+    );
     // Their server processes end at once; hookdock is not told until it uses them.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
