@@ -658,6 +658,7 @@ pub async fn database_behind_a_proxy(
     test: &str,
 ) -> Option<(TestDb, sqlx::AnyPool, hookdock_testkit::TcpProxy, String)> {
     let backend = Backend::postgres(test)?;
+    capture_warnings();
     let db = TestDb::create(&backend).await;
     let direct = sqlx::AnyPool::connect(&db.url)
         .await
@@ -848,7 +849,12 @@ async fn store_through(
         interrupt.await;
     };
     let ((status, answer), ()) = tokio::join!(app.post("push", &body, &delivery), interrupt);
-    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "{answer}\n{}",
+        captured_warnings()
+    );
     assert_eq!(answer["status"], "received", "{answer}");
     let stored: Vec<(i64, String)> =
         sqlx::query_as("SELECT id, delivery_id FROM events ORDER BY id")
@@ -894,6 +900,54 @@ async fn sessions_where(pool: &sqlx::AnyPool, condition: &str) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap_or(-1)
+}
+
+/// hookdock's and sqlx's warnings in this test process, kept in memory from the first
+/// [`capture_warnings`] on (the last 400 lines; every test's, as they run side by side), so
+/// that a test of connection failures can show what the writer and the pool said when it
+/// fails.
+static WARNINGS: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+struct WarningLines;
+
+impl std::io::Write for WarningLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut lines = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == 400 {
+            lines.pop_front();
+        }
+        lines.push_back(String::from_utf8_lossy(bytes).trim_end().to_owned());
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts keeping warnings (see [`WARNINGS`]); once per process, later calls do nothing.
+pub fn capture_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("hookdock=warn,sqlx=warn")
+            .with_ansi(false)
+            .with_writer(|| WarningLines)
+            .finish();
+        // Another global subscriber (none is set by the tests today) keeps its place.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
+/// The warnings kept so far, oldest first, for a failing test's message.
+pub fn captured_warnings() -> String {
+    let lines = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+    let all: Vec<&str> = lines.iter().map(String::as_str).collect();
+    format!(
+        "hookdock's and sqlx's last warnings in this process:\n{}",
+        all.join("\n")
+    )
 }
 
 /// The value of one series (`name{labels}` as rendered) in a /metrics text; 0 when absent.
