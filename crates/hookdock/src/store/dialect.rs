@@ -135,6 +135,20 @@ impl Dialect {
         }
     }
 
+    /// Whether the server ended the connection and said so (PostgreSQL's SQLSTATE class 57P:
+    /// shut down by the operator or a restart, a server process crash, starting up, the
+    /// database dropped, an idle timeout; a failover or a restart sends every connection one of
+    /// these before closing it). SQLite has no server to do that.
+    pub fn connection_ended(self, error: &sqlx::Error) -> bool {
+        match self {
+            Dialect::Sqlite => false,
+            Dialect::Postgres => error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| code.starts_with("57P")),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dialect::Sqlite => "sqlite",

@@ -801,7 +801,7 @@ impl Writer {
         durable: &mut Durable,
     ) {
         // On a failed connection, one by one each would wait as long again.
-        if size == 1 || connection_failed(&error) {
+        if size == 1 || connection_failed(self.dialect, &error) {
             tracing::error!(%error, size, "write failed");
             let failed = || StoreError::Database(copy_error(&error));
             for (_, reply) in batch.finished_by.drain(..) {
@@ -957,7 +957,7 @@ impl Writer {
             .pool_transaction(pool, deliveries, finishes, claims)
             .await
         {
-            Err(error) if connection_broke(&error) => {
+            Err(error) if connection_broke(self.dialect, &error) => {
                 tracing::warn!(%error, "a write's connection broke; trying it once more on another");
                 let mut written = self
                     .pool_transaction(pool, deliveries, finishes, claims)
@@ -1066,9 +1066,9 @@ fn deadline_of(queued: Instant) -> Instant {
     queued + WRITE_WAIT
 }
 
-/// Whether a write failed on its connection (no answer, none to be had, broken) rather than on
-/// something the database said about one of its operations.
-fn connection_failed(error: &sqlx::Error) -> bool {
+/// Whether a write failed on its connection (no answer, none to be had, broken, ended by the
+/// server) rather than on something the database said about one of its operations.
+fn connection_failed(dialect: Dialect, error: &sqlx::Error) -> bool {
     matches!(
         error,
         sqlx::Error::Io(_)
@@ -1076,28 +1076,19 @@ fn connection_failed(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
-    ) || closed_by_the_server(error)
-}
-
-/// Whether PostgreSQL ended the connection (SQLSTATE class 57P: shut down by the operator or
-/// a restart, a server process crash, starting up, the database dropped, an idle timeout): a
-/// failover or a restart sends every connection one of these before closing it.
-fn closed_by_the_server(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code.starts_with("57P"))
+    ) || dialect.connection_ended(error)
 }
 
 /// Whether a write failed because its connection was closed or reset under it (a server
 /// restarted, a failover: the socket reset, or the server's notice that it ends the
-/// connection), as opposed to one that went unanswered: tried again at once on
-/// another connection, within the same deadline, it may well go through. (If its commit had
-/// reached the server after all, its deliveries and job results are then found written by
-/// that first try and answered as such ([`own_earlier_commit`], [`own_earlier_finishes`]).)
-fn connection_broke(error: &sqlx::Error) -> bool {
+/// connection, [`Dialect::connection_ended`]), as opposed to one that went unanswered: tried
+/// again at once on another connection, within the same deadline, it may well go through. (If
+/// its commit had reached the server after all, its deliveries and job results are then found
+/// written by that first try and answered as such ([`own_earlier_commit`],
+/// [`own_earlier_finishes`]).)
+fn connection_broke(dialect: Dialect, error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)
-        || closed_by_the_server(error)
+        || dialect.connection_ended(error)
 }
 
 /// The error of a write the database did not take within [`WRITE_WAIT`]: of the earliest

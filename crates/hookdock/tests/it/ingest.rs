@@ -888,15 +888,22 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
     let (status, _) = app.api_get("/api/v1/events").await;
     assert_eq!(status, StatusCode::OK);
 
-    let mut direct = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.settings.database_url)
+    // One connection, so that `pg_backend_pid()` is always the test's own.
+    let direct = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&app.settings.database_url)
         .await
         .expect("a connection of the test's own");
-    let others = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
-                  AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
-    let held: Vec<i32> = sqlx::query_scalar(others)
-        .fetch_all(&mut direct)
+    let hookdocks = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .fetch_all(&direct)
         .await
-        .expect("list hookdock's connections");
+        .expect("list hookdock's connections")
+    };
+    let held = hookdocks().await;
     assert!(
         !held.is_empty(),
         "hookdock holds no connection to its database"
@@ -906,7 +913,7 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
         // False only for a connection that ended by itself meanwhile.
         let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)
-            .fetch_one(&mut direct)
+            .fetch_one(&direct)
             .await
             .expect("close a connection of hookdock's");
         closed += usize::from(ended);
@@ -916,21 +923,12 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
         "none of hookdock's connections {held:?} was closed"
     );
     // Their server processes end at once; hookdock is not told until it uses them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left: Vec<i32> = sqlx::query_scalar(others)
-            .fetch_all(&mut direct)
-            .await
-            .expect("list hookdock's connections");
-        if !left.iter().any(|pid| held.contains(pid)) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed connections still there after 10 s: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll_until(
+        "the closed connections ended",
+        Duration::from_secs(10),
+        || async { !hookdocks().await.iter().any(|pid| held.contains(pid)) },
+    )
+    .await;
 
     let body = unique_body("push.none.0", 4);
     let delivery = new_delivery_id();
@@ -943,7 +941,7 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
     let event_id = answer["event_id"].as_i64().expect("event_id");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE delivery_id = $1")
         .bind(&delivery)
-        .fetch_one(&mut direct)
+        .fetch_one(&direct)
         .await
         .expect("count the delivery");
     assert_eq!(stored, 1);
@@ -957,10 +955,7 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
     let (status, ready) = app.probe("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{ready}");
 
-    let now: Vec<i32> = sqlx::query_scalar(others)
-        .fetch_all(&mut direct)
-        .await
-        .expect("list hookdock's connections");
+    let now = hookdocks().await;
     assert!(
         !now.is_empty(),
         "hookdock holds no connection after its connections were closed"
@@ -969,7 +964,7 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
         !now.iter().any(|pid| held.contains(pid)),
         "a closed connection is still listed: {now:?} / {held:?}"
     );
-    sqlx::Connection::close(direct).await.ok();
+    direct.close().await;
     app.stop().await;
 }
 
