@@ -22,8 +22,8 @@
 //! so that a single bad operation cannot fail its neighbours; an operation that fails alone is
 //! answered with its error. If the connection failed (no answer, no connection to be had), the
 //! batch's operations are answered with that error at once: one by one, each would wait as long
-//! again. A transaction whose connection broke under it (closed or reset) is first tried once
-//! more, on another connection.
+//! again. A transaction whose connection broke under it (closed or reset) is tried again on
+//! another connection, up to [`BROKEN_TRIES`] times in all.
 //!
 //! On PostgreSQL a delivery is answered within [`WRITE_WAIT`] of reaching the writer: the wait
 //! for a connection and the transaction are bounded by the earliest delivery's deadline, and a
@@ -49,6 +49,11 @@ use super::{Dialect, IngestOutcome, NewDelivery, StoreError, now_ms};
 
 /// Pending operations beyond this make callers wait to enqueue (back-pressure).
 const QUEUE_CAPACITY: usize = 8192;
+
+/// How many times in all a transaction is tried while each try's connection breaks under it
+/// ([`connection_broke`]): a restart or a failover resets the connections it finds, and one
+/// opened as it was under way may be reset in turn.
+const BROKEN_TRIES: u32 = 3;
 
 /// Longest wait of a batch of job results alone for other operations to share its commit...
 const FINISH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
@@ -944,8 +949,8 @@ impl Writer {
         }
     }
 
-    /// A transaction on a connection from the pool, tried once more on another if its own broke
-    /// under it ([`connection_broke`]).
+    /// A transaction on a connection from the pool, tried again on another while its own broke
+    /// under it ([`connection_broke`]), up to [`BROKEN_TRIES`] times in all.
     async fn pool_attempts(
         &self,
         pool: &AnyPool,
@@ -953,35 +958,39 @@ impl Writer {
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
     ) -> Result<Written, sqlx::Error> {
-        match self
-            .pool_transaction(pool, deliveries, finishes, claims)
-            .await
-        {
-            Err(error) if connection_broke(self.dialect, &error) => {
-                tracing::warn!(%error, "a write's connection broke; trying it once more on another");
-                let mut written = self
-                    .pool_transaction(pool, deliveries, finishes, claims)
-                    .await?;
-                // The retry is committed: a failed look at what the first try wrote only leaves
-                // its deliveries answered as duplicates (stored, 200) and its job results
-                // counted as discarded.
-                if let Err(error) = self
-                    .own_first_try(pool, deliveries, finishes, &mut written)
-                    .await
-                {
-                    tracing::warn!(%error, "could not tell what a broken write's first try wrote");
+        let mut tries = 1;
+        loop {
+            match self
+                .pool_transaction(pool, deliveries, finishes, claims)
+                .await
+            {
+                Err(error) if connection_broke(self.dialect, &error) && tries < BROKEN_TRIES => {
+                    tracing::warn!(%error, tries, "a write's connection broke; trying it again on another");
+                    tries += 1;
                 }
-                Ok(written)
+                // A try after a broken one is committed: a failed look at what the earlier
+                // tries wrote only leaves their deliveries answered as duplicates (stored, 200)
+                // and their job results counted as discarded.
+                Ok(mut written) if tries > 1 => {
+                    if let Err(error) = self
+                        .own_earlier_tries(pool, deliveries, finishes, &mut written)
+                        .await
+                    {
+                        tracing::warn!(%error, "could not tell what a broken write's earlier tries wrote");
+                    }
+                    return Ok(written);
+                }
+                result => return result,
             }
-            result => result,
         }
     }
 
-    /// What a write's first try wrote before its connection broke, as the retry found it:
-    /// deliveries stored and job results recorded by that try are answered as such
-    /// ([`own_earlier_commit`], [`own_earlier_finishes`]) rather than as duplicates and
-    /// discarded results. Reads only when the retry found any.
-    async fn own_first_try(
+    /// What a write's earlier tries wrote before their connections broke (at most one of them
+    /// can have committed), as the try that went through found it: deliveries stored and job
+    /// results recorded by such a try are answered as such ([`own_earlier_commit`],
+    /// [`own_earlier_finishes`]) rather than as duplicates and discarded results. Reads only
+    /// when the last try found any.
+    async fn own_earlier_tries(
         &self,
         pool: &AnyPool,
         deliveries: &[&NewDelivery],
@@ -1084,7 +1093,7 @@ fn connection_failed(dialect: Dialect, error: &sqlx::Error) -> bool {
 /// connection, [`Dialect::connection_ended`]), as opposed to one that went unanswered: tried
 /// again at once on another connection, within the same deadline, it may well go through. (If
 /// its commit had reached the server after all, its deliveries and job results are then found
-/// written by that first try and answered as such ([`own_earlier_commit`],
+/// written by that earlier try and answered as such ([`own_earlier_commit`],
 /// [`own_earlier_finishes`]).)
 fn connection_broke(dialect: Dialect, error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Io(e) if e.kind() != std::io::ErrorKind::TimedOut)

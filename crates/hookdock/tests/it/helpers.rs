@@ -816,6 +816,27 @@ pub async fn store_through_a_reset(
     store_through(app, direct, async { proxy.reset() }).await
 }
 
+/// [`store_through_a_reset`], with every connection reset again once the write tried again on
+/// a new connection is under way too (its statement sleeping beside the first try's): a
+/// restart or a failover that also resets a connection opened as it began.
+pub async fn store_through_two_resets(
+    app: &TestApp,
+    direct: &sqlx::AnyPool,
+    proxy: &hookdock_testkit::TcpProxy,
+) -> (Vec<u8>, String) {
+    let resets = async {
+        proxy.reset();
+        poll_until(
+            "the write tried again under way beside the first",
+            Duration::from_secs(10),
+            || async { sleeping_on_server(direct).await >= 2 },
+        )
+        .await;
+        proxy.reset();
+    };
+    store_through(app, direct, resets).await
+}
+
 /// [`store_through_a_reset`] with the server closing the connection whose statement sleeps
 /// (`pg_terminate_backend`: the notice a restart or a failover sends each connection).
 pub async fn store_through_a_server_close(

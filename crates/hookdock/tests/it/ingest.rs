@@ -851,7 +851,7 @@ async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githu
 }
 
 /// A connection reset under a delivery's write (a restarted server, a failover) does not cost
-/// the delivery a 503: the write is tried once more on a new connection, within the delivery's
+/// the delivery a 503: the write is tried again on a new connection, within the delivery's
 /// 8 s, and the delivery is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
@@ -863,6 +863,22 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     // The write takes two seconds on the server; the connection is reset meanwhile.
     slow_trigger(&direct, "INSERT", "events").await;
     store_through_a_reset(&app, &direct, &proxy).await;
+    drop_slow_trigger(&direct, "events").await;
+    direct.close().await;
+    app.stop().await;
+}
+
+/// A restart or a failover may also reset a connection opened as it was under way: a write
+/// whose try on a new connection after a reset is reset in turn is tried a third time, and the
+/// delivery is stored once and answered `received`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reset_again_on_its_new_connection_is_tried_a_third_time() {
+    let test = "a_write_reset_again_on_its_new_connection_is_tried_a_third_time";
+    let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
+        return;
+    };
+    slow_trigger(&direct, "INSERT", "events").await;
+    store_through_two_resets(&app, &direct, &proxy).await;
     drop_slow_trigger(&direct, "events").await;
     direct.close().await;
     app.stop().await;
