@@ -18,7 +18,7 @@
 //! them) the `sha2` and `hmac` crates do the work as before. The tests check both paths against
 //! those crates.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of `message`, and HMAC-SHA256 of `message` under each of `keys` (pushed to `macs` in

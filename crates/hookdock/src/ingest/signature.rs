@@ -3,7 +3,7 @@
 //! Pure functions, no IO: parsing the header, signing (for `hookdock send`, tests and the
 //! benchmark) and verifying in constant time against every currently valid secret.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
