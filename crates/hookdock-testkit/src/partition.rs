@@ -8,6 +8,10 @@
 //! [`TcpProxy::silenced`] counts the cut connections their clients still hold open.
 //! [`TcpProxy::reset`] is the other way a connection ends under a client: every forwarded
 //! connection is reset at once (a server restarted, a failover), and new ones are forwarded.
+//!
+//! What the proxy does to each connection (accepted, linked upstream, reset, cut, closed) is
+//! traced at debug level (target `hookdock_testkit::partition`, each line naming the proxy's
+//! port and the client's), so that a failing test can show it beside the client's own log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -63,12 +67,21 @@ impl TcpProxy {
             let held = Arc::clone(&held);
             let silenced = Arc::clone(&silenced);
             async move {
-                while let Ok((inbound, _)) = listener.accept().await {
+                while let Ok((inbound, peer)) = listener.accept().await {
                     let now = *state_rx.borrow();
+                    tracing::debug!(
+                        proxy = addr.port(),
+                        client = peer.port(),
+                        resets = now.resets,
+                        cuts = now.cuts,
+                        "accepted"
+                    );
                     if now.link == Link::Cut {
                         held.lock().unwrap_or_else(|e| e.into_inner()).push(inbound);
                     } else {
                         let link = link(
+                            addr.port(),
+                            peer.port(),
                             inbound,
                             upstream.clone(),
                             state_rx.clone(),
@@ -96,6 +109,10 @@ impl TcpProxy {
 
     /// Nothing crosses from now on; connections stay open.
     pub fn cut(&self) {
+        tracing::debug!(
+            proxy = self.addr.port(),
+            "cutting every connection forwarded so far"
+        );
         self.state.send_modify(|s| {
             s.link = Link::Cut;
             s.cuts += 1;
@@ -116,6 +133,10 @@ impl TcpProxy {
     /// Resets every connection forwarded now (both sides see a TCP reset), as a restarted
     /// server or a failover does; new connections are forwarded.
     pub fn reset(&self) {
+        tracing::debug!(
+            proxy = self.addr.port(),
+            "resetting every connection forwarded so far"
+        );
         self.state.send_modify(|s| s.resets += 1);
     }
 
@@ -137,15 +158,23 @@ impl Drop for TcpProxy {
 /// side, which never happens by itself when forgotten. Once reset, closes both at once with a
 /// TCP reset.
 async fn link(
+    proxy: u16,
+    client: u16,
     inbound: TcpStream,
     upstream: String,
     mut state: watch::Receiver<State>,
     born: State,
     silenced: Arc<AtomicUsize>,
 ) {
-    let Ok(outbound) = TcpStream::connect(&upstream).await else {
-        return;
+    let outbound = match TcpStream::connect(&upstream).await {
+        Ok(outbound) => outbound,
+        Err(error) => {
+            tracing::debug!(proxy, client, %error, "no connection upstream; closed");
+            return;
+        }
     };
+    let upstream_port = outbound.local_addr().map_or(0, |a| a.port());
+    tracing::debug!(proxy, client, upstream_port, "linked");
     let (mut in_read, mut in_write) = inbound.into_split();
     let (mut out_read, mut out_write) = outbound.into_split();
     let copy = async {
@@ -160,9 +189,13 @@ async fn link(
     let ended = tokio::select! {
         biased;
         ended = state.wait_for(|s| s.cuts != born.cuts || s.resets != born.resets) => ended,
-        _ = copy => return,
+        _ = copy => {
+            tracing::debug!(proxy, client, "closed by one side");
+            return;
+        }
     };
     if ended.is_ok_and(|s| s.resets != born.resets) {
+        tracing::debug!(proxy, client, "reset");
         // Closed with a zero linger time: a reset instead of an orderly close.
         for (read, write) in [(in_read, in_write), (out_read, out_write)] {
             if let Ok(stream) = read.reunite(write) {
@@ -171,6 +204,7 @@ async fn link(
         }
         return;
     }
+    tracing::debug!(proxy, client, "cut off");
     silenced.fetch_add(1, Ordering::SeqCst);
     let mut dropped = tokio::io::sink();
     tokio::select! {

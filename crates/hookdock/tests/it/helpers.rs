@@ -873,7 +873,8 @@ async fn store_through(
     assert_eq!(
         status,
         reqwest::StatusCode::OK,
-        "{answer}\n{}",
+        "{answer}\nthe app's database, through its proxy: {}\n{}",
+        app.settings.database_url,
         captured_warnings()
     );
     assert_eq!(answer["status"], "received", "{answer}");
@@ -924,9 +925,10 @@ async fn sessions_where(pool: &sqlx::AnyPool, condition: &str) -> i64 {
 }
 
 /// hookdock's and sqlx's warnings in this test process, kept in memory from the first
-/// [`capture_warnings`] on (the last 400 lines; every test's, as they run side by side), so
-/// that a test of connection failures can show what the writer and the pool said when it
-/// fails.
+/// [`capture_warnings`] on (the last 1,000 lines; every test's, as they run side by side),
+/// with what the test proxies did to each connection (`hookdock_testkit::partition`, debug),
+/// so that a test of connection failures can show what the writer, the pool and the proxy
+/// did when it fails.
 static WARNINGS: std::sync::Mutex<std::collections::VecDeque<String>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
 
@@ -935,7 +937,7 @@ struct WarningLines;
 impl std::io::Write for WarningLines {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut lines = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
-        if lines.len() == 400 {
+        if lines.len() == 1000 {
             lines.pop_front();
         }
         lines.push_back(String::from_utf8_lossy(bytes).trim_end().to_owned());
@@ -952,7 +954,7 @@ pub fn capture_warnings() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("hookdock=warn,sqlx=warn")
+            .with_env_filter("hookdock=warn,sqlx=warn,hookdock_testkit::partition=debug")
             .with_ansi(false)
             .with_writer(|| WarningLines)
             .finish();
@@ -966,7 +968,8 @@ pub fn captured_warnings() -> String {
     let lines = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
     let all: Vec<&str> = lines.iter().map(String::as_str).collect();
     format!(
-        "hookdock's and sqlx's last warnings in this process:\n{}",
+        "hookdock's and sqlx's last warnings, and the test proxies' connections, in this \
+         process:\n{}",
         all.join("\n")
     )
 }
