@@ -315,9 +315,9 @@ pub(crate) async fn insert_deliveries(
 }
 
 /// After a write tried again because its connection broke: the deliveries it found already
-/// stored that its first try had stored (its commit reached the server and only the answer was
+/// stored that an earlier try had stored (its commit reached the server and only the answer was
 /// lost), told from a genuine duplicate by the row's receipt time and body hash, which are this
-/// delivery's own. They are answered as stored, with the status the first try gave them (a
+/// delivery's own. They are answered as stored, with the status that try gave them (a
 /// worker may have moved it on since), instead of `duplicate_skipped`. Only the first of a
 /// delivery id's repeats in the batch can be the one stored.
 pub(crate) async fn own_earlier_commit(

@@ -562,9 +562,9 @@ pub(crate) async fn finish_jobs(
 }
 
 /// After a write tried again because its connection broke: the job results it found not
-/// recordable (the job no longer held under the lease) that its first try recorded (its commit
-/// reached the server and only the answer was lost). Each claim leaves a `processing` entry
-/// in the job's history at its attempt; the first try's entry is the one after the latest of
+/// recordable (the job no longer held under the lease) that an earlier try recorded (its
+/// commit reached the server and only the answer was lost). Each claim leaves a `processing`
+/// entry in the job's history at its attempt; that try's entry is the one after the latest of
 /// those at the result's attempt: at that attempt with the result's status, or for a job
 /// given back (which gives the attempt back) at the attempt before, with the reason as its
 /// error. (A job given back keeps its attempt number for its next claim, so an earlier claim

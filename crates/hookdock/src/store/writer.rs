@@ -985,8 +985,8 @@ impl Writer {
         }
     }
 
-    /// What a write's earlier tries wrote before their connections broke (at most one of them
-    /// can have committed), as the try that went through found it: deliveries stored and job
+    /// What a write's earlier tries wrote before their connections broke (only one of them can
+    /// have stored anything), as the try that went through found it: deliveries stored and job
     /// results recorded by such a try are answered as such ([`own_earlier_commit`],
     /// [`own_earlier_finishes`]) rather than as duplicates and discarded results. Reads only
     /// when the last try found any.

@@ -856,13 +856,24 @@ async fn deliveries_queued_during_a_partition_are_each_answered_503_within_githu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
     let test = "a_connection_reset_under_a_write_is_tried_again_on_another";
+    with_a_slowed_insert(test, async |app, direct, proxy| {
+        store_through_a_reset(app, direct, proxy).await;
+    })
+    .await;
+}
+
+/// On an [`ingest_app_behind_a_proxy`] for `test`, with every insert into `events` taking two
+/// seconds on the server ([`slow_trigger`]): runs `store`, then removes the trigger and stops
+/// the app. Nothing without PostgreSQL.
+async fn with_a_slowed_insert(
+    test: &str,
+    store: impl AsyncFnOnce(&TestApp, &sqlx::AnyPool, &hookdock_testkit::TcpProxy),
+) {
     let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
         return;
     };
-
-    // The write takes two seconds on the server; the connection is reset meanwhile.
     slow_trigger(&direct, "INSERT", "events").await;
-    store_through_a_reset(&app, &direct, &proxy).await;
+    store(&app, &direct, &proxy).await;
     drop_slow_trigger(&direct, "events").await;
     direct.close().await;
     app.stop().await;
@@ -874,14 +885,10 @@ async fn a_connection_reset_under_a_write_is_tried_again_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_reset_again_on_its_new_connection_is_tried_a_third_time() {
     let test = "a_write_reset_again_on_its_new_connection_is_tried_a_third_time";
-    let Some((app, direct, proxy)) = ingest_app_behind_a_proxy(test).await else {
-        return;
-    };
-    slow_trigger(&direct, "INSERT", "events").await;
-    store_through_two_resets(&app, &direct, &proxy).await;
-    drop_slow_trigger(&direct, "events").await;
-    direct.close().await;
-    app.stop().await;
+    with_a_slowed_insert(test, async |app, direct, proxy| {
+        store_through_two_resets(app, direct, proxy).await;
+    })
+    .await;
 }
 
 /// Every connection hookdock holds closed by the server, as a restart or a failover of
@@ -985,19 +992,15 @@ async fn connections_the_server_closed_are_replaced_without_a_restart() {
 }
 
 /// A delivery's write under way when the server closes its connection (a restart or a
-/// failover, which send each connection the notice `pg_terminate_backend` sends) is tried once
-/// more on another connection, as one reset under it is, and stored once.
+/// failover, which send each connection the notice `pg_terminate_backend` sends) is tried again
+/// on another connection, as one reset under it is, and stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_connection_the_server_closed_is_tried_again_on_another() {
     let test = "a_write_whose_connection_the_server_closed_is_tried_again_on_another";
-    let Some((app, direct, _proxy)) = ingest_app_behind_a_proxy(test).await else {
-        return;
-    };
-    slow_trigger(&direct, "INSERT", "events").await;
-    store_through_a_server_close(&app, &direct).await;
-    drop_slow_trigger(&direct, "events").await;
-    direct.close().await;
-    app.stop().await;
+    with_a_slowed_insert(test, async |app, direct, _proxy| {
+        store_through_a_server_close(app, direct).await;
+    })
+    .await;
 }
 
 /// A connection reset while the server commits a write (its commit goes through; the answer
