@@ -13,8 +13,8 @@
 //! traced at debug level (target `hookdock_testkit::partition`, each line naming the proxy's
 //! port and the client's), so that a failing test can show it beside the client's own log.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -43,8 +43,9 @@ pub struct TcpProxy {
     state: watch::Sender<State>,
     /// Connections accepted while cut, held open and unanswered until healed.
     held: Arc<Mutex<Vec<TcpStream>>>,
-    /// Forwarded connections the partition cut that their client has not closed.
-    silenced: Arc<AtomicUsize>,
+    /// Forwarded connections not closed yet, by how many partitions had begun when each was
+    /// accepted: those from before the latest are the ones it cut.
+    live: Live,
     accept: JoinHandle<()>,
 }
 
@@ -61,11 +62,11 @@ impl TcpProxy {
             resets: 0,
         });
         let held = Arc::new(Mutex::new(Vec::new()));
-        let silenced = Arc::new(AtomicUsize::new(0));
+        let live = Live::default();
         let upstream = upstream.to_owned();
         let accept = tokio::spawn({
             let held = Arc::clone(&held);
-            let silenced = Arc::clone(&silenced);
+            let live = live.clone();
             async move {
                 while let Ok((inbound, peer)) = listener.accept().await {
                     let now = *state_rx.borrow();
@@ -86,7 +87,7 @@ impl TcpProxy {
                             upstream.clone(),
                             state_rx.clone(),
                             now,
-                            Arc::clone(&silenced),
+                            live.open(now.cuts),
                         );
                         tokio::spawn(link);
                     }
@@ -97,7 +98,7 @@ impl TcpProxy {
             addr,
             state,
             held,
-            silenced,
+            live,
             accept,
         }
     }
@@ -142,8 +143,9 @@ impl TcpProxy {
 
     /// How many of the connections that were forwarded when the partition began their clients
     /// still hold open (until healed): a client that gives a silent connection up closes it.
+    /// Counted from the moment the partition begins (not as each connection's task notices it).
     pub fn silenced(&self) -> usize {
-        self.silenced.load(Ordering::SeqCst)
+        self.live.before(self.state.borrow().cuts)
     }
 }
 
@@ -164,7 +166,7 @@ async fn link(
     upstream: String,
     mut state: watch::Receiver<State>,
     born: State,
-    silenced: Arc<AtomicUsize>,
+    _open: Open,
 ) {
     let outbound = match TcpStream::connect(&upstream).await {
         Ok(outbound) => outbound,
@@ -205,11 +207,48 @@ async fn link(
         return;
     }
     tracing::debug!(proxy, client, "cut off");
-    silenced.fetch_add(1, Ordering::SeqCst);
     let mut dropped = tokio::io::sink();
     tokio::select! {
         _ = state.wait_for(|s| s.link == Link::Forward) => {}
         _ = tokio::io::copy(&mut in_read, &mut dropped) => {}
     }
-    silenced.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The forwarded connections not closed yet, by how many partitions had begun when each was
+/// accepted. Counted when accepted and when closed, so that [`TcpProxy::silenced`] is right as
+/// soon as a partition begins, not only once every connection's task has noticed it.
+#[derive(Clone, Default)]
+struct Live(Arc<Mutex<BTreeMap<u64, usize>>>);
+
+impl Live {
+    fn open(&self, cuts: u64) -> Open {
+        *self.lock().entry(cuts).or_default() += 1;
+        Open {
+            live: self.clone(),
+            cuts,
+        }
+    }
+
+    /// Those accepted before `cuts` partitions had begun.
+    fn before(&self, cuts: u64) -> usize {
+        self.lock().range(..cuts).map(|(_, n)| n).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One forwarded connection in [`Live`], until dropped with its task.
+struct Open {
+    live: Live,
+    cuts: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(n) = self.live.lock().get_mut(&self.cuts) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }

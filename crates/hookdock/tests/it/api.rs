@@ -422,11 +422,10 @@ async fn a_connection_handed_back_by_a_request_whose_client_went_away_is_closed_
         answer = request => panic!("answered before the partition: {answer:?}"),
         silenced = cut_off_reads_waiting_on(lock, &direct, &proxy, 1) => silenced,
     };
-    // The request is dropped: its client went away. The ping gives up 5 s later; the deadline
-    // leaves room for a busy machine and still ends well before the 20 s query timeout.
+    // The request is dropped: its client went away. The ping gives up 5 s later.
     poll_until(
         "the connection the request handed back closed",
-        Duration::from_secs(14),
+        Duration::from_secs(8),
         || async { proxy.silenced() < silenced },
     )
     .await;
