@@ -873,9 +873,8 @@ async fn store_through(
     assert_eq!(
         status,
         reqwest::StatusCode::OK,
-        "{answer}\nthe app's database, through its proxy: {}\n{}",
-        app.settings.database_url,
-        captured_warnings()
+        "{answer}\n{}",
+        connection_log(app)
     );
     assert_eq!(answer["status"], "received", "{answer}");
     let stored: Vec<(i64, String)> =
@@ -964,13 +963,23 @@ pub fn capture_warnings() {
 }
 
 /// The warnings kept so far, oldest first, for a failing test's message.
-pub fn captured_warnings() -> String {
+fn captured_warnings() -> String {
     let lines = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
     let all: Vec<&str> = lines.iter().map(String::as_str).collect();
     format!(
         "hookdock's and sqlx's last warnings, and the test proxies' connections, in this \
          process:\n{}",
         all.join("\n")
+    )
+}
+
+/// For a failing test of an app behind a proxy: the app's database URL (whose port is its
+/// proxy's, which the proxy's lines name) and [`captured_warnings`].
+pub fn connection_log(app: &TestApp) -> String {
+    format!(
+        "the app's database, through its proxy: {}\n{}",
+        app.settings.database_url,
+        captured_warnings()
     )
 }
 
