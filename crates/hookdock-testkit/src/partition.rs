@@ -5,7 +5,8 @@
 //! [`TcpProxy::heal`] closes those connections and forwards new ones again, or
 //! [`TcpProxy::forget`] forwards new ones again and leaves those silent for good: the server
 //! dropped them during the partition, and nothing tells the client, which waits for an answer.
-//! [`TcpProxy::silenced`] counts the cut connections their clients still hold open.
+//! [`TcpProxy::silenced`] counts the cut connections their clients still hold open, and
+//! [`TcpProxy::accepted`] every connection made through the proxy.
 //! [`TcpProxy::reset`] is the other way a connection ends under a client: every forwarded
 //! connection is reset at once (a server restarted, a failover), and new ones are forwarded.
 //!
@@ -15,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -46,6 +48,8 @@ pub struct TcpProxy {
     /// Forwarded connections not closed yet, by how many partitions had begun when each was
     /// accepted: those from before the latest are the ones it cut.
     live: Live,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -63,12 +67,15 @@ impl TcpProxy {
         });
         let held = Arc::new(Mutex::new(Vec::new()));
         let live = Live::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_owned();
         let accept = tokio::spawn({
             let held = Arc::clone(&held);
             let live = live.clone();
+            let accepted = Arc::clone(&accepted);
             async move {
                 while let Ok((inbound, peer)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
                     let now = *state_rx.borrow();
                     tracing::debug!(
                         proxy = addr.port(),
@@ -99,6 +106,7 @@ impl TcpProxy {
             state,
             held,
             live,
+            accepted,
             accept,
         }
     }
@@ -146,6 +154,11 @@ impl TcpProxy {
     /// Counted from the moment the partition begins (not as each connection's task notices it).
     pub fn silenced(&self) -> usize {
         self.live.before(self.state.borrow().cuts)
+    }
+
+    /// How many connections the proxy has accepted so far (forwarded, or held by a partition).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 

@@ -75,15 +75,18 @@ const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// The pool's checks of its connections, in place of sqlx's unbounded ones: before handing an
 /// idle connection out (`before_acquire`) and when one is handed back (`after_release`).
 /// Each pings within `wait`; a connection that stays silent is closed by dropping it (see
-/// [`close_silent`]), and the time it was found is kept: connections that have sat idle since
-/// before then were most likely cut off by the same partition, and are given up without a
-/// ping each, so requests do not wait `wait` for every one of them in turn.
+/// [`close_silent`]). The time a connection was last lost is kept, found silent here or broken
+/// under a write ([`PoolChecks::broke`]), and connections that have sat idle since before then
+/// are given up without a ping: most likely the same partition cut them off, so requests do not
+/// wait `wait` for every one of them in turn, or the same restart or failover is ending them,
+/// one server process after another, so one that still answers a ping may be ended before the
+/// next statement, and a write tried again on it would be lost to it as well.
 #[derive(Debug)]
 pub(crate) struct PoolChecks {
     wait: Duration,
     epoch: Instant,
-    /// When a connection was last found silent: milliseconds after `epoch`, plus one; 0: never.
-    silent_at: AtomicU64,
+    /// When a connection was last lost: microseconds after `epoch`, plus one; 0: never.
+    lost_at: AtomicU64,
 }
 
 impl PoolChecks {
@@ -92,13 +95,19 @@ impl PoolChecks {
         PoolChecks {
             wait: answer_wait(limit),
             epoch: Instant::now(),
-            silent_at: AtomicU64::new(0),
+            lost_at: AtomicU64::new(0),
         }
     }
 
+    /// A connection broke under a write (reset, or ended by the server): the connections idle
+    /// since before now are not used again.
+    pub fn broke(&self) {
+        self.lost_now();
+    }
+
     /// Before use: true to hand the connection out; an error to close it (the pool then opens
-    /// another), when it went idle before a connection was last found silent, or does not
-    /// answer a ping in time.
+    /// another), when it went idle before a connection was last lost, or does not answer a
+    /// ping in time.
     pub async fn idle(
         &self,
         conn: &mut sqlx::AnyConnection,
@@ -107,7 +116,8 @@ impl PoolChecks {
         if self.predates(meta.idle_for) {
             close_silent(conn).await?;
             return Err(timed_out(
-                "idle since before a connection to the database was found silent; closed",
+                "idle since before another connection to the database was lost (found silent, \
+                 or broken under a write); closed",
             ));
         }
         self.ping(conn).await.map(|()| true)
@@ -131,9 +141,7 @@ impl PoolChecks {
         match tokio::time::timeout(self.wait, conn.ping()).await {
             Ok(answered) => answered,
             Err(_) => {
-                let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-                self.silent_at
-                    .store(now.saturating_add(1), Ordering::Relaxed);
+                self.lost_now();
                 close_silent(conn).await?;
                 Err(timed_out(format!(
                     "a database connection did not answer a ping within {} s (a network \
@@ -144,13 +152,18 @@ impl PoolChecks {
         }
     }
 
-    /// True when a connection idle for `idle_for` went idle before one was last found silent.
+    fn lost_now(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.lost_at.store(now.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// True when a connection idle for `idle_for` went idle before one was last lost.
     fn predates(&self, idle_for: Duration) -> bool {
-        match self.silent_at.load(Ordering::Relaxed) {
+        match self.lost_at.load(Ordering::Relaxed) {
             0 => false,
             last => {
                 let idle_since = self.epoch.elapsed().saturating_sub(idle_for);
-                idle_since < Duration::from_millis(last - 1)
+                idle_since < Duration::from_micros(last - 1)
             }
         }
     }

@@ -380,7 +380,7 @@ impl Store {
         let dialect = Dialect::from_url(url).ok_or_else(|| {
             open_error("unsupported scheme; use sqlite:// or postgres://".to_owned())
         })?;
-        let (read, write, sqlite) = match dialect {
+        let (read, write, checks, sqlite) = match dialect {
             Dialect::Sqlite => {
                 let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
                 let write = pool(dialect, true, 1, &url, None)
@@ -391,18 +391,29 @@ impl Store {
                     .map_err(open_error)?;
                 let conn = writer::open_sqlite(&path).map_err(open_error)?;
                 let syncer = syncer::Syncer::spawn(path)?;
-                (read, write, Some(writer::SqliteWriter { conn, syncer }))
+                (
+                    read,
+                    write,
+                    None,
+                    Some(writer::SqliteWriter { conn, syncer }),
+                )
             }
             Dialect::Postgres => {
-                let limit = Some(options.timeout);
-                let pool = pool(dialect, true, options.max_connections.max(4), url, limit)
-                    .await
-                    .map_err(open_error)?;
-                (pool.clone(), pool, None)
+                let checks = Arc::new(bounded::PoolChecks::new(options.timeout));
+                let pool = pool(
+                    dialect,
+                    true,
+                    options.max_connections.max(4),
+                    url,
+                    Some(Arc::clone(&checks)),
+                )
+                .await
+                .map_err(open_error)?;
+                (pool.clone(), pool, Some(checks), None)
             }
         };
         let syncer = sqlite.as_ref().map(|s| s.syncer.clone());
-        let writer = writer::spawn(dialect, write.clone(), options.max_batch, sqlite)?;
+        let writer = writer::spawn(dialect, write.clone(), checks, options.max_batch, sqlite)?;
         if let Some(syncer) = &syncer {
             tokio::spawn(checkpoints(read.clone(), syncer.flushed()));
         }
@@ -784,13 +795,14 @@ fn migration_problem(e: &sqlx::migrate::MigrateError) -> String {
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// A pool of connections set up for `dialect`; why not, in words, if none can be opened.
-/// `limit`: how long a connection handed back may take to show it still answers.
+/// `checks`: the bounded checks of its connections in place of sqlx's (a server over the
+/// network).
 async fn pool(
     dialect: Dialect,
     writer: bool,
     size: u32,
     url: &str,
-    limit: Option<Duration>,
+    checks: Option<Arc<bounded::PoolChecks>>,
 ) -> Result<AnyPool, String> {
     let setup = dialect.connection_setup(writer);
     if dialect == Dialect::Sqlite {
@@ -809,11 +821,10 @@ async fn pool(
             options = options.max_lifetime(None).idle_timeout(None);
         }
     }
-    if let Some(limit) = limit {
+    if let Some(checks) = checks {
         // A network partition leaves connections open and silent: every check of a connection
         // is bounded, and sqlx's own (an unbounded ping before use, closing idle or old
         // connections with a goodbye that waits for the server) is replaced (see [`bounded`]).
-        let checks = Arc::new(bounded::PoolChecks::new(limit));
         let released = Arc::clone(&checks);
         // No connection kept open regardless: sqlx opens those in the background with a 5
         // minute deadline, so one started as a partition began would hold its socket and

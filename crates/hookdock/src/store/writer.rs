@@ -23,7 +23,8 @@
 //! answered with its error. If the connection failed (no answer, no connection to be had), the
 //! batch's operations are answered with that error at once: one by one, each would wait as long
 //! again. A transaction whose connection broke under it (closed or reset) is tried again on
-//! another connection, up to [`BROKEN_TRIES`] times in all.
+//! another connection, up to [`BROKEN_TRIES`] times in all, never one left idle before the
+//! break: the pool's checks close those unused (`bounded::PoolChecks`).
 //!
 //! On PostgreSQL a delivery is answered within [`WRITE_WAIT`] of reaching the writer: the wait
 //! for a connection and the transaction are bounded by the earliest delivery's deadline, and a
@@ -38,6 +39,7 @@ use std::time::Instant;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::bounded::PoolChecks;
 use super::events::{insert_deliveries, own_earlier_commit};
 use super::jobs::{
     Chains, ClaimRequest, ClaimedChain, JobFinish, claim_in, finish_jobs, own_earlier_finishes,
@@ -204,6 +206,7 @@ pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection
 pub(crate) fn spawn(
     dialect: Dialect,
     pool: AnyPool,
+    checks: Option<Arc<PoolChecks>>,
     max_batch: usize,
     sqlite: Option<SqliteWriter>,
 ) -> Result<WriterHandle, StoreError> {
@@ -249,7 +252,7 @@ pub(crate) fn spawn(
         None => {
             let writer = Writer {
                 dialect,
-                conn: Conn::Pool(pool),
+                conn: Conn::Pool(pool, checks),
                 max_batch,
                 syncer: None,
                 in_flight: Arc::new(InFlight::default()),
@@ -338,8 +341,9 @@ impl WriterHandle {
 }
 
 enum Conn {
-    /// PostgreSQL: transactions on the pool.
-    Pool(AnyPool),
+    /// PostgreSQL: transactions on the pool, whose checks are told when a connection broke
+    /// under a write.
+    Pool(AnyPool, Option<Arc<PoolChecks>>),
     /// SQLite: the writer's own connection, only ever used on its thread (the mutex only makes
     /// the writer shareable; it is never contended).
     Direct(Mutex<rusqlite::Connection>),
@@ -725,7 +729,7 @@ impl Writer {
 
     async fn commit(&self, mut batch: Batch, slot: Option<Slot>) {
         let started = Instant::now();
-        if matches!(self.conn, Conn::Pool(_)) {
+        if matches!(self.conn, Conn::Pool(..)) {
             refuse_expired(&mut batch.ingests, started);
         }
         let size = batch.len();
@@ -915,7 +919,8 @@ impl Writer {
                 let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
                 self.direct_transaction(&conn, deliveries, finishes, claims)
             }
-            Conn::Pool(pool) => {
+            Conn::Pool(pool, checks) => {
+                let checks = checks.as_deref();
                 let limit = deadline.map_or(WRITE_WAIT, |d| {
                     d.saturating_duration_since(Instant::now()).min(WRITE_WAIT)
                 });
@@ -929,14 +934,19 @@ impl Writer {
                 // discarded, as if the jobs' leases had expired.
                 let work = async {
                     if separate {
-                        let first = self.pool_attempts(pool, &[], finishes, claims).await?;
-                        let second = self.pool_attempts(pool, deliveries, &[], &[]).await?;
+                        let first = self
+                            .pool_attempts(pool, checks, &[], finishes, claims)
+                            .await?;
+                        let second = self
+                            .pool_attempts(pool, checks, deliveries, &[], &[])
+                            .await?;
                         return Ok(Written {
                             ingested: second.ingested,
                             ..first
                         });
                     }
-                    self.pool_attempts(pool, deliveries, finishes, claims).await
+                    self.pool_attempts(pool, checks, deliveries, finishes, claims)
+                        .await
                 };
                 // No answer (a network partition leaves a connection open and silent, and with
                 // the request acknowledged nothing makes the operating system give it up), or
@@ -950,10 +960,14 @@ impl Writer {
     }
 
     /// A transaction on a connection from the pool, tried again on another while its own broke
-    /// under it ([`connection_broke`]), up to [`BROKEN_TRIES`] times in all.
+    /// under it ([`connection_broke`]), up to [`BROKEN_TRIES`] times in all. The pool's
+    /// `checks` are told of each break, so that a try again is not made on a connection left
+    /// idle before it ([`PoolChecks::broke`]): a restart or a failover ends them all, one
+    /// after another.
     async fn pool_attempts(
         &self,
         pool: &AnyPool,
+        checks: Option<&PoolChecks>,
         deliveries: &[&NewDelivery],
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
@@ -964,7 +978,13 @@ impl Writer {
                 .pool_transaction(pool, deliveries, finishes, claims)
                 .await
             {
-                Err(error) if connection_broke(self.dialect, &error) && tries < BROKEN_TRIES => {
+                Err(error) if connection_broke(self.dialect, &error) => {
+                    if let Some(checks) = checks {
+                        checks.broke();
+                    }
+                    if tries == BROKEN_TRIES {
+                        return Err(error);
+                    }
                     tracing::warn!(%error, tries, "a write's connection broke; trying it again on another");
                     tries += 1;
                 }

@@ -782,6 +782,15 @@ pub async fn cut_off_reads_waiting_on(
     proxy: &hookdock_testkit::TcpProxy,
     reads: i64,
 ) -> usize {
+    until_reads_wait(direct, reads).await;
+    proxy.cut();
+    lock.rollback().await.unwrap();
+    proxy.forget();
+    proxy.silenced()
+}
+
+/// Returns once `reads` API requests listing events wait on [`lock_events`] on the server.
+async fn until_reads_wait(direct: &sqlx::AnyPool, reads: i64) {
     let listing = "wait_event_type = 'Lock' AND query LIKE '%SELECT id, delivery_id, event,%'";
     poll_until(
         "API reads waiting on the lock",
@@ -789,10 +798,22 @@ pub async fn cut_off_reads_waiting_on(
         || async { sessions_where(direct, listing).await >= reads },
     )
     .await;
-    proxy.cut();
-    lock.rollback().await.unwrap();
-    proxy.forget();
-    proxy.silenced()
+}
+
+/// Makes the app's pool open `reads` connections at once (as many API requests listing
+/// events, each held on the server by [`lock_events`] until all of them are), so that at least
+/// that many sit idle in it afterwards.
+pub async fn open_connections_for_reads(app: &TestApp, direct: &sqlx::AnyPool, reads: usize) {
+    let lock = lock_events(direct).await;
+    let listed = futures_util::future::join_all((0..reads).map(|_| app.api_get("/api/v1/events")));
+    let release = async {
+        until_reads_wait(direct, i64::try_from(reads).unwrap()).await;
+        lock.rollback().await.unwrap();
+    };
+    let (answers, ()) = tokio::join!(listed, release);
+    for (status, answer) in answers {
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
 }
 
 /// Cuts `proxy` once a statement the [`slow_trigger`] slows is running on the server.

@@ -891,6 +891,29 @@ async fn a_write_reset_again_on_its_new_connection_is_tried_a_third_time() {
     .await;
 }
 
+/// A restart or a failover ends the server's connections one after another, so one left idle
+/// may still answer a ping just before it goes: once a write's connection is closed under it,
+/// the write is tried again on a connection opened for it, not on one of those idle since
+/// before the break (they are closed unused), and the delivery is stored once. Here the server
+/// closes only the write's connection, so an idle one would answer and take the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_write_is_not_tried_again_on_a_connection_idle_before_the_break() {
+    let test = "a_broken_write_is_not_tried_again_on_a_connection_idle_before_the_break";
+    with_a_slowed_insert(test, async |app, direct, proxy| {
+        // Connections idle beside the one the write will take.
+        open_connections_for_reads(app, direct, 2).await;
+        let accepted = proxy.accepted();
+        store_through_a_server_close(app, direct).await;
+        assert!(
+            proxy.accepted() > accepted,
+            "no connection was opened for the write tried again: it went to one idle since \
+             before the break\n{}",
+            connection_log(app)
+        );
+    })
+    .await;
+}
+
 /// Every connection hookdock holds closed by the server, as a restart or a failover of
 /// PostgreSQL closes them (`pg_terminate_backend` sends each the notice a shutdown sends):
 /// without a restart of hookdock, the next delivery is stored and answered `received` within
