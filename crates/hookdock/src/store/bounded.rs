@@ -76,7 +76,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 /// idle connection out (`before_acquire`) and when one is handed back (`after_release`).
 /// Each pings within `wait`; a connection that stays silent is closed by dropping it (see
 /// [`close_silent`]). The time a connection was last lost is kept, found silent here or broken
-/// under a write ([`PoolChecks::broke`]), and connections that have sat idle since before then
+/// under a write ([`PoolChecks::lost`]), and connections that have sat idle since before then
 /// are given up without a ping: most likely the same partition cut them off, so requests do not
 /// wait `wait` for every one of them in turn, or the same restart or failover is ending them,
 /// one server process after another, so one that still answers a ping may be ended before the
@@ -97,12 +97,6 @@ impl PoolChecks {
             epoch: Instant::now(),
             lost_at: AtomicU64::new(0),
         }
-    }
-
-    /// A connection broke under a write (reset, or ended by the server): the connections idle
-    /// since before now are not used again.
-    pub fn broke(&self) {
-        self.lost_now();
     }
 
     /// Before use: true to hand the connection out; an error to close it (the pool then opens
@@ -141,7 +135,7 @@ impl PoolChecks {
         match tokio::time::timeout(self.wait, conn.ping()).await {
             Ok(answered) => answered,
             Err(_) => {
-                self.lost_now();
+                self.lost();
                 close_silent(conn).await?;
                 Err(timed_out(format!(
                     "a database connection did not answer a ping within {} s (a network \
@@ -152,7 +146,9 @@ impl PoolChecks {
         }
     }
 
-    fn lost_now(&self) {
+    /// A connection was lost just now (found silent by a ping here, or broken under a write):
+    /// the connections idle since before now are given up unused when next taken.
+    pub fn lost(&self) {
         let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.lost_at.store(now.saturating_add(1), Ordering::Relaxed);
     }

@@ -962,7 +962,7 @@ impl Writer {
     /// A transaction on a connection from the pool, tried again on another while its own broke
     /// under it ([`connection_broke`]), up to [`BROKEN_TRIES`] times in all. The pool's
     /// `checks` are told of each break, so that a try again is not made on a connection left
-    /// idle before it ([`PoolChecks::broke`]): a restart or a failover ends them all, one
+    /// idle before it ([`PoolChecks::lost`]): a restart or a failover ends them all, one
     /// after another.
     async fn pool_attempts(
         &self,
@@ -980,7 +980,7 @@ impl Writer {
             {
                 Err(error) if connection_broke(self.dialect, &error) => {
                     if let Some(checks) = checks {
-                        checks.broke();
+                        checks.lost();
                     }
                     if tries == BROKEN_TRIES {
                         return Err(error);
