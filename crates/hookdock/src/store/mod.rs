@@ -23,6 +23,7 @@ mod records;
 mod sessions;
 mod sql;
 mod syncer;
+mod walvfs;
 mod writer;
 
 use std::sync::{Arc, Once};

@@ -182,7 +182,8 @@ const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// Opens the writer's SQLite connection on the database file at `path`.
 pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, String> {
-    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+    // Each commit's log frames written at once (see `walvfs`).
+    let conn = super::walvfs::open(path)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
