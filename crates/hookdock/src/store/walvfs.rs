@@ -350,25 +350,24 @@ flushed_first!(unlock, xUnlock, (level: c_int));
 flushed_first!(check_reserved_lock, xCheckReservedLock, (out: *mut c_int));
 flushed_first!(file_control, xFileControl, (op: c_int, arg: *mut c_void));
 
-unsafe extern "C" fn sector_size(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: as for the methods above.
-    let wal = unsafe { wal(file) };
-    match inner_methods(wal).xSectorSize {
-        // SAFETY: the default VFS's method on its open file object.
-        Some(method) => unsafe { method(wal.inner) },
-        None => 4096,
-    }
+/// Declares a method that only asks the default VFS (nothing written), or says `otherwise`
+/// if it has no such method.
+macro_rules! asked {
+    ($name:ident, $method:ident, $otherwise:expr) => {
+        unsafe extern "C" fn $name(file: *mut ffi::sqlite3_file) -> c_int {
+            // SAFETY: as for the methods above.
+            let wal = unsafe { wal(file) };
+            match inner_methods(wal).$method {
+                // SAFETY: the default VFS's method on its open file object.
+                Some(method) => unsafe { method(wal.inner) },
+                None => $otherwise,
+            }
+        }
+    };
 }
 
-unsafe extern "C" fn device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
-    // SAFETY: as for the methods above.
-    let wal = unsafe { wal(file) };
-    match inner_methods(wal).xDeviceCharacteristics {
-        // SAFETY: the default VFS's method on its open file object.
-        Some(method) => unsafe { method(wal.inner) },
-        None => 0,
-    }
-}
+asked!(sector_size, xSectorSize, 4096);
+asked!(device_characteristics, xDeviceCharacteristics, 0);
 
 #[cfg(test)]
 mod tests {
@@ -390,20 +389,23 @@ mod tests {
         }
     }
 
-    /// A connection on this VFS in WAL mode, as the writer's, with no automatic checkpoint
-    /// (so the log keeps every commit) and the page cache given in pages.
-    fn writer(path: &std::path::Path, cache_pages: u32) -> rusqlite::Connection {
-        let conn = open(path).unwrap();
+    /// A connection on this VFS to a new database `w.db` in `dir` with a table `t`, in WAL
+    /// mode as the writer's, with no automatic checkpoint (so the log keeps every commit) and
+    /// the page cache given in pages; the database's path.
+    fn writer(dir: &Scratch, cache_pages: u32) -> (rusqlite::Connection, std::path::PathBuf) {
+        let path = dir.0.join("w.db");
+        let conn = open(&path).unwrap();
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
         conn.execute_batch(&format!(
             "PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA cache_size = {cache_pages};"
+             PRAGMA cache_size = {cache_pages}; \
+             CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL);"
         ))
         .unwrap();
-        conn
+        (conn, path)
     }
 
     /// A row's bytes: `len` of them, different for every `id`.
@@ -455,12 +457,9 @@ mod tests {
     }
 
     #[test]
-    fn a_commit_s_frames_are_written_in_one_call_before_other_connections_see_it() {
+    fn a_commit_s_frames_are_written_together_before_other_connections_see_it() {
         let dir = Scratch::new("hookdock-walvfs");
-        let path = dir.0.join("w.db");
-        let conn = writer(&path, 2000);
-        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL)")
-            .unwrap();
+        let (conn, path) = writer(&dir, 2000);
         let wal_len = || std::fs::metadata(dir.0.join("w.db-wal")).unwrap().len();
         // Commits of 20 and of 100 rows (about 80 and 400 KiB of frames).
         let mut stored = 0;
@@ -490,12 +489,9 @@ mod tests {
     #[test]
     fn work_rolled_back_is_never_written_over_another_connection_s_commit() {
         let dir = Scratch::new("hookdock-walvfs");
-        let path = dir.0.join("w.db");
         // A page cache of 16 pages: a transaction of 200 rows of 3000 bytes would spill
         // frames into the log before its end, were spilling on.
-        let conn = writer(&path, 16);
-        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB NOT NULL)")
-            .unwrap();
+        let (conn, path) = writer(&dir, 16);
         insert(&conn, 0..10, 3000);
         // Everything in the database file, the log empty: undoing the transaction below then
         // reads nothing from the log (a read would write out what was gathered in time).
