@@ -8,7 +8,8 @@
 //! chains of a key's jobs, except in a burst of deliveries ([`BurstGauge`]).
 //!
 //! On SQLite the writer is a thread with a SQLite connection of its own, called directly (no
-//! hand-off to a driver thread per statement). Its commits do not wait for the disk;
+//! hand-off to a driver thread per statement), which writes each commit's log frames at once
+//! ([`walvfs`](super::walvfs)). Its commits do not wait for the disk;
 //! deliveries and claims are answered by the syncer once the WAL is flushed, while this thread
 //! already runs the next transaction. At most [`IN_FLIGHT`] batches with deliveries wait for
 //! their flush at a time, so that batches stay large under load instead of becoming many small
