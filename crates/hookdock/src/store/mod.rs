@@ -381,7 +381,7 @@ impl Store {
         let dialect = Dialect::from_url(url).ok_or_else(|| {
             open_error("unsupported scheme; use sqlite:// or postgres://".to_owned())
         })?;
-        let (read, write, checks, sqlite) = match dialect {
+        let (read, write, backend) = match dialect {
             Dialect::Sqlite => {
                 let (url, path) = prepare_sqlite_url(url).map_err(open_error)?;
                 let write = pool(dialect, true, 1, &url, None)
@@ -392,12 +392,8 @@ impl Store {
                     .map_err(open_error)?;
                 let conn = writer::open_sqlite(&path).map_err(open_error)?;
                 let syncer = syncer::Syncer::spawn(path)?;
-                (
-                    read,
-                    write,
-                    None,
-                    Some(writer::SqliteWriter { conn, syncer }),
-                )
+                let backend = writer::Backend::Sqlite(writer::SqliteWriter { conn, syncer });
+                (read, write, backend)
             }
             Dialect::Postgres => {
                 let checks = Arc::new(bounded::PoolChecks::new(options.timeout));
@@ -410,11 +406,18 @@ impl Store {
                 )
                 .await
                 .map_err(open_error)?;
-                (pool.clone(), pool, Some(checks), None)
+                (
+                    pool.clone(),
+                    pool.clone(),
+                    writer::Backend::Pool(pool, checks),
+                )
             }
         };
-        let syncer = sqlite.as_ref().map(|s| s.syncer.clone());
-        let writer = writer::spawn(dialect, write.clone(), checks, options.max_batch, sqlite)?;
+        let syncer = match &backend {
+            writer::Backend::Sqlite(sqlite) => Some(sqlite.syncer.clone()),
+            writer::Backend::Pool(..) => None,
+        };
+        let writer = writer::spawn(dialect, backend, options.max_batch)?;
         if let Some(syncer) = &syncer {
             tokio::spawn(checkpoints(read.clone(), syncer.flushed()));
         }

@@ -52,10 +52,10 @@ struct WalFile {
     /// First, as SQLite expects of every file object: the methods below.
     file: ffi::sqlite3_file,
     inner: *mut ffi::sqlite3_file,
-    /// Bytes gathered, to be written at `start`.
+    /// Bytes gathered, to be written just before `next`.
     gathered: Vec<u8>,
-    start: i64,
-    /// Where the last write ended (gathered or not): a write that starts there continues it.
+    /// Where the last write ended (gathered or not): a write that starts there continues it,
+    /// and what is gathered ends there.
     next: i64,
     /// The last frame header written was a commit frame's: each write after it that is not a
     /// frame header (the commit frame's page; with `synchronous = FULL`, its padding) is
@@ -185,7 +185,6 @@ unsafe extern "C" fn open_file(
             },
             inner,
             gathered: Vec::new(),
-            start: 0,
             next: -1,
             commit: false,
         });
@@ -219,7 +218,8 @@ const MOST_PER_WRITE: usize = 0x1ffff;
 /// its frames again when it retries).
 fn flush(wal: &mut WalFile) -> c_int {
     let mut rc = ffi::SQLITE_OK;
-    let mut offset = wal.start;
+    // The gathered bytes end where the last write did.
+    let mut offset = wal.next - i64::try_from(wal.gathered.len()).unwrap_or(i64::MAX);
     for piece in wal.gathered.chunks(MOST_PER_WRITE) {
         counted_write();
         // At most MOST_PER_WRITE bytes: always a `c_int`.
@@ -297,9 +297,6 @@ unsafe extern "C" fn write(
             Some(write) => unsafe { write(wal.inner, data, amount, offset) },
             None => ffi::SQLITE_IOERR_WRITE,
         };
-    }
-    if wal.gathered.is_empty() {
-        wal.start = offset;
     }
     wal.gathered.extend_from_slice(bytes);
     if wal.commit && !header {

@@ -205,17 +205,24 @@ pub(crate) fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection
     Ok(conn)
 }
 
+/// What the writer writes through.
+pub(crate) enum Backend {
+    /// SQLite: the writer's own connection and the flusher that makes its commits durable.
+    Sqlite(SqliteWriter),
+    /// PostgreSQL: transactions on the pool, whose checks are told when a connection broke
+    /// under a write.
+    Pool(AnyPool, Arc<PoolChecks>),
+}
+
 pub(crate) fn spawn(
     dialect: Dialect,
-    pool: AnyPool,
-    checks: Option<Arc<PoolChecks>>,
+    backend: Backend,
     max_batch: usize,
-    sqlite: Option<SqliteWriter>,
 ) -> Result<WriterHandle, StoreError> {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     let max_batch = max_batch.max(1);
-    match sqlite {
-        Some(SqliteWriter { conn, syncer }) => {
+    match backend {
+        Backend::Sqlite(SqliteWriter { conn, syncer }) => {
             let writer = Writer {
                 dialect,
                 conn: Conn::Direct(Mutex::new(conn)),
@@ -251,7 +258,7 @@ pub(crate) fn spawn(
                 thread: Some(thread.thread().clone()),
             });
         }
-        None => {
+        Backend::Pool(pool, checks) => {
             let writer = Writer {
                 dialect,
                 conn: Conn::Pool(pool, checks),
@@ -345,7 +352,7 @@ impl WriterHandle {
 enum Conn {
     /// PostgreSQL: transactions on the pool, whose checks are told when a connection broke
     /// under a write.
-    Pool(AnyPool, Option<Arc<PoolChecks>>),
+    Pool(AnyPool, Arc<PoolChecks>),
     /// SQLite: the writer's own connection, only ever used on its thread (the mutex only makes
     /// the writer shareable; it is never contended).
     Direct(Mutex<rusqlite::Connection>),
@@ -922,7 +929,6 @@ impl Writer {
                 self.direct_transaction(&conn, deliveries, finishes, claims)
             }
             Conn::Pool(pool, checks) => {
-                let checks = checks.as_deref();
                 let limit = deadline.map_or(WRITE_WAIT, |d| {
                     d.saturating_duration_since(Instant::now()).min(WRITE_WAIT)
                 });
@@ -969,7 +975,7 @@ impl Writer {
     async fn pool_attempts(
         &self,
         pool: &AnyPool,
-        checks: Option<&PoolChecks>,
+        checks: &PoolChecks,
         deliveries: &[&NewDelivery],
         finishes: &[JobFinish],
         claims: &[ClaimRequest],
@@ -981,9 +987,7 @@ impl Writer {
                 .await
             {
                 Err(error) if connection_broke(self.dialect, &error) => {
-                    if let Some(checks) = checks {
-                        checks.lost();
-                    }
+                    checks.lost();
                     if tries == BROKEN_TRIES {
                         return Err(error);
                     }
